@@ -1,0 +1,1 @@
+"""Backup models: sources, runs, artifacts (built by the backups issue)."""

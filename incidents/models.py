@@ -1,0 +1,1 @@
+"""Incident models: agents, heartbeats, incidents (built by the incidents issue)."""

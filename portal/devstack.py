@@ -1,0 +1,107 @@
+"""`make run`: everything a newcomer needs, in the foreground, stopped by Ctrl-C.
+
+Ensures Redis, migrates, creates demo data, then runs daphne (HTTP +
+websockets), one RQ worker and the rq cron scheduler. Imports no Django at
+module level: the environment is settled before any child starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from portal.lib.localservices import ServiceError, redis_answers, start_redis
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args: str, env: dict) -> None:
+    subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), *args], env=env, check=True)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("DEBUG", "1")
+    var_dir = Path(env.setdefault("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
+    var_dir.mkdir(parents=True, exist_ok=True)
+    port = env.get("PORT", "8000")
+    host = env.get("HOST", "127.0.0.1")
+    children: list[tuple[str, subprocess.Popen]] = []
+
+    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_answers(redis_url):
+        if "REDIS_URL" in os.environ:
+            print(f"REDIS_URL={redis_url} does not answer; starting a local one instead.")
+        try:
+            redis_url, proc, _ = start_redis(var_dir, port=None)
+        except ServiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        children.append(("redis-server", proc))
+        print(f"Started a local redis-server at {redis_url} (data under {var_dir}).")
+    env["REDIS_URL"] = redis_url
+
+    try:
+        _manage("migrate", "--noinput", "-v", "0", env=env)
+        _manage("portal_demo", env=env)
+    except subprocess.CalledProcessError as exc:
+        _stop(children)
+        return exc.returncode or 1
+
+    python = sys.executable
+    manage = str(BASE_DIR / "manage.py")
+    commands = {
+        "daphne": [python, "-m", "daphne", "-b", host, "-p", port, "portal.asgi:application"],
+        "rqworker": [python, manage, "rqworker", "pra", "default", "backups", "--with-scheduler"],
+        "rqcron": [python, manage, "rqcron", "portal.cron"],
+    }
+    for name, argv in commands.items():
+        # Own session: Ctrl-C reaches only us, and we stop the children in order.
+        proc = subprocess.Popen(argv, env=env, cwd=BASE_DIR, start_new_session=True)
+        children.append((name, proc))
+
+    print(f"\nOps Portal running at http://{host}:{port}/  (health: /health)  Ctrl-C stops it.\n")
+    stopping = False
+
+    def _on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    exit_code = 0
+    while not stopping:
+        for name, proc in children:
+            if proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; stopping the rest.", file=sys.stderr)
+                stopping, exit_code = True, 1
+                break
+        time.sleep(0.2)
+    _stop(children)
+    print("Stopped.")
+    return exit_code
+
+
+def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:
+    # The app processes first, Redis (started first, if at all) last.
+    apps = [c for c in children if c[0] != "redis-server"]
+    for batch in (apps, [c for c in children if c[0] == "redis-server"]):
+        for _, proc in batch:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, proc in batch:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in time; killing it.", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

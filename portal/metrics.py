@@ -1,0 +1,63 @@
+"""Prometheus metrics: request counters in a middleware, queue depths read at scrape time."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "portal_http_requests_total",
+    "HTTP requests served, by method and status code.",
+    ["method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "portal_http_request_duration_seconds",
+    "HTTP request latency.",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+
+
+class QueueCollector:
+    """Reads RQ queue depths from Redis when Prometheus scrapes."""
+
+    def collect(self):
+        from rq import Queue
+
+        from portal.lib.redis import get_redis
+
+        depth = GaugeMetricFamily(
+            "portal_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"]
+        )
+        up = GaugeMetricFamily("portal_redis_up", "1 when Redis answered this scrape.")
+        try:
+            connection = get_redis(timeout=1.0)
+            for name in settings.RQ_QUEUES:
+                depth.add_metric([name], Queue(name, connection=connection).count)
+            up.add_metric([], 1)
+        except Exception:
+            up.add_metric([], 0)
+        yield depth
+        yield up
+
+
+REGISTRY.register(QueueCollector())
+
+
+class RequestMetricsMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        LATENCY.labels(request.method).observe(time.perf_counter() - started)
+        REQUESTS.labels(request.method, str(response.status_code)).inc()
+        return response

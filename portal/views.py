@@ -1,0 +1,92 @@
+"""Portal-wide views: dashboard, health, metrics."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from portal.lib.redis import get_redis
+from portal.metrics import REGISTRY
+
+
+def _check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}"
+    return "ok"
+
+
+def _check_redis_and_workers() -> tuple[str, str, int]:
+    from rq import Worker
+
+    try:
+        redis = get_redis(timeout=1.0)
+        redis.ping()
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}", "unknown", 0
+    try:
+        workers = Worker.all(connection=redis)
+    except Exception as exc:
+        return "ok", f"error: {exc.__class__.__name__}", 0
+    fresh_after = datetime.now(UTC) - timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
+    alive = [w for w in workers if w.last_heartbeat and w.last_heartbeat >= fresh_after]
+    return "ok", ("ok" if alive else "error: no live RQ worker"), len(alive)
+
+
+@never_cache
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers and `make run`: 200 only when everything answers."""
+    database = _check_database()
+    redis, worker, workers_alive = _check_redis_and_workers()
+    healthy = database == redis == worker == "ok"
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "database": database,
+        "redis": redis,
+        "worker": worker,
+        "workers_alive": workers_alive,
+    }
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    if token and header.startswith("Bearer "):
+        return hmac.compare_digest(header[7:].encode(), token.encode())
+    return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not _metrics_allowed(request):
+        error = "metrics need a bearer token or an allowed address"
+        return JsonResponse({"error": error}, status=403)
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+@login_required
+@permission_required("portal.view_portal", raise_exception=True)
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(request, "portal/dashboard.html", {"panels": _dashboard_panels(request)})
+
+
+def _dashboard_panels(request: HttpRequest) -> list[dict]:
+    """Panels contributed by the apps (each app adds its own as it grows)."""
+    from portal.dashboard import collect_panels
+
+    return collect_panels(request)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PraConfig(AppConfig):
+    name = "pra"
+    verbose_name = "Remediation"

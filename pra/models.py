@@ -1,0 +1,1 @@
+"""Remediation models (see the remediation issue)."""

@@ -1,0 +1,72 @@
+"""Shared fixtures: personas, a clean test Redis, the live-event layer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from portal.roles import Role
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    """Each test starts with an empty test Redis database (only the runner's own DB)."""
+    if os.environ.get("PORTAL_TEST_REDIS_FLUSH") == "1":
+        from portal.lib.redis import get_redis
+
+        get_redis().flushdb()
+    yield
+
+
+TEST_PASSWORD = "pw-for-tests-only-1"
+
+
+def make_user(username: str, role: str | None, password: str = TEST_PASSWORD):
+    from django.contrib.auth import get_user_model
+
+    from portal.actions import set_user
+
+    if role is None:
+        return get_user_model().objects.create_user(username, password=password)
+    user, _ = set_user(username, role=role, password=password, check_password=False)
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    return make_user("vera-viewer", Role.VIEWER)
+
+
+@pytest.fixture
+def operator(db):
+    return make_user("otto-operator", Role.OPERATOR)
+
+
+@pytest.fixture
+def operator2(db):
+    return make_user("olga-operator", Role.OPERATOR)
+
+
+@pytest.fixture
+def approver(db):
+    return make_user("anna-approver", Role.APPROVER)
+
+
+@pytest.fixture
+def approver2(db):
+    return make_user("arno-approver", Role.APPROVER)
+
+
+@pytest.fixture
+def admin_user(db):
+    return make_user("ada-admin", Role.ADMIN)
+
+
+@pytest.fixture
+def nobody(db):
+    """An authenticated account with no role at all."""
+    return make_user("ned-norole", None)
+
+
+PERSONAS = ("viewer", "operator", "approver", "admin_user", "nobody")
