@@ -26,7 +26,16 @@ class AuditEventType(models.TextChoices):
     PRA_NOT_VERIFIED = "PRA_NOT_VERIFIED", "Action not verified"
     PRA_REENQUEUED = "PRA_REENQUEUED", "Action re-enqueued"
     APPROVAL_SIGNED = "APPROVAL_SIGNED", "Approval signature"
+    APPROVAL_RULE_CHANGED = "APPROVAL_RULE_CHANGED", "Approval rule changed"
     MCP_TOOL_CALL = "MCP_TOOL_CALL", "MCP tool call"
+
+
+class Impact(models.TextChoices):
+    """How much harm a request can do; decides its approval rule."""
+
+    LOW = "LOW", "Low"
+    MEDIUM = "MEDIUM", "Medium"
+    HIGH = "HIGH", "High"
 
 
 class LiveEventKind(models.TextChoices):

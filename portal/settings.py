@@ -184,3 +184,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Remediation (pra) ---------------------------------------------------------
+# Private keys come from files only (never the database). The target's
+# authorized_keys forces pra-exec for the first and pra-diag for the second.
+PRA_SSH_KEY_FILE = env_path("PRA_SSH_KEY_FILE", VAR_DIR / "ssh" / "pra_exec_ed25519")
+PRA_DIAG_SSH_KEY_FILE = env_path("PRA_DIAG_SSH_KEY_FILE", VAR_DIR / "ssh" / "pra_diag_ed25519")
+PRA_CONNECT_TIMEOUT = env_int("PRA_CONNECT_TIMEOUT", 10, minimum=1, maximum=120)
+PRA_CONNECT_ATTEMPTS = env_int("PRA_CONNECT_ATTEMPTS", 3, minimum=1, maximum=10)
+PRA_RETRY_BACKOFF = env_int("PRA_RETRY_BACKOFF_MS", 1000, minimum=0, maximum=60000) / 1000
+PRA_PROPOSAL_TTL = env_int("PRA_PROPOSAL_TTL", 24 * 3600, minimum=60)
+PRA_HEARTBEAT_GRACE = env_int("PRA_HEARTBEAT_GRACE", 60, minimum=5)
+PRA_MAX_OUTPUT = env_int("PRA_MAX_OUTPUT", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+PRA_VERIFY_ATTEMPTS = env_int("PRA_VERIFY_ATTEMPTS", 3, minimum=1, maximum=20)
+PRA_PREFLIGHT = env_bool("PRA_PREFLIGHT", True)

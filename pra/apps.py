@@ -1,6 +1,12 @@
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
 class PraConfig(AppConfig):
     name = "pra"
     verbose_name = "Remediation"
+
+    def ready(self) -> None:
+        import_module("pra.dashboard")  # registers the dashboard panel
+        import_module("pra.checks")  # registers the system checks

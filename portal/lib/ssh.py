@@ -1,0 +1,250 @@
+"""SSH transport: one command on one host, with a pinned host key. Nothing else.
+
+The portal never trusts a host key on first use: the caller passes the key it
+pinned, and a different key is a ``HostKeyMismatch`` before authentication.
+Errors are classified by *when* they happen, because that decides whether a
+retry is safe: ``Unreachable`` means the command cannot have started;
+``CommandTimeout`` means it may have.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import select
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import paramiko
+
+DEFAULT_MAX_OUTPUT = 64 * 1024
+TRUNCATION_MARK = "\n[… output truncated by the portal …]\n"
+
+
+class SSHError(Exception):
+    """Base class; ``before_start`` tells whether the command could have started."""
+
+    before_start = True
+
+
+class Unreachable(SSHError):
+    """Could not connect or authenticate: the command did not start."""
+
+
+class HostKeyMismatch(SSHError):
+    """The host presented a key other than the pinned one. Possible interception."""
+
+
+class AuthFailed(Unreachable):
+    """The host refused our key (never retried: it will not fix itself)."""
+
+
+class CommandTimeout(SSHError):
+    """The command started but did not finish in time."""
+
+    before_start = False
+
+
+class KeyFileError(SSHError):
+    """The portal's private key file is missing or unreadable (configuration)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    user: str
+    host_key: str  # pinned OpenSSH public key line: "ssh-ed25519 AAAA..."
+
+
+@dataclass
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration: float = 0.0
+
+
+def parse_host_key(line: str) -> paramiko.PKey:
+    """Parse ``"type base64 [comment]"``; raise ``ValueError`` with a clear message."""
+    parts = (line or "").strip().split()
+    if len(parts) < 2:
+        raise ValueError("a host key looks like 'ssh-ed25519 AAAA…'")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
+    except Exception:
+        raise ValueError(f"not a valid {parts[0]} public key") from None
+
+
+def fingerprint(key_line_or_key: str | paramiko.PKey) -> str:
+    """OpenSSH-style ``SHA256:…`` fingerprint."""
+    key = parse_host_key(key_line_or_key) if isinstance(key_line_or_key, str) else key_line_or_key
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def key_line(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+@lru_cache(maxsize=16)
+def _load_private_key(path: str, mtime: float) -> paramiko.PKey:
+    return paramiko.PKey.from_path(path)
+
+
+def load_private_key(path: str | Path) -> paramiko.PKey:
+    try:
+        return _load_private_key(str(path), Path(path).stat().st_mtime)
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise KeyFileError(f"cannot load SSH private key {path}: {exc}") from None
+
+
+def _socket(address: str, port: int, timeout: float) -> socket.socket:
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as exc:
+        raise Unreachable(f"cannot connect to {address}:{port}: {exc.strerror or exc}") from None
+    # paramiko leaves Nagle on; with delayed ACKs that stalls the handshake (~40 ms).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _start(endpoint: Endpoint, timeout: float) -> paramiko.Transport:
+    pinned = parse_host_key(endpoint.host_key)
+    sock = _socket(endpoint.address, endpoint.port, timeout)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    transport.auth_timeout = timeout
+    # Ask for the pinned key type first, so a host with several keys offers that one.
+    options = transport.get_security_options()
+    pinned_type = pinned.get_name()
+    if pinned_type in options.key_types:
+        options.key_types = [pinned_type, *(t for t in options.key_types if t != pinned_type)]
+    try:
+        transport.start_client(timeout=timeout)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise Unreachable(f"SSH handshake with {endpoint.address} failed: {exc}") from None
+    remote = transport.get_remote_server_key()
+    if not hmac.compare_digest(remote.asbytes(), pinned.asbytes()):
+        transport.close()
+        raise HostKeyMismatch(
+            f"host key mismatch for {endpoint.address}:{endpoint.port}: expected "
+            f"{fingerprint(pinned)}, got {remote.get_name()} {fingerprint(remote)}. "
+            "Refusing to connect; re-pin the key only if the change is known."
+        )
+    return transport
+
+
+def fetch_host_key(address: str, port: int = 22, timeout: float = 10.0) -> str:
+    """Read the key a host presents (to show its fingerprint before pinning)."""
+    sock = _socket(address, port, timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        return key_line(transport.get_remote_server_key())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise Unreachable(f"SSH handshake with {address}:{port} failed: {exc}") from None
+    finally:
+        transport.close()
+
+
+class _Bounded:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, data: bytes) -> bytes:
+        room = self.limit - self.size
+        if room <= 0:
+            self.truncated = self.truncated or bool(data)
+            return b""
+        kept = data[:room]
+        self.truncated = self.truncated or len(kept) < len(data)
+        self.chunks.append(kept)
+        self.size += len(kept)
+        return kept
+
+    def text(self) -> str:
+        body = b"".join(self.chunks).decode("utf-8", errors="replace")
+        return body + TRUNCATION_MARK if self.truncated else body
+
+
+def run_command(
+    endpoint: Endpoint,
+    key_file: str | Path,
+    command: str,
+    *,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 120.0,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    on_start: Callable[[], None] | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> CommandResult:
+    """Run ``command`` (a fixed string, never built from unchecked input) on ``endpoint``.
+
+    ``on_start`` is called right before the command is sent: from then on a
+    failure must not be retried. ``on_output`` receives stdout as it arrives.
+    stdout and stderr are kept up to ``max_output`` bytes each, truncation marked.
+    """
+    pkey = load_private_key(key_file)
+    started = time.monotonic()
+    transport = _start(endpoint, connect_timeout)
+    try:
+        try:
+            transport.auth_publickey(endpoint.user, pkey)
+        except paramiko.AuthenticationException:
+            raise AuthFailed(
+                f"{endpoint.user}@{endpoint.address} refused the portal's key ({key_file})"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(f"SSH authentication failed: {exc}") from None
+        try:
+            channel = transport.open_session(timeout=connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise Unreachable(f"cannot open an SSH session: {exc}") from None
+        if on_start is not None:
+            on_start()
+        channel.exec_command(command)
+        stdout, stderr = _Bounded(max_output), _Bounded(max_output)
+        deadline = time.monotonic() + command_timeout
+        while True:
+            if channel.recv_ready():
+                kept = stdout.add(channel.recv(32768))
+                if kept and on_output is not None:
+                    on_output(kept.decode("utf-8", errors="replace"))
+                continue
+            if channel.recv_stderr_ready():
+                stderr.add(channel.recv_stderr(32768))
+                continue
+            if channel.exit_status_ready() and channel.eof_received:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                channel.close()
+                raise CommandTimeout(f"command did not finish within {command_timeout:.0f}s")
+            select.select([channel], [], [], min(remaining, 1.0))
+        # Drain what arrived together with the exit status.
+        while channel.recv_ready():
+            stdout.add(channel.recv(32768))
+        while channel.recv_stderr_ready():
+            stderr.add(channel.recv_stderr(32768))
+        return CommandResult(
+            exit_code=channel.recv_exit_status(),
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            duration=time.monotonic() - started,
+        )
+    finally:
+        transport.close()

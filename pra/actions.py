@@ -1,0 +1,775 @@
+"""Every write to remediation state. Admin, API, MCP, commands and jobs call these.
+
+Status moves are compare-and-swap updates (``_move``): whoever loses a race
+changes nothing. Audit events are written in the same transaction; live
+events and jobs go out only on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from portal import approvals
+from portal.audit import Actor, record
+from portal.choices import AuditEventType, LiveEventKind
+from portal.lib import ssh
+from portal.live import LiveEvent, publish
+from pra import transport
+from pra.catalog import CatalogError, get_spec
+from pra.choices import TRANSITIONS, ActionStatus, FailureCause, Impact, Verification
+from pra.diagnostics import get_diagnostic
+from pra.models import DiagnosticRun, Host, PRAAction, PreflightStatus, Source
+
+logger = logging.getLogger(__name__)
+
+PROPOSE_PERMISSION = "portal.propose_action"
+EXECUTE_PERMISSION = "portal.execute_action"
+DIAGNOSE_PERMISSION = "portal.run_diagnostics"
+MIN_RATIONALE = 20
+DENIED_EXIT = 97
+
+
+class ActionError(Exception):
+    """A refused request; ``code`` for APIs, message for people and models."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def execution_job_id(action_id: int) -> str:
+    return f"pra-execute-{action_id}"
+
+
+def preflight_job_id(action_id: int) -> str:
+    return f"pra-preflight-{action_id}"
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _move(action_id: int, current: str, new: str, **fields: Any) -> bool:
+    """Compare-and-swap the status; True only for the one caller that made the move."""
+    if new not in TRANSITIONS.get(current, set()):
+        raise ValueError(f"illegal transition {current} -> {new}")
+    now = timezone.now()
+    won = PRAAction.objects.filter(pk=action_id, status=current).update(
+        status=new, status_changed_at=now, **fields
+    )
+    return won == 1
+
+
+def _announce(action: PRAAction, summary: str = "", **data: Any) -> None:
+    publish(
+        LiveEvent(
+            kind=LiveEventKind.PRA_ACTION,
+            subject_type="pra.praaction",
+            subject_id=str(action.pk),
+            status=action.status,
+            summary=summary[:300],
+            data={
+                "action": action.action,
+                "host": action.host.name,
+                "impact": action.impact,
+                "verification": action.verification,
+                **data,
+            },
+        )
+    )
+
+
+def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
+    if user is not None and not user.has_perm(perm):
+        raise ActionError("permission", f"You are not allowed to {what}.")
+
+
+def _enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
+    import django_rq
+
+    django_rq.get_queue(queue).enqueue(
+        func_path, action_id, job_id=job_id, result_ttl=3600, failure_ttl=7 * 86400
+    )
+
+
+def _enqueue_on_commit(func_path: str, action_id: int, job_id: str) -> None:
+    transaction.on_commit(lambda: _enqueue(func_path, action_id, job_id))
+
+
+def _validate_rationale(rationale: str) -> str:
+    text = " ".join((rationale or "").split())
+    if len(text) < MIN_RATIONALE or len(set(text.lower().split())) < 4:
+        raise ActionError(
+            "rationale",
+            f"Explain why in at least {MIN_RATIONALE} characters and a few words "
+            "(what you observed and what you expect this action to fix).",
+        )
+    if len(text) > 5000:
+        raise ActionError("rationale", "The rationale is longer than 5000 characters.")
+    return text
+
+
+# --- proposal --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proposer:
+    """Who proposes: a person, an AI identity acting for a user, or a rule."""
+
+    user: AbstractBaseUser | None
+    label: str
+    source: str = Source.HUMAN
+
+    @classmethod
+    def human(cls, user: AbstractBaseUser) -> Proposer:
+        return cls(user=user, label=user.get_username(), source=Source.HUMAN)
+
+    @classmethod
+    def ai(cls, user: AbstractBaseUser) -> Proposer:
+        return cls(user=user, label=f"AI:{user.get_username()}", source=Source.AI)
+
+    @classmethod
+    def rule(cls, name: str) -> Proposer:
+        return cls(user=None, label=f"rule:{name}", source=Source.RULE)
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(label=self.label, user=self.user)
+
+
+def validate_proposal(*, action: str, host: Host | str, params, rationale: str, auto_approve: bool):
+    """Check a proposal without writing anything; returns (spec, params, rationale, host)."""
+    try:
+        spec = get_spec(action)
+        clean_params = spec.validate_params(params)
+    except CatalogError as exc:
+        raise ActionError("invalid", str(exc)) from None
+    text = _validate_rationale(rationale)
+    if isinstance(host, str):
+        host_obj = Host.objects.filter(name=host).first()
+        if host_obj is None:
+            raise ActionError("invalid", f"unknown host {host!r}")
+        host = host_obj
+    if not host.enabled:
+        raise ActionError("invalid", f"host {host.name} is disabled")
+    if auto_approve and spec.impact == Impact.HIGH:
+        raise ActionError("invalid", "HIGH impact actions are never auto-approved.")
+    return spec, clean_params, text, host
+
+
+def propose_action(
+    *,
+    action: str,
+    host: Host | str,
+    params: dict | None,
+    rationale: str,
+    by: Proposer | AbstractBaseUser,
+    auto_approve: bool = False,
+    evidence_ids: list[int] | tuple[int, ...] = (),
+) -> PRAAction:
+    """Create a PROPOSED action after validating everything; schedule its pre-flight."""
+    proposer = by if isinstance(by, Proposer) else Proposer.human(by)
+    _require_perm(proposer.user, PROPOSE_PERMISSION, "propose remediations")
+    spec, clean_params, text, host = validate_proposal(
+        action=action, host=host, params=params, rationale=rationale, auto_approve=auto_approve
+    )
+    if not isinstance(evidence_ids, list | tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in evidence_ids
+    ):
+        raise ActionError("invalid", "evidence_ids must be a list of diagnostic ids")
+
+    now = timezone.now()
+    with transaction.atomic():
+        evidence = list(
+            DiagnosticRun.objects.select_for_update().filter(
+                pk__in=evidence_ids, host=host, action__isnull=True
+            )
+        )
+        if len(evidence) != len(set(evidence_ids)):
+            raise ActionError(
+                "invalid", "evidence_ids must name unattached diagnostics of the same host"
+            )
+        obj = PRAAction.objects.create(
+            action=spec.name,
+            host=host,
+            params=clean_params,
+            rationale=text,
+            impact=spec.impact,
+            source=proposer.source,
+            proposed_by=proposer.user,
+            proposer_label=proposer.label,
+            auto_approve_requested=auto_approve,
+            status=ActionStatus.PROPOSED,
+            status_changed_at=now,
+            created=now,
+            preflight_status=(
+                PreflightStatus.PENDING if settings.PRA_PREFLIGHT else PreflightStatus.OK
+            ),
+        )
+        DiagnosticRun.objects.filter(pk__in=[e.pk for e in evidence]).update(action=obj)
+        record(
+            AuditEventType.PRA_PROPOSED,
+            actor=proposer.actor,
+            subject=obj,
+            details={
+                "action": obj.action,
+                "host": host.name,
+                "params": clean_params,
+                "impact": obj.impact,
+                "source": obj.source,
+                "auto_approve_requested": auto_approve,
+                "rationale": text,
+                "evidence": [e.pk for e in evidence],
+            },
+        )
+        _announce(obj, f"{proposer.label} proposed {obj.command_display} on {host.name}")
+        if settings.PRA_PREFLIGHT:
+            _enqueue_on_commit("pra.jobs.preflight_action", obj.pk, preflight_job_id(obj.pk))
+        elif auto_approve:
+            _auto_approve(obj)
+    return obj
+
+
+def record_preflight(action_id: int, *, ok: bool, output: str) -> PRAAction | None:
+    """Store the dry-run result; auto-approve when asked, allowed and the dry run passed."""
+    with transaction.atomic():
+        action = PRAAction.objects.select_for_update().filter(pk=action_id).first()
+        if action is None or action.preflight_status != PreflightStatus.PENDING:
+            return action
+        action.preflight_status = PreflightStatus.OK if ok else PreflightStatus.FAILED
+        action.preflight_output = output[: settings.PRA_MAX_OUTPUT]
+        action.save(update_fields=["preflight_status", "preflight_output"])
+        record(
+            AuditEventType.PRA_PREFLIGHT,
+            actor=Actor.system("preflight"),
+            subject=action,
+            details={"ok": ok, "output": output[:2000]},
+        )
+        _announce(
+            action, f"pre-flight {'OK' if ok else 'FAILED'}", preflight=action.preflight_status
+        )
+        if ok and action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
+            _auto_approve(action)
+    return action
+
+
+def _auto_approve(action: PRAAction) -> None:
+    if not approvals.may_auto_approve(action.impact):
+        record(
+            AuditEventType.PRA_PROPOSED,
+            actor=Actor.system("auto-approve"),
+            subject=action,
+            details={"auto_approve": "refused by policy", "impact": action.impact},
+        )
+        return
+    _approve(action, actor=Actor.system("auto-approve"), auto=True)
+
+
+def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str] = ()) -> None:
+    now = timezone.now()
+    validity = approvals.rule_for(action.impact).validity_seconds
+    expires = now + timedelta(seconds=validity)
+    if not _move(
+        action.pk,
+        ActionStatus.PROPOSED,
+        ActionStatus.APPROVED,
+        approved_at=now,
+        expires_at=expires,
+        job_id=execution_job_id(action.pk),
+    ):
+        raise ActionError("state", "The action is no longer waiting for approval.")
+    action.refresh_from_db()
+    record(
+        AuditEventType.PRA_APPROVED,
+        actor=actor,
+        subject=action,
+        details={
+            "auto": auto,
+            "approvers": list(approvers),
+            "fingerprint": action.approval_fingerprint(),
+            "expires_at": expires.isoformat(),
+        },
+    )
+    _announce(action, "approved automatically" if auto else f"approved by {', '.join(approvers)}")
+    _enqueue_on_commit("pra.jobs.execute_action", action.pk, execution_job_id(action.pk))
+
+
+# --- approval ---------------------------------------------------------------------
+
+
+def approve_action(
+    action: PRAAction | int,
+    *,
+    by: AbstractBaseUser,
+    confirmation: str = "",
+    fingerprint: str | None = None,
+    comment: str = "",
+) -> approvals.Tally:
+    """Sign ``action`` as ``by``; when enough people signed, approve it and enqueue it.
+
+    ``fingerprint`` is what the approver was shown (the UI and API send it);
+    if the action changed since, the signature is refused.
+    """
+    action_id = action.pk if isinstance(action, PRAAction) else action
+    with transaction.atomic():
+        obj = (
+            PRAAction.objects.select_for_update()
+            .select_related("host")
+            .filter(pk=action_id)
+            .first()
+        )
+        if obj is None:
+            raise ActionError("not_found", f"No action #{action_id}.")
+        if obj.status != ActionStatus.PROPOSED:
+            raise ActionError(
+                "state", f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be approved."
+            )
+        try:
+            result = approvals.sign(
+                obj, by, fingerprint=fingerprint, confirmation=confirmation, comment=comment
+            )
+        except approvals.ApprovalError as exc:
+            raise ActionError(exc.code, exc.message) from None
+        if result.complete:
+            _approve(obj, actor=Actor.of(by), auto=False, approvers=result.approvers)
+        else:
+            _announce(obj, f"{result.count}/{result.required} approvals", approvals=result.count)
+    return result
+
+
+def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str) -> PRAAction:
+    """End a PROPOSED action with a reason (approvers only)."""
+    action_id = action.pk if isinstance(action, PRAAction) else action
+    _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
+    reason = " ".join((reason or "").split())
+    if len(reason) < 5:
+        raise ActionError("reason", "A rejection needs a reason (at least 5 characters).")
+    with transaction.atomic():
+        obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+        if obj is None:
+            raise ActionError("not_found", f"No action #{action_id}.")
+        if not _move(obj.pk, ActionStatus.PROPOSED, ActionStatus.REJECTED):
+            obj.refresh_from_db()
+            raise ActionError(
+                "state", f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be rejected."
+            )
+        obj.refresh_from_db()
+        record(
+            AuditEventType.PRA_REJECTED, actor=by, subject=obj, details={"reason": reason[:1000]}
+        )
+        _announce(obj, f"rejected by {by.get_username()}: {reason[:200]}")
+    return obj
+
+
+def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) -> PRAAction:
+    """Ask for an APPROVED, unexpired action to run now (MCP/API "execute").
+
+    Approval already enqueued the job; this re-enqueues it when it is missing
+    and never runs anything that people did not approve.
+    """
+    user = by.user if isinstance(by, Actor) else by
+    _require_perm(user, EXECUTE_PERMISSION, "execute approved actions")
+    action_id = action.pk if isinstance(action, PRAAction) else action
+    obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+    if obj is None:
+        raise ActionError("not_found", f"No action #{action_id}.")
+    if obj.status == ActionStatus.APPROVED and obj.expires_at and obj.expires_at <= timezone.now():
+        expire_action(obj.pk)
+        obj.refresh_from_db()
+    if obj.status != ActionStatus.APPROVED:
+        hint = {
+            ActionStatus.PROPOSED: "it still needs human approval in the portal",
+            ActionStatus.EXPIRED: "its approval window passed; propose it again",
+            ActionStatus.REJECTED: "it was rejected",
+            ActionStatus.EXECUTING: "it is already running",
+            ActionStatus.COMPLETED: "it already ran",
+            ActionStatus.FAILED: "it already ran and failed",
+        }[obj.status]
+        raise ActionError("state", f"Action #{obj.pk} is {obj.status}: {hint}.")
+    _ensure_enqueued(obj)
+    return obj
+
+
+# --- execution (called by jobs) -----------------------------------------------------
+
+
+def expire_action(action_id: int) -> bool:
+    """Expire one action whose window passed (PROPOSED too old, or APPROVED not started)."""
+    now = timezone.now()
+    with transaction.atomic():
+        obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+        if obj is None:
+            return False
+        if obj.status == ActionStatus.APPROVED and obj.expires_at and obj.expires_at <= now:
+            won = _move(obj.pk, ActionStatus.APPROVED, ActionStatus.EXPIRED)
+        elif obj.status == ActionStatus.PROPOSED and obj.created <= now - timedelta(
+            seconds=settings.PRA_PROPOSAL_TTL
+        ):
+            won = _move(obj.pk, ActionStatus.PROPOSED, ActionStatus.EXPIRED)
+        else:
+            return False
+        if won:
+            was = obj.status
+            obj.refresh_from_db()
+            record(
+                AuditEventType.PRA_EXPIRED,
+                actor=Actor.system("expiry"),
+                subject=obj,
+                details={"was": was},
+            )
+            _announce(obj, f"expired while {was}")
+    return won
+
+
+def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
+    """APPROVED -> EXECUTING for exactly one caller, only inside the approval window.
+
+    Also re-checks that the approval still covers the action as it is now.
+    Returns the action for the winner, None for everyone else.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+        if obj is None or obj.status != ActionStatus.APPROVED:
+            return None
+        if obj.expires_at is None or obj.expires_at <= now:
+            transaction.on_commit(lambda: expire_action(action_id))
+            return None
+        if not approvals.tally(obj).complete and not _was_auto_approved(obj):
+            logger.error("action %s approved without valid signatures; refusing", action_id)
+            return None
+        won = PRAAction.objects.filter(
+            pk=action_id, status=ActionStatus.APPROVED, expires_at__gt=now
+        ).update(
+            status=ActionStatus.EXECUTING,
+            status_changed_at=now,
+            started_at=now,
+            heartbeat_at=now,
+            job_id=job_id,
+        )
+        if not won:
+            return None
+        obj.refresh_from_db()
+        record(
+            AuditEventType.PRA_EXECUTING,
+            actor=Actor.system("worker"),
+            subject=obj,
+            details={"job_id": job_id, "command": obj.command_display},
+        )
+        _announce(obj, "executing")
+    return obj
+
+
+def _was_auto_approved(obj: PRAAction) -> bool:
+    from portal.models import AuditEvent
+
+    return AuditEvent.objects.filter(
+        subject_type="pra.praaction",
+        subject_id=str(obj.pk),
+        event_type=AuditEventType.PRA_APPROVED,
+        details__auto=True,
+    ).exists()
+
+
+def heartbeat(action_id: int) -> None:
+    PRAAction.objects.filter(pk=action_id, status=ActionStatus.EXECUTING).update(
+        heartbeat_at=timezone.now()
+    )
+
+
+def publish_output(action: PRAAction, chunk: str) -> None:
+    """Stream a chunk of stdout to the action's page (outside any transaction)."""
+    publish(
+        LiveEvent(
+            kind=LiveEventKind.PRA_OUTPUT,
+            subject_type="pra.praaction",
+            subject_id=str(action.pk),
+            status=ActionStatus.EXECUTING,
+            data={"chunk": chunk[:4000]},
+        ),
+        dashboard=False,
+    )
+
+
+def classify(result: ssh.CommandResult) -> str:
+    if result.exit_code == DENIED_EXIT and "DENIED:" in result.stderr:
+        return FailureCause.DENIED
+    if any(line.startswith("sudo:") for line in result.stderr.splitlines()):
+        return FailureCause.SUDO
+    return FailureCause.COMMAND_ERROR
+
+
+def finish_execution(
+    action_id: int,
+    *,
+    result: ssh.CommandResult | None = None,
+    cause: str = "",
+    detail: str = "",
+    attempts: int = 1,
+) -> PRAAction | None:
+    """EXECUTING -> COMPLETED (exit 0) or FAILED with a classified cause."""
+    now = timezone.now()
+    fields: dict[str, Any] = {"finished_at": now, "connect_attempts": attempts}
+    if result is not None:
+        fields.update(exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+        if result.exit_code != 0:
+            cause = cause or classify(result)
+    new = (
+        ActionStatus.COMPLETED
+        if result is not None and result.exit_code == 0
+        else ActionStatus.FAILED
+    )
+    if new == ActionStatus.FAILED:
+        fields.update(
+            failure_cause=cause or FailureCause.COMMAND_ERROR, failure_detail=detail[:4000]
+        )
+    with transaction.atomic():
+        if not _move(action_id, ActionStatus.EXECUTING, new, **fields):
+            return None  # the reaper already ended it; its verdict stands
+        obj = PRAAction.objects.select_related("host").get(pk=action_id)
+        record(
+            AuditEventType.PRA_EXECUTED
+            if new == ActionStatus.COMPLETED
+            else AuditEventType.PRA_FAILED,
+            actor=Actor.system("worker"),
+            subject=obj,
+            details={
+                "exit_code": obj.exit_code,
+                "cause": obj.failure_cause,
+                "detail": detail[:1000],
+                "duration_s": round(result.duration, 3) if result else None,
+                "attempts": attempts,
+            },
+        )
+        summary = (
+            "completed"
+            if new == ActionStatus.COMPLETED
+            else f"failed: {obj.get_failure_cause_display()}"
+        )
+        _announce(obj, summary, exit_code=obj.exit_code, cause=obj.failure_cause)
+    return obj
+
+
+def record_verification(action_id: int, *, verified: bool | None, output: str) -> PRAAction:
+    """Store the probe's verdict (None = this action has no probe)."""
+    outcome = (
+        Verification.SKIPPED
+        if verified is None
+        else Verification.VERIFIED
+        if verified
+        else Verification.NOT_VERIFIED
+    )
+    with transaction.atomic():
+        updated = PRAAction.objects.filter(pk=action_id, verification=Verification.PENDING).update(
+            verification=outcome, verification_output=output[:8000], verified_at=timezone.now()
+        )
+        obj = PRAAction.objects.select_related("host").get(pk=action_id)
+        if updated and outcome != Verification.SKIPPED:
+            record(
+                AuditEventType.PRA_VERIFIED if verified else AuditEventType.PRA_NOT_VERIFIED,
+                actor=Actor.system("verifier"),
+                subject=obj,
+                details={"output": output[:1000]},
+            )
+            _announce(obj, "verified" if verified else "NOT verified: escalate")
+    return obj
+
+
+# --- periodic safety nets -----------------------------------------------------------
+
+
+def reap_lost_runs(now=None) -> list[int]:
+    """FAIL (worker lost) every EXECUTING action whose worker stopped beating. Never re-runs."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=settings.PRA_HEARTBEAT_GRACE)
+    reaped = []
+    candidates = PRAAction.objects.filter(status=ActionStatus.EXECUTING).values_list(
+        "pk", "heartbeat_at", "started_at", "action"
+    )
+    for pk, beat, started, name in candidates:
+        overdue = started and started + timedelta(seconds=get_spec(name).timeout) + grace < now
+        silent = (beat or started) is None or (beat or started) + grace < now
+        if not (overdue or silent):
+            continue
+        detail = "no heartbeat from the worker" if silent else "ran past its timeout"
+        obj = finish_execution(pk, cause=FailureCause.WORKER_LOST, detail=detail)
+        if obj is not None:
+            reaped.append(pk)
+    return reaped
+
+
+def _job_alive(job_id: str) -> bool:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    from portal.lib.redis import get_redis
+
+    try:
+        status = Job.fetch(job_id, connection=get_redis()).get_status()
+    except NoSuchJobError:
+        return False
+    return status in {
+        JobStatus.QUEUED,
+        JobStatus.STARTED,
+        JobStatus.SCHEDULED,
+        JobStatus.DEFERRED,
+    }
+
+
+def _ensure_enqueued(obj: PRAAction) -> bool:
+    job_id = execution_job_id(obj.pk)
+    if _job_alive(job_id):
+        return False
+    _enqueue("pra.jobs.execute_action", obj.pk, job_id)
+    with transaction.atomic():
+        record(
+            AuditEventType.PRA_REENQUEUED,
+            actor=Actor.system("reconciler"),
+            subject=obj,
+            details={"job_id": job_id},
+        )
+    return True
+
+
+def reconcile_approved(now=None) -> list[int]:
+    """Re-enqueue APPROVED actions whose job vanished (Redis flush/restart) while still valid."""
+    now = now or timezone.now()
+    requeued = []
+    for obj in PRAAction.objects.filter(status=ActionStatus.APPROVED, expires_at__gt=now):
+        if _ensure_enqueued(obj):
+            requeued.append(obj.pk)
+    return requeued
+
+
+def expire_due(now=None) -> list[int]:
+    now = now or timezone.now()
+    due = list(
+        PRAAction.objects.filter(status=ActionStatus.APPROVED, expires_at__lte=now).values_list(
+            "pk", flat=True
+        )
+    ) + list(
+        PRAAction.objects.filter(
+            status=ActionStatus.PROPOSED,
+            created__lte=now - timedelta(seconds=settings.PRA_PROPOSAL_TTL),
+        ).values_list("pk", flat=True)
+    )
+    return [pk for pk in due if expire_action(pk)]
+
+
+# --- diagnostics -------------------------------------------------------------------
+
+
+def run_diagnostic(
+    host: Host | str, name: str, params: dict | None = None, *, by: AbstractBaseUser | Actor
+) -> DiagnosticRun:
+    """Run one read-only diagnostic over SSH and keep its result (usable as evidence)."""
+    actor = Actor.of(by)
+    _require_perm(actor.user, DIAGNOSE_PERMISSION, "run diagnostics")
+    try:
+        argv = get_diagnostic(name).argv(params)
+    except CatalogError as exc:
+        raise ActionError("invalid", str(exc)) from None
+    if isinstance(host, str):
+        found = Host.objects.filter(name=host).first()
+        if found is None:
+            raise ActionError("invalid", f"unknown host {host!r}")
+        host = found
+    exit_code, output, error = None, "", ""
+    try:
+        result = transport.run_diag(host, argv)
+        exit_code, output = result.exit_code, result.stdout + result.stderr
+    except ssh.SSHError as exc:
+        error = str(exc)
+    with transaction.atomic():
+        run = DiagnosticRun.objects.create(
+            host=host,
+            command=" ".join(argv),
+            exit_code=exit_code,
+            output=output,
+            error=error,
+            requested_by=actor.label,
+        )
+        record(
+            AuditEventType.DIAGNOSTIC_RUN,
+            actor=actor,
+            subject=run,
+            details={
+                "host": host.name,
+                "command": run.command,
+                "exit_code": exit_code,
+                "error": error,
+            },
+        )
+    return run
+
+
+# --- hosts -------------------------------------------------------------------------
+
+
+def add_host(
+    *,
+    name: str,
+    address: str,
+    port: int = 22,
+    ssh_user: str = "pra",
+    host_key: str,
+    tags: str = "",
+    by: AbstractBaseUser | Actor | str = "system:cli",
+) -> Host:
+    """Register a host with the host key the caller has seen and confirmed."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        fp = ssh.fingerprint(host_key)
+    except ValueError as exc:
+        raise ActionError("invalid", f"host key: {exc}") from None
+    host = Host(
+        name=name,
+        address=address,
+        port=port,
+        ssh_user=ssh_user,
+        host_key=host_key.strip(),
+        host_key_fingerprint=fp,
+        tags=tags,
+    )
+    try:
+        host.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+        raise ActionError("invalid", problems) from None
+    with transaction.atomic():
+        host.save()
+        record(
+            AuditEventType.HOST_ADDED,
+            actor=by,
+            subject=host,
+            details={"name": name, "address": address, "port": port, "fingerprint": fp},
+        )
+    return host
+
+
+def pin_host_key(host: Host, host_key: str, *, by: AbstractBaseUser | Actor | str) -> Host:
+    """Replace a host's pinned key (after a known re-install); pending approvals go stale."""
+    try:
+        fp = ssh.fingerprint(host_key)
+    except ValueError as exc:
+        raise ActionError("invalid", f"host key: {exc}") from None
+    with transaction.atomic():
+        old = host.host_key_fingerprint
+        Host.objects.filter(pk=host.pk).update(host_key=host_key.strip(), host_key_fingerprint=fp)
+        host.refresh_from_db()
+        record(
+            AuditEventType.HOST_KEY_PINNED,
+            actor=by,
+            subject=host,
+            details={"old": old, "new": fp},
+        )
+    return host

@@ -1,0 +1,270 @@
+"""Remediation admin: the main UI for proposing, approving and following actions."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from portal import approvals
+from portal.models import AuditEvent
+from pra import actions
+from pra.catalog import CATALOG
+from pra.choices import ActionStatus
+from pra.diagnostics import DIAGNOSTICS
+from pra.models import DiagnosticRun, Host, PRAAction
+
+BADGE = {
+    ActionStatus.PROPOSED: "warn",
+    ActionStatus.APPROVED: "warn",
+    ActionStatus.EXECUTING: "warn",
+    ActionStatus.COMPLETED: "ok",
+    ActionStatus.FAILED: "bad",
+    ActionStatus.REJECTED: "bad",
+    ActionStatus.EXPIRED: "",
+}
+
+
+def _badge(text: str, kind: str):
+    return format_html('<span class="pra-badge {}" data-status="{}">{}</span>', kind, text, text)
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "address",
+        "port",
+        "ssh_user",
+        "host_key_fingerprint",
+        "tags",
+        "enabled",
+    )
+    list_filter = ("enabled",)
+    search_fields = ("name", "address", "tags")
+    # The key is pinned by `manage.py pra_host add` after showing its fingerprint.
+    readonly_fields = ("host_key", "host_key_fingerprint", "created")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("portal.manage_portal")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AwaitingMyApproval(admin.SimpleListFilter):
+    title = "approval"
+    parameter_name = "awaiting"
+
+    def lookups(self, request, model_admin):
+        return [("me", "Waiting for my approval")]
+
+    def queryset(self, request, queryset):
+        if self.value() != "me":
+            return queryset
+        signed = approvals.Approval.objects.filter(
+            approver=request.user, content_type__model="praaction"
+        ).values_list("object_id", flat=True)
+        return queryset.filter(status=ActionStatus.PROPOSED).exclude(
+            Q(proposed_by=request.user) | Q(pk__in=[int(i) for i in signed])
+        )
+
+
+class ProposeForm(forms.ModelForm):
+    action = forms.ChoiceField(choices=[(n, f"{n} ({s.impact})") for n, s in CATALOG.items()])
+    params = forms.JSONField(required=False, initial=dict, help_text='e.g. {"name": "web-1"}')
+    auto_approve_requested = forms.BooleanField(
+        required=False, label="Ask for automatic approval (LOW impact, if policy allows)"
+    )
+
+    class Meta:
+        model = PRAAction
+        fields = ["action", "host", "params", "rationale", "auto_approve_requested"]
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            actions.validate_proposal(
+                action=data["action"],
+                host=data["host"],
+                params=data.get("params") or {},
+                rationale=data.get("rationale", ""),
+                auto_approve=data.get("auto_approve_requested", False),
+            )
+        except actions.ActionError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return data
+
+
+@admin.register(PRAAction)
+class PRAActionAdmin(admin.ModelAdmin):
+    list_display = ("id", "status_badge", "action", "impact", "host", "proposer", "age", "verified")
+    list_filter = (AwaitingMyApproval, "status", "impact", "source", "host")
+    search_fields = ("action", "host__name", "proposer_label", "rationale")
+    list_select_related = ("host",)
+    ordering = ("-created",)
+    form = ProposeForm
+    change_form_template = "admin/pra/praaction/change_form.html"
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _badge(obj.status, BADGE.get(obj.status, ""))
+
+    @admin.display(description="proposed by", ordering="proposer_label")
+    def proposer(self, obj):
+        if obj.source == "AI":
+            return format_html("🤖 {} <em>(AI-proposed)</em>", obj.proposer_label)
+        return obj.proposer_label
+
+    @admin.display(description="age", ordering="created")
+    def age(self, obj):
+        seconds = int((timezone.now() - obj.created).total_seconds())
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+
+    @admin.display(description="verification")
+    def verified(self, obj):
+        return obj.get_verification_display() if obj.status == ActionStatus.COMPLETED else "—"
+
+    # Status and results are never edited by hand: existing actions are read-only.
+    def has_change_permission(self, request, obj=None):
+        return obj is None and request.user.has_perm("portal.propose_action")
+
+    def has_add_permission(self, request):
+        return request.user.has_perm("portal.propose_action")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        created = actions.propose_action(
+            action=form.cleaned_data["action"],
+            host=form.cleaned_data["host"],
+            params=form.cleaned_data.get("params") or {},
+            rationale=form.cleaned_data["rationale"],
+            by=request.user,
+            auto_approve=form.cleaned_data.get("auto_approve_requested", False),
+        )
+        obj.pk = created.pk
+
+    def log_addition(self, request, obj, message):
+        return None  # the audit log has PRA_PROPOSED
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/approve/", wrap(self.approve_view), name="pra_praaction_approve"),
+            path("<int:pk>/reject/", wrap(self.reject_view), name="pra_praaction_reject"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = get_object_or_404(PRAAction.objects.select_related("host"), pk=object_id)
+        tally = approvals.tally(obj)
+        user = request.user
+        can_sign = False
+        if obj.status == ActionStatus.PROPOSED:
+            try:
+                approvals.check_signer(
+                    obj, user, fingerprint=None, confirmation=obj.approval_confirmation_text
+                )
+                can_sign = True
+            except approvals.ApprovalError:
+                can_sign = False
+        rule = approvals.rule_for(obj.impact)
+        context = {
+            "action_obj": obj,
+            "tally": tally,
+            "rule": rule,
+            "can_sign": can_sign,
+            "can_reject": obj.status == ActionStatus.PROPOSED
+            and user.has_perm(approvals.APPROVE_PERMISSION),
+            "fingerprint": obj.approval_fingerprint(),
+            "params_json": json.dumps(obj.params),
+            "evidence": obj.evidence.all(),
+            "trail": AuditEvent.objects.filter(
+                subject_type="pra.praaction", subject_id=str(obj.pk)
+            ).order_by("id"),
+            "is_ai": obj.source == "AI",
+            "status_kind": BADGE.get(obj.status, ""),
+        }
+        return super().change_view(
+            request, object_id, form_url, {**context, **(extra_context or {})}
+        )
+
+    def _redirect(self, pk):
+        return HttpResponseRedirect(reverse("admin:pra_praaction_change", args=[pk]))
+
+    def approve_view(self, request, pk):
+        return require_POST(self._approve)(request, pk)
+
+    def _approve(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            tally = actions.approve_action(
+                pk,
+                by=request.user,
+                confirmation=request.POST.get("confirmation", ""),
+                fingerprint=request.POST.get("fingerprint", ""),
+                comment=request.POST.get("comment", ""),
+            )
+        except actions.ActionError as exc:
+            messages.error(request, exc.message)
+        else:
+            if tally.complete:
+                messages.success(request, "Approved: the action is queued for execution.")
+            else:
+                messages.info(request, f"Signed ({tally.count}/{tally.required}).")
+        return self._redirect(pk)
+
+    def reject_view(self, request, pk):
+        return require_POST(self._reject)(request, pk)
+
+    def _reject(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            actions.reject_action(pk, by=request.user, reason=request.POST.get("reason", ""))
+        except actions.ActionError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Rejected.")
+        return self._redirect(pk)
+
+
+class DiagnosticForm(forms.Form):
+    name = forms.ChoiceField(choices=[(n, n) for n in DIAGNOSTICS])
+    params = forms.JSONField(required=False, initial=dict)
+
+
+@admin.register(DiagnosticRun)
+class DiagnosticRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
+    list_filter = ("host",)
+    readonly_fields = [f.name for f in DiagnosticRun._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,308 @@
+"""Remediation API. Every endpoint calls pra.actions; errors are JSON with the right 4xx."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Field, Router, Schema, Status
+
+from portal import approvals
+from pra import actions
+from pra.catalog import CATALOG
+from pra.choices import ActionStatus
+from pra.diagnostics import DIAGNOSTICS
+from pra.models import Host, PRAAction
+
+router = Router(tags=["remediation"])
+
+STATUS_FOR = {
+    "permission": 403,
+    "self_approval": 403,
+    "not_found": 404,
+    "state": 409,
+    "already_signed": 409,
+    "stale": 409,
+}
+
+
+class ErrorOut(Schema):
+    error: str
+    message: str
+
+
+def _error(exc: actions.ActionError) -> Status:
+    return Status(STATUS_FOR.get(exc.code, 400), {"error": exc.code, "message": exc.message})
+
+
+def _need(request: HttpRequest, perm: str) -> None:
+    if not request.user.has_perm(perm):
+        raise PermissionError(f"missing permission {perm}")
+
+
+class ParamOut(Schema):
+    name: str
+    description: str
+    pattern: str
+
+
+class CatalogEntryOut(Schema):
+    name: str
+    description: str
+    impact: str
+    idempotent: bool
+    impact_note: str
+    params: list[ParamOut]
+    verification: str | None
+
+
+class HostOut(Schema):
+    name: str
+    address: str
+    port: int
+    ssh_user: str
+    host_key_fingerprint: str
+    tags: list[str]
+    enabled: bool
+
+
+class ProposeIn(Schema):
+    action: str = Field(max_length=64)
+    host: str = Field(max_length=63)
+    params: dict[str, Any] = Field(default_factory=dict)
+    rationale: str = Field(max_length=5000)
+    auto_approve: bool = False
+    evidence_ids: list[int] = Field(default_factory=list, max_length=50)
+
+
+class ApproveIn(Schema):
+    confirmation: str = Field(default="", max_length=100)
+    fingerprint: str | None = Field(default=None, max_length=64)
+    comment: str = Field(default="", max_length=500)
+
+
+class RejectIn(Schema):
+    reason: str = Field(max_length=1000)
+
+
+class DiagnosticIn(Schema):
+    name: str = Field(max_length=40)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DiagnosticOut(Schema):
+    id: int
+    host: str
+    command: str
+    exit_code: int | None
+    output: str
+    error: str
+    created: datetime
+
+
+class ActionOut(Schema):
+    id: int
+    action: str
+    host: str
+    params: dict[str, Any]
+    impact: str
+    status: str
+    rationale: str
+    source: str
+    proposer: str
+    ai_proposed: bool
+    created: datetime
+    approved_at: datetime | None
+    expires_at: datetime | None
+    preflight_status: str
+    preflight_output: str
+    approvals: list[str]
+    approvals_required: int
+    fingerprint: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    failure_cause: str
+    failure_detail: str
+    verification: str
+    verification_output: str
+    evidence_ids: list[int]
+
+
+def action_out(obj: PRAAction) -> dict:
+    tally = approvals.tally(obj)
+    return {
+        "id": obj.pk,
+        "action": obj.action,
+        "host": obj.host.name,
+        "params": obj.params,
+        "impact": obj.impact,
+        "status": obj.status,
+        "rationale": obj.rationale,
+        "source": obj.source,
+        "proposer": obj.proposer_label,
+        "ai_proposed": obj.source == "AI",
+        "created": obj.created,
+        "approved_at": obj.approved_at,
+        "expires_at": obj.expires_at,
+        "preflight_status": obj.preflight_status,
+        "preflight_output": obj.preflight_output,
+        "approvals": tally.approvers,
+        "approvals_required": tally.required,
+        "fingerprint": obj.approval_fingerprint(),
+        "exit_code": obj.exit_code,
+        "stdout": obj.stdout,
+        "stderr": obj.stderr,
+        "failure_cause": obj.failure_cause,
+        "failure_detail": obj.failure_detail,
+        "verification": obj.verification,
+        "verification_output": obj.verification_output,
+        "evidence_ids": list(obj.evidence.values_list("pk", flat=True)),
+    }
+
+
+def catalog_out() -> list[dict]:
+    return [
+        {
+            "name": s.name,
+            "description": s.description,
+            "impact": s.impact,
+            "idempotent": s.idempotent,
+            "impact_note": s.impact_note,
+            "params": [
+                {"name": p.name, "description": p.description, "pattern": p.pattern}
+                for p in s.params
+            ],
+            "verification": " ".join(s.probe.diag) if s.probe else None,
+        }
+        for s in CATALOG.values()
+    ]
+
+
+def host_out(host: Host) -> dict:
+    return {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "ssh_user": host.ssh_user,
+        "host_key_fingerprint": host.host_key_fingerprint,
+        "tags": host.tag_list,
+        "enabled": host.enabled,
+    }
+
+
+@router.get("/catalog", response=list[CatalogEntryOut])
+def list_catalog(request):
+    _need(request, "portal.view_portal")
+    return catalog_out()
+
+
+@router.get("/hosts", response=list[HostOut])
+def list_hosts(request):
+    _need(request, "portal.view_portal")
+    return [host_out(h) for h in Host.objects.all()]
+
+
+@router.post("/actions", response={201: ActionOut, 400: ErrorOut, 403: ErrorOut})
+def propose(request, body: ProposeIn):
+    try:
+        obj = actions.propose_action(
+            action=body.action,
+            host=body.host,
+            params=body.params,
+            rationale=body.rationale,
+            by=request.user,
+            auto_approve=body.auto_approve,
+            evidence_ids=body.evidence_ids,
+        )
+    except actions.ActionError as exc:
+        return _error(exc)
+    return Status(201, action_out(obj))
+
+
+@router.get("/actions", response=list[ActionOut])
+def list_actions(request, status: ActionStatus | None = None, limit: int = 50):
+    """Actions, newest first; `status=PROPOSED` lists those waiting for approval."""
+    _need(request, "portal.view_portal")
+    qs = PRAAction.objects.select_related("host")
+    if status:
+        qs = qs.filter(status=status)
+    return [action_out(a) for a in qs[: max(1, min(limit, 200))]]
+
+
+@router.get("/actions/{action_id}", response={200: ActionOut, 404: ErrorOut})
+def get_action(request, action_id: int):
+    _need(request, "portal.view_portal")
+    return action_out(get_object_or_404(PRAAction.objects.select_related("host"), pk=action_id))
+
+
+@router.post(
+    "/actions/{action_id}/approve",
+    response={200: ActionOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+)
+def approve(request, action_id: int, body: ApproveIn):
+    try:
+        actions.approve_action(
+            action_id,
+            by=request.user,
+            confirmation=body.confirmation,
+            fingerprint=body.fingerprint,
+            comment=body.comment,
+        )
+    except actions.ActionError as exc:
+        return _error(exc)
+    return action_out(PRAAction.objects.select_related("host").get(pk=action_id))
+
+
+@router.post(
+    "/actions/{action_id}/reject",
+    response={200: ActionOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+)
+def reject(request, action_id: int, body: RejectIn):
+    try:
+        obj = actions.reject_action(action_id, by=request.user, reason=body.reason)
+    except actions.ActionError as exc:
+        return _error(exc)
+    return action_out(obj)
+
+
+@router.post(
+    "/actions/{action_id}/execute",
+    response={202: ActionOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+)
+def execute(request, action_id: int):
+    try:
+        obj = actions.request_execution(action_id, by=request.user)
+    except actions.ActionError as exc:
+        return _error(exc)
+    return Status(202, action_out(obj))
+
+
+@router.get("/diagnostics", response=list[dict])
+def list_diagnostics(request):
+    _need(request, "portal.view_portal")
+    return [
+        {"name": d.name, "description": d.description, "params": [p.name for p in d.params]}
+        for d in DIAGNOSTICS.values()
+    ]
+
+
+@router.post(
+    "/hosts/{host}/diagnostics", response={200: DiagnosticOut, 400: ErrorOut, 403: ErrorOut}
+)
+def run_diagnostic(request, host: str, body: DiagnosticIn):
+    try:
+        run = actions.run_diagnostic(host, body.name, body.params, by=request.user)
+    except actions.ActionError as exc:
+        return _error(exc)
+    return {
+        "id": run.pk,
+        "host": run.host.name,
+        "command": run.command,
+        "exit_code": run.exit_code,
+        "output": run.output,
+        "error": run.error,
+        "created": run.created,
+    }
