@@ -275,7 +275,9 @@ class LocalTarget:
         return self.log_path.read_text().splitlines() if self.log_path.exists() else []
 
     def reset(self) -> None:
-        """Forget every call, unit, container, journal line, failure and delay, and the log."""
+        """Forget every call, unit, container, journal line, failure and delay, and the log;
+        rewrite the stand-ins in case a test removed or changed one."""
+        self._write_standins()
         self.clear_calls()
         for name in _STATE_DIRS:
             for path in (self.state_dir / name).iterdir():

@@ -297,11 +297,13 @@ def _authorized_keys(
 def _readme(
     prefix: str, log_file: str, path: str, run_user: str, use_sudo: bool, fingerprint: str
 ) -> str:
-    actions = "\n".join(
-        f"| `{spec.wire_command({p.name: p.name.upper() for p in spec.params})}` "
-        f"| `{' '.join(spec.command)}` | {spec.impact} |"
-        for spec in sorted(CATALOG.values(), key=lambda s: s.name)
-    )
+    rows = []
+    for spec in sorted(CATALOG.values(), key=lambda s: s.name):
+        shown = {p.name: p.name.upper() for p in spec.params}
+        sent = " ".join([spec.name, *shown.values()])
+        runs = " ".join(part.format(**shown) for part in spec.command)
+        rows.append(f"| `{sent}` | `{runs}` | {spec.impact} |")
+    actions = "\n".join(rows)
     sudo_note = (
         f"`pra-exec` runs `sudo -n {prefix}/pra-run`; `sudoers-pra` allows exactly that "
         "file, pinned by its SHA-256 (re-render and re-install both together)."
@@ -395,7 +397,7 @@ PRA_EXEC = r"""#!/bin/bash
 #   ACTION [ARG...]            run a catalog action through pra-run
 #   --dry-run ACTION [ARG...]  check it could run, run nothing
 #   --catalog                  print the catalog fingerprint
-# Anything else: "DENIED: reason" on stderr, exit @@DENIED_EXIT@@. Never eval, never a shell.
+# Anything else: "DENIED: reason" on stderr, exit @@DENIED_EXIT@@. No shell ever parses input.
 set -euo pipefail
 export LC_ALL=C
 PATH=@@PATH@@
@@ -623,7 +625,8 @@ diag_health() {
     local unit=$1 state errors count=0 reasons=() lines=() joined
     state=$(systemctl is-active "$unit" </dev/null 2>/dev/null) || true
     [[ $state == active ]] || reasons+=("not active (${state:-unknown})")
-    if errors=$(journalctl -u "$unit" --since "-10 min" -p err --no-pager -q </dev/null 2>/dev/null); then
+    if errors=$(journalctl -u "$unit" --since "-10 min" -p err --no-pager -q \
+        </dev/null 2>/dev/null); then
         if [[ -n $errors ]]; then
             mapfile -t lines <<<"$errors"
             count=${#lines[@]}
@@ -759,7 +762,10 @@ if (( EUID != 0 )); then
     exit 1
 fi
 for file in pra-exec pra-run pra-diag sudoers-pra authorized_keys; do
-    [[ -f $file ]] || { echo "missing $file: run install.sh from the rendered directory" >&2; exit 1; }
+    if [[ ! -f $file ]]; then
+        echo "missing $file: run install.sh from the rendered directory" >&2
+        exit 1
+    fi
 done
 
 # Check the sudoers drop-in before anything is installed: a broken one locks sudo out.

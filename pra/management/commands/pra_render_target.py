@@ -54,8 +54,8 @@ class Command(BaseCommand):
         if missing:
             self.stdout.write(
                 self.style.WARNING(
-                    f"No {' and no '.join(missing)} public key given: authorized_keys has "
-                    "placeholder lines for them."
+                    f"No {' or '.join(missing)} public key given: authorized_keys has a "
+                    "commented placeholder line instead."
                 )
             )
         self.stdout.write(

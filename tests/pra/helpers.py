@@ -1,0 +1,62 @@
+"""Shared pieces of the remediation tests that talk to the real loopback target."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import django_rq
+import pytest
+from django.db import connection
+from rq import SimpleWorker
+
+from pra import actions
+from pra.models import Host
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def target_host(shared_ssh_target, settings) -> Host:
+    """The shared loopback sshd registered as host ``dns-1`` with its key pinned."""
+    return register(shared_ssh_target, settings)
+
+
+def register(target, settings, name: str = "dns-1") -> Host:
+    settings.PRA_SSH_KEY_FILE = target.exec_key_path
+    settings.PRA_DIAG_SSH_KEY_FILE = target.diag_key_path
+    settings.PRA_RETRY_BACKOFF = 0.05
+    return actions.add_host(
+        name=name,
+        address=target.address,
+        port=target.port,
+        ssh_user=target.user,
+        host_key=target.host_key_line,
+    )
+
+
+def run_jobs() -> None:
+    """Drain the queues with a real RQ worker in burst mode (in-process, no fork)."""
+    worker = django_rq.get_worker("pra", "default", worker_class=SimpleWorker)
+    worker.work(burst=True, with_scheduler=False)
+
+
+def restarts(target, *words: str) -> int:
+    return sum(1 for call in target.calls() if call[: len(words)] == list(words))
+
+
+def child_env(target) -> dict[str, str]:
+    """Environment for a separate process working on this test's database and Redis."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PRA_SSH_KEY_FILE": str(target.exec_key_path),
+        "PRA_DIAG_SSH_KEY_FILE": str(target.diag_key_path),
+        "PYTHONPATH": str(BASE_DIR),
+    }
+
+
+PYTHON = sys.executable

@@ -1,0 +1,142 @@
+"""Concurrency and crash safety against real PostgreSQL, Redis, RQ workers and sshd.
+The end commands on the target (systemctl, ...) are recording stand-ins (no systemd here)."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from portal.lib.redis import get_redis
+from pra import actions
+from pra.choices import ActionStatus, FailureCause
+from pra.models import PRAAction
+from tests.pra.factories import propose
+from tests.pra.helpers import (
+    BASE_DIR,
+    PYTHON,
+    child_env,
+    restarts,
+    run_jobs,
+    target_host,  # noqa: F401  (fixture)
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        pause.wait(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _approved(operator, approver, host, action="restart_caddy", **params):
+    obj = propose(operator, host, action, params or None)
+    actions.approve_action(obj, by=approver)
+    return obj
+
+
+def test_eight_processes_racing_execute_it_exactly_once(
+    operator, approver, target_host, shared_ssh_target
+):
+    assert connection.vendor == "postgresql"
+    action = _approved(operator, approver, target_host)
+    code = (
+        "import django; django.setup()\n"
+        "from pra.jobs import execute_action\n"
+        f"print(execute_action({action.pk}))\n"
+    )
+    env = child_env(shared_ssh_target)
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-c", code],
+            env={**env, "DJANGO_SETTINGS_MODULE": "portal.settings"},
+            cwd=BASE_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outcomes = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outcomes.append(out.strip().splitlines()[-1])
+    assert sorted(outcomes) == ["completed"] + ["not-claimed"] * 7
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1
+    action.refresh_from_db()
+    assert action.status == ActionStatus.COMPLETED
+
+
+def test_a_worker_killed_mid_run_leaves_the_action_failed_and_never_reruns(
+    operator, approver, target_host, shared_ssh_target, settings
+):
+    shared_ssh_target.delay_command("systemctl", 30)
+    action = _approved(operator, approver, target_host)
+    worker = subprocess.Popen(
+        [PYTHON, "manage.py", "rqworker", "pra", "--burst"],
+        env=child_env(shared_ssh_target),
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: PRAAction.objects.get(pk=action.pk).status == ActionStatus.EXECUTING,
+            60,
+            "the worker to claim the action",
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
+        worker.wait()
+    # The reaper runs later, once the run's heartbeat is older than the grace period.
+    later = timezone.now() + timedelta(seconds=settings.PRA_HEARTBEAT_GRACE + 1)
+    assert actions.reap_lost_runs(now=timezone.now()) == []  # still within grace
+    assert actions.reap_lost_runs(now=later) == [action.pk]
+    action.refresh_from_db()
+    assert action.status == ActionStatus.FAILED
+    assert action.failure_cause == FailureCause.WORKER_LOST
+    # Nothing brings it back: no re-enqueue, and a stray job cannot claim it.
+    assert actions.reconcile_approved() == []
+    shared_ssh_target.delay_command("systemctl", 0)
+    run_jobs()
+    from pra.jobs import execute_action
+
+    assert execute_action(action.pk) == "not-claimed"
+    action.refresh_from_db()
+    assert action.status == ActionStatus.FAILED
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") <= 1
+
+
+def test_redis_flushed_approved_action_is_reenqueued_and_runs_once(
+    operator, approver, target_host, shared_ssh_target
+):
+    action = _approved(operator, approver, target_host)
+    get_redis().flushdb()  # Redis restarted empty: the job is gone
+    assert actions.reconcile_approved() == [action.pk]
+    assert actions.reconcile_approved() == []  # the job exists again: no duplicate
+    run_jobs()
+    action.refresh_from_db()
+    assert action.status == ActionStatus.COMPLETED
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1
+
+
+def test_reconciler_leaves_expired_approvals_alone(operator, approver, target_host):
+    action = _approved(operator, approver, target_host)
+    get_redis().flushdb()
+    PRAAction.objects.filter(pk=action.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert actions.reconcile_approved() == []
+    assert actions.expire_due() == [action.pk]
+    action.refresh_from_db()
+    assert action.status == ActionStatus.EXPIRED
