@@ -8,13 +8,14 @@ module level: the environment is settled before any child starts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from portal.lib.localservices import ServiceError, redis_answers, start_redis
+from portal.lib.localservices import ServiceError, apt_install, redis_answers, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -44,12 +45,15 @@ def main() -> int:
         children.append(("redis-server", proc))
         print(f"Started a local redis-server at {redis_url} (data under {var_dir}).")
     env["REDIS_URL"] = redis_url
+    target = _start_demo_target(var_dir, env)
 
     try:
         _manage("migrate", "--noinput", "-v", "0", env=env)
         _manage("portal_demo", env=env)
     except subprocess.CalledProcessError as exc:
         _stop(children)
+        if target is not None:
+            target.stop()
         return exc.returncode or 1
 
     python = sys.executable
@@ -82,8 +86,36 @@ def main() -> int:
                 break
         time.sleep(0.2)
     _stop(children)
+    if target is not None:
+        target.stop()
     print("Stopped.")
     return exit_code
+
+
+def _start_demo_target(var_dir: Path, env: dict):
+    """A loopback sshd running the generated wrappers in demo mode (stand-in systemctl…)."""
+    from pra.devtarget import DevTargetError, start_local_target
+
+    if shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
+        try:
+            apt_install("openssh-server")
+        except ServiceError as exc:
+            print(f"No demo target: {exc}", file=sys.stderr)
+            return None
+    try:
+        target = start_local_target(var_dir / "demo-target")
+    except (DevTargetError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"No demo target: {exc}", file=sys.stderr)
+        return None
+    if not (target.state_dir / "units" / "unbound").exists():
+        target.set_unit("unbound", "inactive")
+    env.setdefault("PRA_SSH_KEY_FILE", str(target.exec_key_path))
+    env.setdefault("PRA_DIAG_SSH_KEY_FILE", str(target.diag_key_path))
+    env["PORTAL_DEMO_TARGET"] = f"{target.address}:{target.port}"
+    env["PORTAL_DEMO_TARGET_KEY"] = target.host_key_line
+    env["PORTAL_DEMO_TARGET_USER"] = target.user
+    print(f"Started the demo target (loopback sshd) at {target.address}:{target.port}.")
+    return target
 
 
 def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:

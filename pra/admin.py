@@ -63,6 +63,56 @@ class HostAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    change_form_template = "admin/pra/host/change_form.html"
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/diagnose/", wrap(self.diagnose_view), name="pra_host_diagnose"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {
+            "diagnostics": DIAGNOSTICS.values(),
+            "can_diagnose": request.user.has_perm(actions.DIAGNOSE_PERMISSION),
+            "recent_runs": DiagnosticRun.objects.filter(host_id=object_id)[:10],
+        }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    def diagnose_view(self, request, pk):
+        return require_POST(self._diagnose)(request, pk)
+
+    def _diagnose(self, request, pk):
+        host = get_object_or_404(Host, pk=pk)
+        form = DiagnosticForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, f"Bad diagnostic request: {form.errors.as_text()}")
+        else:
+            try:
+                run = actions.run_diagnostic(
+                    host,
+                    form.cleaned_data["name"],
+                    form.cleaned_data["params"] or {},
+                    by=request.user,
+                )
+            except actions.ActionError as exc:
+                messages.error(request, exc.message)
+            else:
+                level = messages.SUCCESS if run.ok else messages.WARNING
+                messages.add_message(
+                    request, level, f"{run.command}: exit {run.exit_code} {run.error}"
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:pra_diagnosticrun_change", args=[run.pk])
+                )
+        return HttpResponseRedirect(reverse("admin:pra_host_change", args=[pk]))
+
+
+class DiagnosticForm(forms.Form):
+    name = forms.ChoiceField(choices=[(n, n) for n in DIAGNOSTICS])
+    params = forms.JSONField(required=False, initial=dict)
+
 
 class AwaitingMyApproval(admin.SimpleListFilter):
     title = "approval"
@@ -247,11 +297,6 @@ class PRAActionAdmin(admin.ModelAdmin):
         else:
             messages.success(request, "Rejected.")
         return self._redirect(pk)
-
-
-class DiagnosticForm(forms.Form):
-    name = forms.ChoiceField(choices=[(n, n) for n in DIAGNOSTICS])
-    params = forms.JSONField(required=False, initial=dict)
 
 
 @admin.register(DiagnosticRun)

@@ -4,6 +4,7 @@ import secrets
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils.module_loading import import_string
 
 from portal.actions import set_user
 from portal.roles import Role
@@ -42,6 +43,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  {username:<10} {logins[username]:<14} {role}")
 
 
+# Demo data contributed by the apps (each app adds its own as it grows).
+DEMO_HOOKS = ["pra.demo.seed"]
+
+
 def demo_hooks():
-    """Demo data contributed by the apps (each app adds its own as it grows)."""
-    return []
+    return [import_string(path) for path in DEMO_HOOKS]

@@ -1,0 +1,40 @@
+"""Demo data for `make run`: the local loopback target registered as host `demo-target`."""
+
+from __future__ import annotations
+
+import os
+
+from pra import actions
+from pra.models import Host
+
+DEMO_HOST = "demo-target"
+
+
+def seed(stdout) -> None:
+    """Register (or re-point) the demo target started by `make run`, if there is one."""
+    address = os.environ.get("PORTAL_DEMO_TARGET")
+    key = os.environ.get("PORTAL_DEMO_TARGET_KEY")
+    user = os.environ.get("PORTAL_DEMO_TARGET_USER", "root")
+    if not address or not key:
+        return
+    ip, port = address.rsplit(":", 1)
+    host = Host.objects.filter(name=DEMO_HOST).first()
+    if host is None:
+        host = actions.add_host(
+            name=DEMO_HOST,
+            address=ip,
+            port=int(port),
+            ssh_user=user,
+            host_key=key,
+            tags="demo,loopback",
+            by="system:demo",
+        )
+    else:
+        # The demo sshd gets a new port each run; its key is ours and stays the same.
+        Host.objects.filter(pk=host.pk).update(address=ip, port=int(port), ssh_user=user)
+        if host.host_key.strip() != key.strip():
+            actions.pin_host_key(host, key, by="system:demo")
+    stdout.write(
+        f"Demo target: host '{DEMO_HOST}' at {address} (unbound starts inactive: "
+        "propose restart_unbound on it, approve it as 'approver' and watch it complete)."
+    )
