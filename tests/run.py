@@ -8,6 +8,7 @@ var/ and stops them afterwards. Exits with pytest's status.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from portal.lib.localservices import (
     ServiceError,
+    apt_install,
     postgres_answers,
     redis_answers,
     start_postgres,
@@ -28,12 +30,36 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/portal"
 
 
+# Programs the suite drives for real, and the Debian package providing each.
+TEST_TOOLS = {
+    "/usr/sbin/sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "sudo": "sudo",
+    "/usr/sbin/visudo": "sudo",
+    "shellcheck": "shellcheck",
+    "jq": "jq",
+}
+
+
+def ensure_test_tools() -> None:
+    missing = sorted(
+        {
+            pkg
+            for tool, pkg in TEST_TOOLS.items()
+            if not (shutil.which(tool) or os.path.exists(tool))
+        }
+    )
+    if missing:
+        apt_install(*missing)
+
+
 def main(argv: list[str]) -> int:
     env = dict(os.environ)
     var_dir = BASE_DIR / "var" / "test-services"
     var_dir.mkdir(parents=True, exist_ok=True)
     cleanups = []
     try:
+        ensure_test_tools()
         database_url = env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL") or DEFAULT_DATABASE
         if not database_url.startswith("postgres") or not postgres_answers(database_url):
             database_url, pg_ctl, datadir = start_postgres(var_dir)
