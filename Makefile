@@ -32,5 +32,14 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
+.PHONY: bench-pra
+bench: bench-pra
+
+## Remediation latency: approval → command on the target, vs bare SSH and ansible.
+bench-pra: venv
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/pra_latency.py
+
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

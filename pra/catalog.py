@@ -51,10 +51,17 @@ class Probe:
     """A read-only diagnostic (a ``pra-diag`` command) that must succeed after the action."""
 
     diag: tuple[str, ...]
-    expect: str = ""  # substring of stdout that proves success ("" = exit 0 is enough)
+    expect: str = ""  # first line of stdout that proves success ("" = exit 0 is enough)
 
     def argv(self, params: dict[str, str]) -> list[str]:
         return [part.format(**params) for part in self.diag]
+
+    def matches(self, stdout: str) -> bool:
+        """The first output line must be exactly ``expect`` ("inactive" is not "active")."""
+        if not self.expect:
+            return True
+        lines = stdout.strip().splitlines()
+        return bool(lines) and lines[0].strip() == self.expect
 
 
 @dataclass(frozen=True)

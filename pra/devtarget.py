@@ -87,9 +87,7 @@ class LocalTarget:
     # --- lifecycle ----------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create keys (once), render the wrappers, write stand-ins and the sshd config."""
-        from pra.target import render_target
-
+        """Create keys (once), render the wrappers and write the stand-ins (start() runs sshd)."""
         for directory in (self.keys_dir, self.standins_dir, self.home_dir, self.state_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for name in _STATE_DIRS:
@@ -102,16 +100,7 @@ class LocalTarget:
         ):
             if not key.exists() or not key.with_suffix(".pub").exists():
                 _keygen(key, comment)
-        render_target(
-            self.prefix,
-            prefix=str(self.prefix),
-            log_file=str(self.log_path),
-            path=f"{self.standins_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
-            run_user=self.user,
-            exec_pubkey=self.exec_key_path.with_suffix(".pub").read_text(),
-            diag_pubkey=self.diag_key_path.with_suffix(".pub").read_text(),
-            use_sudo=self.use_sudo,
-        )
+        self._render()
         self._write_standins()
 
     def start(self) -> None:
@@ -276,7 +265,8 @@ class LocalTarget:
 
     def reset(self) -> None:
         """Forget every call, unit, container, journal line, failure and delay, and the log;
-        rewrite the stand-ins in case a test removed or changed one."""
+        re-render the wrappers and stand-ins in case a test removed or changed one."""
+        self._render()
         self._write_standins()
         self.clear_calls()
         for name in _STATE_DIRS:
@@ -290,6 +280,20 @@ class LocalTarget:
     def _check_program(self, program: str) -> None:
         if program not in STANDIN_PROGRAMS:
             raise ValueError(f"{program!r} is not a stand-in ({', '.join(STANDIN_PROGRAMS)})")
+
+    def _render(self) -> None:
+        from pra.target import render_target
+
+        render_target(
+            self.prefix,
+            prefix=str(self.prefix),
+            log_file=str(self.log_path),
+            path=f"{self.standins_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
+            run_user=self.user,
+            exec_pubkey=self.exec_key_path.with_suffix(".pub").read_text(),
+            diag_pubkey=self.diag_key_path.with_suffix(".pub").read_text(),
+            use_sudo=self.use_sudo,
+        )
 
     def _write_config(self) -> None:
         lines = [

@@ -123,7 +123,7 @@ def verify_action(action_id: int) -> str:
         try:
             result = transport.run_diag(action.host, argv)
             output = (result.stdout + result.stderr).strip()
-            ok = result.exit_code == 0 and (not probe.expect or probe.expect in result.stdout)
+            ok = result.exit_code == 0 and probe.matches(result.stdout)
         except ssh.SSHError as exc:
             ok, output = False, f"{exc.__class__.__name__}: {exc}"
         if ok:

@@ -10,6 +10,12 @@ from portal.roles import Role
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """PBKDF2's deliberate slowness costs ~0.3 s per persona; tests need no such cost."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis():
     """Each test starts with an empty test Redis database (only the runner's own DB)."""
     if os.environ.get("PORTAL_TEST_REDIS_FLUSH") == "1":

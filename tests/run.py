@@ -38,6 +38,7 @@ TEST_TOOLS = {
     "/usr/sbin/visudo": "sudo",
     "shellcheck": "shellcheck",
     "jq": "jq",
+    "/usr/bin/chromium": "chromium",
 }
 
 
@@ -70,8 +71,12 @@ def main(argv: list[str]) -> int:
             redis_url, proc, _ = start_redis(var_dir)
             cleanups.append(lambda: (proc.terminate(), proc.wait()))
             print(f"Started a throwaway Redis: {redis_url}")
-        # Always a database of its own: the suite flushes it between tests.
-        redis_url = urlunsplit(urlsplit(redis_url)._replace(path="/15"))
+        # Always a Redis database of its own: the suite flushes it between tests.
+        redis_db = env.get("TEST_REDIS_DB", "15")
+        redis_url = urlunsplit(urlsplit(redis_url)._replace(path=f"/{redis_db}"))
+        # A PostgreSQL database name of its own too (Django tests in "test_<name>"),
+        # so two runs on one server never drop each other's test database.
+        database_url = urlunsplit(urlsplit(database_url)._replace(path=f"/portal_{os.getpid()}"))
         env.update(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,

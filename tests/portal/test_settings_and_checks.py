@@ -55,6 +55,10 @@ def test_reachable_redis_raises_no_warning():
 
 
 def test_check_deploy_passes_with_production_settings(tmp_path):
+    for name in ("exec", "diag"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True
+        )
     env = {
         k: v for k, v in os.environ.items() if k not in {"SECURE_SSL_REDIRECT", "STATIC_MANIFEST"}
     }
@@ -65,6 +69,8 @@ def test_check_deploy_passes_with_production_settings(tmp_path):
         SECURE_HSTS_INCLUDE_SUBDOMAINS="1",
         SECURE_HSTS_PRELOAD="1",
         PORTAL_VAR_DIR=str(tmp_path),
+        PRA_SSH_KEY_FILE=str(tmp_path / "exec"),
+        PRA_DIAG_SSH_KEY_FILE=str(tmp_path / "diag"),
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

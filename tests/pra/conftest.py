@@ -41,3 +41,12 @@ def _reset_shared_ssh_target(request):
     if "shared_ssh_target" in request.fixturenames:
         request.getfixturevalue("shared_ssh_target").reset()
     yield
+
+
+@pytest.fixture
+def target_host(shared_ssh_target, settings):
+    """The shared loopback sshd registered as host ``dns-1``, its key pinned, and the
+    portal's exec/diag key settings pointing at the target's client keys."""
+    from tests.pra.helpers import register
+
+    return register(shared_ssh_target, settings)

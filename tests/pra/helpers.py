@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import django_rq
-import pytest
 from django.db import connection
 from rq import SimpleWorker
 
@@ -15,12 +14,6 @@ from pra import actions
 from pra.models import Host
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def target_host(shared_ssh_target, settings) -> Host:
-    """The shared loopback sshd registered as host ``dns-1`` with its key pinned."""
-    return register(shared_ssh_target, settings)
 
 
 def register(target, settings, name: str = "dns-1") -> Host:

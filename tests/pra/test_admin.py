@@ -4,8 +4,8 @@ import pytest
 
 from pra.choices import ActionStatus
 from pra.models import PRAAction
-from tests.pra.factories import RATIONALE, offline_host, propose
 from tests.portal.test_roles import ANON
+from tests.pra.factories import RATIONALE, offline_host, propose
 
 pytestmark = pytest.mark.django_db
 

@@ -67,3 +67,10 @@ def test_catalog_matches_the_specification():
 def test_fingerprint_is_stable_and_hex():
     assert catalog_fingerprint() == catalog_fingerprint()
     assert len(catalog_fingerprint()) == 64
+
+
+def test_probe_compares_the_whole_first_line():
+    probe = get_spec("restart_unbound").probe
+    assert probe.matches("active\n")
+    assert not probe.matches("inactive\n")
+    assert not probe.matches("")

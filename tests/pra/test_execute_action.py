@@ -12,7 +12,7 @@ from pra import actions, transport
 from pra.choices import ActionStatus, FailureCause, Verification
 from pra.models import PRAAction, PreflightStatus
 from tests.pra.factories import propose
-from tests.pra.helpers import register, restarts, run_jobs, target_host  # noqa: F401
+from tests.pra.helpers import register, restarts, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -134,23 +134,21 @@ def test_unreachable_host_is_retried_then_fails(operator, approver, shared_ssh_t
     assert action.connect_attempts == settings.PRA_CONNECT_ATTEMPTS
 
 
-def test_not_verified_when_the_probe_disagrees(operator, approver, target_host, shared_ssh_target):
-    """The restart 'succeeds' but the container is still not running afterwards."""
+def test_not_verified_when_the_probe_disagrees(
+    operator, approver, target_host, shared_ssh_target, monkeypatch
+):
+    """The restart succeeds, but the container has died again when the probe looks."""
     shared_ssh_target.add_container("web-2", "exited")
     action = propose(operator, target_host, "restart_container", {"name": "web-2"})
     actions.approve_action(action, by=approver)
-    # Between the restart and the probe the container dies again.
-    original = transport.run_diag
+    real_probe = transport.run_diag
 
     def probe_after_crash(host, argv, **kwargs):
-        shared_ssh_target.add_container("web-2", "exited")
-        return original(host, argv, **kwargs)
+        shared_ssh_target.add_container("web-2", "exited")  # the crash, on the real target
+        return real_probe(host, argv, **kwargs)
 
-    transport.run_diag = probe_after_crash
-    try:
-        run_jobs()
-    finally:
-        transport.run_diag = original
+    monkeypatch.setattr(transport, "run_diag", probe_after_crash)
+    run_jobs()
     action.refresh_from_db()
     assert action.status == ActionStatus.COMPLETED
     assert action.verification == Verification.NOT_VERIFIED

@@ -23,7 +23,6 @@ from tests.pra.helpers import (
     child_env,
     restarts,
     run_jobs,
-    target_host,  # noqa: F401  (fixture)
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,6 @@ from pra import actions
 from pra.diagnostics import DIAGNOSTICS
 from pra.models import DiagnosticRun
 from tests.pra.factories import propose
-from tests.pra.helpers import target_host  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
 

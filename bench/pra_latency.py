@@ -1,0 +1,949 @@
+"""Remediation latency: approval → command started / COMPLETED, against bare SSH and ansible.
+
+`make bench-pra` runs this. It builds its own world and tears it down again:
+a ``portal_bench`` PostgreSQL database (dropped and re-created), Redis
+database 14 (flushed), a loopback sshd target (pra.devtarget) registered as
+a host, and one real ``manage.py rqworker pra`` process per worker class.
+Then, for each measured run:
+
+- portal: propose ``restart_unbound``, approve it; t0 is taken right after
+  the approval transaction commits (before the on-commit hooks: live event,
+  enqueue). "started" is the target's own timestamp, written by a bench
+  ``systemctl`` stand-in the moment the command starts there; "COMPLETED"
+  is the action's ``finished_at`` (the worker's clock, same machine).
+- bare ``portal.lib.ssh.run_command`` and a bare paramiko ``SSHClient``
+  (RejectPolicy, pinned key, paramiko defaults: Nagle left on) from connect.
+- ``ansible all -m raw`` (ansible-core) with a fresh SSH connection per run.
+
+Every figure is a wall-clock difference on one machine (time.time(), bash's
+EPOCHREALTIME and Django's timezone.now() all read CLOCK_REALTIME). This is a
+benchmark that prints figures, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/portal"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+BENCH_DB_NAME = "portal_bench"
+BENCH_REDIS_DB = 14
+WIRE_COMMAND = "restart_unbound"
+TARGET_RATIO = 1.25
+WORKER_CLASSES = ("rq.Worker", "rq.SimpleWorker")
+RATIONALE = "benchmark run: unbound restart to measure approval to execution latency"
+
+# Replaces the target's systemctl stand-in: stamps the moment a restart starts
+# (bash's EPOCHREALTIME is a builtin, so no extra fork before the stamp).
+SYSTEMCTL_STAMP = """#!/bin/bash
+# systemctl stand-in of bench/pra_latency.py: stamps when a restart starts.
+export LC_ALL=C
+case ${1-} in
+    restart) printf '%s\\n' "$EPOCHREALTIME" >>@@STAMP@@ ;;
+    is-active) printf 'active\\n' ;;
+esac
+exit 0
+"""
+
+
+class BenchError(RuntimeError):
+    """The bench could not set up or a run went wrong; the message says what."""
+
+
+# --- figures ------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[94]
+
+
+@dataclass
+class Series:
+    """One measured path: per-run durations in seconds, keyed by what they measure."""
+
+    label: str
+    runs: int = 0
+    note: str = ""
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, **durations: float) -> None:
+        for key, value in durations.items():
+            self.values.setdefault(key, []).append(value)
+
+    def median(self, key: str) -> float:
+        return statistics.median(self.values[key])
+
+    def p95(self, key: str) -> float:
+        return p95(self.values[key])
+
+
+def _ts(moment: datetime | None) -> float:
+    """A datetime (aware, or naive UTC as rq stores it) as epoch seconds."""
+    if moment is None:
+        return float("nan")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class Stamps:
+    """The file the bench's systemctl stand-in appends to on the target."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def clear(self) -> None:
+        self.path.write_text("")
+
+    def one(self) -> float:
+        lines = self.path.read_text().split()
+        if len(lines) != 1:
+            raise BenchError(f"expected one start stamp on the target, found {len(lines)}")
+        return float(lines[0].replace(",", "."))
+
+
+# --- environment --------------------------------------------------------------------
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """PostgreSQL and Redis at DATABASE_URL/REDIS_URL (or the defaults), else private ones."""
+    from portal.lib.localservices import (
+        postgres_answers,
+        redis_answers,
+        start_postgres,
+        start_redis,
+        stop_postgres,
+    )
+
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE
+    if not database_url.startswith("postgres") or not postgres_answers(database_url):
+        database_url, pg_ctl, datadir = start_postgres(workdir / "services")
+        stack.callback(stop_postgres, pg_ctl, datadir)
+        print(f"Started a throwaway PostgreSQL: {database_url}")
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
+    if not redis_answers(redis_url):
+        redis_url, proc, _ = start_redis(workdir / "services")
+        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        print(f"Started a throwaway Redis: {redis_url}")
+    return (
+        _with_path(database_url, f"/{BENCH_DB_NAME}"),
+        _with_path(redis_url, f"/{BENCH_REDIS_DB}"),
+    )
+
+
+def _admin_connection(database_url: str):
+    import psycopg
+
+    parts = urlsplit(database_url)
+    return psycopg.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def recreate_database(database_url: str) -> None:
+    from psycopg import sql
+
+    name = sql.Identifier(BENCH_DB_NAME)
+    with _admin_connection(database_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
+def drop_database(database_url: str) -> None:
+    from django.apps import apps
+    from django.db import connections
+    from psycopg import sql
+
+    if apps.ready:
+        connections.close_all()
+    with _admin_connection(database_url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB_NAME))
+        )
+
+
+def bench_env(database_url: str, redis_url: str, workdir: Path, target) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-only-" + secrets.token_urlsafe(48),
+        "STATIC_MANIFEST": "0",
+        "PORTAL_VAR_DIR": str(workdir / "var"),
+        "PRA_PREFLIGHT": "0",  # measure the execution only, not the dry run at proposal
+        "PRA_SSH_KEY_FILE": str(target.exec_key_path),
+        "PRA_DIAG_SSH_KEY_FILE": str(target.diag_key_path),
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+    }
+
+
+def install_stamp_standin(target, stamp_path: Path) -> None:
+    import shlex
+
+    script = target.standins_dir / "systemctl"
+    script.write_text(SYSTEMCTL_STAMP.replace("@@STAMP@@", shlex.quote(str(stamp_path))))
+    script.chmod(0o755)
+
+
+def machine_line() -> str:
+    import paramiko
+    import rq
+    from django.db import connection
+
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg_version = cursor.fetchone()[0].split()[0]
+    from portal.lib.redis import get_redis
+
+    redis_version = get_redis().info("server").get("redis_version", "?")
+    cpus = len(os.sched_getaffinity(0))
+    return (
+        f"machine: nproc {cpus} ({os.cpu_count()} CPUs), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, {ssh_version}, PostgreSQL {pg_version}, "
+        f"Redis {redis_version}, paramiko {paramiko.__version__}, rq {rq.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+# --- the worker -----------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One ``manage.py rqworker pra`` (not burst) in its own session, stopped by its pid."""
+
+    def __init__(self, worker_class: str, env: dict[str, str], log_path: Path) -> None:
+        self.worker_class = worker_class
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "rqworker",
+                    "pra",
+                    "--worker-class",
+                    self.worker_class,
+                    "--name",
+                    f"bench-{self.worker_class.rsplit('.', 1)[-1]}-{os.getpid()}",
+                ],
+                env=self.env,
+                cwd=BASE_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for(self.idle, 60, "the RQ worker to start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _worker(self):
+        import django_rq
+        from rq import Worker
+
+        queue = django_rq.get_queue("pra")
+        for worker in Worker.all(queue=queue):
+            if worker.pid == self.proc.pid:
+                return worker
+        return None
+
+    def idle(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"the RQ worker exited:\n{self.log_tail()}")
+        worker = self._worker()
+        return worker is not None and worker.get_state() == "idle"
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the current job, then exit
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the worker and its horse
+            proc.wait()
+
+    def log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-25:])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05):
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        event.wait(pause)
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- the portal path ----------------------------------------------------------------
+
+
+@dataclass
+class Personas:
+    operator: object
+    approvers: list
+
+
+def make_personas() -> Personas:
+    from portal.actions import set_user
+    from portal.roles import Role
+
+    password = secrets.token_urlsafe(24)
+    operator, _ = set_user("bench-operator", role=Role.OPERATOR, password=password)
+    approvers = [
+        set_user(name, role=Role.APPROVER, password=password)[0]
+        for name in ("bench-approver-1", "bench-approver-2")
+    ]
+    return Personas(operator=operator, approvers=approvers)
+
+
+def approve_and_time(action, approver) -> tuple[float, float]:
+    """Approve; return (t0 = the approval transaction committed, approve_action returned).
+
+    The outer atomic makes approve_action's block a savepoint, so its on-commit
+    hooks (live event, enqueue) run after ours: t0 excludes none of them.
+    """
+    from django.db import transaction
+
+    from pra import actions
+
+    committed: list[float] = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: committed.append(time.time()))
+        actions.approve_action(action, by=approver)
+    returned = time.time()
+    return committed[0], returned
+
+
+def one_portal_run(host, people: Personas, index: int, stamps: Stamps, worker: WorkerProcess):
+    """One propose → approve → COMPLETED → verified cycle; returns its timestamps."""
+    import django_rq
+    from rq.job import Job
+
+    from portal.choices import AuditEventType
+    from portal.models import AuditEvent
+    from pra import actions
+    from pra.choices import ActionStatus, Verification
+    from pra.models import PRAAction
+
+    action = actions.propose_action(
+        action=WIRE_COMMAND, host=host, params={}, rationale=RATIONALE, by=people.operator
+    )
+    stamps.clear()
+    t0, returned = approve_and_time(action, people.approvers[index % 2])
+
+    def settled() -> bool:
+        row = PRAAction.objects.filter(pk=action.pk).values("status", "verification").get()
+        if row["status"] in (ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.REJECTED):
+            raise BenchError(f"action #{action.pk} ended {row['status']}:\n{worker.log_tail()}")
+        return row["status"] == ActionStatus.COMPLETED and row["verification"] != (
+            Verification.PENDING
+        )
+
+    wait_for(settled, 60, f"action #{action.pk} to complete and be verified", pause=0.05)
+    wait_for(worker.idle, 30, "the worker to be idle again", pause=0.02)
+    action.refresh_from_db()
+    if action.verification != Verification.VERIFIED:
+        raise BenchError(f"action #{action.pk} is {action.verification}")
+    job = Job.fetch(
+        actions.execution_job_id(action.pk), connection=django_rq.get_queue("pra").connection
+    )
+    events = dict(
+        AuditEvent.objects.filter(
+            subject_type="pra.praaction",
+            subject_id=str(action.pk),
+            event_type__in=[AuditEventType.PRA_EXECUTING, AuditEventType.PRA_EXECUTED],
+        ).values_list("event_type", "created")
+    )
+    return {
+        "t0": t0,
+        "returned": returned,
+        "enqueued": _ts(job.enqueued_at),
+        "job_started": _ts(job.started_at),
+        "claim": _ts(action.started_at),
+        "executing_audit": _ts(events.get(AuditEventType.PRA_EXECUTING)),
+        "target_started": stamps.one(),
+        "finished": _ts(action.finished_at),
+        "executed_audit": _ts(events.get(AuditEventType.PRA_EXECUTED)),
+        "job": job,
+        "action_id": action.pk,
+    }
+
+
+PORTAL_PHASES = (
+    ("commit → job enqueued (on-commit: live event, then enqueue)", "t0", "enqueued"),
+    ("job enqueued → rq job started (dequeue, fork, rq bookkeeping)", "enqueued", "job_started"),
+    ("rq job started → claim begins (job.perform, imports)", "job_started", "claim"),
+    ("claim begins → EXECUTING audit row (DB connect, checks, UPDATE)", "claim", "executing_audit"),
+    (
+        "EXECUTING audit → command started on target (commit, publish, SSH)",
+        "executing_audit",
+        "target_started",
+    ),
+    ("command started → finished_at (command, close)", "target_started", "finished"),
+    ("finished_at → EXECUTED audit row", "finished", "executed_audit"),
+)
+
+
+def measure_portal(host, people, stamps, worker, *, runs: int, warmup: int) -> Series:
+    series = Series(label=f"portal, {worker.worker_class}", runs=runs)
+    pause = threading.Event()
+    for index in range(warmup + runs):
+        pause.wait(0.1)  # the worker is back in its blocking dequeue, as when idle
+        stamp = one_portal_run(host, people, index, stamps, worker)
+        if index < warmup:
+            continue
+        series.add(
+            started=stamp["target_started"] - stamp["t0"],
+            completed=stamp["finished"] - stamp["t0"],
+            **{label: stamp[end] - stamp[start] for label, start, end in PORTAL_PHASES},
+        )
+    return series
+
+
+# --- instrumented runs (profiling inside the worker) -----------------------------------
+
+
+def profiled_execute(action_id: int) -> dict:
+    """Runs in the worker: the real ``pra.jobs.execute_action`` with timing wrappers.
+
+    Enqueued by the bench in place of ``pra.jobs.execute_action`` (same job id,
+    same queue) for the profiling runs only. Wraps, never changes, product code.
+    """
+    from unittest import mock
+
+    from django.db import connections
+
+    import pra.jobs
+    from portal import live
+    from portal.lib import ssh
+    from pra import actions, transport
+
+    marks: dict[str, float] = {"entry": time.time()}
+    spans: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(label: str, func: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spans.setdefault(label, []).append((start, time.time()))
+
+        return wrapper
+
+    original_run_exec = transport.run_exec
+
+    def run_exec(host, command, **kwargs):
+        on_start = kwargs.get("on_start")
+
+        def stamped() -> None:
+            marks["exec_sent"] = time.time()
+            if on_start is not None:
+                on_start()
+
+        kwargs["on_start"] = stamped
+        return original_run_exec(host, command, **kwargs)
+
+    wrapped = [
+        (connections["default"], "connect", "db_connect"),
+        (actions, "claim_action", "claim"),
+        (actions, "record", "audit"),
+        (live, "_send", "publish"),
+        (ssh, "load_private_key", "key_load"),
+        (ssh, "_start", "tcp_handshake"),
+        (actions, "finish_execution", "finish"),
+        (pra.jobs, "verify_action", "verify"),
+    ]
+    with contextlib.ExitStack() as stack:
+        for owner, name, label in wrapped:
+            stack.enter_context(mock.patch.object(owner, name, timed(label, getattr(owner, name))))
+        stack.enter_context(mock.patch.object(transport, "run_exec", timed("run_exec", run_exec)))
+        outcome = pra.jobs.execute_action(action_id)
+    marks["exit"] = time.time()
+    return {"outcome": outcome, "marks": marks, "spans": spans}
+
+
+def _first_within(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
+    """Total time of the spans that lie inside ``window``."""
+    return sum(end - start for start, end in spans if start >= window[0] and end <= window[1])
+
+
+HORSE_PHASES = (
+    "rq job started → job function entered (incl. importing this module)",
+    "claim_action total",
+    "  of which: DB connect",
+    "  of which: audit row (advisory lock, prev hash, INSERT)",
+    "  of which: live event publish on commit (2 groups)",
+    "claim_action returned → run_exec called",
+    "run_exec: load private key",
+    "run_exec: TCP connect + SSH handshake + host key check",
+    "run_exec: auth + open session (→ exec sent)",
+    "exec sent → command started on target (sshd, pra-exec, sudo, pra-run)",
+    "command started → run_exec returned",
+    "finish_execution (UPDATE, audit, publish)",
+    "verify_action (probe over SSH, not in approval → COMPLETED)",
+)
+
+
+def horse_breakdown(result: dict, job_started: float, target_started: float) -> dict:
+    marks, spans = result["marks"], result["spans"]
+    claim = spans["claim"][0]
+    run_exec = spans["run_exec"][0]
+    start = spans["tcp_handshake"][0]
+    return dict(
+        zip(
+            HORSE_PHASES,
+            (
+                marks["entry"] - job_started,
+                claim[1] - claim[0],
+                _first_within(spans.get("db_connect", []), claim),
+                _first_within(spans.get("audit", []), claim),
+                _first_within(spans.get("publish", []), claim),
+                run_exec[0] - claim[1],
+                _first_within(spans.get("key_load", []), run_exec),
+                start[1] - start[0],
+                marks["exec_sent"] - start[1],
+                target_started - marks["exec_sent"],
+                run_exec[1] - target_started,
+                spans["finish"][0][1] - spans["finish"][0][0],
+                spans["verify"][0][1] - spans["verify"][0][0],
+            ),
+            strict=True,
+        )
+    )
+
+
+@contextlib.contextmanager
+def enqueue_profiled_jobs():
+    """In this (bench) process only: approvals enqueue ``profiled_execute`` instead."""
+    from unittest import mock
+
+    from pra import actions
+
+    original = actions._enqueue
+
+    def enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
+        if func_path == "pra.jobs.execute_action":
+            func_path = "bench.pra_latency.profiled_execute"
+        original(func_path, action_id, job_id, queue)
+
+    with mock.patch.object(actions, "_enqueue", enqueue):
+        yield
+
+
+def profile_portal(host, people, stamps, worker, *, runs: int) -> Series:
+    series = Series(label=f"inside the worker, {worker.worker_class}", runs=runs)
+    pause = threading.Event()
+    with enqueue_profiled_jobs():
+        for index in range(runs + 2):
+            pause.wait(0.1)
+            stamp = one_portal_run(host, people, index, stamps, worker)
+            result = stamp["job"].return_value()
+            if not isinstance(result, dict) or result.get("outcome") != "completed":
+                raise BenchError(f"profiled run returned {result!r}:\n{worker.log_tail()}")
+            if index >= 2:
+                series.add(**horse_breakdown(result, stamp["job_started"], stamp["target_started"]))
+    return series
+
+
+# --- baselines ------------------------------------------------------------------------
+
+
+def measure_run_command(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
+    from portal.lib import ssh
+
+    endpoint = ssh.Endpoint(
+        address=target.address, port=target.port, user=target.user, host_key=target.host_key_line
+    )
+    series = Series(label="bare run_command", runs=runs)
+    for index in range(warmup + runs):
+        stamps.clear()
+        sent: list[float] = []
+        connect = time.time()
+        result = ssh.run_command(
+            endpoint,
+            target.exec_key_path,
+            WIRE_COMMAND,
+            command_timeout=30,
+            on_start=lambda sent=sent: sent.append(time.time()),
+        )
+        done = time.time()
+        if result.exit_code != 0:
+            raise BenchError(f"run_command exited {result.exit_code}: {result.stderr}")
+        if index >= warmup:
+            started = stamps.one()
+            series.add(
+                started=started - connect,
+                done=done - connect,
+                handshake=sent[0] - connect,
+                target_chain=started - sent[0],
+            )
+    return series
+
+
+def measure_sshclient(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
+    import base64
+
+    import paramiko
+
+    key_type, blob = target.host_key_line.split()[:2]
+    pinned = paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
+    series = Series(label="bare paramiko SSHClient", runs=runs)
+    for index in range(warmup + runs):
+        stamps.clear()
+        connect = time.time()
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(target.known_hosts_name, key_type, pinned)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                target.address,
+                port=target.port,
+                username=target.user,
+                key_filename=str(target.exec_key_path),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=10,
+            )
+            _, stdout, _ = client.exec_command(WIRE_COMMAND, timeout=30)
+            stdout.read()
+            code = stdout.channel.recv_exit_status()
+        finally:
+            client.close()
+        done = time.time()
+        if code != 0:
+            raise BenchError(f"SSHClient exec exited {code}")
+        if index >= warmup:
+            series.add(started=stamps.one() - connect, done=done - connect)
+    return series
+
+
+def measure_reuse(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
+    """Exec on an already-open connection: what connection reuse would leave."""
+    series = Series(label="exec on an open connection", runs=runs)
+    client = target.open_client("exec")
+    try:
+        transport = client.get_transport()
+        for index in range(warmup + runs):
+            stamps.clear()
+            begin = time.time()
+            channel = transport.open_session(timeout=10)
+            channel.exec_command(WIRE_COMMAND)
+            code = channel.recv_exit_status()
+            channel.close()
+            done = time.time()
+            if code != 0:
+                raise BenchError(f"exec on an open connection exited {code}")
+            if index >= warmup:
+                series.add(started=stamps.one() - begin, done=done - begin)
+    finally:
+        client.close()
+    return series
+
+
+def measure_ansible(target, stamps: Stamps, workdir: Path, *, runs: int, warmup: int):
+    ansible = Path(sys.executable).parent / "ansible"
+    if not ansible.exists():
+        return None
+    home = workdir / "ansible"
+    home.mkdir(exist_ok=True)
+    known_hosts = home / "known_hosts"
+    known_hosts.write_text(f"{target.known_hosts_name} {target.host_key_line}\n")
+    inventory = home / "inventory.ini"
+    inventory.write_text(
+        "[targets]\n"
+        f"bench ansible_host={target.address} ansible_port={target.port} "
+        f"ansible_user={target.user} ansible_ssh_private_key_file={target.exec_key_path} "
+        "ansible_ssh_use_tty=false "
+        f"ansible_ssh_common_args='-o UserKnownHostsFile={known_hosts} "
+        "-o StrictHostKeyChecking=yes'\n"
+    )
+    config = home / "ansible.cfg"
+    config.write_text("[defaults]\n")
+    env = {
+        **os.environ,
+        "LC_ALL": "C.UTF-8",
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        # A fresh connection per run, like the portal (ansible's default ControlPersist
+        # would keep a master connection between runs).
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
+    }
+    series = Series(label="ansible -m raw", runs=runs)
+    for index in range(warmup + runs):
+        stamps.clear()
+        begin = time.time()
+        result = subprocess.run(
+            [str(ansible), "all", "-i", str(inventory), "-m", "raw", "-a", WIRE_COMMAND],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        done = time.time()
+        if result.returncode != 0:
+            raise BenchError(f"ansible exited {result.returncode}:\n{result.stdout[-2000:]}")
+        if index >= warmup:
+            series.add(started=stamps.one() - begin, done=done - begin)
+    return series
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def _row(name: str, what: str, series: Series, key: str) -> str:
+    return f"  {name:<34} {what:<30} {ms(series.median(key)):>9.1f} {ms(series.p95(key)):>9.1f}"
+
+
+def _ratio(top: Series, top_key: str, bottom: Series, bottom_key: str) -> tuple[float, float]:
+    return (
+        top.median(top_key) / bottom.median(bottom_key),
+        top.p95(top_key) / bottom.p95(bottom_key),
+    )
+
+
+def report(portal: list[Series], bare: Series, client: Series, reuse: Series, ansible) -> None:
+    print()
+    print(f"  {'path':<34} {'measured':<30} {'median ms':>9} {'p95 ms':>9}")
+    for series in portal:
+        print(_row(series.label, "approval → command started", series, "started"))
+        print(_row("", "approval → COMPLETED", series, "completed"))
+    print(_row("bare run_command", "connect → command started", bare, "started"))
+    print(_row("", "connect → done", bare, "done"))
+    print(_row("", "(connect → exec sent)", bare, "handshake"))
+    print(_row("bare paramiko SSHClient", "connect → command started", client, "started"))
+    print(_row("", "connect → done", client, "done"))
+    if ansible is not None:
+        name = f"ansible -m raw ({ansible.runs} runs)"
+        print(_row(name, "start → command started", ansible, "started"))
+        print(_row("", "start → done", ansible, "done"))
+    print(_row("exec on an open connection", "exec → command started", reuse, "started"))
+    print(_row("(reference, not a target)", "exec → done", reuse, "done"))
+
+    print()
+    print("ratios (median, p95):")
+    for series in portal:
+        for base in (bare, client):
+            for top_key, base_key, what in (
+                ("started", "started", "approval→started / connect→started"),
+                ("completed", "done", "approval→COMPLETED / connect→done"),
+            ):
+                med, tail = _ratio(series, top_key, base, base_key)
+                print(f"  {series.label} vs {base.label}: {what}: {med:.2f}× / {tail:.2f}×")
+        if ansible is not None:
+            med, tail = _ratio(ansible, "done", series, "completed")
+            print(f"  ansible done / {series.label} COMPLETED: {med:.2f}× / {tail:.2f}×")
+            med, tail = _ratio(ansible, "started", series, "started")
+            print(f"  ansible started / {series.label} started: {med:.2f}× / {tail:.2f}×")
+
+    print()
+    for series in portal:
+        for top_key, base_key, what in (
+            ("started", "started", "approval→started vs bare connect→started"),
+            ("completed", "done", "approval→COMPLETED vs bare connect→done"),
+        ):
+            med, _ = _ratio(series, top_key, bare, base_key)
+            verdict = "MET" if med <= TARGET_RATIO else "NOT MET"
+            print(
+                f"VERDICT {series.label}: {what} (run_command): median {med:.2f}× "
+                f"→ target ≤ {TARGET_RATIO:.2f}× {verdict}"
+            )
+
+
+def report_phases(portal: list[Series], profiles: list[Series], bare: Series) -> None:
+    print()
+    print("Where the time goes, median ms (timestamps written by the system under test):")
+    for series in portal:
+        print(f"  {series.label}")
+        for label, _, _ in PORTAL_PHASES:
+            print(f"    {label:<72} {ms(series.median(label)):>7.1f}")
+    print(
+        "  bare run_command for comparison: connect → exec sent "
+        f"{ms(bare.median('handshake')):.1f}, exec sent → command started "
+        f"{ms(bare.median('target_chain')):.1f}"
+    )
+    for series in profiles:
+        print()
+        print(f"Inside the worker, {series.runs} instrumented runs, median ms: {series.label}")
+        for label in HORSE_PHASES:
+            print(f"    {label:<72} {ms(series.median(label)):>7.1f}")
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=50, help="measured runs per path (50)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up runs per path (5)")
+    parser.add_argument(
+        "--worker-class",
+        action="append",
+        choices=WORKER_CLASSES,
+        help="RQ worker class for the portal runs; repeat for several (default: both)",
+    )
+    parser.add_argument(
+        "--ansible-runs", type=int, default=50, help="ansible runs (~1.5 s each), 0 to skip"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="instrumented runs inside the worker: auto = when the target is missed",
+    )
+    parser.add_argument("--profile-runs", type=int, default=20)
+    args = parser.parse_args(argv)
+    args.worker_class = args.worker_class or list(WORKER_CLASSES)
+    if args.runs < 2 or args.warmup < 0:
+        parser.error("--runs must be at least 2 and --warmup at least 0")
+    return args
+
+
+def _target_missed(series: Series, bare: Series) -> bool:
+    return (
+        series.median("started") / bare.median("started") > TARGET_RATIO
+        or series.median("completed") / bare.median("done") > TARGET_RATIO
+    )
+
+
+def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> None:
+    database_url, redis_url = find_services(workdir, stack)
+    recreate_database(database_url)
+    stack.callback(drop_database, database_url)
+
+    from pra.devtarget import start_local_target
+
+    target = start_local_target(workdir / "target")
+    stack.callback(target.stop)
+    stamps = Stamps(workdir / "started.stamp")
+    install_stamp_standin(target, stamps.path)
+
+    env = bench_env(database_url, redis_url, workdir, target)
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from portal.lib.redis import get_redis
+    from pra import actions
+
+    get_redis().flushdb()
+    stack.callback(lambda: get_redis().flushdb())
+    call_command("migrate", verbosity=0, interactive=False)
+    people = make_personas()
+    host = actions.add_host(
+        name="bench-dns-1",
+        address=target.address,
+        port=target.port,
+        ssh_user=target.user,
+        host_key=target.host_key_line,
+    )
+    print(machine_line())
+    print(
+        f"Each path: {args.warmup} warm-up runs, then {args.runs} measured; wire command "
+        f"{WIRE_COMMAND!r} on a loopback sshd (sudo: {target.use_sudo}); PRA_PREFLIGHT=0."
+    )
+
+    bare = measure_run_command(target, stamps, runs=args.runs, warmup=args.warmup)
+    client = measure_sshclient(target, stamps, runs=args.runs, warmup=args.warmup)
+    reuse = measure_reuse(target, stamps, runs=args.runs, warmup=args.warmup)
+    portal, profiles = [], []
+    for worker_class in args.worker_class:
+        log_path = workdir / f"worker-{worker_class}.log"
+        env_all = {**os.environ, **env}
+        with WorkerProcess(worker_class, env_all, log_path) as worker:
+            series = measure_portal(
+                host, people, stamps, worker, runs=args.runs, warmup=args.warmup
+            )
+            portal.append(series)
+            wanted = args.profile == "always" or (
+                args.profile == "auto" and _target_missed(series, bare)
+            )
+            if wanted and args.profile_runs > 1:
+                profiles.append(
+                    profile_portal(host, people, stamps, worker, runs=args.profile_runs)
+                )
+    ansible = None
+    if args.ansible_runs > 1:
+        ansible = measure_ansible(
+            target, stamps, workdir, runs=args.ansible_runs, warmup=min(args.warmup, 2)
+        )
+        if ansible is None:
+            print("ansible not installed in this venv (make bench-pra installs it): skipped")
+    report(portal, bare, client, reuse, ansible)
+    report_phases(portal, profiles, bare)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the worker, sshd and database are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="pra-bench-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            run(args, workdir, stack)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,225 @@
+"""Fixtures of the browser tests: a real running portal and headless Chromium.
+
+Real: daphne serving ``portal.asgi:application`` (HTTP and websockets) on a
+loopback port, one ``manage.py rqworker pra default`` (not burst), both on the
+test database and the test Redis; the loopback sshd target of
+``tests/pra/conftest.py``; Chromium driven by Playwright. Only the end commands
+on the target (systemctl, ...) are stand-ins (no systemd here, see
+``pra.devtarget``).
+
+Data must be committed to be seen by those processes, so the tests use
+``django_db(transaction=True)``; pytest-django then empties the database after
+each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from portal.lib.localservices import free_port
+from pra.devtarget import LocalTarget
+from pra.models import Host
+from tests.conftest import TEST_PASSWORD
+from tests.pra import conftest as pra_fixtures
+from tests.pra.helpers import BASE_DIR, PYTHON, child_env, register
+
+# The remediation tests' loopback target and its reset before each test that uses it.
+shared_ssh_target = pra_fixtures.shared_ssh_target
+_reset_shared_ssh_target = pra_fixtures._reset_shared_ssh_target
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STARTUP_TIMEOUT = 30.0  # seconds for daphne to listen (imports Django, ~2 s here)
+STOP_TIMEOUT = 10.0
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        pause.wait(0.05)
+    return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (the rq worker forks a work horse), then SIGKILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stack_env(target: LocalTarget, var_dir: Path) -> dict[str, str]:
+    return {
+        **child_env(target),
+        # settings.py makes the session and CSRF cookies Secure whenever DEBUG is off
+        # (no variable switches them), and this server speaks plain http. DEBUG=1 keeps
+        # the cookies usable without leaning on Chromium's localhost exceptions.
+        "DEBUG": "1",
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        # Debug mode may write its files (static root, a generated key) under the var
+        # dir: a temporary one keeps the checkout's var/ out of it.
+        "PORTAL_VAR_DIR": str(var_dir),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        "STATIC_MANIFEST": "0",  # whitenoise serves the apps' static files (admin CSS)
+        # No connection outlives its request or job: the flush after each test needs
+        # the tables unlocked.
+        "DB_CONN_MAX_AGE": "0",
+        "PRA_RETRY_BACKOFF_MS": "50",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start_daphne(port: int, env: dict[str, str], log: Path) -> subprocess.Popen | None:
+    """daphne on ``port``, once it listens; None if it exited first (port taken)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+            env=env,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait_until(lambda: proc.poll() is not None or _port_open(port), STARTUP_TIMEOUT)
+    if proc.poll() is None and _port_open(port):
+        return proc
+    _stop(proc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e-stack")
+
+
+@pytest.fixture(scope="module")
+def rq_worker(django_db_setup, shared_ssh_target, stack_dir) -> Iterator[subprocess.Popen]:
+    """One real ``rqworker pra default`` for the module. It holds no database
+    connection between jobs (each job runs in a forked work horse), so the flush
+    after each test does not affect it; the per-test Redis flush only removes its
+    registration, and it keeps waiting on the queues."""
+    log = stack_dir / "rqworker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "manage.py", "rqworker", "pra", "default"],
+            env=_stack_env(shared_ssh_target, stack_dir / "var"),
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    yield proc
+    _stop(proc)
+    print(f"--- rqworker log (tail) ---\n{_tail(log)}")
+
+
+@dataclass
+class Stack:
+    base_url: str
+    host: Host
+    target: LocalTarget
+    worker: subprocess.Popen
+
+
+@pytest.fixture
+def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -> Iterator[Stack]:
+    """daphne on a free loopback port, the module's worker, and the target as ``dns-1``.
+
+    daphne is started per test on purpose: the flush after each test recreates the
+    content types under new ids, and a long-lived server process would keep the old
+    ids in Django's ContentType cache (approvals reference content types).
+    """
+    host = register(shared_ssh_target, settings)
+    env = _stack_env(shared_ssh_target, stack_dir / "var")
+    log = stack_dir / "daphne.log"
+    for _attempt in range(3):  # another process may take the free port first
+        port = free_port()
+        proc = _start_daphne(port, env, log)
+        if proc is not None:
+            break
+    else:
+        pytest.fail(f"daphne did not start:\n{_tail(log)}")
+    assert rq_worker.poll() is None, "the rq worker died; see its log below"
+    try:
+        yield Stack(f"http://127.0.0.1:{port}", host, shared_ssh_target, rq_worker)
+    finally:
+        _stop(proc)
+        print(f"--- daphne log (tail) ---\n{_tail(log)}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Chromium from Debian's package: `playwright install` cannot download browsers here.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, stack) -> Iterator[Callable[..., Page]]:
+    """``open_page(username=None)``: a page in a fresh browser context (its own cookies),
+    logged in through the admin login form when a user name is given."""
+    contexts: list[BrowserContext] = []
+
+    def _open(username: str | None = None) -> Page:
+        context = browser.new_context(base_url=stack.base_url)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        page = context.new_page()
+        if username is not None:
+            page.goto("/admin/login/")
+            page.fill("input[name=username]", username)
+            page.fill("input[name=password]", TEST_PASSWORD)
+            with page.expect_navigation():
+                page.click("input[type=submit]")
+            assert page.url == f"{stack.base_url}/admin/", f"login of {username} failed"
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
