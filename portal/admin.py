@@ -1,6 +1,11 @@
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 
-from portal.models import AuditEvent
+from portal.audit import record
+from portal.choices import AuditEventType
+from portal.models import ApiToken, ApprovalRule, AuditEvent
+from portal.tokens import revoke_token
 
 
 @admin.register(AuditEvent)
@@ -25,3 +30,76 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created with `manage.py portal_token` (shown once); here they are revoked."""
+
+    list_display = ("name", "user", "prefix", "created", "last_used", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "prefix")
+    readonly_fields = ("user", "name", "prefix", "created", "last_used", "revoked_at")
+    exclude = ("digest",)
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        found = super().get_actions(request)
+        if not request.user.has_perm("portal.manage_portal"):
+            found.pop("revoke", None)
+        return found
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        if not request.user.has_perm("portal.manage_portal"):
+            raise PermissionDenied
+        count = sum(revoke_token(token, by=request.user) for token in queryset)
+        self.message_user(request, f"Revoked {count} token(s).")
+
+
+@admin.register(ApprovalRule)
+class ApprovalRuleAdmin(admin.ModelAdmin):
+    """Multi-signature rules per impact; HIGH can never be weakened below 2 + confirmation."""
+
+    list_display = (
+        "impact",
+        "required_approvals",
+        "require_confirmation",
+        "allow_auto_approve",
+        "validity_seconds",
+        "updated",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("portal.manage_portal")
+
+    def save_model(self, request, obj, form, change):
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            record(
+                AuditEventType.APPROVAL_RULE_CHANGED,
+                actor=request.user,
+                subject=obj,
+                details={
+                    "impact": obj.impact,
+                    "required_approvals": obj.required_approvals,
+                    "require_confirmation": obj.require_confirmation,
+                    "allow_auto_approve": obj.allow_auto_approve,
+                    "validity_seconds": obj.validity_seconds,
+                },
+            )

@@ -28,6 +28,10 @@ LATENCY = Histogram(
 class QueueCollector:
     """Reads RQ queue depths from Redis when Prometheus scrapes."""
 
+    def describe(self):
+        yield GaugeMetricFamily("portal_queue_depth", "Jobs waiting.", labels=["queue"])
+        yield GaugeMetricFamily("portal_redis_up", "1 when Redis answered this scrape.")
+
     def collect(self):
         from rq import Queue
 

@@ -10,3 +10,7 @@ class PraConfig(AppConfig):
     def ready(self) -> None:
         import_module("pra.dashboard")  # registers the dashboard panel
         import_module("pra.checks")  # registers the system checks
+        from portal.metrics import REGISTRY
+        from pra.metrics import RemediationCollector
+
+        REGISTRY.register(RemediationCollector())

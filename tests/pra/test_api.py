@@ -139,3 +139,18 @@ def test_openapi_docs_are_served(client, viewer):
     schema = client.get("/api/openapi.json")
     assert schema.status_code == 200
     assert "/api/pra/actions/{action_id}/approve" in schema.json()["paths"]
+
+
+def test_remediation_kpis_are_in_metrics(client, operator, approver, host):
+    from pra import actions
+    from tests.pra.factories import propose
+
+    first = propose(operator, host, "restart_caddy")
+    second = propose(operator, host, "restart_caddy")
+    actions.approve_action(first, by=approver)
+    actions.reject_action(second, by=approver, reason="not needed right now")
+    text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    assert 'portal_pra_actions{status="APPROVED"} 1.0' in text
+    assert 'portal_pra_actions{status="REJECTED"} 1.0' in text
+    assert "portal_pra_proposed 2.0" in text
+    assert "portal_pra_approval_ratio 0.5" in text
