@@ -1,1 +1,367 @@
-"""Backup models: sources, runs, artifacts (built by the backups issue)."""
+"""Backup models: sources, runs and their artifacts, restore requests, watched disks."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from backups.choices import (
+    DEFAULT_KUBE_KINDS,
+    DEFAULT_SCHEDULES,
+    ArtifactFormat,
+    Impact,
+    PgMode,
+    RestoreMode,
+    RestoreStatus,
+    RunStatus,
+    SourceKind,
+    Transport,
+    Trigger,
+    Verification,
+)
+from portal.approvals import fingerprint_of
+
+_name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-' (max 63)"
+)
+_env_name_validator = RegexValidator(r"^[A-Z_][A-Z0-9_]{0,127}$", "an environment variable name")
+_kube_name_validator = RegexValidator(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name")
+_kinds_validator = RegexValidator(r"^[a-z0-9.]+(,[a-z0-9.]+)*$", "comma-separated resource kinds")
+_list_validator = RegexValidator(r"^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names")
+
+
+def split_list(value: str) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+class BackupSource(models.Model):
+    """Something the portal backs up on a schedule: a PostgreSQL server, a Redis, a cluster.
+
+    Credentials are never stored here: a source names the environment
+    variable or the file holding its password (``password_env`` /
+    ``password_file``), read only when a tool is started and handed to it
+    through its environment (PGPASSWORD, REDISCLI_AUTH), never its argv.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[_name_validator])
+    kind = models.CharField(max_length=12, choices=SourceKind.choices)
+    enabled = models.BooleanField(default=True)
+    schedule = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="cron expression (UTC); blank: 02:00 PostgreSQL, 02:15 Redis, 02:30 Kubernetes",
+    )
+    transport = models.CharField(max_length=14, choices=Transport.choices, default=Transport.DIRECT)
+    dsn = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="postgres://user@host:port or redis://host:port — no password here",
+    )
+    pg_mode = models.CharField(max_length=14, choices=PgMode.choices, default=PgMode.PER_DATABASE)
+    databases = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[_list_validator],
+        help_text="comma-separated; blank: every database that accepts connections",
+    )
+    password_env = models.CharField(
+        max_length=128, blank=True, validators=[_env_name_validator], help_text="env var name"
+    )
+    password_file = models.CharField(max_length=500, blank=True, help_text="file holding it")
+    kubeconfig = models.CharField(max_length=500, blank=True, help_text="path; blank: default")
+    kube_context = models.CharField(max_length=253, blank=True)
+    kube_namespace = models.CharField(
+        max_length=63, blank=True, validators=[_kube_name_validator], help_text="pod's namespace"
+    )
+    kube_pod = models.CharField(
+        max_length=253, blank=True, validators=[_kube_name_validator], help_text="for kubectl exec"
+    )
+    kube_container = models.CharField(
+        max_length=63, blank=True, validators=[_kube_name_validator]
+    )
+    kube_kinds = models.CharField(
+        max_length=300, default=DEFAULT_KUBE_KINDS, validators=[_kinds_validator]
+    )
+    kube_namespaces = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[_list_validator],
+        help_text="Kubernetes sources: comma-separated; blank: all namespaces",
+    )
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="keep every backup this many days; blank: BACKUP_RETENTION_DAYS",
+    )
+    keep_weekly = models.PositiveSmallIntegerField(
+        default=0, help_text="also keep the newest backup of each of the last N weeks"
+    )
+    keep_monthly = models.PositiveSmallIntegerField(
+        default=0, help_text="also keep the newest backup of each of the last N months"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def cron(self) -> str:
+        return self.schedule or DEFAULT_SCHEDULES[self.kind]
+
+    @property
+    def retention(self) -> int:
+        return self.retention_days or settings.BACKUP_RETENTION_DAYS
+
+    @property
+    def database_list(self) -> list[str]:
+        return split_list(self.databases)
+
+    @property
+    def namespace_list(self) -> list[str]:
+        return split_list(self.kube_namespaces)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.schedule and not croniter.is_valid(self.schedule):
+            errors["schedule"] = "not a valid cron expression"
+        if self.password_env and self.password_file:
+            errors["password_file"] = "name an environment variable or a file, not both"
+        if self.dsn:
+            parts = urlsplit(self.dsn)
+            expected = {SourceKind.POSTGRES: {"postgres", "postgresql"}, SourceKind.REDIS: {"redis"}}
+            if self.kind in expected and parts.scheme not in expected[self.kind]:
+                errors["dsn"] = f"use a {'/'.join(sorted(expected[self.kind]))}:// URL"
+            elif parts.password:
+                errors["dsn"] = "no password in the DSN: use password_env or password_file"
+        if self.kind in {SourceKind.POSTGRES, SourceKind.REDIS}:
+            if self.transport == Transport.DIRECT and not self.dsn:
+                errors["dsn"] = "a direct source needs a DSN"
+            if self.transport == Transport.KUBECTL_EXEC and not (self.kube_pod and self.kube_namespace):
+                errors["kube_pod"] = "kubectl exec needs a namespace and a pod"
+        if self.kind == SourceKind.KUBERNETES and self.transport != Transport.DIRECT:
+            errors["transport"] = "Kubernetes resources are read with kubectl get"
+        if errors:
+            raise ValidationError(errors)
+
+
+class BackupRun(models.Model):
+    """One backup of one source: scheduled, manual, or a safety backup before a restore.
+
+    Status moves only through ``backups.actions`` (compare-and-swap). A
+    scheduled slot exists at most once per source (``one_run_per_slot``), so
+    two schedulers or a restart never run it twice. Its files are listed only
+    once the run committed them (``artifact_path`` set, status SUCCEEDED).
+    """
+
+    source = models.ForeignKey(BackupSource, on_delete=models.PROTECT, related_name="runs")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    status = models.CharField(
+        max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
+    )
+    status_changed_at = models.DateTimeField()
+    created = models.DateTimeField(db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    bytes_raw = models.BigIntegerField(default=0, help_text="bytes produced by the tool")
+    bytes_stored = models.BigIntegerField(default=0, help_text="bytes stored (compressed)")
+    progress_bytes = models.BigIntegerField(default=0)
+    checksum = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the run's manifest (lists each file's)"
+    )
+    duration_s = models.FloatField(null=True, blank=True)
+    artifact_path = models.CharField(max_length=500, blank=True)
+    stderr = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    verification = models.CharField(
+        max_length=10, choices=Verification.choices, default=Verification.PENDING
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_detail = models.TextField(blank=True)
+    shrink_flag = models.BooleanField(
+        default=False, help_text="dramatically smaller than the previous good backup"
+    )
+    deleted_at = models.DateTimeField(null=True, blank=True, help_text="files removed (retention)")
+    restore = models.ForeignKey(
+        "RestoreRequest",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="safety_runs",
+    )
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "scheduled_for"],
+                condition=Q(scheduled_for__isnull=False),
+                name="backups_one_run_per_slot",
+            )
+        ]
+        indexes = [models.Index(fields=["source", "status", "created"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.source.name} {self.status}"
+
+    @property
+    def storage_key(self) -> str:
+        """Where this run's files go: ``<source>/<UTC time>-run<id>[-safety]``."""
+        suffix = "-safety" if self.trigger == Trigger.SAFETY else ""
+        return f"{self.source.name}/{self.created:%Y%m%dT%H%M%SZ}-run{self.pk}{suffix}"
+
+    @property
+    def usable(self) -> bool:
+        """A backup one may restore from: succeeded, files present, verified."""
+        return (
+            self.status == RunStatus.SUCCEEDED
+            and self.deleted_at is None
+            and self.verification == Verification.VERIFIED
+        )
+
+
+class BackupArtifact(models.Model):
+    """One stored file of a run (one database, one RDB, one resources YAML).
+
+    ``sha256`` is over the stored (compressed) bytes, so verification re-reads
+    exactly what is on disk.
+    """
+
+    run = models.ForeignKey(BackupRun, on_delete=models.CASCADE, related_name="artifacts")
+    component = models.CharField(max_length=200, help_text="database name, 'redis', 'resources'")
+    key = models.CharField(max_length=500, help_text="storage key")
+    format = models.CharField(max_length=10, choices=ArtifactFormat.choices)
+    bytes_raw = models.BigIntegerField(default=0)
+    bytes_stored = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    verification = models.CharField(
+        max_length=10, choices=Verification.choices, default=Verification.PENDING
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_detail = models.TextField(blank=True)
+    facts = models.JSONField(default=dict, blank=True, help_text="counts found by verification")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "component"]
+
+    def __str__(self) -> str:
+        return f"{self.run.source.name} #{self.run_id} {self.component}"
+
+
+class RestoreRequest(models.Model):
+    """A planned restore of one artifact into one target, through its whole life.
+
+    Overwriting a target is HIGH impact: the requester types the target's
+    name, two other people approve (each typing it too), a safety backup of
+    the target is taken, then the restore runs and is validated. A restore
+    into a new, empty scratch target overwrites nothing and needs none of
+    that; it is refused at run time if the target is no longer empty.
+    """
+
+    artifact = models.ForeignKey(BackupArtifact, on_delete=models.PROTECT, related_name="restores")
+    mode = models.CharField(max_length=10, choices=RestoreMode.choices)
+    target = models.JSONField(help_text="where to restore (no secrets: names of env vars/files)")
+    target_name = models.CharField(max_length=300, help_text="what people type to confirm")
+    plan = models.JSONField(default=dict, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="backup_restores",
+    )
+    requester_label = models.CharField(max_length=150)
+    status = models.CharField(
+        max_length=10,
+        choices=RestoreStatus.choices,
+        default=RestoreStatus.PLANNED,
+        db_index=True,
+    )
+    status_changed_at = models.DateTimeField()
+    created = models.DateTimeField(db_index=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    phase = models.CharField(max_length=20, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    safety_run = models.ForeignKey(
+        BackupRun, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "restore"
+
+    def __str__(self) -> str:
+        return f"restore #{self.pk} {self.artifact.component} -> {self.target_name}"
+
+    # --- Approvable ------------------------------------------------------------
+    @property
+    def approval_impact(self) -> str:
+        return Impact.HIGH if self.mode == RestoreMode.OVERWRITE else Impact.LOW
+
+    @property
+    def approval_requester_id(self) -> int | None:
+        return self.requested_by_id
+
+    @property
+    def approval_confirmation_text(self) -> str:
+        return self.target_name
+
+    def approval_fingerprint(self) -> str:
+        return fingerprint_of(
+            kind="restore",
+            id=self.pk,
+            artifact=self.artifact_id,
+            checksum=self.artifact.sha256,
+            target=self.target,
+            target_name=self.target_name,
+            mode=self.mode,
+        )
+
+
+class DiskWatch(models.Model):
+    """Last known usage of one watched filesystem path, so an alert fires once per crossing."""
+
+    path = models.CharField(max_length=500, unique=True)
+    percent = models.FloatField(default=0)
+    alerting = models.BooleanField(default=False)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+    consumers = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["path"]
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.percent:.0f}%"
+
+
+__all__ = [
+    "BackupSource",
+    "BackupRun",
+    "BackupArtifact",
+    "RestoreRequest",
+    "DiskWatch",
+    "Trigger",
+    "RunStatus",
+    "SourceKind",
+]

@@ -3,27 +3,30 @@
 `make bench-pra` runs this. It builds its own world and tears it down again:
 a ``portal_bench`` PostgreSQL database (dropped and re-created), Redis
 database 14 (flushed), a loopback sshd target (pra.devtarget) registered as
-a host, and one real ``manage.py rqworker pra`` process per worker class.
-Then, for each measured run:
+a host, and real ``manage.py rqworker pra`` processes (one at a time).
 
 - portal: propose ``restart_unbound``, approve it; t0 is taken right after
-  the approval transaction commits (before the on-commit hooks: live event,
+  the approval transaction commits (before its on-commit hooks: live event,
   enqueue). "started" is the target's own timestamp, written by a bench
   ``systemctl`` stand-in the moment the command starts there; "COMPLETED"
   is the action's ``finished_at`` (the worker's clock, same machine).
 - bare ``portal.lib.ssh.run_command`` and a bare paramiko ``SSHClient``
-  (RejectPolicy, pinned key, paramiko defaults: Nagle left on) from connect.
-- ``ansible all -m raw`` (ansible-core) with a fresh SSH connection per run.
+  (RejectPolicy, pinned key, paramiko defaults: Nagle left on), from connect.
+- ``ansible all -m raw`` (ansible-core), a fresh SSH connection per run.
 
-Every figure is a wall-clock difference on one machine (time.time(), bash's
-EPOCHREALTIME and Django's timezone.now() all read CLOCK_REALTIME). This is a
-benchmark that prints figures, not a timed test.
+The paths are interleaved (each portal run is followed by one run of every
+bare path, in blocks that alternate the worker classes), so load from other
+processes on the machine falls on all of them alike. Every figure is a
+wall-clock difference on one machine: time.time(), bash's EPOCHREALTIME and
+Django's timezone.now() all read CLOCK_REALTIME. A benchmark that prints
+figures, not a timed test.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import platform
 import secrets
@@ -78,34 +81,32 @@ def ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[94]
-
-
 @dataclass
 class Series:
     """One measured path: per-run durations in seconds, keyed by what they measure."""
 
     label: str
-    runs: int = 0
-    note: str = ""
     values: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, **durations: float) -> None:
         for key, value in durations.items():
             self.values.setdefault(key, []).append(value)
 
+    @property
+    def runs(self) -> int:
+        return min((len(v) for v in self.values.values()), default=0)
+
     def median(self, key: str) -> float:
         return statistics.median(self.values[key])
 
     def p95(self, key: str) -> float:
-        return p95(self.values[key])
+        return statistics.quantiles(self.values[key], n=100, method="inclusive")[94]
 
 
 def _ts(moment: datetime | None) -> float:
-    """A datetime (aware, or naive UTC as rq stores it) as epoch seconds."""
+    """A datetime (aware, or naive UTC as rq may store it) as epoch seconds."""
     if moment is None:
-        return float("nan")
+        raise BenchError("a timestamp the system under test should have written is missing")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -224,20 +225,34 @@ def machine_line() -> str:
     import rq
     from django.db import connection
 
+    from portal.lib.redis import get_redis
+
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         pg_version = cursor.fetchone()[0].split()[0]
-    from portal.lib.redis import get_redis
-
     redis_version = get_redis().info("server").get("redis_version", "?")
-    cpus = len(os.sched_getaffinity(0))
     return (
-        f"machine: nproc {cpus} ({os.cpu_count()} CPUs), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, {ssh_version}, PostgreSQL {pg_version}, "
-        f"Redis {redis_version}, paramiko {paramiko.__version__}, rq {rq.__version__}, "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, {ssh_version.split(',')[0]}, "
+        f"PostgreSQL {pg_version}, Redis {redis_version}, paramiko {paramiko.__version__}, "
+        f"rq {rq.__version__}"
     )
+
+
+def load_line(when: str) -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05):
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        event.wait(pause)
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 # --- the worker -----------------------------------------------------------------------
@@ -253,18 +268,11 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> WorkerProcess:
+        name = f"bench-{self.worker_class.rsplit('.', 1)[-1]}-{os.getpid()}"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "manage.py",
-                    "rqworker",
-                    "pra",
-                    "--worker-class",
-                    self.worker_class,
-                    "--name",
-                    f"bench-{self.worker_class.rsplit('.', 1)[-1]}-{os.getpid()}",
-                ],
+                [sys.executable, "manage.py", "rqworker", "pra"]
+                + ["--worker-class", self.worker_class, "--name", name],
                 env=self.env,
                 cwd=BASE_DIR,
                 stdin=subprocess.DEVNULL,
@@ -282,21 +290,16 @@ class WorkerProcess:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def _worker(self):
+    def idle(self) -> bool:
         import django_rq
         from rq import Worker
 
-        queue = django_rq.get_queue("pra")
-        for worker in Worker.all(queue=queue):
-            if worker.pid == self.proc.pid:
-                return worker
-        return None
-
-    def idle(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise BenchError(f"the RQ worker exited:\n{self.log_tail()}")
-        worker = self._worker()
-        return worker is not None and worker.get_state() == "idle"
+        for worker in Worker.all(queue=django_rq.get_queue("pra")):
+            if worker.pid == self.proc.pid:
+                return worker.get_state() == "idle"
+        return False
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -314,28 +317,24 @@ class WorkerProcess:
         return "\n".join(lines[-25:])
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05):
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        event.wait(pause)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 # --- the portal path ----------------------------------------------------------------
 
 
 @dataclass
-class Personas:
+class Portal:
+    """What a portal run needs: the host, the personas, the stamps."""
+
+    host: object
     operator: object
     approvers: list
+    stamps: Stamps
+    count: int = 0
 
 
-def make_personas() -> Personas:
+def setup_portal(target, stamps: Stamps) -> Portal:
     from portal.actions import set_user
     from portal.roles import Role
+    from pra import actions
 
     password = secrets.token_urlsafe(24)
     operator, _ = set_user("bench-operator", role=Role.OPERATOR, password=password)
@@ -343,14 +342,21 @@ def make_personas() -> Personas:
         set_user(name, role=Role.APPROVER, password=password)[0]
         for name in ("bench-approver-1", "bench-approver-2")
     ]
-    return Personas(operator=operator, approvers=approvers)
+    host = actions.add_host(
+        name="bench-dns-1",
+        address=target.address,
+        port=target.port,
+        ssh_user=target.user,
+        host_key=target.host_key_line,
+    )
+    return Portal(host=host, operator=operator, approvers=approvers, stamps=stamps)
 
 
-def approve_and_time(action, approver) -> tuple[float, float]:
-    """Approve; return (t0 = the approval transaction committed, approve_action returned).
+def approve_and_time(action, approver) -> float:
+    """Approve; return t0, the moment the approval transaction committed.
 
     The outer atomic makes approve_action's block a savepoint, so its on-commit
-    hooks (live event, enqueue) run after ours: t0 excludes none of them.
+    hooks (live event, enqueue) run after ours: t0 leaves none of them out.
     """
     from django.db import transaction
 
@@ -360,11 +366,10 @@ def approve_and_time(action, approver) -> tuple[float, float]:
     with transaction.atomic():
         transaction.on_commit(lambda: committed.append(time.time()))
         actions.approve_action(action, by=approver)
-    returned = time.time()
-    return committed[0], returned
+    return committed[0]
 
 
-def one_portal_run(host, people: Personas, index: int, stamps: Stamps, worker: WorkerProcess):
+def portal_run(portal: Portal, worker: WorkerProcess) -> dict:
     """One propose → approve → COMPLETED → verified cycle; returns its timestamps."""
     import django_rq
     from rq.job import Job
@@ -375,21 +380,22 @@ def one_portal_run(host, people: Personas, index: int, stamps: Stamps, worker: W
     from pra.choices import ActionStatus, Verification
     from pra.models import PRAAction
 
+    threading.Event().wait(0.1)  # the worker is back in its blocking dequeue, as when idle
     action = actions.propose_action(
-        action=WIRE_COMMAND, host=host, params={}, rationale=RATIONALE, by=people.operator
+        action=WIRE_COMMAND, host=portal.host, params={}, rationale=RATIONALE, by=portal.operator
     )
-    stamps.clear()
-    t0, returned = approve_and_time(action, people.approvers[index % 2])
+    portal.stamps.clear()
+    portal.count += 1
+    t0 = approve_and_time(action, portal.approvers[portal.count % 2])
 
     def settled() -> bool:
         row = PRAAction.objects.filter(pk=action.pk).values("status", "verification").get()
         if row["status"] in (ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.REJECTED):
             raise BenchError(f"action #{action.pk} ended {row['status']}:\n{worker.log_tail()}")
-        return row["status"] == ActionStatus.COMPLETED and row["verification"] != (
-            Verification.PENDING
-        )
+        done = row["status"] == ActionStatus.COMPLETED
+        return done and row["verification"] != Verification.PENDING
 
-    wait_for(settled, 60, f"action #{action.pk} to complete and be verified", pause=0.05)
+    wait_for(settled, 60, f"action #{action.pk} to complete and be verified")
     wait_for(worker.idle, 30, "the worker to be idle again", pause=0.02)
     action.refresh_from_db()
     if action.verification != Verification.VERIFIED:
@@ -406,48 +412,38 @@ def one_portal_run(host, people: Personas, index: int, stamps: Stamps, worker: W
     )
     return {
         "t0": t0,
-        "returned": returned,
         "enqueued": _ts(job.enqueued_at),
         "job_started": _ts(job.started_at),
         "claim": _ts(action.started_at),
         "executing_audit": _ts(events.get(AuditEventType.PRA_EXECUTING)),
-        "target_started": stamps.one(),
+        "target_started": portal.stamps.one(),
         "finished": _ts(action.finished_at),
         "executed_audit": _ts(events.get(AuditEventType.PRA_EXECUTED)),
         "job": job,
-        "action_id": action.pk,
     }
 
 
 PORTAL_PHASES = (
-    ("commit → job enqueued (on-commit: live event, then enqueue)", "t0", "enqueued"),
+    ("commit → job enqueued (on-commit hooks: live event, then enqueue)", "t0", "enqueued"),
     ("job enqueued → rq job started (dequeue, fork, rq bookkeeping)", "enqueued", "job_started"),
     ("rq job started → claim begins (job.perform, imports)", "job_started", "claim"),
     ("claim begins → EXECUTING audit row (DB connect, checks, UPDATE)", "claim", "executing_audit"),
     (
-        "EXECUTING audit → command started on target (commit, publish, SSH)",
+        "EXECUTING audit → command started (commit, live event, SSH)",
         "executing_audit",
         "target_started",
     ),
-    ("command started → finished_at (command, close)", "target_started", "finished"),
+    ("command started → finished_at (command ends, SSH close)", "target_started", "finished"),
     ("finished_at → EXECUTED audit row", "finished", "executed_audit"),
 )
 
 
-def measure_portal(host, people, stamps, worker, *, runs: int, warmup: int) -> Series:
-    series = Series(label=f"portal, {worker.worker_class}", runs=runs)
-    pause = threading.Event()
-    for index in range(warmup + runs):
-        pause.wait(0.1)  # the worker is back in its blocking dequeue, as when idle
-        stamp = one_portal_run(host, people, index, stamps, worker)
-        if index < warmup:
-            continue
-        series.add(
-            started=stamp["target_started"] - stamp["t0"],
-            completed=stamp["finished"] - stamp["t0"],
-            **{label: stamp[end] - stamp[start] for label, start, end in PORTAL_PHASES},
-        )
-    return series
+def portal_durations(stamp: dict) -> dict[str, float]:
+    return {
+        "started": stamp["target_started"] - stamp["t0"],
+        "completed": stamp["finished"] - stamp["t0"],
+        **{label: stamp[end] - stamp[start] for label, start, end in PORTAL_PHASES},
+    }
 
 
 # --- instrumented runs (profiling inside the worker) -----------------------------------
@@ -468,7 +464,7 @@ def profiled_execute(action_id: int) -> dict:
     from portal.lib import ssh
     from pra import actions, transport
 
-    marks: dict[str, float] = {"entry": time.time()}
+    marks: dict[str, float] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
 
     def timed(label: str, func: Callable) -> Callable:
@@ -509,148 +505,165 @@ def profiled_execute(action_id: int) -> dict:
             stack.enter_context(mock.patch.object(owner, name, timed(label, getattr(owner, name))))
         stack.enter_context(mock.patch.object(transport, "run_exec", timed("run_exec", run_exec)))
         outcome = pra.jobs.execute_action(action_id)
-    marks["exit"] = time.time()
     return {"outcome": outcome, "marks": marks, "spans": spans}
 
 
-def _first_within(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
+@contextlib.contextmanager
+def profiled_approvals(spans: list[tuple[str, float, float]]):
+    """In this (bench) process only: approvals enqueue ``profiled_execute`` instead of
+    ``pra.jobs.execute_action``, and the approval's on-commit hooks are timed."""
+    from unittest import mock
+
+    from portal import live
+    from pra import actions
+
+    original_enqueue, original_send = actions._enqueue, live._send
+
+    def enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
+        if func_path == "pra.jobs.execute_action":
+            func_path = "bench.pra_latency.profiled_execute"
+        start = time.time()
+        original_enqueue(func_path, action_id, job_id, queue)
+        spans.append(("enqueue", start, time.time()))
+
+    def send(groups, event) -> None:
+        start = time.time()
+        original_send(groups, event)
+        spans.append(("publish", start, time.time()))
+
+    with mock.patch.object(actions, "_enqueue", enqueue), mock.patch.object(live, "_send", send):
+        yield
+
+
+def _within(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
     """Total time of the spans that lie inside ``window``."""
     return sum(end - start for start, end in spans if start >= window[0] and end <= window[1])
 
 
 HORSE_PHASES = (
-    "rq job started → job function entered (incl. importing this module)",
+    "approval on-commit: live event publish (2 groups)",
+    "approval on-commit: enqueue",
     "claim_action total",
     "  of which: DB connect",
     "  of which: audit row (advisory lock, prev hash, INSERT)",
     "  of which: live event publish on commit (2 groups)",
-    "claim_action returned → run_exec called",
+    "  of which: the rest (SELECTs, approval tally, UPDATE, COMMIT)",
     "run_exec: load private key",
     "run_exec: TCP connect + SSH handshake + host key check",
     "run_exec: auth + open session (→ exec sent)",
     "exec sent → command started on target (sshd, pra-exec, sudo, pra-run)",
     "command started → run_exec returned",
-    "finish_execution (UPDATE, audit, publish)",
-    "verify_action (probe over SSH, not in approval → COMPLETED)",
+    "finish_execution (UPDATE, audit, live event)",
+    "verify_action (probe over SSH; after COMPLETED, keeps the worker busy)",
 )
 
 
-def horse_breakdown(result: dict, job_started: float, target_started: float) -> dict:
+def horse_breakdown(result: dict, bench_spans: list, t0: float, target_started: float) -> dict:
     marks, spans = result["marks"], result["spans"]
     claim = spans["claim"][0]
-    run_exec = spans["run_exec"][0]
+    claim_parts = [
+        _within(spans.get(name, []), claim) for name in ("db_connect", "audit", "publish")
+    ]
     start = spans["tcp_handshake"][0]
-    return dict(
-        zip(
-            HORSE_PHASES,
-            (
-                marks["entry"] - job_started,
-                claim[1] - claim[0],
-                _first_within(spans.get("db_connect", []), claim),
-                _first_within(spans.get("audit", []), claim),
-                _first_within(spans.get("publish", []), claim),
-                run_exec[0] - claim[1],
-                _first_within(spans.get("key_load", []), run_exec),
-                start[1] - start[0],
-                marks["exec_sent"] - start[1],
-                target_started - marks["exec_sent"],
-                run_exec[1] - target_started,
-                spans["finish"][0][1] - spans["finish"][0][0],
-                spans["verify"][0][1] - spans["verify"][0][0],
-            ),
-            strict=True,
-        )
+    run_exec = spans["run_exec"][0]
+    approval = {name: end - begin for name, begin, end in bench_spans if begin >= t0}
+    values = (
+        approval.get("publish", 0.0),
+        approval.get("enqueue", 0.0),
+        claim[1] - claim[0],
+        *claim_parts,
+        claim[1] - claim[0] - sum(claim_parts),
+        _within(spans.get("key_load", []), run_exec),
+        start[1] - start[0],
+        marks["exec_sent"] - start[1],
+        target_started - marks["exec_sent"],
+        run_exec[1] - target_started,
+        spans["finish"][0][1] - spans["finish"][0][0],
+        spans["verify"][0][1] - spans["verify"][0][0],
     )
+    return dict(zip(HORSE_PHASES, values, strict=True))
 
 
-@contextlib.contextmanager
-def enqueue_profiled_jobs():
-    """In this (bench) process only: approvals enqueue ``profiled_execute`` instead."""
-    from unittest import mock
-
-    from pra import actions
-
-    original = actions._enqueue
-
-    def enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
-        if func_path == "pra.jobs.execute_action":
-            func_path = "bench.pra_latency.profiled_execute"
-        original(func_path, action_id, job_id, queue)
-
-    with mock.patch.object(actions, "_enqueue", enqueue):
-        yield
-
-
-def profile_portal(host, people, stamps, worker, *, runs: int) -> Series:
-    series = Series(label=f"inside the worker, {worker.worker_class}", runs=runs)
-    pause = threading.Event()
-    with enqueue_profiled_jobs():
-        for index in range(runs + 2):
-            pause.wait(0.1)
-            stamp = one_portal_run(host, people, index, stamps, worker)
+def profile_portal(portal: Portal, worker: WorkerProcess, *, runs: int, warmup: int) -> Series:
+    series = Series(label=f"inside the worker, {worker.worker_class}")
+    bench_spans: list[tuple[str, float, float]] = []
+    with profiled_approvals(bench_spans):
+        for index in range(warmup + runs):
+            bench_spans.clear()
+            stamp = portal_run(portal, worker)
             result = stamp["job"].return_value()
             if not isinstance(result, dict) or result.get("outcome") != "completed":
                 raise BenchError(f"profiled run returned {result!r}:\n{worker.log_tail()}")
-            if index >= 2:
-                series.add(**horse_breakdown(result, stamp["job_started"], stamp["target_started"]))
+            if index >= warmup:
+                series.add(
+                    **horse_breakdown(result, bench_spans, stamp["t0"], stamp["target_started"])
+                )
     return series
 
 
 # --- baselines ------------------------------------------------------------------------
 
 
-def measure_run_command(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
-    from portal.lib import ssh
+class Bare:
+    """The bare SSH paths, one run at a time so they interleave with the portal runs."""
 
-    endpoint = ssh.Endpoint(
-        address=target.address, port=target.port, user=target.user, host_key=target.host_key_line
-    )
-    series = Series(label="bare run_command", runs=runs)
-    for index in range(warmup + runs):
-        stamps.clear()
+    def __init__(self, target, stamps: Stamps) -> None:
+        import base64
+
+        import paramiko
+
+        from portal.lib import ssh
+
+        self.target = target
+        self.stamps = stamps
+        self.endpoint = ssh.Endpoint(
+            address=target.address,
+            port=target.port,
+            user=target.user,
+            host_key=target.host_key_line,
+        )
+        self.key_type, blob = target.host_key_line.split()[:2]
+        self.pinned = paramiko.PKey.from_type_string(self.key_type, base64.b64decode(blob))
+        self._open = None
+
+    def run_command(self) -> dict[str, float]:
+        from portal.lib import ssh
+
+        self.stamps.clear()
         sent: list[float] = []
         connect = time.time()
         result = ssh.run_command(
-            endpoint,
-            target.exec_key_path,
+            self.endpoint,
+            self.target.exec_key_path,
             WIRE_COMMAND,
             command_timeout=30,
-            on_start=lambda sent=sent: sent.append(time.time()),
+            on_start=lambda: sent.append(time.time()),
         )
         done = time.time()
         if result.exit_code != 0:
             raise BenchError(f"run_command exited {result.exit_code}: {result.stderr}")
-        if index >= warmup:
-            started = stamps.one()
-            series.add(
-                started=started - connect,
-                done=done - connect,
-                handshake=sent[0] - connect,
-                target_chain=started - sent[0],
-            )
-    return series
+        started = self.stamps.one()
+        return {
+            "started": started - connect,
+            "done": done - connect,
+            "exec_sent": sent[0] - connect,
+            "exec_to_started": started - sent[0],
+        }
 
+    def sshclient(self) -> dict[str, float]:
+        import paramiko
 
-def measure_sshclient(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
-    import base64
-
-    import paramiko
-
-    key_type, blob = target.host_key_line.split()[:2]
-    pinned = paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
-    series = Series(label="bare paramiko SSHClient", runs=runs)
-    for index in range(warmup + runs):
-        stamps.clear()
+        self.stamps.clear()
         connect = time.time()
         client = paramiko.SSHClient()
-        client.get_host_keys().add(target.known_hosts_name, key_type, pinned)
+        client.get_host_keys().add(self.target.known_hosts_name, self.key_type, self.pinned)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(
-                target.address,
-                port=target.port,
-                username=target.user,
-                key_filename=str(target.exec_key_path),
+                self.target.address,
+                port=self.target.port,
+                username=self.target.user,
+                key_filename=str(self.target.exec_key_path),
                 look_for_keys=False,
                 allow_agent=False,
                 timeout=10,
@@ -663,72 +676,74 @@ def measure_sshclient(target, stamps: Stamps, *, runs: int, warmup: int) -> Seri
         done = time.time()
         if code != 0:
             raise BenchError(f"SSHClient exec exited {code}")
-        if index >= warmup:
-            series.add(started=stamps.one() - connect, done=done - connect)
-    return series
+        return {"started": self.stamps.one() - connect, "done": done - connect}
+
+    def reuse(self) -> dict[str, float]:
+        """Exec on an already-open connection: what connection reuse would leave."""
+        if self._open is None:
+            self._open = self.target.open_client("exec")
+        self.stamps.clear()
+        begin = time.time()
+        channel = self._open.get_transport().open_session(timeout=10)
+        channel.exec_command(WIRE_COMMAND)
+        code = channel.recv_exit_status()
+        channel.close()
+        done = time.time()
+        if code != 0:
+            raise BenchError(f"exec on an open connection exited {code}")
+        return {"started": self.stamps.one() - begin, "done": done - begin}
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
 
-def measure_reuse(target, stamps: Stamps, *, runs: int, warmup: int) -> Series:
-    """Exec on an already-open connection: what connection reuse would leave."""
-    series = Series(label="exec on an open connection", runs=runs)
-    client = target.open_client("exec")
-    try:
-        transport = client.get_transport()
-        for index in range(warmup + runs):
-            stamps.clear()
-            begin = time.time()
-            channel = transport.open_session(timeout=10)
-            channel.exec_command(WIRE_COMMAND)
-            code = channel.recv_exit_status()
-            channel.close()
-            done = time.time()
-            if code != 0:
-                raise BenchError(f"exec on an open connection exited {code}")
-            if index >= warmup:
-                series.add(started=stamps.one() - begin, done=done - begin)
-    finally:
-        client.close()
-    return series
+class Ansible:
+    """``ansible all -m raw`` against the same sshd, with the same key and pinned host key."""
 
+    def __init__(self, target, stamps: Stamps, workdir: Path) -> None:
+        self.stamps = stamps
+        self.executable = Path(sys.executable).parent / "ansible"
+        self.home = workdir / "ansible"
+        self.home.mkdir(exist_ok=True)
+        known_hosts = self.home / "known_hosts"
+        known_hosts.write_text(f"{target.known_hosts_name} {target.host_key_line}\n")
+        self.inventory = self.home / "inventory.ini"
+        self.inventory.write_text(
+            "[targets]\n"
+            f"bench ansible_host={target.address} ansible_port={target.port} "
+            f"ansible_user={target.user} ansible_ssh_private_key_file={target.exec_key_path} "
+            "ansible_ssh_use_tty=false "
+            f"ansible_ssh_common_args='-o UserKnownHostsFile={known_hosts} "
+            "-o StrictHostKeyChecking=yes'\n"
+        )
+        config = self.home / "ansible.cfg"
+        config.write_text("[defaults]\n")
+        self.env = {
+            **os.environ,
+            "LC_ALL": "C.UTF-8",
+            "ANSIBLE_CONFIG": str(config),
+            "ANSIBLE_HOME": str(self.home),
+            "ANSIBLE_LOCAL_TEMP": str(self.home / "tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+            # A fresh connection per run, like the portal (ansible's default
+            # ControlPersist would keep a master connection open between runs).
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
+        }
 
-def measure_ansible(target, stamps: Stamps, workdir: Path, *, runs: int, warmup: int):
-    ansible = Path(sys.executable).parent / "ansible"
-    if not ansible.exists():
-        return None
-    home = workdir / "ansible"
-    home.mkdir(exist_ok=True)
-    known_hosts = home / "known_hosts"
-    known_hosts.write_text(f"{target.known_hosts_name} {target.host_key_line}\n")
-    inventory = home / "inventory.ini"
-    inventory.write_text(
-        "[targets]\n"
-        f"bench ansible_host={target.address} ansible_port={target.port} "
-        f"ansible_user={target.user} ansible_ssh_private_key_file={target.exec_key_path} "
-        "ansible_ssh_use_tty=false "
-        f"ansible_ssh_common_args='-o UserKnownHostsFile={known_hosts} "
-        "-o StrictHostKeyChecking=yes'\n"
-    )
-    config = home / "ansible.cfg"
-    config.write_text("[defaults]\n")
-    env = {
-        **os.environ,
-        "LC_ALL": "C.UTF-8",
-        "ANSIBLE_CONFIG": str(config),
-        "ANSIBLE_HOME": str(home),
-        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        # A fresh connection per run, like the portal (ansible's default ControlPersist
-        # would keep a master connection between runs).
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
-    }
-    series = Series(label="ansible -m raw", runs=runs)
-    for index in range(warmup + runs):
-        stamps.clear()
+    @property
+    def available(self) -> bool:
+        return self.executable.exists()
+
+    def run(self) -> dict[str, float]:
+        self.stamps.clear()
         begin = time.time()
         result = subprocess.run(
-            [str(ansible), "all", "-i", str(inventory), "-m", "raw", "-a", WIRE_COMMAND],
-            env=env,
-            cwd=home,
+            [str(self.executable), "all", "-i", str(self.inventory)]
+            + ["-m", "raw", "-a", WIRE_COMMAND],
+            env=self.env,
+            cwd=self.home,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -737,16 +752,18 @@ def measure_ansible(target, stamps: Stamps, workdir: Path, *, runs: int, warmup:
         done = time.time()
         if result.returncode != 0:
             raise BenchError(f"ansible exited {result.returncode}:\n{result.stdout[-2000:]}")
-        if index >= warmup:
-            series.add(started=stamps.one() - begin, done=done - begin)
-    return series
+        return {"started": self.stamps.one() - begin, "done": done - begin}
 
 
 # --- report ---------------------------------------------------------------------------
 
 
 def _row(name: str, what: str, series: Series, key: str) -> str:
-    return f"  {name:<34} {what:<30} {ms(series.median(key)):>9.1f} {ms(series.p95(key)):>9.1f}"
+    runs = str(series.runs) if name else ""
+    return (
+        f"  {name:<28} {runs:>4}  {what:<27} {ms(series.median(key)):>9.1f}"
+        f" {ms(series.p95(key)):>9.1f}"
+    )
 
 
 def _ratio(top: Series, top_key: str, bottom: Series, bottom_key: str) -> tuple[float, float]:
@@ -756,71 +773,75 @@ def _ratio(top: Series, top_key: str, bottom: Series, bottom_key: str) -> tuple[
     )
 
 
-def report(portal: list[Series], bare: Series, client: Series, reuse: Series, ansible) -> None:
+COMPARISONS = (
+    ("started", "started", "approval→started vs connect→started"),
+    ("completed", "done", "approval→COMPLETED vs connect→done"),
+)
+
+
+def report(results: dict) -> None:
+    portal, bare, client = results["portal"], results["bare"], results["client"]
+    ansible, reuse = results["ansible"], results["reuse"]
     print()
-    print(f"  {'path':<34} {'measured':<30} {'median ms':>9} {'p95 ms':>9}")
+    print(f"  {'path':<28} {'runs':>4}  {'measured':<27} {'median ms':>9} {'p95 ms':>9}")
     for series in portal:
         print(_row(series.label, "approval → command started", series, "started"))
         print(_row("", "approval → COMPLETED", series, "completed"))
-    print(_row("bare run_command", "connect → command started", bare, "started"))
+    print(_row(bare.label, "connect → command started", bare, "started"))
     print(_row("", "connect → done", bare, "done"))
-    print(_row("", "(connect → exec sent)", bare, "handshake"))
-    print(_row("bare paramiko SSHClient", "connect → command started", client, "started"))
+    print(_row(client.label, "connect → command started", client, "started"))
     print(_row("", "connect → done", client, "done"))
     if ansible is not None:
-        name = f"ansible -m raw ({ansible.runs} runs)"
-        print(_row(name, "start → command started", ansible, "started"))
+        print(_row(ansible.label, "start → command started", ansible, "started"))
         print(_row("", "start → done", ansible, "done"))
-    print(_row("exec on an open connection", "exec → command started", reuse, "started"))
-    print(_row("(reference, not a target)", "exec → done", reuse, "done"))
+    print(_row(reuse.label, "exec → command started", reuse, "started"))
+    print(_row("", "exec → done (reference only)", reuse, "done"))
 
     print()
-    print("ratios (median, p95):")
+    print("ratios (of medians, of p95s):")
     for series in portal:
         for base in (bare, client):
-            for top_key, base_key, what in (
-                ("started", "started", "approval→started / connect→started"),
-                ("completed", "done", "approval→COMPLETED / connect→done"),
-            ):
+            for top_key, base_key, what in COMPARISONS:
                 med, tail = _ratio(series, top_key, base, base_key)
-                print(f"  {series.label} vs {base.label}: {what}: {med:.2f}× / {tail:.2f}×")
+                print(f"  {series.label} / {base.label}, {what}: {med:.2f}× {tail:.2f}×")
         if ansible is not None:
-            med, tail = _ratio(ansible, "done", series, "completed")
-            print(f"  ansible done / {series.label} COMPLETED: {med:.2f}× / {tail:.2f}×")
-            med, tail = _ratio(ansible, "started", series, "started")
-            print(f"  ansible started / {series.label} started: {med:.2f}× / {tail:.2f}×")
+            for key, what in (("started", "→ started"), ("completed", "→ done/COMPLETED")):
+                med, tail = _ratio(ansible, "done" if key == "completed" else key, series, key)
+                print(f"  {ansible.label} / {series.label}, {what}: {med:.2f}× {tail:.2f}×")
 
     print()
     for series in portal:
-        for top_key, base_key, what in (
-            ("started", "started", "approval→started vs bare connect→started"),
-            ("completed", "done", "approval→COMPLETED vs bare connect→done"),
-        ):
+        for top_key, base_key, what in COMPARISONS:
             med, _ = _ratio(series, top_key, bare, base_key)
             verdict = "MET" if med <= TARGET_RATIO else "NOT MET"
             print(
-                f"VERDICT {series.label}: {what} (run_command): median {med:.2f}× "
-                f"→ target ≤ {TARGET_RATIO:.2f}× {verdict}"
+                f"VERDICT {series.label}: {what} (bare run_command): median {med:.2f}×, "
+                f"target ≤ {TARGET_RATIO:.2f}×: {verdict}"
             )
 
 
-def report_phases(portal: list[Series], profiles: list[Series], bare: Series) -> None:
+def report_phases(results: dict) -> None:
+    bare = results["bare"]
     print()
     print("Where the time goes, median ms (timestamps written by the system under test):")
-    for series in portal:
+    for series in results["portal"]:
         print(f"  {series.label}")
         for label, _, _ in PORTAL_PHASES:
-            print(f"    {label:<72} {ms(series.median(label)):>7.1f}")
+            print(f"    {label:<74} {ms(series.median(label)):>7.1f}")
+    print(f"  {bare.label}, for comparison")
     print(
-        "  bare run_command for comparison: connect → exec sent "
-        f"{ms(bare.median('handshake')):.1f}, exec sent → command started "
-        f"{ms(bare.median('target_chain')):.1f}"
+        f"    {'connect → exec sent (TCP, handshake, auth, session)':<74}"
+        f" {ms(bare.median('exec_sent')):>7.1f}"
     )
-    for series in profiles:
+    print(
+        f"    {'exec sent → command started on target':<74}"
+        f" {ms(bare.median('exec_to_started')):>7.1f}"
+    )
+    for series in results["profiles"]:
         print()
-        print(f"Inside the worker, {series.runs} instrumented runs, median ms: {series.label}")
+        print(f"Instrumented runs ({series.runs}), median ms: {series.label}")
         for label in HORSE_PHASES:
-            print(f"    {label:<72} {ms(series.median(label)):>7.1f}")
+            print(f"    {label:<74} {ms(series.median(label)):>7.1f}")
 
 
 # --- main -----------------------------------------------------------------------------
@@ -829,7 +850,12 @@ def report_phases(portal: list[Series], profiles: list[Series], bare: Series) ->
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="measured runs per path (50)")
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up runs per path (5)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="warm-up runs per path and worker start (3)"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=5, help="blocks alternating the worker classes (5)"
+    )
     parser.add_argument(
         "--worker-class",
         action="append",
@@ -843,21 +869,69 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile",
         choices=("auto", "always", "never"),
         default="auto",
-        help="instrumented runs inside the worker: auto = when the target is missed",
+        help="instrumented runs inside the worker; auto: when a target is missed",
     )
     parser.add_argument("--profile-runs", type=int, default=20)
     args = parser.parse_args(argv)
-    args.worker_class = args.worker_class or list(WORKER_CLASSES)
-    if args.runs < 2 or args.warmup < 0:
-        parser.error("--runs must be at least 2 and --warmup at least 0")
+    args.worker_class = list(dict.fromkeys(args.worker_class or WORKER_CLASSES))
+    if args.runs < 2 or args.warmup < 0 or not 1 <= args.blocks <= args.runs:
+        parser.error("need --runs ≥ 2, --warmup ≥ 0 and 1 ≤ --blocks ≤ --runs")
     return args
 
 
-def _target_missed(series: Series, bare: Series) -> bool:
-    return (
-        series.median("started") / bare.median("started") > TARGET_RATIO
-        or series.median("completed") / bare.median("done") > TARGET_RATIO
+def _share(total: int, blocks: int, block: int) -> int:
+    """Runs of ``total`` that fall in ``block`` when spread evenly over ``blocks``."""
+    return total // blocks + (1 if block < total % blocks else 0)
+
+
+def _missed(series: Series, bare: Series) -> bool:
+    return any(
+        _ratio(series, top_key, bare, base_key)[0] > TARGET_RATIO
+        for top_key, base_key, _ in COMPARISONS
     )
+
+
+def measure(args, portal: Portal, bare: Bare, ansible: Ansible | None, new_worker) -> dict:
+    """Interleave the paths: blocks alternate worker classes; each portal run is followed
+    by one run of every bare path; ansible runs close each block."""
+    series = {wc: Series(label=f"portal, {wc}") for wc in args.worker_class}
+    results = {
+        "portal": list(series.values()),
+        "bare": Series(label="bare run_command"),
+        "client": Series(label="bare paramiko SSHClient"),
+        "reuse": Series(label="exec on an open connection"),
+        "ansible": Series(label="ansible -m raw") if ansible else None,
+        "profiles": [],
+    }
+    bare_paths = (("bare", bare.run_command), ("client", bare.sshclient), ("reuse", bare.reuse))
+    for _ in range(args.warmup):
+        for _, once in bare_paths:
+            once()
+    if ansible is not None:
+        for _ in range(min(args.warmup, 2)):
+            ansible.run()
+    for block in range(args.blocks):
+        for worker_class in args.worker_class:
+            with new_worker(worker_class) as worker:
+                for _ in range(args.warmup):
+                    portal_run(portal, worker)
+                for _ in range(_share(args.runs, args.blocks, block)):
+                    series[worker_class].add(**portal_durations(portal_run(portal, worker)))
+                    for key, once in bare_paths:
+                        results[key].add(**once())
+        if ansible is not None:
+            for _ in range(_share(args.ansible_runs, args.blocks, block)):
+                results["ansible"].add(**ansible.run())
+        print(f"  block {block + 1}/{args.blocks} done", flush=True)
+
+    missed = any(_missed(s, results["bare"]) for s in series.values())
+    if args.profile == "always" or (args.profile == "auto" and missed):
+        for worker_class in args.worker_class:
+            with new_worker(worker_class) as worker:
+                results["profiles"].append(
+                    profile_portal(portal, worker, runs=args.profile_runs, warmup=args.warmup)
+                )
+    return results
 
 
 def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> None:
@@ -877,59 +951,45 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
     import django
 
     django.setup()
+    logging.getLogger("paramiko").setLevel(logging.WARNING)  # one INFO line per connection
     from django.core.management import call_command
 
     from portal.lib.redis import get_redis
-    from pra import actions
 
     get_redis().flushdb()
     stack.callback(lambda: get_redis().flushdb())
     call_command("migrate", verbosity=0, interactive=False)
-    people = make_personas()
-    host = actions.add_host(
-        name="bench-dns-1",
-        address=target.address,
-        port=target.port,
-        ssh_user=target.user,
-        host_key=target.host_key_line,
-    )
+    portal = setup_portal(target, stamps)
+    bare = Bare(target, stamps)
+    stack.callback(bare.close)
+    ansible = Ansible(target, stamps, workdir) if args.ansible_runs > 1 else None
+    if ansible is not None and not ansible.available:
+        print("ansible is not installed in this venv (make bench-pra installs it): skipped")
+        ansible = None
+
     print(machine_line())
+    print(load_line("at start"))
     print(
-        f"Each path: {args.warmup} warm-up runs, then {args.runs} measured; wire command "
-        f"{WIRE_COMMAND!r} on a loopback sshd (sudo: {target.use_sudo}); PRA_PREFLIGHT=0."
+        f"{args.runs} measured runs per path after {args.warmup} warm-up runs (per worker "
+        f"start for the portal), in {args.blocks} interleaved blocks; ansible: "
+        f"{args.ansible_runs if ansible else 0} runs. Wire command {WIRE_COMMAND!r}, loopback "
+        f"sshd, sudo {'on' if target.use_sudo else 'off'}, PRA_PREFLIGHT=0."
     )
 
-    bare = measure_run_command(target, stamps, runs=args.runs, warmup=args.warmup)
-    client = measure_sshclient(target, stamps, runs=args.runs, warmup=args.warmup)
-    reuse = measure_reuse(target, stamps, runs=args.runs, warmup=args.warmup)
-    portal, profiles = [], []
-    for worker_class in args.worker_class:
+    def new_worker(worker_class: str) -> WorkerProcess:
         log_path = workdir / f"worker-{worker_class}.log"
-        env_all = {**os.environ, **env}
-        with WorkerProcess(worker_class, env_all, log_path) as worker:
-            series = measure_portal(
-                host, people, stamps, worker, runs=args.runs, warmup=args.warmup
-            )
-            portal.append(series)
-            wanted = args.profile == "always" or (
-                args.profile == "auto" and _target_missed(series, bare)
-            )
-            if wanted and args.profile_runs > 1:
-                profiles.append(
-                    profile_portal(host, people, stamps, worker, runs=args.profile_runs)
-                )
-    ansible = None
-    if args.ansible_runs > 1:
-        ansible = measure_ansible(
-            target, stamps, workdir, runs=args.ansible_runs, warmup=min(args.warmup, 2)
-        )
-        if ansible is None:
-            print("ansible not installed in this venv (make bench-pra installs it): skipped")
-    report(portal, bare, client, reuse, ansible)
-    report_phases(portal, profiles, bare)
+        return WorkerProcess(worker_class, dict(os.environ), log_path)
+
+    results = measure(args, portal, bare, ansible, new_worker)
+    print(load_line("at end"))
+    report(results)
+    report_phases(results)
 
 
 def main(argv: list[str]) -> int:
+    from portal.lib.localservices import ServiceError
+    from pra.devtarget import DevTargetError
+
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the worker, sshd and database are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -937,7 +997,7 @@ def main(argv: list[str]) -> int:
     try:
         with contextlib.ExitStack() as stack:
             run(args, workdir, stack)
-    except BenchError as exc:
+    except (BenchError, DevTargetError, ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

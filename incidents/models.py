@@ -1,1 +1,317 @@
-"""Incident models: agents, heartbeats, incidents (built by the incidents issue)."""
+"""Incident models: agents and their heartbeats, rules, incidents, decisions, auto-patches."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from incidents.choices import (
+    AttemptStatus,
+    CommandKind,
+    CommandStatus,
+    DecisionAction,
+    DecisionSource,
+    IncidentStatus,
+    Outcome,
+    RuleKind,
+    Severity,
+)
+from portal.approvals import fingerprint_of
+from portal.choices import Impact
+
+_slug = RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-'")
+_version = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$", "a version like 1.4.2")
+
+
+class Agent(models.Model):
+    """Something that sends heartbeats: a plugin, a service or a host.
+
+    Its latest telemetry lives on this row (the hot path is one small update);
+    ``alert_after`` (indexed) is when a missing heartbeat becomes an incident.
+    """
+
+    class Kind(models.TextChoices):
+        PLUGIN = "plugin", "Plugin"
+        SERVICE = "service", "Service"
+        HOST = "host", "Host"
+
+    name = models.CharField(max_length=63, unique=True, validators=[_slug])
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SERVICE)
+    owner = models.CharField(max_length=100, blank=True)
+    environment = models.CharField(max_length=30, default="production")
+    host = models.ForeignKey(
+        "pra.Host",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        help_text="For host-level causes: remediations are proposed on this host.",
+    )
+    expected_period = models.PositiveIntegerField(
+        default=120, validators=[MinValueValidator(5), MaxValueValidator(86400)]
+    )
+    grace = models.PositiveIntegerField(default=60, validators=[MaxValueValidator(86400)])
+    version = models.CharField(max_length=40, blank=True, validators=[_version])
+    available_version = models.CharField(
+        max_length=40,
+        blank=True,
+        validators=[_version],
+        help_text="Known-good version heuristics may patch to.",
+    )
+    last_seen = models.DateTimeField(null=True, blank=True)
+    last_telemetry = models.JSONField(default=dict, blank=True)
+    alert_after = models.DateTimeField(null=True, blank=True)
+    missing = models.BooleanField(default=False)
+    secret_sealed = models.TextField(editable=False)
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # The missed-heartbeat sweep reads only overdue, not-yet-flagged agents.
+            models.Index(
+                fields=["alert_after"],
+                name="agent_overdue_idx",
+                condition=Q(missing=False, enabled=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class HeartbeatSample(models.Model):
+    """One heartbeat's telemetry, kept for ``HEARTBEAT_RETENTION_HOURS`` then pruned."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="samples")
+    received = models.DateTimeField()
+    version = models.CharField(max_length=40, blank=True)
+    telemetry = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received"]
+        indexes = [models.Index(fields=["agent", "received"]), models.Index(fields=["received"])]
+
+    def __str__(self) -> str:
+        return f"{self.agent} at {self.received}"
+
+
+class DetectionRule(models.Model):
+    """A detection rule (data, edited in the admin): thresholds per level."""
+
+    key = models.CharField(max_length=40, unique=True, validators=[_slug])
+    kind = models.CharField(max_length=20, choices=RuleKind.choices)
+    metric = models.CharField(max_length=40, blank=True, help_text="Telemetry field compared.")
+    warning = models.FloatField(null=True, blank=True)
+    critical = models.FloatField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Incident(models.Model):
+    """One problem of one agent with one cause; repeats update it, never duplicate it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="incidents")
+    cause = models.CharField(max_length=80)
+    rule = models.ForeignKey(DetectionRule, null=True, blank=True, on_delete=models.SET_NULL)
+    title = models.CharField(max_length=200)
+    severity = models.PositiveSmallIntegerField(choices=Severity.choices)
+    status = models.CharField(
+        max_length=14, choices=IncidentStatus.choices, default=IncidentStatus.OPEN, db_index=True
+    )
+    detected_at = models.DateTimeField(help_text="When the condition was first observed.")
+    opened_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    occurrences = models.PositiveIntegerField(default=1)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=300, blank=True)
+    auto_resolved = models.BooleanField(default=False)
+    telemetry = models.JSONField(default=dict, blank=True)
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    next_escalation_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    remediation = models.ForeignKey(
+        "pra.PRAAction", null=True, blank=True, on_delete=models.SET_NULL, related_name="incidents"
+    )
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "cause"],
+                condition=~Q(status=IncidentStatus.RESOLVED),
+                name="one_open_incident_per_agent_and_cause",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title}"
+
+    @property
+    def mttd(self):
+        return self.opened_at - self.detected_at
+
+    @property
+    def mttr(self):
+        return (self.resolved_at - self.opened_at) if self.resolved_at else None
+
+
+class IncidentEvent(models.Model):
+    """The incident's timeline: detection → decision → approvals → execution → resolution."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=20)
+    message = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+class Decision(models.Model):
+    """What the decider (or the heuristics) chose, and later how it turned out (learning)."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="decisions")
+    source = models.CharField(max_length=10, choices=DecisionSource.choices)
+    action = models.CharField(max_length=10, choices=DecisionAction.choices)
+    patch_version = models.CharField(max_length=40, blank=True)
+    confidence = models.FloatField(default=0.0)
+    explanation = models.TextField(blank=True)
+    fallback_reason = models.CharField(max_length=200, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    outcome_detail = models.CharField(max_length=300, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.action} ({self.source}) for incident {self.incident_id}"
+
+
+class OpsPolicy(models.Model):
+    """The single row deciding what may heal itself (edited in the admin)."""
+
+    auto_remediation_enabled = models.BooleanField(
+        default=True, help_text="Kill switch: off cancels attempts that have not reached APPLYING."
+    )
+    whitelist = models.ManyToManyField(
+        Agent, blank=True, help_text="Only these agents are ever patched automatically."
+    )
+    max_auto_severity = models.PositiveSmallIntegerField(
+        choices=Severity.choices, default=Severity.MEDIUM
+    )
+    multisig_min_severity = models.PositiveSmallIntegerField(
+        choices=Severity.choices,
+        default=Severity.HIGH,
+        help_text="At and above this severity a patch waits for human approvals.",
+    )
+    canary_percent = models.PositiveSmallIntegerField(
+        default=100, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "ops policy"
+        verbose_name_plural = "ops policy"
+
+    def __str__(self) -> str:
+        return "Ops policy"
+
+    @classmethod
+    def current(cls) -> OpsPolicy:
+        policy, _ = cls.objects.get_or_create(pk=1)
+        return policy
+
+
+class AgentCommand(models.Model):
+    """A command waiting for an agent (delivered in heartbeat responses, then acked/failed)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="commands")
+    kind = models.CharField(max_length=10, choices=CommandKind.choices)
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=CommandStatus.choices, default=CommandStatus.PENDING
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    output = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150)
+
+    class Meta:
+        ordering = ["created"]
+        indexes = [models.Index(fields=["agent", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} → {self.agent}"
+
+
+class AutoPatchAttempt(models.Model):
+    """staging → apply → health check → success or rollback. Immutable once terminal."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="attempts")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="attempts")
+    decision = models.ForeignKey(Decision, on_delete=models.PROTECT, related_name="attempts")
+    from_version = models.CharField(max_length=40, blank=True)
+    target_version = models.CharField(max_length=40, validators=[_version])
+    severity = models.PositiveSmallIntegerField(choices=Severity.choices)
+    status = models.CharField(
+        max_length=14, choices=AttemptStatus.choices, default=AttemptStatus.PENDING, db_index=True
+    )
+    needs_approval = models.BooleanField(default=False)
+    staging_result = models.CharField(max_length=300, blank=True)
+    update_command = models.ForeignKey(
+        AgentCommand, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rollback_command = models.ForeignKey(
+        AgentCommand, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    deadline = models.DateTimeField(null=True, blank=True, db_index=True)
+    detail = models.CharField(max_length=300, blank=True)
+    created = models.DateTimeField()
+    status_changed_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"patch {self.agent} → {self.target_version} ({self.status})"
+
+    # --- Approvable (multi-signature patches reuse the remediation rules) ----
+    @property
+    def approval_impact(self) -> str:
+        return Impact.HIGH if self.severity >= Severity.CRITICAL else Impact.MEDIUM
+
+    @property
+    def approval_requester_id(self) -> int | None:
+        return None  # proposed by the system: any approver may sign
+
+    @property
+    def approval_confirmation_text(self) -> str:
+        return self.agent.name
+
+    def approval_fingerprint(self) -> str:
+        return fingerprint_of(
+            kind="autopatch",
+            id=self.pk,
+            agent=self.agent.name,
+            from_version=self.from_version,
+            target_version=self.target_version,
+        )

@@ -1,10 +1,21 @@
+import os
+
+from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
+from portal import notify
 from portal.audit import record
-from portal.choices import AuditEventType
-from portal.models import ApiToken, ApprovalRule, AuditEvent
+from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
+from portal.models import (
+    ApiToken,
+    ApprovalRule,
+    AuditEvent,
+    EscalationLevel,
+    Notification,
+    NotificationChannel,
+)
 from portal.tokens import revoke_token
 
 
@@ -103,3 +114,215 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
                     "validity_seconds": obj.validity_seconds,
                 },
             )
+
+
+# --- Notifications --------------------------------------------------------------------
+
+MANAGE_PORTAL = "portal.manage_portal"
+
+
+class NotificationChannelForm(forms.ModelForm):
+    url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text=NotificationChannel._meta.get_field("url").help_text,
+    )
+    kinds = forms.MultipleChoiceField(
+        choices=[(k.value, k.label) for k in NotificationKind if k != NotificationKind.TEST],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every kind.",
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = [
+            "name",
+            "kind",
+            "url",
+            "url_env",
+            "recipients",
+            "kinds",
+            "min_severity",
+            "enabled",
+        ]
+
+
+def _channel_details(channel: NotificationChannel) -> dict:
+    """What the audit log keeps of a channel: never the URL itself."""
+    return {
+        "name": channel.name,
+        "kind": channel.kind,
+        "url_env": channel.url_env,
+        "has_plain_url": bool(channel.url),
+        "recipients": len(channel.recipient_list),
+        "kinds": list(channel.kinds or []),
+        "min_severity": channel.min_severity,
+        "enabled": channel.enabled,
+    }
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    """Where notifications go. Secret URLs stay in the environment (url_env names them)."""
+
+    form = NotificationChannelForm
+    list_display = ("name", "kind", "target", "subscribed", "min_severity", "enabled", "ready")
+    list_filter = ("kind", "enabled")
+    search_fields = ("name",)
+    actions = ["send_test_notification"]
+
+    @admin.display(description="target")
+    def target(self, obj):
+        if obj.kind == ChannelKind.EMAIL:
+            return ", ".join(obj.recipient_list)
+        return f"${obj.url_env}" if obj.url_env else obj.url
+
+    @admin.display(description="kinds")
+    def subscribed(self, obj):
+        return ", ".join(obj.kinds) if obj.kinds else "all"
+
+    @admin.display(description="URL set", boolean=True)
+    def ready(self, obj):
+        if not obj.url_env:
+            return True
+        return bool(os.environ.get(obj.url_env) or os.environ.get(f"{obj.url_env}_FILE"))
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def has_manage_permission(self, request):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def save_model(self, request, obj, form, change):
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            record(
+                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+                actor=request.user,
+                subject=obj,
+                details={"change": "updated" if change else "created", **_channel_details(obj)},
+            )
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            record(
+                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+                actor=request.user,
+                subject=obj,
+                details={"change": "deleted", **_channel_details(obj)},
+            )
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+    @admin.action(description="Send a test notification", permissions=["manage"])
+    def send_test_notification(self, request, queryset):
+        if not request.user.has_perm(MANAGE_PORTAL):
+            raise PermissionDenied
+        rows = [notify.send_test(channel, by=request.user) for channel in queryset]
+        self.message_user(
+            request,
+            f"Queued {len(rows)} test notification(s); see Notifications for the outcome.",
+        )
+
+
+@admin.register(EscalationLevel)
+class EscalationLevelAdmin(admin.ModelAdmin):
+    """Incident escalation levels (L1..L4) and the channels each one reaches."""
+
+    list_display = ("level", "name", "delay_minutes", "channel_names")
+    filter_horizontal = ("channels",)
+
+    @admin.display(description="channels")
+    def channel_names(self, obj):
+        return ", ".join(c.name for c in obj.channels.all()) or "-"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("channels")
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # incidents refer to levels by number
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        level = form.instance
+        record(
+            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+            actor=request.user,
+            subject=level,
+            details={
+                "level": level.level,
+                "name": level.name,
+                "delay_minutes": level.delay_minutes,
+                "channels": sorted(c.name for c in level.channels.all()),
+            },
+        )
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    """Read-only record of every notification; FAILED ones can be retried."""
+
+    list_display = (
+        "id",
+        "created",
+        "kind",
+        "severity",
+        "channel",
+        "status",
+        "attempts",
+        "sent_at",
+        "subject_type",
+        "subject_id",
+        "short_error",
+    )
+    list_filter = ("status", "kind", "severity", "channel")
+    search_fields = ("title", "subject_id")
+    date_hierarchy = "created"
+    list_select_related = ("channel",)
+    list_per_page = 100
+    show_full_result_count = False
+    actions = ["retry"]
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return obj.last_error[:80]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_manage_permission(self, request):
+        return request.user.has_perm(MANAGE_PORTAL)
+
+    @admin.action(description="Retry selected failed notifications", permissions=["manage"])
+    def retry(self, request, queryset):
+        if not request.user.has_perm(MANAGE_PORTAL):
+            raise PermissionDenied
+        failed = queryset.filter(status=NotificationStatus.FAILED).values_list("pk", flat=True)
+        count = sum(notify.retry_notification(pk, by=request.user) for pk in failed)
+        self.message_user(request, f"Re-queued {count} failed notification(s).")

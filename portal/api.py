@@ -32,9 +32,18 @@ def _forbidden(request, exc):
 
 
 def register_routers() -> None:
+    from incidents.api import AgentRefused
+    from incidents.api import router as agents_router
     from pra.api import router as pra_router
 
+    @api.exception_handler(AgentRefused)
+    def _agent_refused(request, exc):
+        return api.create_response(
+            request, {"error": "refused", "message": exc.message}, status=exc.status
+        )
+
     api.add_router("/pra/", pra_router)
+    api.add_router("/agents/", agents_router)
 
 
 register_routers()

@@ -1,4 +1,4 @@
-"""ASGI entry point: Django over HTTP, live events over websockets."""
+"""ASGI entry point: Django over HTTP, MCP at /mcp, live events over websockets."""
 
 import os
 
@@ -12,11 +12,13 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
+from portal.mcp_http import MCPEndpoint, route_mcp
 from portal.routing import websocket_urlpatterns
+from pra.mcp import server as mcp_server
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": route_mcp(MCPEndpoint(mcp_server), django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -55,6 +55,45 @@ class QueueCollector:
 REGISTRY.register(QueueCollector())
 
 
+class NotificationCollector:
+    """Notifications by status, read from the database at scrape time."""
+
+    def describe(self):
+        # Declared without values, so registering never touches the database.
+        yield GaugeMetricFamily("portal_notifications", "Notifications.", labels=["status"])
+        yield GaugeMetricFamily("portal_notifications_oldest_pending_seconds", "Oldest pending.")
+
+    def collect(self):
+        from django.db.models import Count, Min
+        from django.utils import timezone
+
+        from portal.choices import NotificationStatus
+        from portal.models import Notification
+
+        by_status = GaugeMetricFamily(
+            "portal_notifications",
+            "Notifications by status (FAILED ones were given up after every retry).",
+            labels=["status"],
+        )
+        counts = dict(
+            Notification.objects.values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        for status in NotificationStatus.values:
+            by_status.add_metric([status], counts.get(status, 0))
+        yield by_status
+        oldest = Notification.objects.filter(status=NotificationStatus.PENDING).aggregate(
+            value=Min("created")
+        )["value"]
+        age = GaugeMetricFamily(
+            "portal_notifications_oldest_pending_seconds",
+            "Age of the oldest notification not sent yet (0 when none).",
+        )
+        age.add_metric([], (timezone.now() - oldest).total_seconds() if oldest else 0.0)
+        yield age
+
+
 class RequestMetricsMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response

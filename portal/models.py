@@ -1,15 +1,30 @@
-"""Portal-wide models: the append-only audit log and the role permissions."""
+"""Portal-wide models: audit log, role permissions, approvals, tokens, notifications."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    RegexValidator,
+    validate_email,
+)
 from django.db import models
+from django.utils import timezone
 
-from portal.choices import AuditEventType, Impact
+from portal.choices import (
+    AuditEventType,
+    ChannelKind,
+    Impact,
+    NotificationKind,
+    NotificationSeverity,
+    NotificationStatus,
+)
 
 
 class PortalPermissions(models.Model):
@@ -161,3 +176,158 @@ class ApiToken(models.Model):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+_ENV_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]{0,99}$", "an environment variable name (A-Z, 0-9, _)")
+
+
+class NotificationChannel(models.Model):
+    """Where notifications go: a generic JSON webhook, a Slack incoming webhook, or email.
+
+    A secret URL (every Slack webhook URL, any URL carrying a token) is never
+    stored: ``url_env`` names the environment variable (or ``NAME_FILE``) that
+    holds it. ``url`` is only for plain, credential-free receivers.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=10, choices=ChannelKind.choices)
+    url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="Plain webhook URL without credentials (WEBHOOK only). Otherwise use url_env.",
+    )
+    url_env = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[_ENV_NAME],
+        help_text="Environment variable holding the secret URL (NAME or NAME_FILE).",
+    )
+    recipients = models.CharField(
+        max_length=1000, blank=True, help_text="Comma-separated email addresses (EMAIL only)."
+    )
+    kinds = models.JSONField(
+        default=list, blank=True, help_text="Kinds this channel receives; empty means all."
+    )
+    min_severity = models.CharField(
+        max_length=10,
+        choices=NotificationSeverity.choices,
+        default=NotificationSeverity.INFO,
+    )
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def recipient_list(self) -> list[str]:
+        return [r.strip() for r in self.recipients.split(",") if r.strip()]
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.kind in {ChannelKind.WEBHOOK, ChannelKind.SLACK}:
+            if bool(self.url) == bool(self.url_env):
+                errors["url_env"] = "Give exactly one of url and url_env."
+            elif self.url and self.kind == ChannelKind.SLACK:
+                errors["url"] = (
+                    "A Slack webhook URL is a secret: put it in an environment variable "
+                    "and name that variable in url_env."
+                )
+            elif self.url:
+                parts = urlsplit(self.url)
+                if parts.scheme not in {"http", "https"}:
+                    errors["url"] = "Only http(s) URLs."
+                elif parts.query or parts.username or parts.password or "slack.com" in parts.netloc:
+                    errors["url"] = (
+                        "This URL carries credentials: put it in an environment variable "
+                        "and name that variable in url_env."
+                    )
+            if self.recipients:
+                errors["recipients"] = "Recipients are for email channels only."
+        elif self.kind == ChannelKind.EMAIL:
+            if self.url or self.url_env:
+                errors["url"] = "Email channels have no URL."
+            if not self.recipient_list:
+                errors["recipients"] = "Give at least one email address."
+            else:
+                try:
+                    for address in self.recipient_list:
+                        validate_email(address)
+                except ValidationError:
+                    errors["recipients"] = f"{address!r} is not an email address."
+        if not isinstance(self.kinds, list) or not all(
+            isinstance(k, str) and k in NotificationKind.values for k in self.kinds
+        ):
+            errors["kinds"] = "A list of notification kinds: " + ", ".join(NotificationKind.values)
+        if errors:
+            raise ValidationError(errors)
+
+
+class EscalationLevel(models.Model):
+    """One step of incident escalation (L1 operator ... L4 architect) and who it reaches.
+
+    An unacknowledged incident moves to the next level after ``delay_minutes``;
+    notifications sent at a level go to these channels on top of the subscribed ones.
+    """
+
+    level = models.PositiveSmallIntegerField(
+        unique=True, validators=[MinValueValidator(1), MaxValueValidator(4)]
+    )
+    name = models.CharField(max_length=50)
+    delay_minutes = models.PositiveIntegerField(
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="Minutes without acknowledgement before escalating past this level.",
+    )
+    channels = models.ManyToManyField(NotificationChannel, blank=True, related_name="levels")
+
+    class Meta:
+        ordering = ["level"]
+
+    def __str__(self) -> str:
+        return f"L{self.level} {self.name}"
+
+
+class Notification(models.Model):
+    """One message for one channel, and what became of it (the job's durable record).
+
+    Written in the caller's transaction by ``portal.notify.notify``; moved only by
+    ``portal.notify`` (PENDING -> SENT | FAILED). ``last_error`` is redacted: it
+    never holds the channel's URL or any part of its query.
+    """
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.PROTECT, related_name="notifications"
+    )
+    kind = models.CharField(max_length=40, choices=NotificationKind.choices)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    severity = models.CharField(max_length=10, choices=NotificationSeverity.choices)
+    subject_type = models.CharField(max_length=60, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    link = models.CharField(max_length=500, blank=True, help_text="Where to look (a portal page).")
+    escalation_level = models.PositiveSmallIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=10,
+        choices=NotificationStatus.choices,
+        default=NotificationStatus.PENDING,
+        db_index=True,
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="A sender holds it until then (no double sends)."
+    )
+    last_error = models.CharField(max_length=1000, blank=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["subject_type", "subject_id"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} -> {self.channel_id} ({self.status})"

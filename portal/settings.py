@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.lib.env import (
     env_bool,
+    env_http_url,
     env_int,
     env_list,
     env_path,
@@ -198,3 +199,49 @@ PRA_HEARTBEAT_GRACE = env_int("PRA_HEARTBEAT_GRACE", 60, minimum=5)
 PRA_MAX_OUTPUT = env_int("PRA_MAX_OUTPUT", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 PRA_VERIFY_ATTEMPTS = env_int("PRA_VERIFY_ATTEMPTS", 3, minimum=1, maximum=20)
 PRA_PREFLIGHT = env_bool("PRA_PREFLIGHT", True)
+
+# --- Incidents -----------------------------------------------------------------------
+HEARTBEAT_MAX_BYTES = env_int("HEARTBEAT_MAX_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024)
+HEARTBEAT_MAX_SKEW = env_int("HEARTBEAT_MAX_SKEW", 300, minimum=30, maximum=3600)
+HEARTBEAT_RETENTION_HOURS = env_int("HEARTBEAT_RETENTION_HOURS", 24, minimum=1)
+DECIDER_URL = env_http_url("DECIDER_URL")
+DECIDER_TIMEOUT = env_int("DECIDER_TIMEOUT_MS", 2000, minimum=100, maximum=30000) / 1000
+STAGING_RUNNER_URL = env_http_url("STAGING_RUNNER_URL")
+STAGING_TIMEOUT = env_int("STAGING_TIMEOUT", 60, minimum=1, maximum=3600)
+AUTOPATCH_HEALTH_WINDOW = env_int("AUTOPATCH_HEALTH_WINDOW", 90, minimum=10, maximum=3600)
+ESCALATION_DELAY_MINUTES = env_int("ESCALATION_DELAY_MINUTES", 10, minimum=1)
+
+# --- Notifications -------------------------------------------------------------------
+# Email channels send through Django's mail (SMTP by default). Webhook URLs that are
+# secrets live in environment variables named by each channel, never in settings.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST") or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set EMAIL_USE_TLS or EMAIL_USE_SSL, not both.")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1, maximum=120)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "ops-portal@localhost"
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Makes links in notifications absolute (e.g. https://ops.example.com).
+PORTAL_BASE_URL = env_http_url("PORTAL_BASE_URL").rstrip("/")
+
+# --- Backups -------------------------------------------------------------------
+# Where backup files go (one directory per source). Sources name their
+# password's env var or file; nothing secret is stored in the database.
+BACKUP_STORAGE_DIR = env_path("BACKUP_STORAGE_DIR", VAR_DIR / "backups")
+BACKUP_RETENTION_DAYS = env_int("BACKUP_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+BACKUP_DISK_ALERT_PERCENT = env_int("BACKUP_DISK_ALERT_PERCENT", 75, minimum=1, maximum=100)
+BACKUP_DISK_WATCH_PATHS = env_list("BACKUP_DISK_WATCH_PATHS", [str(BACKUP_STORAGE_DIR)])
+BACKUP_ZSTD_LEVEL = env_int("BACKUP_ZSTD_LEVEL", 3, minimum=1, maximum=19)
+BACKUP_ZSTD_THREADS = env_int("BACKUP_ZSTD_THREADS", 2, minimum=0, maximum=64)
+BACKUP_FRESH_HOURS = env_int("BACKUP_FRESH_HOURS", 26, minimum=1)
+BACKUP_SHRINK_ALERT_PERCENT = env_int("BACKUP_SHRINK_ALERT_PERCENT", 50, minimum=1, maximum=99)
+BACKUP_STDERR_MAX = env_int("BACKUP_STDERR_MAX", 16 * 1024, minimum=1024, maximum=1024 * 1024)
+BACKUP_HEARTBEAT_GRACE = env_int("BACKUP_HEARTBEAT_GRACE", 120, minimum=10)
+BACKUP_PROGRESS_INTERVAL = env_int("BACKUP_PROGRESS_INTERVAL_MS", 500, minimum=50) / 1000
+BACKUP_SCHEDULE_CATCHUP_MINUTES = env_int("BACKUP_SCHEDULE_CATCHUP_MINUTES", 10, minimum=0)
+BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)

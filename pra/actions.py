@@ -15,13 +15,15 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from portal import approvals
 from portal.audit import Actor, record
-from portal.choices import AuditEventType, LiveEventKind
+from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.lib import ssh
 from portal.live import LiveEvent, publish
+from portal.notify import notify
 from pra import transport
 from pra.catalog import CatalogError, get_spec
 from pra.choices import TRANSITIONS, ActionStatus, FailureCause, Impact, Verification
@@ -84,6 +86,26 @@ def _announce(action: PRAAction, summary: str = "", **data: Any) -> None:
                 **data,
             },
         )
+    )
+
+
+def _admin_url(action: PRAAction) -> str:
+    return reverse("admin:pra_praaction_change", args=[action.pk])
+
+
+def _notify_awaiting(action: PRAAction, why: str = "") -> None:
+    """Tell approvers an action waits for them (never when it is about to be auto-approved)."""
+    needed = approvals.rule_for(action.impact).required_approvals
+    notify(
+        NotificationKind.PRA_AWAITING_APPROVAL,
+        title=f"Approval needed: {action.command_display} on {action.host.name}",
+        body=(
+            f"{action.proposer_label} proposed it ({action.impact} impact, "
+            f"{needed} approval(s) needed){why}.\n\n{action.rationale}"
+        ),
+        subject=action,
+        severity="warning" if action.impact == Impact.HIGH else "info",
+        url=_admin_url(action),
     )
 
 
@@ -231,6 +253,8 @@ def propose_action(
             },
         )
         _announce(obj, f"{proposer.label} proposed {obj.command_display} on {host.name}")
+        if not auto_approve:
+            _notify_awaiting(obj)
         if settings.PRA_PREFLIGHT:
             _enqueue_on_commit("pra.jobs.preflight_action", obj.pk, preflight_job_id(obj.pk))
         elif auto_approve:
@@ -258,6 +282,8 @@ def record_preflight(action_id: int, *, ok: bool, output: str) -> PRAAction | No
         )
         if ok and action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
             _auto_approve(action)
+        elif action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
+            _notify_awaiting(action, "; its pre-flight failed, so it was not auto-approved")
     return action
 
 
@@ -269,6 +295,7 @@ def _auto_approve(action: PRAAction) -> None:
             subject=action,
             details={"auto_approve": "refused by policy", "impact": action.impact},
         )
+        _notify_awaiting(action, "; policy refused automatic approval")
         return
     _approve(action, actor=Actor.system("auto-approve"), auto=True)
 
@@ -555,6 +582,16 @@ def finish_execution(
             else f"failed: {obj.get_failure_cause_display()}"
         )
         _announce(obj, summary, exit_code=obj.exit_code, cause=obj.failure_cause)
+        if new == ActionStatus.FAILED:
+            lost = {FailureCause.WORKER_LOST, FailureCause.HOST_KEY_MISMATCH}
+            notify(
+                NotificationKind.PRA_FAILED,
+                title=f"Remediation failed: {obj.command_display} on {obj.host.name}",
+                body=f"{obj.get_failure_cause_display()} (exit code {obj.exit_code}). {detail}",
+                subject=obj,
+                severity="critical" if obj.failure_cause in lost else "warning",
+                url=_admin_url(obj),
+            )
     return obj
 
 
@@ -580,6 +617,16 @@ def record_verification(action_id: int, *, verified: bool | None, output: str) -
                 details={"output": output[:1000]},
             )
             _announce(obj, "verified" if verified else "NOT verified: escalate")
+            if not verified:
+                notify(
+                    NotificationKind.PRA_NOT_VERIFIED,
+                    title=f"Not verified: {obj.command_display} on {obj.host.name}",
+                    body="The action ran but its verification probe failed; check the "
+                    f"service by hand.\n\n{output[:1000]}",
+                    subject=obj,
+                    severity="critical",
+                    url=_admin_url(obj),
+                )
     return obj
 
 

@@ -132,3 +132,14 @@ def validate_redis_url(url: str) -> str:
     except ValueError:
         raise ImproperlyConfigured("REDIS_URL has an invalid port.") from None
     return url
+
+
+def env_http_url(name: str) -> str:
+    """An optional http(s) URL; anything else (file:, ftp:, typos) is refused."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an http(s) URL.")
+    return raw

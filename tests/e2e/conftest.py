@@ -22,11 +22,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, make_password
+from django.db import connections
+from django.test import Client
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from portal.lib.localservices import free_port
@@ -52,6 +57,8 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT = 30.0  # seconds for daphne to listen (imports Django, ~2 s here)
 STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -90,12 +97,15 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _stack_env(target: LocalTarget, var_dir: Path) -> dict[str, str]:
+    env = child_env(target)
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # see the browser fixture
     return {
-        **child_env(target),
+        **env,
         # settings.py makes the session and CSRF cookies Secure whenever DEBUG is off
         # (no variable switches them), and this server speaks plain http. DEBUG=1 keeps
         # the cookies usable without leaning on Chromium's localhost exceptions.
         "DEBUG": "1",
+        # This process's key: sessions made here (force_login) must be valid there.
         "SECRET_KEY": django_settings.SECRET_KEY,
         # Debug mode may write its files (static root, a generated key) under the var
         # dir: a temporary one keeps the checkout's var/ out of it.
@@ -164,6 +174,16 @@ class Stack:
     target: LocalTarget
     worker: subprocess.Popen
 
+    @contextlib.contextmanager
+    def worker_paused(self) -> Iterator[None]:
+        """Freeze the worker (SIGSTOP to its process group); it goes on where it was
+        on exit. Jobs enqueued meanwhile wait in Redis."""
+        os.killpg(self.worker.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.worker.pid, signal.SIGCONT)
+
 
 @pytest.fixture
 def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -> Iterator[Stack]:
@@ -183,7 +203,8 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
             break
     else:
         pytest.fail(f"daphne did not start:\n{_tail(log)}")
-    assert rq_worker.poll() is None, "the rq worker died; see its log below"
+    if rq_worker.poll() is not None:
+        pytest.fail(f"the rq worker exited:\n{_tail(stack_dir / 'rqworker.log')}")
     try:
         yield Stack(f"http://127.0.0.1:{port}", host, shared_ssh_target, rq_worker)
     finally:
@@ -193,33 +214,81 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    # Chromium from Debian's package: `playwright install` cannot download browsers here.
-    with sync_playwright() as playwright:
+    """Headless Chromium from Debian's package (``playwright install`` cannot download
+    browsers here).
+
+    Playwright's sync API leaves its event loop marked as running in this thread
+    between calls, and Django then refuses ORM calls here, pytest-django's flush
+    included (SynchronousOnlyOperation). Nothing runs on that loop while test code
+    runs, so the check is off in this process while the browser lives; the servers
+    under test never get the variable (``_stack_env``). Code that sends live events
+    goes through ``in_thread``.
+    """
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
 
+def in_thread(fn: Callable[..., T], /, *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` in a short-lived thread, for code that publishes live
+    events: asgiref's ``async_to_sync`` refuses a thread whose event loop is marked as
+    running, as Playwright's is in the test's thread. Closes the thread's connection."""
+
+    def call() -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result(timeout=60)
+
+
 @pytest.fixture
 def open_page(browser, stack) -> Iterator[Callable[..., Page]]:
-    """``open_page(username=None)``: a page in a fresh browser context (its own cookies),
-    logged in through the admin login form when a user name is given."""
+    """``open_page(user=None, *, login_form=False)``: a page in a fresh browser context
+    (its own cookies). With a user it is signed in: through the admin login form when
+    ``login_form``, otherwise with a session made in the database (``force_login``), which
+    daphne loads like any other."""
     contexts: list[BrowserContext] = []
 
-    def _open(username: str | None = None) -> Page:
+    def _open(user=None, *, login_form: bool = False) -> Page:
         context = browser.new_context(base_url=stack.base_url)
         context.set_default_timeout(10_000)
         contexts.append(context)
+        if user is not None and not login_form:
+            client = Client()
+            client.force_login(user)
+            session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+            context.add_cookies(
+                [
+                    {
+                        "name": django_settings.SESSION_COOKIE_NAME,
+                        "value": session,
+                        "url": stack.base_url,
+                    }
+                ]
+            )
         page = context.new_page()
-        if username is not None:
+        if user is not None and login_form:
+            _give_real_password_hash(user)
             page.goto("/admin/login/")
-            page.fill("input[name=username]", username)
+            page.fill("input[name=username]", user.get_username())
             page.fill("input[name=password]", TEST_PASSWORD)
             with page.expect_navigation():
                 page.click("input[type=submit]")
-            assert page.url == f"{stack.base_url}/admin/", f"login of {username} failed"
+            assert page.url == f"{stack.base_url}/admin/", f"login of {user} failed"
         return page
 
     yield _open
     for context in contexts:
         context.close()
+
+
+def _give_real_password_hash(user) -> None:
+    """tests/conftest.py hashes the personas' passwords with MD5 for speed, which the
+    server under test (the project's default hashers) does not accept."""
+    user.password = make_password(TEST_PASSWORD, hasher=PBKDF2PasswordHasher())
+    user.save(update_fields=["password"])

@@ -13,9 +13,9 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from pra import actions
 from pra.choices import ActionStatus
 from pra.models import PRAAction
+from tests.e2e.conftest import in_thread
 from tests.pra.factories import RATIONALE, propose
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -35,7 +35,7 @@ def test_operator_proposes_and_approver_approves_live(stack, open_page, operator
     target = stack.target
     target.set_unit("unbound", "inactive")
 
-    proposing = open_page(operator.username)
+    proposing = open_page(operator, login_form=True)
     proposing.goto("/admin/pra/praaction/add/")
     proposing.select_option("select[name=action]", "restart_unbound")
     proposing.select_option("select[name=host]", label=stack.host.name)
@@ -51,22 +51,22 @@ def test_operator_proposes_and_approver_approves_live(stack, open_page, operator
         ActionStatus.PROPOSED,
     )
 
-    page = open_page(approver.username)
+    page = open_page(approver, login_form=True)
     page.goto(f"/admin/pra/praaction/{action.pk}/change/")
     root = page.locator("#pra-action")
     expect(root).to_have_attribute("data-live", "connected")
     expect(page.locator("#pra-status")).to_have_text("PROPOSED")
-    # Hold the restart for a moment so the page after the approval's redirect
-    # is connected before the result exists: the outcome must arrive live.
-    target.delay_command("systemctl", 2)
-    with page.expect_navigation():
-        page.click("#approve-button")
-    assert page.url == f"{stack.base_url}/admin/pra/praaction/{action.pk}/change/"
-    expect(root).to_have_attribute("data-live", "connected")
-    page.evaluate("window.__marker = 1")
-    assert page.locator("#pra-status").inner_text() in {"APPROVED", "EXECUTING"}
-    assert page.locator("#approve-button").count() == 0
-    target.delay_command("systemctl", 0)  # the verification probe need not wait
+    # The worker is held until the page after the approval's redirect is connected:
+    # the job waits in Redis, so the outcome can only reach this page live.
+    with stack.worker_paused():
+        with page.expect_navigation():
+            page.click("#approve-button")
+        assert page.url == f"{stack.base_url}/admin/pra/praaction/{action.pk}/change/"
+        expect(root).to_have_attribute("data-live", "connected")
+        page.evaluate("window.__marker = 1")
+        expect(page.locator("#pra-status")).to_have_text("APPROVED")
+        expect(page.locator("#pra-verification")).not_to_have_text("VERIFIED")
+        assert page.locator("#approve-button").count() == 0
 
     expect(page.locator("#pra-status")).to_have_text("COMPLETED", timeout=LIVE_TIMEOUT)
     expect(page.locator("#pra-verification")).to_have_text("VERIFIED", timeout=LIVE_TIMEOUT)
@@ -82,14 +82,14 @@ def test_operator_proposes_and_approver_approves_live(stack, open_page, operator
 def test_dashboard_receives_events_live(stack, open_page, operator, viewer):
     """A proposal committed in another process shows up on an open dashboard over the
     websocket (Redis channel layer to daphne), without a reload."""
-    page = open_page(viewer.username)
+    page = open_page(viewer)
     page.goto("/")
     expect(page.locator("#live-status")).to_contain_text("connected")
     page.evaluate("window.__marker = 1")
     events = page.locator('#events li[data-kind="pra.action"]')
     assert events.count() == 0
 
-    action = propose(operator, stack.host)
+    action = in_thread(propose, operator, stack.host)
 
     expect(events.first).to_have_attribute(
         "data-subject", f"pra.praaction:{action.pk}", timeout=LIVE_TIMEOUT
@@ -103,19 +103,13 @@ def test_approve_button_hidden_for_proposer_and_viewer(
 ):
     """Only someone allowed to sign gets the Approve button: not the proposer, not a
     viewer. An approver's page is the control that the selector is right."""
-    action = actions.propose_action(
-        action="restart_unbound", host=stack.host, params={}, rationale=RATIONALE, by=operator
-    )
+    action = in_thread(propose, operator, stack.host)
     path = f"/admin/pra/praaction/{action.pk}/change/"
-    for username, buttons in (
-        (operator.username, 0),
-        (viewer.username, 0),
-        (approver.username, 1),
-    ):
-        page = open_page(username)
+    for user, buttons in ((operator, 0), (viewer, 0), (approver, 1)):
+        page = open_page(user)
         page.goto(path)
         expect(page.locator("#pra-status")).to_have_text("PROPOSED")
-        assert page.locator("#approve-button").count() == buttons, username
+        assert page.locator("#approve-button").count() == buttons, user.username
 
 
 def test_anonymous_is_sent_to_login(stack, open_page):

@@ -1,0 +1,900 @@
+"""Every write to backup and restore state. Admin, commands and jobs call these.
+
+Status moves are compare-and-swap updates (``_move_run``, ``_move_restore``):
+whoever loses a race changes nothing. Audit events are written in the same
+transaction; live events and jobs go out only on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from croniter import croniter
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from backups import retention
+from backups.choices import (
+    RESTORE_TRANSITIONS,
+    RUN_TRANSITIONS,
+    RestoreMode,
+    RestoreStatus,
+    RunStatus,
+    Trigger,
+    Verification,
+)
+from backups.models import BackupArtifact, BackupRun, BackupSource, DiskWatch, RestoreRequest
+from portal import approvals
+from portal.audit import Actor, record
+from portal.choices import AuditEventType, LiveEventKind
+from portal.live import LiveEvent, publish
+
+logger = logging.getLogger(__name__)
+
+RUN_PERMISSION = "portal.execute_action"
+PLAN_PERMISSION = "portal.propose_action"
+RUN_JOB = "backups.jobs.run_backup"
+VERIFY_JOB = "backups.jobs.verify_run"
+RESTORE_JOB = "backups.jobs.run_restore"
+
+
+class BackupError(Exception):
+    """A refused request; ``code`` for programs, message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def run_job_id(run_id: int) -> str:
+    return f"backup-run-{run_id}"
+
+
+def restore_job_id(restore_id: int) -> str:
+    return f"backup-restore-{restore_id}"
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _move_run(run_id: int, current: str, new: str, **fields: Any) -> bool:
+    """Compare-and-swap a run's status; True only for the one caller that made the move."""
+    if new not in RUN_TRANSITIONS.get(current, set()):
+        raise ValueError(f"illegal transition {current} -> {new}")
+    won = BackupRun.objects.filter(pk=run_id, status=current).update(
+        status=new, status_changed_at=timezone.now(), **fields
+    )
+    return won == 1
+
+
+def _move_restore(restore_id: int, current: str, new: str, **fields: Any) -> bool:
+    if new not in RESTORE_TRANSITIONS.get(current, set()):
+        raise ValueError(f"illegal transition {current} -> {new}")
+    won = RestoreRequest.objects.filter(pk=restore_id, status=current).update(
+        status=new, status_changed_at=timezone.now(), **fields
+    )
+    return won == 1
+
+
+def run_event(run: BackupRun, summary: str = "", **data: Any) -> LiveEvent:
+    return LiveEvent(
+        kind=LiveEventKind.BACKUP_RUN,
+        subject_type="backups.backuprun",
+        subject_id=str(run.pk),
+        status=run.status,
+        summary=summary[:300],
+        data={
+            "source": run.source.name,
+            "kind": run.source.kind,
+            "trigger": run.trigger,
+            "progress_bytes": run.progress_bytes,
+            "bytes_stored": run.bytes_stored,
+            "verification": run.verification,
+            **data,
+        },
+    )
+
+
+def _announce_run(run: BackupRun, summary: str = "", **data: Any) -> None:
+    publish(run_event(run, summary, **data))
+
+
+def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> None:
+    publish(
+        LiveEvent(
+            kind=LiveEventKind.BACKUP_RUN,
+            subject_type="backups.restorerequest",
+            subject_id=str(obj.pk),
+            status=obj.status,
+            summary=summary[:300],
+            data={"target": obj.target_name, "mode": obj.mode, "phase": obj.phase, **data},
+        )
+    )
+
+
+def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
+    if user is not None and not user.has_perm(perm):
+        raise BackupError("permission", f"You are not allowed to {what}.")
+
+
+def _enqueue(func_path: str, obj_id: int, job_id: str) -> None:
+    import django_rq
+
+    django_rq.get_queue("backups").enqueue(
+        func_path, obj_id, job_id=job_id, result_ttl=86400, failure_ttl=7 * 86400
+    )
+
+
+def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
+    transaction.on_commit(lambda: _enqueue(func_path, obj_id, job_id))
+
+
+def _actor(by: AbstractBaseUser | Actor | str) -> Actor:
+    return Actor.of(by)
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+def request_run(
+    source: BackupSource | str,
+    *,
+    by: AbstractBaseUser | Actor | str,
+    enqueue: bool = True,
+) -> BackupRun:
+    """Queue a manual ("run now") backup of ``source``; the worker picks it up on commit."""
+    actor = _actor(by)
+    _require_perm(actor.user, RUN_PERMISSION, "start backups")
+    if isinstance(source, str):
+        found = BackupSource.objects.filter(name=source).first()
+        if found is None:
+            raise BackupError("not_found", f"No backup source {source!r}.")
+        source = found
+    now = timezone.now()
+    with transaction.atomic():
+        run = BackupRun.objects.create(
+            source=source,
+            trigger=Trigger.MANUAL,
+            requested_by=actor.label,
+            status=RunStatus.QUEUED,
+            status_changed_at=now,
+            created=now,
+        )
+        _announce_run(run, f"queued by {actor.label}")
+        if enqueue:
+            _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))
+    return run
+
+
+def _slots(cron: str, start, end) -> list:
+    """Every minute in (start, end] that the cron expression fires on."""
+    slots = []
+    it = croniter(cron, start)
+    while True:
+        slot = it.get_next(type(start))
+        if slot > end:
+            return slots
+        slots.append(slot)
+
+
+def schedule_due(now=None) -> list[int]:
+    """The per-minute tick: create (once) and enqueue every slot due in the catch-up window.
+
+    A slot is one row, unique on (source, slot): a second scheduler, a
+    restart or a retried tick loses the insert and enqueues nothing.
+    """
+    now = (now or timezone.now()).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=settings.BACKUP_SCHEDULE_CATCHUP_MINUTES)
+    created = []
+    for source in BackupSource.objects.filter(enabled=True):
+        for slot in _slots(source.cron, start, now):
+            try:
+                with transaction.atomic():
+                    run = BackupRun.objects.create(
+                        source=source,
+                        trigger=Trigger.SCHEDULE,
+                        scheduled_for=slot,
+                        requested_by="system:scheduler",
+                        status=RunStatus.QUEUED,
+                        status_changed_at=now,
+                        created=timezone.now(),
+                    )
+                    _announce_run(run, f"scheduled for {slot:%H:%M}")
+                    _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))
+            except IntegrityError:
+                continue  # someone else already holds this slot
+            created.append(run.pk)
+    return created
+
+
+def claim_run(run_id: int, *, job_id: str) -> BackupRun | None:
+    """QUEUED -> RUNNING for exactly one worker; the others get None."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not _move_run(
+            run_id, RunStatus.QUEUED, RunStatus.RUNNING,
+            started_at=now, heartbeat_at=now, job_id=job_id,
+        ):  # fmt: skip
+            return None
+        run = BackupRun.objects.select_related("source").get(pk=run_id)
+        record(
+            AuditEventType.BACKUP_RUN_STARTED,
+            actor=Actor.system("worker"),
+            subject=run,
+            details={"source": run.source.name, "trigger": run.trigger, "job_id": job_id},
+        )
+        _announce_run(run, "running")
+    return run
+
+
+def report_progress(run: BackupRun, progress_bytes: int) -> None:
+    """Record and push a run's progress (called outside transactions, throttled by the caller)."""
+    now = timezone.now()
+    BackupRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        progress_bytes=progress_bytes, heartbeat_at=now
+    )
+    run.progress_bytes = progress_bytes
+    publish(run_event(run, "progress"), dashboard=True)
+
+
+def finish_run(run_id: int, outcome) -> BackupRun | None:
+    """RUNNING -> SUCCEEDED (files committed) or FAILED, with sizes, checksum and stderr."""
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "finished_at": now,
+        "heartbeat_at": now,
+        "duration_s": round(outcome.duration_s, 3),
+        "stderr": outcome.stderr,
+        "error": outcome.error[:4000],
+        "bytes_raw": outcome.bytes_raw,
+        "bytes_stored": outcome.bytes_stored,
+        "progress_bytes": outcome.bytes_raw,
+    }
+    if outcome.ok:
+        fields.update(checksum=outcome.manifest_sha256, artifact_path=outcome.run_key)
+    new = RunStatus.SUCCEEDED if outcome.ok else RunStatus.FAILED
+    with transaction.atomic():
+        if not _move_run(run_id, RunStatus.RUNNING, new, **fields):
+            return None  # the reaper already ended it; its verdict stands
+        run = BackupRun.objects.select_related("source").get(pk=run_id)
+        for item in outcome.artifacts if outcome.ok else []:
+            BackupArtifact.objects.create(
+                run=run,
+                component=item.component,
+                key=item.key,
+                format=item.format,
+                bytes_raw=item.stream.bytes_raw,
+                bytes_stored=item.stream.bytes_stored,
+                sha256=item.stream.sha256,
+            )
+        record(
+            AuditEventType.BACKUP_RUN_SUCCEEDED if outcome.ok else AuditEventType.BACKUP_RUN_FAILED,
+            actor=Actor.system("worker"),
+            subject=run,
+            details={
+                "source": run.source.name,
+                "bytes_raw": run.bytes_raw,
+                "bytes_stored": run.bytes_stored,
+                "checksum": run.checksum,
+                "duration_s": run.duration_s,
+                "components": [a.component for a in outcome.artifacts],
+                "error": run.error[:1000],
+            },
+        )
+        summary = (
+            f"succeeded: {run.bytes_stored} bytes stored in {run.duration_s:.1f}s"
+            if outcome.ok
+            else f"FAILED: {run.error[:200]}"
+        )
+        _announce_run(run, summary)
+        if not outcome.ok:
+            notify_failure(run)
+    return run
+
+
+def _notify(kind: str, *, title: str, body: str, subject, severity: str) -> None:
+    """Send through the portal's notification channels (inside the caller's transaction).
+
+    Always also a log line, so a portal without channels configured still says it.
+    """
+    log = logger.error if severity == "critical" else logger.warning
+    transaction.on_commit(lambda: log("%s: %s", title, body[:500]))
+    try:
+        from portal import notify
+    except ImportError:  # the notification channels are not there yet: the log line it is
+        return
+    notify.notify(kind, title=title, body=body, subject=subject, severity=severity)
+
+
+def notify_failure(run: BackupRun, what: str = "backup") -> None:
+    """Tell people a backup (or its verification) failed; call inside the transaction."""
+    _notify(
+        "BACKUP_FAILED",
+        title=f"{what} of {run.source.name} FAILED (run #{run.pk})",
+        body=(
+            f"Source {run.source.name}, run #{run.pk}, trigger {run.trigger}: "
+            f"{(run.error or run.verify_detail or 'see the run')[:2000]}"
+        ),
+        subject=run,
+        severity="critical",
+    )
+
+
+def fail_queued_run(run_id: int, error: str) -> bool:
+    """QUEUED -> FAILED (the job could not start: bad configuration, missing credentials)."""
+    with transaction.atomic():
+        if not _move_run(
+            run_id, RunStatus.QUEUED, RunStatus.FAILED, finished_at=timezone.now(), error=error
+        ):
+            return False
+        run = BackupRun.objects.select_related("source").get(pk=run_id)
+        record(
+            AuditEventType.BACKUP_RUN_FAILED,
+            actor=Actor.system("worker"),
+            subject=run,
+            details={"source": run.source.name, "error": error[:1000]},
+        )
+        _announce_run(run, f"FAILED: {error[:200]}")
+        notify_failure(run)
+    return True
+
+
+def _previous_good(run: BackupRun) -> BackupRun | None:
+    return (
+        BackupRun.objects.filter(
+            source=run.source_id,
+            status=RunStatus.SUCCEEDED,
+            verification=Verification.VERIFIED,
+            created__lt=run.created,
+            restore__isnull=True,
+        )
+        .exclude(pk=run.pk)
+        .order_by("-created")
+        .first()
+    )
+
+
+def record_verification(
+    run_id: int, checks: dict[int, Any], *, by: AbstractBaseUser | Actor | str = "system:verifier"
+) -> BackupRun:
+    """Store each artifact's verdict and the run's; flag a run much smaller than the last good one."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = BackupRun.objects.select_for_update().select_related("source").get(pk=run_id)
+        for artifact in run.artifacts.all():
+            check = checks.get(artifact.pk)
+            if check is None:
+                continue
+            artifact.verification = Verification.VERIFIED if check.ok else Verification.FAILED
+            artifact.verified_at = now
+            artifact.verify_detail = check.detail[:4000]
+            artifact.facts = check.facts
+            artifact.save(update_fields=["verification", "verified_at", "verify_detail", "facts"])
+        ok = bool(checks) and all(c.ok for c in checks.values())
+        previous = _previous_good(run)
+        ratio = settings.BACKUP_SHRINK_ALERT_PERCENT / 100
+        shrunk = bool(
+            previous is not None
+            and run.restore_id is None
+            and previous.bytes_raw > 0
+            and run.bytes_raw < previous.bytes_raw * ratio
+        )
+        lines = [f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks]
+        if shrunk:
+            lines.append(
+                f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
+                f"of the previous good backup #{previous.pk} ({previous.bytes_raw} bytes)"
+            )
+        BackupRun.objects.filter(pk=run.pk).update(
+            verification=Verification.VERIFIED if ok else Verification.FAILED,
+            verified_at=now,
+            verify_detail="\n".join(lines)[:8000],
+            shrink_flag=shrunk,
+        )
+        run.refresh_from_db()
+        record(
+            AuditEventType.BACKUP_VERIFIED if ok else AuditEventType.BACKUP_VERIFY_FAILED,
+            actor=by,
+            subject=run,
+            details={
+                "source": run.source.name,
+                "artifacts": {str(k): v.ok for k, v in checks.items()},
+                "detail": run.verify_detail[:1000],
+                "shrink_flag": shrunk,
+            },
+        )
+        _announce_run(run, "verified" if ok else "verification FAILED")
+        if not ok or shrunk:
+            notify_failure(run, "verification")
+    return run
+
+
+def reap_lost_runs(now=None) -> list[int]:
+    """FAIL (worker lost) every RUNNING backup whose worker stopped reporting. Never re-runs."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
+    reaped = []
+    for pk in BackupRun.objects.filter(
+        status=RunStatus.RUNNING, heartbeat_at__lt=now - grace
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            if not _move_run(
+                pk, RunStatus.RUNNING, RunStatus.FAILED,
+                finished_at=now, error="worker lost: no progress reported",
+            ):  # fmt: skip
+                continue
+            run = BackupRun.objects.select_related("source").get(pk=pk)
+            record(
+                AuditEventType.BACKUP_RUN_FAILED,
+                actor=Actor.system("reaper"),
+                subject=run,
+                details={"source": run.source.name, "error": run.error},
+            )
+            _announce_run(run, "FAILED: worker lost")
+            notify_failure(run)
+        reaped.append(pk)
+    return reaped
+
+
+def job_alive(job_id: str) -> bool:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    from portal.lib.redis import get_redis
+
+    try:
+        status = Job.fetch(job_id, connection=get_redis()).get_status()
+    except NoSuchJobError:
+        return False
+    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def reconcile_queued(now=None) -> list[int]:
+    """Re-enqueue QUEUED runs whose job vanished (Redis flushed or restarted)."""
+    now = now or timezone.now()
+    requeued = []
+    for run in BackupRun.objects.filter(
+        status=RunStatus.QUEUED, restore__isnull=True, created__lt=now - timedelta(seconds=60)
+    ):
+        if not job_alive(run_job_id(run.pk)):
+            _enqueue(RUN_JOB, run.pk, run_job_id(run.pk))
+            requeued.append(run.pk)
+    return requeued
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+@dataclass
+class RetentionResult:
+    source: str
+    keep: list[int]
+    delete: list[int]
+    dry_run: bool
+
+
+def apply_retention(
+    source: BackupSource,
+    *,
+    now=None,
+    dry_run: bool = False,
+    by: AbstractBaseUser | Actor | str = "system:retention",
+) -> RetentionResult:
+    """Delete the files of backups past retention (never the newest verified one)."""
+    from backups.storage import get_storage
+
+    now = now or timezone.now()
+    runs = list(
+        BackupRun.objects.filter(
+            source=source, status=RunStatus.SUCCEEDED, deleted_at__isnull=True
+        ).order_by("created")
+    )
+    candidates = [
+        retention.Candidate(r.pk, r.created, r.verification == Verification.VERIFIED) for r in runs
+    ]
+    keep, delete = retention.plan(
+        candidates,
+        now=now,
+        days=source.retention,
+        weekly=source.keep_weekly,
+        monthly=source.keep_monthly,
+    )
+    result = RetentionResult(source.name, sorted(keep), sorted(delete), dry_run)
+    if dry_run:
+        return result
+    storage = get_storage()
+    busy = set(
+        RestoreRequest.objects.filter(
+            artifact__run__source=source,
+            status__in=[RestoreStatus.APPROVED, RestoreStatus.RUNNING],
+        ).values_list("artifact__run_id", flat=True)
+    )
+    for run in runs:
+        if run.pk not in delete or run.pk in busy:
+            continue  # kept, or a restore is about to read it
+        with transaction.atomic():
+            won = BackupRun.objects.filter(pk=run.pk, deleted_at__isnull=True).update(
+                deleted_at=timezone.now()
+            )
+            if not won:
+                continue
+            record(
+                AuditEventType.BACKUP_DELETED,
+                actor=by,
+                subject=run,
+                details={
+                    "source": source.name,
+                    "created": run.created.isoformat(),
+                    "path": run.artifact_path,
+                    "bytes_stored": run.bytes_stored,
+                    "reason": f"older than {source.retention} days and not a weekly/monthly keep",
+                },
+            )
+            # Files go once the row says so: a crash in between leaves files, never a
+            # row pointing at a backup that is gone.
+            if run.artifact_path:
+                transaction.on_commit(lambda key=run.artifact_path: storage.delete_run(key))
+    return result
+
+
+# --- restores ----------------------------------------------------------------------------
+
+
+def plan_restore(
+    artifact: BackupArtifact | int,
+    *,
+    target: dict | None = None,
+    by: AbstractBaseUser,
+    confirmation: str = "",
+    dry_run: bool = False,
+) -> tuple[RestoreRequest | None, dict]:
+    """Work out what a restore would do; unless ``dry_run``, record it as a request.
+
+    Overwriting an existing target needs the requester to type its name
+    (``confirmation``) and then two other people's approval; a new, empty
+    scratch target needs neither and is queued at once.
+    """
+    from backups import restore
+    from backups.storage import get_storage
+
+    _require_perm(by, PLAN_PERMISSION, "plan restores")
+    artifact_id = artifact.pk if isinstance(artifact, BackupArtifact) else artifact
+    obj = BackupArtifact.objects.select_related("run__source").filter(pk=artifact_id).first()
+    if obj is None:
+        raise BackupError("not_found", f"No backup artifact #{artifact_id}.")
+    if not obj.run.usable or obj.verification != Verification.VERIFIED:
+        raise BackupError(
+            "unusable",
+            f"Artifact #{obj.pk} is not a verified, stored backup "
+            f"(run {obj.run.status}, verification {obj.verification}); verify it first.",
+        )
+    try:
+        typed = restore.target_for(obj, target or {})
+        state = restore.inspect(typed, get_storage(), obj)
+    except restore.RestoreError as exc:
+        raise BackupError("target", str(exc)) from None
+    mode = restore.mode_for(state)
+    plan = {
+        "artifact": {
+            "id": obj.pk,
+            "run": obj.run_id,
+            "source": obj.run.source.name,
+            "component": obj.component,
+            "format": obj.format,
+            "sha256": obj.sha256,
+            "created": obj.run.created.isoformat(),
+            "bytes_stored": obj.bytes_stored,
+        },
+        "target": typed.model_dump(),
+        "target_name": typed.name,
+        "mode": mode,
+        "overwrites": state.description if state.exists else "",
+        "creates": "" if state.exists else state.description,
+        "estimated_bytes": obj.bytes_raw,
+        "free_bytes": state.free_bytes,
+        "free_note": state.free_note,
+        "facts": state.facts,
+        "warnings": [],
+    }
+    if state.free_bytes is not None and state.free_bytes < obj.bytes_raw * 1.2:
+        plan["warnings"].append(
+            f"only {state.free_bytes} bytes free for about {obj.bytes_raw} bytes of data"
+        )
+    if mode == RestoreMode.OVERWRITE:
+        plan["steps"] = [
+            "two approvals (not the requester), each typing the target's name",
+            f"safety backup of {typed.name} as it is now",
+            "restore", "validate (connect, count)",
+        ]  # fmt: skip
+    else:
+        plan["steps"] = ["restore into the new target", "validate (connect, count)"]
+    if dry_run:
+        return None, plan
+    if mode == RestoreMode.OVERWRITE and (confirmation or "").strip() != typed.name:
+        raise BackupError(
+            "confirmation",
+            f"This restore overwrites {typed.name}. Type its name ({typed.name}) to confirm.",
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        req = RestoreRequest.objects.create(
+            artifact=obj,
+            mode=mode,
+            target=typed.model_dump(),
+            target_name=typed.name,
+            plan=plan,
+            requested_by=by,
+            requester_label=by.get_username(),
+            status=RestoreStatus.PLANNED,
+            status_changed_at=now,
+            created=now,
+        )
+        record(
+            AuditEventType.RESTORE_PLANNED,
+            actor=by,
+            subject=req,
+            details={
+                "artifact": obj.pk,
+                "sha256": obj.sha256,
+                "target": typed.model_dump(),
+                "mode": mode,
+                "overwrites": plan["overwrites"],
+            },
+        )
+        if mode == RestoreMode.SCRATCH:
+            _approve_restore(req, actor=Actor.of(by), approvers=[], auto=True)
+        else:
+            _announce_restore(req, f"planned by {by.get_username()}: awaiting 2 approvals")
+    return req, plan
+
+
+def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str], auto: bool):
+    now = timezone.now()
+    validity = approvals.rule_for(req.approval_impact).validity_seconds
+    if not _move_restore(
+        req.pk, RestoreStatus.PLANNED, RestoreStatus.APPROVED,
+        approved_at=now, expires_at=now + timedelta(seconds=validity),
+    ):  # fmt: skip
+        raise BackupError("state", f"Restore #{req.pk} is no longer PLANNED.")
+    req.refresh_from_db()
+    record(
+        AuditEventType.RESTORE_APPROVED,
+        actor=actor,
+        subject=req,
+        details={"approvers": approvers, "scratch": auto, "expires_at": req.expires_at.isoformat()},
+    )
+    _announce_restore(req, "queued (scratch target)" if auto else "approved: queued")
+    _enqueue_on_commit(RESTORE_JOB, req.pk, restore_job_id(req.pk))
+
+
+def approve_restore(
+    restore_req: RestoreRequest | int,
+    *,
+    by: AbstractBaseUser,
+    confirmation: str = "",
+    fingerprint: str | None = None,
+    comment: str = "",
+) -> approvals.Tally:
+    """Sign a planned overwrite as ``by``; the second valid signature approves and queues it."""
+    restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
+    with transaction.atomic():
+        req = (
+            RestoreRequest.objects.select_for_update()
+            .select_related("artifact")
+            .filter(pk=restore_id)
+            .first()
+        )
+        if req is None:
+            raise BackupError("not_found", f"No restore #{restore_id}.")
+        if req.status != RestoreStatus.PLANNED:
+            raise BackupError(
+                "state", f"Restore #{req.pk} is {req.status}; only PLANNED restores can be approved."
+            )
+        try:
+            tally = approvals.sign(
+                req, by, fingerprint=fingerprint, confirmation=confirmation, comment=comment
+            )
+        except approvals.ApprovalError as exc:
+            raise BackupError(exc.code, exc.message) from None
+        if tally.complete:
+            _approve_restore(req, actor=Actor.of(by), approvers=tally.approvers, auto=False)
+        else:
+            _announce_restore(req, f"{tally.count}/{tally.required} approvals", approvals=tally.count)
+    return tally
+
+
+def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, reason: str):
+    """End a PLANNED restore with a reason (approvers only)."""
+    restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
+    _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
+    reason = " ".join((reason or "").split())
+    if len(reason) < 5:
+        raise BackupError("reason", "A rejection needs a reason (at least 5 characters).")
+    with transaction.atomic():
+        if not _move_restore(restore_id, RestoreStatus.PLANNED, RestoreStatus.REJECTED):
+            raise BackupError("state", f"Restore #{restore_id} is not PLANNED.")
+        req = RestoreRequest.objects.get(pk=restore_id)
+        record(AuditEventType.RESTORE_REJECTED, actor=by, subject=req, details={"reason": reason})
+        _announce_restore(req, f"rejected by {by.get_username()}")
+    return req
+
+
+def expire_restores(now=None) -> list[int]:
+    """APPROVED restores not started in time, and PLANNED ones older than a day, expire."""
+    now = now or timezone.now()
+    expired = []
+    due = [
+        (pk, RestoreStatus.APPROVED)
+        for pk in RestoreRequest.objects.filter(
+            status=RestoreStatus.APPROVED, expires_at__lte=now
+        ).values_list("pk", flat=True)
+    ] + [
+        (pk, RestoreStatus.PLANNED)
+        for pk in RestoreRequest.objects.filter(
+            status=RestoreStatus.PLANNED,
+            created__lte=now - timedelta(seconds=settings.BACKUP_RESTORE_PLAN_TTL),
+        ).values_list("pk", flat=True)
+    ]
+    for pk, was in due:
+        with transaction.atomic():
+            if not _move_restore(pk, was, RestoreStatus.EXPIRED):
+                continue
+            req = RestoreRequest.objects.get(pk=pk)
+            record(
+                AuditEventType.RESTORE_EXPIRED,
+                actor=Actor.system("expiry"),
+                subject=req,
+                details={"was": was},
+            )
+            _announce_restore(req, f"expired while {was}")
+        expired.append(pk)
+    return expired
+
+
+def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
+    """APPROVED -> RUNNING for exactly one worker, inside the approval window, still approved."""
+    now = timezone.now()
+    with transaction.atomic():
+        req = RestoreRequest.objects.select_related("artifact__run__source").filter(
+            pk=restore_id
+        ).first()
+        if req is None or req.status != RestoreStatus.APPROVED:
+            return None
+        if req.expires_at is None or req.expires_at <= now:
+            transaction.on_commit(lambda: expire_restores())
+            return None
+        if req.mode == RestoreMode.OVERWRITE and not approvals.tally(req).complete:
+            logger.error("restore %s approved without valid signatures; refusing", restore_id)
+            return None
+        if not _move_restore(
+            restore_id, RestoreStatus.APPROVED, RestoreStatus.RUNNING,
+            started_at=now, heartbeat_at=now, job_id=job_id,
+        ):  # fmt: skip
+            return None
+        req.refresh_from_db()
+        record(
+            AuditEventType.RESTORE_STARTED,
+            actor=Actor.system("worker"),
+            subject=req,
+            details={"job_id": job_id, "target": req.target_name, "mode": req.mode},
+        )
+        _announce_restore(req, "running")
+    return req
+
+
+def set_restore_phase(req: RestoreRequest, phase: str) -> None:
+    RestoreRequest.objects.filter(pk=req.pk, status=RestoreStatus.RUNNING).update(
+        phase=phase, heartbeat_at=timezone.now()
+    )
+    req.phase = phase
+    _announce_restore(req, phase)
+
+
+def create_safety_run(req: RestoreRequest) -> BackupRun:
+    """A QUEUED safety-backup run of the restore's target, run inline by the restore job."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = BackupRun.objects.create(
+            source=req.artifact.run.source,
+            trigger=Trigger.SAFETY,
+            requested_by=f"restore #{req.pk}",
+            restore=req,
+            status=RunStatus.QUEUED,
+            status_changed_at=now,
+            created=now,
+        )
+        RestoreRequest.objects.filter(pk=req.pk).update(safety_run=run)
+        req.safety_run = run
+    return run
+
+
+def record_safety_backup(req: RestoreRequest, run: BackupRun) -> None:
+    with transaction.atomic():
+        record(
+            AuditEventType.SAFETY_BACKUP,
+            actor=Actor.system("worker"),
+            subject=req,
+            details={
+                "run": run.pk,
+                "status": run.status,
+                "verification": run.verification,
+                "path": run.artifact_path,
+                "checksum": run.checksum,
+            },
+        )
+
+
+def finish_restore(restore_id: int, *, ok: bool, report: dict, error: str = "") -> RestoreRequest | None:
+    """RUNNING -> SUCCEEDED (restored and validated) or FAILED, with the report per component."""
+    new = RestoreStatus.SUCCEEDED if ok else RestoreStatus.FAILED
+    now = timezone.now()
+    with transaction.atomic():
+        if not _move_restore(
+            restore_id, RestoreStatus.RUNNING, new,
+            finished_at=now, report=report, error=error[:8000], phase="done",
+        ):  # fmt: skip
+            return None
+        req = RestoreRequest.objects.select_related("artifact__run__source").get(pk=restore_id)
+        record(
+            AuditEventType.RESTORE_SUCCEEDED if ok else AuditEventType.RESTORE_FAILED,
+            actor=Actor.system("worker"),
+            subject=req,
+            details={"report": report, "error": error[:1000], "target": req.target_name},
+        )
+        _announce_restore(req, "succeeded" if ok else f"FAILED: {error[:200]}")
+        if not ok:
+            _notify(
+                "BACKUP_FAILED",
+                title=f"restore #{req.pk} into {req.target_name} FAILED",
+                body=error[:2000],
+                subject=req,
+                severity="critical",
+            )
+    return req
+
+
+# --- disk space ------------------------------------------------------------------------------
+
+
+def record_disk_usage(path: str, percent: float, consumers) -> bool:
+    """Store a watched path's usage; alert once when it crosses the threshold. True if alerted.
+
+    ``consumers`` is called only when alerting (walking a big tree is not free).
+    The alert is an audit event and a WARNING log line until the incidents app
+    can open an incident for it.
+    """
+    threshold = settings.BACKUP_DISK_ALERT_PERCENT
+    now = timezone.now()
+    with transaction.atomic():
+        watch, _ = DiskWatch.objects.select_for_update().get_or_create(path=path)
+        over = percent >= threshold
+        alert = over and not watch.alerting
+        watch.percent = percent
+        watch.checked_at = now
+        if alert:
+            top = [{"path": p, "bytes": b} for p, b in consumers()]
+            watch.consumers = top
+            watch.alerted_at = now
+            record(
+                AuditEventType.DISK_SPACE_ALERT,
+                actor=Actor.system("disk-watch"),
+                subject=("backups.diskwatch", str(watch.pk)),
+                details={"path": path, "percent": percent, "threshold": threshold, "largest": top},
+            )
+            names = ", ".join(f"{c['path']} ({c['bytes'] / 1e6:.0f} MB)" for c in top)
+            _notify(
+                "DISK_SPACE",
+                title=f"disk space: {path} is {percent:.0f}% full",
+                body=f"{path} is {percent:.1f}% full (alert at {threshold}%). Largest: {names}",
+                subject=("backups.diskwatch", str(watch.pk)),
+                severity="warning",
+            )
+        watch.alerting = over
+        watch.save()
+    return alert

@@ -1,0 +1,319 @@
+"""Backups admin: sources, runs (run now, verify now), and the guarded restore page."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from backups import actions
+from backups.choices import RestoreStatus, RunStatus, Verification
+from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest
+from portal import approvals
+from portal.models import AuditEvent
+
+BADGE = {
+    RunStatus.SUCCEEDED: "ok",
+    RunStatus.FAILED: "bad",
+    RestoreStatus.REJECTED: "bad",
+    RestoreStatus.EXPIRED: "",
+    Verification.VERIFIED: "ok",
+}
+MANAGE = "portal.manage_portal"
+
+
+def _badge(text: str):
+    return format_html(
+        '<span class="pra-badge {}" data-status="{}">{}</span>', BADGE.get(text, "warn"), text, text
+    )
+
+
+@admin.register(BackupSource)
+class BackupSourceAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "transport", "cron", "enabled", "retention", "last_backup")
+    list_filter = ("kind", "enabled")
+    search_fields = ("name", "dsn")
+    actions = ["run_now"]
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "enabled", "schedule", "transport")}),
+        ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases")}),
+        ("Credentials (names only, never the secret)", {"fields": ("password_env", "password_file")}),
+        (
+            "Kubernetes",
+            {
+                "fields": (
+                    "kubeconfig", "kube_context", "kube_kinds", "kube_namespaces",
+                    "kube_namespace", "kube_pod", "kube_container",
+                )
+            },
+        ),  # fmt: skip
+        ("Retention", {"fields": ("retention_days", "keep_weekly", "keep_monthly")}),
+    )
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(MANAGE)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE) or (
+            obj is None and request.user.has_perm(actions.RUN_PERMISSION)
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="last backup")
+    def last_backup(self, obj):
+        run = obj.runs.filter(status=RunStatus.SUCCEEDED).order_by("-created").first()
+        if run is None:
+            return "never"
+        return format_html("{} ago · {}", _age(run.created), _badge(run.verification))
+
+    @admin.action(description="Run a backup now")
+    def run_now(self, request, queryset):
+        if not request.user.has_perm(actions.RUN_PERMISSION):
+            raise PermissionDenied
+        for source in queryset:
+            try:
+                run = actions.request_run(source, by=request.user)
+            except actions.BackupError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, f"Backup #{run.pk} of {source.name} queued.")
+
+
+def _age(moment) -> str:
+    seconds = int((timezone.now() - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class ArtifactInline(admin.TabularInline):
+    model = BackupArtifact
+    extra = 0
+    can_delete = False
+    fields = ("component", "format", "bytes_raw", "bytes_stored", "sha256", "verification",
+              "verify_detail", "restore_link")  # fmt: skip
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="restore")
+    def restore_link(self, obj):
+        if obj.verification != Verification.VERIFIED or not obj.run.usable:
+            return "—"
+        url = reverse("admin:backups_restorerequest_plan") + f"?artifact={obj.pk}"
+        return format_html('<a href="{}">plan a restore…</a>', url)
+
+
+@admin.register(BackupRun)
+class BackupRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "source", "trigger", "status_badge", "created", "duration_s",
+                    "bytes_stored", "verified", "shrink_flag", "deleted_at")  # fmt: skip
+    list_filter = ("status", "verification", "trigger", "source")
+    list_select_related = ("source",)
+    readonly_fields = [f.name for f in BackupRun._meta.fields]
+    inlines = [ArtifactInline]
+    actions = ["verify_now"]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _badge(obj.status)
+
+    @admin.display(description="verification", ordering="verification")
+    def verified(self, obj):
+        return _badge(obj.verification)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and request.user.has_perm(actions.RUN_PERMISSION)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Verify again now")
+    def verify_now(self, request, queryset):
+        if not request.user.has_perm(actions.RUN_PERMISSION):
+            raise PermissionDenied
+        import django_rq
+
+        queue = django_rq.get_queue("backups")
+        for run in queryset.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True):
+            queue.enqueue(
+                "backups.jobs.verify_run", run.pk, f"user:{request.user.get_username()}"
+            )
+        messages.success(request, "Verification queued.")
+
+
+class PlanForm(forms.Form):
+    artifact = forms.ModelChoiceField(
+        queryset=BackupArtifact.objects.filter(
+            verification=Verification.VERIFIED,
+            run__status=RunStatus.SUCCEEDED,
+            run__deleted_at__isnull=True,
+        ).select_related("run__source"),
+    )
+    target = forms.JSONField(
+        required=False,
+        initial=dict,
+        help_text='blank: the source itself. PostgreSQL {"database": "shop_scratch"} '
+        '(optionally "dsn"); Redis {"url": "redis://host:6380"}; Kubernetes '
+        '{"resources": ["configmap/default/app-config"], "context": "prod"}',
+    )
+    confirmation = forms.CharField(
+        required=False, help_text="overwriting: type the target's name (shown in the preview)"
+    )
+
+
+@admin.register(RestoreRequest)
+class RestoreRequestAdmin(admin.ModelAdmin):
+    list_display = ("id", "status_badge", "mode", "artifact", "target_name", "requester_label",
+                    "created")  # fmt: skip
+    list_filter = ("status", "mode")
+    change_form_template = "admin/backups/restorerequest/change_form.html"
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _badge(obj.status)
+
+    def has_add_permission(self, request):
+        return False  # restores are planned on the plan page (preview first)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("plan/", wrap(self.plan_view), name="backups_restorerequest_plan"),
+            path("<int:pk>/approve/", wrap(self.approve_view), name="backups_restorerequest_approve"),
+            path("<int:pk>/reject/", wrap(self.reject_view), name="backups_restorerequest_reject"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"plan_url": reverse("admin:backups_restorerequest_plan")}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def plan_view(self, request):
+        if not request.user.has_perm(actions.PLAN_PERMISSION):
+            raise PermissionDenied
+        plan = None
+        if request.method == "POST":
+            form = PlanForm(request.POST)
+            if form.is_valid():
+                data = form.cleaned_data
+                create = "create" in request.POST
+                try:
+                    req, plan = actions.plan_restore(
+                        data["artifact"],
+                        target=data["target"] or {},
+                        by=request.user,
+                        confirmation=data["confirmation"],
+                        dry_run=not create,
+                    )
+                except actions.BackupError as exc:
+                    messages.error(request, exc.message)
+                else:
+                    if req is not None:
+                        messages.success(request, f"Restore #{req.pk} planned ({req.status}).")
+                        return HttpResponseRedirect(
+                            reverse("admin:backups_restorerequest_change", args=[req.pk])
+                        )
+        else:
+            form = PlanForm(initial={"artifact": request.GET.get("artifact")})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Plan a restore",
+            "form": form,
+            "plan": plan,
+            "plan_json": json.dumps(plan, indent=2, default=str) if plan else "",
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/backups/restorerequest/plan.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = get_object_or_404(RestoreRequest.objects.select_related("artifact__run__source"),
+                                pk=object_id)  # fmt: skip
+        user = request.user
+        can_sign = False
+        if obj.status == RestoreStatus.PLANNED:
+            try:
+                approvals.check_signer(
+                    obj, user, fingerprint=None, confirmation=obj.approval_confirmation_text
+                )
+                can_sign = True
+            except approvals.ApprovalError:
+                can_sign = False
+        context = {
+            "restore": obj,
+            "tally": approvals.tally(obj),
+            "rule": approvals.rule_for(obj.approval_impact),
+            "can_sign": can_sign,
+            "can_reject": obj.status == RestoreStatus.PLANNED
+            and user.has_perm(approvals.APPROVE_PERMISSION),
+            "fingerprint": obj.approval_fingerprint(),
+            "plan_json": json.dumps(obj.plan, indent=2, default=str),
+            "report_json": json.dumps(obj.report, indent=2, default=str) if obj.report else "",
+            "trail": AuditEvent.objects.filter(
+                subject_type="backups.restorerequest", subject_id=str(obj.pk)
+            ).order_by("id"),
+            "status_kind": BADGE.get(obj.status, "warn"),
+        }
+        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
+
+    def _redirect(self, pk):
+        return HttpResponseRedirect(reverse("admin:backups_restorerequest_change", args=[pk]))
+
+    def approve_view(self, request, pk):
+        return require_POST(self._approve)(request, pk)
+
+    def _approve(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            tally = actions.approve_restore(
+                pk,
+                by=request.user,
+                confirmation=request.POST.get("confirmation", ""),
+                fingerprint=request.POST.get("fingerprint", ""),
+                comment=request.POST.get("comment", ""),
+            )
+        except actions.BackupError as exc:
+            messages.error(request, exc.message)
+        else:
+            if tally.complete:
+                messages.success(request, "Approved: the restore is queued.")
+            else:
+                messages.info(request, f"Signed ({tally.count}/{tally.required}).")
+        return self._redirect(pk)
+
+    def reject_view(self, request, pk):
+        return require_POST(self._reject)(request, pk)
+
+    def _reject(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            actions.reject_restore(pk, by=request.user, reason=request.POST.get("reason", ""))
+        except actions.BackupError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Rejected.")
+        return self._redirect(pk)

@@ -1,0 +1,104 @@
+"""States and enumerations of backups and restores."""
+
+from django.db import models
+
+from portal.choices import Impact
+
+__all__ = [
+    "Impact",
+    "SourceKind",
+    "PgMode",
+    "Transport",
+    "Trigger",
+    "RunStatus",
+    "RUN_TRANSITIONS",
+    "ArtifactFormat",
+    "Verification",
+    "RestoreMode",
+    "RestoreStatus",
+    "RESTORE_TRANSITIONS",
+    "RESTORE_OPEN",
+    "DEFAULT_SCHEDULES",
+    "DEFAULT_KUBE_KINDS",
+]
+
+
+class SourceKind(models.TextChoices):
+    POSTGRES = "postgres", "PostgreSQL"
+    REDIS = "redis", "Redis"
+    KUBERNETES = "kubernetes", "Kubernetes resources"
+
+
+# One default time per kind, spread so three nightly backups never overlap at start.
+DEFAULT_SCHEDULES = {
+    SourceKind.POSTGRES: "0 2 * * *",
+    SourceKind.REDIS: "15 2 * * *",
+    SourceKind.KUBERNETES: "30 2 * * *",
+}
+DEFAULT_KUBE_KINDS = "all,configmaps,secrets,pvc,ingress"
+
+
+class PgMode(models.TextChoices):
+    PER_DATABASE = "per_database", "pg_dump -Fc, one artifact per database"
+    DUMPALL = "dumpall", "pg_dumpall (whole cluster, plain SQL)"
+
+
+class Transport(models.TextChoices):
+    DIRECT = "direct", "Direct (network)"
+    KUBECTL_EXEC = "kubectl_exec", "Inside a pod (kubectl exec)"
+
+
+class Trigger(models.TextChoices):
+    SCHEDULE = "schedule", "Schedule"
+    MANUAL = "manual", "Manual"
+    SAFETY = "safety", "Safety backup before a restore"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "QUEUED", "Queued"
+    RUNNING = "RUNNING", "Running"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    FAILED = "FAILED", "Failed"
+
+
+RUN_TRANSITIONS: dict[str, set[str]] = {
+    RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.FAILED},
+    RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED},
+}
+RUN_OPEN = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
+
+class ArtifactFormat(models.TextChoices):
+    PG_CUSTOM = "pg_custom", "pg_dump custom format"
+    PG_SQL = "pg_sql", "pg_dumpall SQL"
+    RDB = "rdb", "Redis RDB"
+    K8S_YAML = "k8s_yaml", "Kubernetes YAML"
+
+
+class Verification(models.TextChoices):
+    PENDING = "PENDING", "Not verified yet"
+    VERIFIED = "VERIFIED", "Verified"
+    FAILED = "FAILED", "Verification failed"
+
+
+class RestoreMode(models.TextChoices):
+    OVERWRITE = "overwrite", "Overwrite an existing target"
+    SCRATCH = "scratch", "Into a new, empty scratch target"
+
+
+class RestoreStatus(models.TextChoices):
+    PLANNED = "PLANNED", "Planned (awaiting approvals)"
+    APPROVED = "APPROVED", "Approved"
+    REJECTED = "REJECTED", "Rejected"
+    EXPIRED = "EXPIRED", "Expired"
+    RUNNING = "RUNNING", "Running"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    FAILED = "FAILED", "Failed"
+
+
+RESTORE_TRANSITIONS: dict[str, set[str]] = {
+    RestoreStatus.PLANNED: {RestoreStatus.APPROVED, RestoreStatus.REJECTED, RestoreStatus.EXPIRED},
+    RestoreStatus.APPROVED: {RestoreStatus.RUNNING, RestoreStatus.EXPIRED},
+    RestoreStatus.RUNNING: {RestoreStatus.SUCCEEDED, RestoreStatus.FAILED},
+}
+RESTORE_OPEN = frozenset({RestoreStatus.PLANNED, RestoreStatus.APPROVED, RestoreStatus.RUNNING})

@@ -1,0 +1,237 @@
+"""RQ entry points for backups. Thin: they take ids and call backups.actions.
+
+The tick (``tick``) is registered once in ``portal.cron`` and runs every
+minute: it creates due schedule slots (once each), reaps lost runs, expires
+restores, sweeps crashed staging, watches disks and applies retention hourly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+from rq import get_current_job
+
+from backups import actions, restore, runner, verify
+from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger
+from backups.disk import largest_consumers, usage
+from backups.models import BackupRun, BackupSource, RestoreRequest
+from backups.sources import (
+    KubernetesTransport,
+    PostgresTransport,
+    RedisTransport,
+    SourceError,
+    SourceTransport,
+    transport_for,
+)
+from backups.storage import get_storage
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 10.0
+
+
+class _Heartbeat:
+    """Beats a run's heartbeat from a thread while its tool runs (even when it prints nothing)."""
+
+    def __init__(self, beat: Callable[[], None]) -> None:
+        self._beat = beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(HEARTBEAT_EVERY):
+                self._beat()
+        finally:
+            connection.close()  # this thread's own database connection
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _job_id(default: str) -> str:
+    job = get_current_job()
+    return job.id if job is not None else default
+
+
+def run_backup(run_id: int) -> str:
+    """Claim a queued run, back it up, verify it, then apply its source's retention."""
+    run = actions.claim_run(run_id, job_id=_job_id(actions.run_job_id(run_id)))
+    if run is None:
+        logger.info("backup run %s not claimed (already taken or finished)", run_id)
+        return "not-claimed"
+    return perform(run)
+
+
+def perform(run: BackupRun, transport: SourceTransport | None = None) -> str:
+    """Run a claimed (RUNNING) backup to its end; returns succeeded/failed/lost."""
+    storage = get_storage()
+    last = 0.0
+
+    def progress(raw: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= settings.BACKUP_PROGRESS_INTERVAL:
+            last = now
+            actions.report_progress(run, raw)
+
+    def beat() -> None:
+        BackupRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+
+    try:
+        transport = transport or transport_for(run.source)
+    except SourceError as exc:
+        outcome = runner.RunOutcome(ok=False, error=str(exc))
+    else:
+        with _Heartbeat(beat):
+            outcome = runner.execute(run.storage_key, transport, storage, on_progress=progress)
+    finished = actions.finish_run(run.pk, outcome)
+    if finished is None:
+        if outcome.ok:
+            storage.delete_run(outcome.run_key)  # reaped meanwhile: these files are no backup
+        return "lost"
+    if not outcome.ok:
+        return "failed"
+    verify_run(run.pk)
+    if run.trigger != Trigger.SAFETY:
+        actions.apply_retention(run.source)
+    return "succeeded"
+
+
+def verify_run(run_id: int, by: str = "system:verifier") -> str:
+    """Checksum and format check of every file of a run (after each run, and on demand)."""
+    run = BackupRun.objects.select_related("source").get(pk=run_id)
+    if run.status != RunStatus.SUCCEEDED or run.deleted_at is not None:
+        return "nothing-to-verify"
+    storage = get_storage()
+    checks = {a.pk: verify.verify_artifact(storage, a) for a in run.artifacts.all()}
+    run = actions.record_verification(run_id, checks, by=by)
+    return run.verification
+
+
+def _safety_transport(req: RestoreRequest, target) -> SourceTransport:
+    source, databases = restore.safety_source(req.artifact, target)
+    if isinstance(target, restore.PgTarget):
+        return PostgresTransport(source, databases=databases)
+    if isinstance(target, restore.RedisTarget):
+        return RedisTransport(source)
+    return KubernetesTransport(source)
+
+
+def run_restore(restore_id: int) -> str:
+    """Claim an approved restore; safety backup (when overwriting), restore, validate."""
+    req = actions.claim_restore(restore_id, job_id=_job_id(actions.restore_job_id(restore_id)))
+    if req is None:
+        logger.info("restore %s not claimed (not approved, expired or taken)", restore_id)
+        return "not-claimed"
+    def beat() -> None:
+        RestoreRequest.objects.filter(pk=req.pk, status=RestoreStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+
+    with _Heartbeat(beat):
+        return _restore(req)
+
+
+def _restore(req: RestoreRequest) -> str:
+    storage = get_storage()
+    try:
+        target = restore.parse_target(req.artifact, req.target)
+        if req.mode == RestoreMode.OVERWRITE:
+            actions.set_restore_phase(req, "safety_backup")
+            safety = actions.create_safety_run(req)
+            claimed = actions.claim_run(safety.pk, job_id=f"{actions.restore_job_id(req.pk)}-safety")
+            if claimed is not None:
+                perform(claimed, _safety_transport(req, target))
+            safety.refresh_from_db()
+            actions.record_safety_backup(req, safety)
+            if not safety.usable:
+                actions.finish_restore(
+                    req.pk,
+                    ok=False,
+                    report={"safety_run": safety.pk},
+                    error=f"safety backup #{safety.pk} did not succeed and verify "
+                    f"({safety.status}, {safety.verification}); nothing was changed. "
+                    f"{safety.error}",
+                )
+                return "failed"
+        actions.set_restore_phase(req, "restoring")
+        report = restore.run_restore(target, storage, req.artifact, req.mode)
+        if req.safety_run_id:
+            report["safety_run"] = req.safety_run_id
+    except restore.RestoreError as exc:
+        actions.finish_restore(req.pk, ok=False, report={}, error=str(exc))
+        return "failed"
+    except Exception as exc:
+        logger.exception("restore %s crashed", req.pk)
+        actions.finish_restore(req.pk, ok=False, report={}, error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    error = "" if report["ok"] else "validation found a mismatch (see the report)"
+    actions.finish_restore(req.pk, ok=report["ok"], report=report, error=error)
+    return "succeeded" if report["ok"] else "failed"
+
+
+def reap_lost_restores(now=None) -> list[int]:
+    """FAIL restores left RUNNING by a worker that died (no heartbeat within the grace)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
+    lost = []
+    for pk in RestoreRequest.objects.filter(
+        status=RestoreStatus.RUNNING, heartbeat_at__lt=cutoff
+    ).values_list("pk", flat=True):
+        if actions.finish_restore(pk, ok=False, report={}, error="worker lost mid-restore"):
+            lost.append(pk)
+    return lost
+
+
+def watch_disks() -> list[str]:
+    alerted = []
+    for path in settings.BACKUP_DISK_WATCH_PATHS:
+        try:
+            found = usage(path)
+        except OSError:
+            continue  # not there (yet): the storage directory is created by the first backup
+        if actions.record_disk_usage(path, found.percent, lambda p=path: largest_consumers(p)):
+            alerted.append(path)
+    return alerted
+
+
+def tick(now=None) -> dict:
+    """Every minute: schedule, reap, expire, sweep, watch disks; retention once an hour."""
+    close_old_connections()
+    now = now or timezone.now()
+    running = {
+        r.storage_key
+        for r in BackupRun.objects.select_related("source").filter(status=RunStatus.RUNNING)
+    }
+    result = {
+        "scheduled": actions.schedule_due(now),
+        "reaped": actions.reap_lost_runs(now),
+        "requeued": actions.reconcile_queued(now),
+        "expired_restores": actions.expire_restores(now),
+        "lost_restores": reap_lost_restores(now),
+        "swept": get_storage().sweep_incomplete(
+            older_than=settings.BACKUP_HEARTBEAT_GRACE, keep=running
+        ),
+        "disk_alerts": watch_disks(),
+    }
+    if now.minute == 5:
+        result["retention"] = {
+            s.name: actions.apply_retention(s, now=now).delete
+            for s in BackupSource.objects.filter(enabled=True)
+        }
+    return result

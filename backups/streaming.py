@@ -1,0 +1,179 @@
+"""Tool output → zstd → storage, streamed, with SHA-256 and byte counts on the way.
+
+Nothing here holds a backup whole in memory: the tool's stdout is read in
+chunks of at most ``CHUNK`` bytes, compressed and written as it comes. The
+reverse direction (``open_decompressed``, ``feed``) streams a stored artifact
+into a restore or verification tool the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class StreamResult:
+    bytes_raw: int
+    bytes_stored: int
+    sha256: str
+
+
+class _HashingWriter:
+    """Counts and hashes what is written through it (the stored, compressed bytes)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.count += len(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class BoundedText:
+    """Keeps the first and last bytes of a stream (a tool's stderr), never all of it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.limit // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self.tail.append(data)
+        self.tail_size += len(data)
+        while self.tail_size > self.limit // 2 and len(self.tail) > 1:
+            dropped = self.tail.popleft()
+            self.tail_size -= len(dropped)
+            self.dropped += len(dropped)
+
+    def text(self) -> str:
+        middle = f"\n[… {self.dropped} bytes cut …]\n" if self.dropped else ""
+        tail = b"".join(self.tail)[-(self.limit // 2) :]
+        return self.head.decode(errors="replace") + middle + tail.decode(errors="replace")
+
+
+def drain_in_thread(stream: BinaryIO, sink: BoundedText) -> threading.Thread:
+    """Read ``stream`` to its end in a thread (a full stderr pipe would block the tool)."""
+
+    def run() -> None:
+        while True:
+            data = stream.read(65536)
+            if not data:
+                break
+            sink.add(data)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def compress_stream(
+    source: BinaryIO,
+    out: BinaryIO,
+    *,
+    level: int = 3,
+    threads: int = 0,
+    holdback: int = 0,
+    finish_tail: Callable[[bytes], bytes] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> StreamResult:
+    """Compress everything read from ``source`` into ``out``.
+
+    ``holdback`` keeps the last N bytes back until the end, when
+    ``finish_tail(tail)`` decides what of them to keep (redis-cli appends a
+    transfer marker to a diskless RDB on stdout).
+    """
+    hashing = _HashingWriter(out)
+    params = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    compressor = params.stream_writer(hashing, closefd=False, write_size=CHUNK)
+    raw = 0
+    pending = b""
+    fd = source.fileno()
+    while True:
+        data = os.read(fd, CHUNK)
+        if not data:
+            break
+        if holdback:
+            data = pending + data
+            data, pending = data[:-holdback], data[-holdback:]
+        if data:
+            compressor.write(data)
+            raw += len(data)
+            if on_progress is not None:
+                on_progress(raw)
+    if holdback:
+        tail = finish_tail(pending) if finish_tail else pending
+        compressor.write(tail)
+        raw += len(tail)
+    compressor.flush(zstandard.FLUSH_FRAME)
+    compressor.close()
+    return StreamResult(bytes_raw=raw, bytes_stored=hashing.count, sha256=hashing.sha.hexdigest())
+
+
+def sha256_of(stream: BinaryIO) -> tuple[str, int]:
+    """SHA-256 and size of a stored file, read in chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    while True:
+        data = stream.read(CHUNK)
+        if not data:
+            break
+        sha.update(data)
+        size += len(data)
+    return sha.hexdigest(), size
+
+
+def open_decompressed(stored: BinaryIO) -> BinaryIO:
+    """A streaming reader of the original bytes of a stored artifact."""
+    return zstandard.ZstdDecompressor().stream_reader(stored, read_size=CHUNK, closefd=True)
+
+
+def feed(reader: BinaryIO, proc: subprocess.Popen, errors: list[BaseException]) -> threading.Thread:
+    """Copy ``reader`` into ``proc``'s stdin in a thread, then close it (EOF for the tool)."""
+
+    def run() -> None:
+        try:
+            while True:
+                data = reader.read(CHUNK)
+                if not data:
+                    break
+                proc.stdin.write(data)
+        except BrokenPipeError:
+            pass  # the tool stopped reading; its exit code tells why
+        except BaseException as exc:  # reported to the caller, who decides
+            errors.append(exc)
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            reader.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,831 @@
+"""Every write to incident state. The API, admin, jobs and the agent path call these.
+
+Status moves are compare-and-swap updates; audit rows go in the same
+transaction; live events, notifications and jobs go out on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from incidents import decider, rules
+from incidents.choices import (
+    ATTEMPT_CANCELLABLE,
+    ATTEMPT_TRANSITIONS,
+    INCIDENT_OPEN,
+    INCIDENT_TRANSITIONS,
+    AttemptStatus,
+    CommandKind,
+    CommandStatus,
+    DecisionAction,
+    IncidentStatus,
+    Outcome,
+    RuleKind,
+    Severity,
+)
+from incidents.models import (
+    Agent,
+    AgentCommand,
+    AutoPatchAttempt,
+    Decision,
+    DetectionRule,
+    HeartbeatSample,
+    Incident,
+    IncidentEvent,
+    OpsPolicy,
+)
+from incidents.signing import SEAL_PURPOSE
+from portal import approvals
+from portal.audit import Actor, record
+from portal.choices import AuditEventType, LiveEventKind, NotificationKind
+from portal.lib.secretbox import seal
+from portal.live import LiveEvent, publish
+from portal.notify import notify
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = Actor.system("incidents")
+SEVERITY_LEVEL = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIGH: "critical",
+                  Severity.CRITICAL: "critical"}  # fmt: skip
+
+
+class IncidentError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _job(func_path: str, *args: Any, job_id: str, queue: str = "default") -> None:
+    import django_rq
+
+    transaction.on_commit(
+        lambda: django_rq.get_queue(queue).enqueue(func_path, *args, job_id=job_id, result_ttl=3600)
+    )
+
+
+# --- agents --------------------------------------------------------------------------
+
+
+def create_agent(*, name: str, by: Actor | Any = "system:cli", **fields: Any) -> tuple[Agent, str]:
+    """Register an agent; returns it and its secret, which is shown once and stored sealed."""
+    from django.core.exceptions import ValidationError
+
+    secret = secrets.token_urlsafe(32)
+    agent = Agent(name=name, secret_sealed=seal(secret, purpose=SEAL_PURPOSE), **fields)
+    try:
+        agent.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+        raise IncidentError("invalid", problems) from None
+    with transaction.atomic():
+        agent.save()
+        record(
+            AuditEventType.AGENT_CREATED,
+            actor=by,
+            subject=agent,
+            details={"name": name, "kind": agent.kind, "environment": agent.environment},
+        )
+    return agent, secret
+
+
+def rotate_agent_secret(agent: Agent, *, by: Actor | Any) -> str:
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(secret_sealed=seal(secret, purpose=SEAL_PURPOSE))
+        record(AuditEventType.AGENT_SECRET_ROTATED, actor=by, subject=agent, details={})
+    return secret
+
+
+# --- incidents -----------------------------------------------------------------------
+
+
+def _event(incident: Incident, kind: str, message: str, **data: Any) -> None:
+    IncidentEvent.objects.create(
+        incident=incident, at=timezone.now(), kind=kind, message=message[:500], data=data
+    )
+
+
+def _announce(incident: Incident, summary: str) -> None:
+    publish(
+        LiveEvent(
+            kind=LiveEventKind.INCIDENT,
+            subject_type="incidents.incident",
+            subject_id=str(incident.pk),
+            status=incident.status,
+            summary=summary[:300],
+            data={
+                "agent": incident.agent.name,
+                "severity": incident.severity,
+                "severity_label": Severity(incident.severity).label,
+                "cause": incident.cause,
+                "title": incident.title,
+            },
+        )
+    )
+
+
+def _first_escalation_delay() -> timedelta:
+    from portal.models import EscalationLevel
+
+    level = EscalationLevel.objects.filter(level=2).first()
+    minutes = level.delay_minutes if level else settings.ESCALATION_DELAY_MINUTES
+    return timedelta(minutes=minutes)
+
+
+def open_or_update_incident(
+    agent: Agent,
+    *,
+    cause: str,
+    rule_id: int | None,
+    severity: int,
+    title: str,
+    telemetry: dict,
+    detected_at,
+) -> tuple[Incident, bool]:
+    """One open incident per agent and cause: a repeat updates it. Returns (incident, created)."""
+    with transaction.atomic():
+        return _open_or_update(
+            agent, cause=cause, rule_id=rule_id, severity=severity, title=title,
+            telemetry=telemetry, detected_at=detected_at,
+        )  # fmt: skip
+
+
+def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detected_at):
+    now = timezone.now()
+    existing = (
+        Incident.objects.select_for_update()
+        .filter(agent=agent, cause=cause, status__in=INCIDENT_OPEN)
+        .first()
+    )
+    if existing is not None:
+        raised = severity > existing.severity
+        Incident.objects.filter(pk=existing.pk).update(
+            last_seen_at=now,
+            occurrences=F("occurrences") + 1,
+            severity=max(existing.severity, severity),
+            telemetry=telemetry,
+            title=title if raised else existing.title,
+        )
+        existing.refresh_from_db()
+        if raised:
+            _event(existing, "SEVERITY", f"severity raised to {Severity(severity).label}: {title}")
+            _announce(existing, f"severity raised: {title}")
+        return existing, False
+    try:
+        with transaction.atomic():
+            incident = Incident.objects.create(
+                agent=agent,
+                cause=cause,
+                rule_id=rule_id,
+                title=title[:200],
+                severity=severity,
+                detected_at=detected_at,
+                opened_at=now,
+                last_seen_at=now,
+                telemetry=telemetry,
+                escalation_level=1,
+                next_escalation_at=now + _first_escalation_delay(),
+            )
+    except IntegrityError:
+        # Another heartbeat opened it a moment ago: count this one as a repeat.
+        return _open_or_update(
+            agent, cause=cause, rule_id=rule_id, severity=severity, title=title,
+            telemetry=telemetry, detected_at=detected_at,
+        )  # fmt: skip
+    _event(incident, "DETECTED", title, cause=cause, severity=severity)
+    record(
+        AuditEventType.INCIDENT_OPENED,
+        actor=SYSTEM,
+        subject=incident,
+        details={"agent": agent.name, "cause": cause, "severity": severity, "title": title},
+    )
+    notify(
+        NotificationKind.INCIDENT_OPENED,
+        title=f"[{Severity(severity).label}] {agent.name}: {title}",
+        body=f"Incident #{incident.pk} opened for {agent.name} ({cause}).",
+        subject=incident,
+        severity=SEVERITY_LEVEL[severity],
+        escalation_level=1,
+        url=_admin_url(incident),
+    )
+    _announce(incident, f"opened: {title}")
+    _job("incidents.jobs.decide", incident.pk, job_id=f"incident-decide-{incident.pk}")
+    return incident, True
+
+
+def _admin_url(incident: Incident) -> str:
+    from django.urls import reverse
+
+    return reverse("admin:incidents_incident_change", args=[incident.pk])
+
+
+def _move_incident(incident: Incident, new: str, **fields: Any) -> bool:
+    allowed = [s for s, targets in INCIDENT_TRANSITIONS.items() if new in targets]
+    won = Incident.objects.filter(pk=incident.pk, status__in=allowed).update(status=new, **fields)
+    if won:
+        incident.refresh_from_db()
+    return bool(won)
+
+
+def acknowledge_incident(incident: Incident, *, by) -> Incident:
+    """Someone has it: stops escalation."""
+    if not by.has_perm("portal.view_portal") or not (
+        by.has_perm("portal.propose_action") or by.has_perm("portal.approve_action")
+    ):
+        raise IncidentError("permission", "Only operators and approvers acknowledge incidents.")
+    with transaction.atomic():
+        if incident.status != IncidentStatus.OPEN or not _move_incident(
+            incident,
+            IncidentStatus.ACKNOWLEDGED,
+            acknowledged_at=timezone.now(),
+            acknowledged_by=by,
+            next_escalation_at=None,
+        ):
+            raise IncidentError("state", f"Incident #{incident.pk} is {incident.status}.")
+        _event(incident, "ACKNOWLEDGED", f"acknowledged by {by.get_username()}")
+        record(AuditEventType.INCIDENT_ACKNOWLEDGED, actor=by, subject=incident, details={})
+        _announce(incident, f"acknowledged by {by.get_username()}")
+    return incident
+
+
+def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False) -> bool:
+    """Resolve (manually, or automatically when the condition cleared). False if already so."""
+    reason = " ".join((reason or "").split())[:300]
+    if not auto:
+        if not by.has_perm("portal.propose_action") and not by.has_perm("portal.approve_action"):
+            raise IncidentError("permission", "Only operators and approvers resolve incidents.")
+        if len(reason) < 5:
+            raise IncidentError("reason", "Say how it was resolved (at least 5 characters).")
+    with transaction.atomic():
+        now = timezone.now()
+        if not _move_incident(
+            incident,
+            IncidentStatus.RESOLVED,
+            resolved_at=now,
+            resolution=reason,
+            auto_resolved=auto,
+            next_escalation_at=None,
+        ):
+            return False
+        label = "auto-resolved" if auto else f"resolved by {by.get_username()}"
+        _event(incident, "RESOLVED", f"{label}: {reason}", auto=auto)
+        record(
+            AuditEventType.INCIDENT_RESOLVED,
+            actor=SYSTEM if auto else by,
+            subject=incident,
+            details={"auto": auto, "reason": reason, "mttr_s": (now - incident.opened_at).seconds},
+        )
+        notify(
+            NotificationKind.INCIDENT_RESOLVED,
+            title=f"Resolved: {incident.agent.name}: {incident.title}",
+            body=f"Incident #{incident.pk} {label}: {reason}",
+            subject=incident,
+            severity="info",
+            url=_admin_url(incident),
+        )
+        _announce(incident, label)
+    return True
+
+
+# --- heartbeats ----------------------------------------------------------------------
+
+
+def ingest_heartbeat(
+    agent: Agent, *, version: str, environment: str, telemetry: dict
+) -> list[dict]:
+    """Record one heartbeat, evaluate the rules, and return the agent's pending commands.
+
+    The hot path is one UPDATE of the agent row plus one INSERT of the sample;
+    anything more happens only when something changed.
+    """
+    now = timezone.now()
+    was_missing = agent.missing
+    alert_after = now + timedelta(seconds=agent.expected_period + agent.grace)
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(
+            last_seen=now,
+            last_telemetry=telemetry,
+            version=version,
+            environment=environment or agent.environment,
+            alert_after=alert_after,
+            missing=False,
+        )
+        HeartbeatSample.objects.create(
+            agent=agent, received=now, version=version, telemetry=telemetry
+        )
+        agent.version, agent.last_seen, agent.missing = version, now, False
+        if environment:
+            agent.environment = environment
+
+        active = rules.active_rules()
+        violations = rules.evaluate(telemetry, active)
+        broken = {v.cause for v in violations}
+        for violation in violations:
+            open_or_update_incident(
+                agent,
+                cause=violation.cause,
+                rule_id=violation.rule_id,
+                severity=rules.severity_for(violation.level, agent.environment),
+                title=violation.title,
+                telemetry=telemetry,
+                detected_at=now,
+            )
+        # Clear what this heartbeat shows healthy (and a missed heartbeat, since it is here).
+        clearable = (rules.covered_causes(telemetry, active) - broken) | (
+            {"heartbeat"} if was_missing else set()
+        )
+        if clearable or was_missing:
+            for incident in Incident.objects.filter(
+                agent=agent, cause__in=clearable, status__in=INCIDENT_OPEN
+            ):
+                resolve_incident(incident, by=None, reason="condition cleared", auto=True)
+        _check_health(agent, version, broken_causes=broken)
+        return _deliver_commands(agent, now)
+
+
+def _deliver_commands(agent: Agent, now) -> list[dict]:
+    pending = list(
+        AgentCommand.objects.filter(agent=agent, status=CommandStatus.PENDING).values(
+            "id", "kind", "payload"
+        )
+    )
+    if pending:
+        AgentCommand.objects.filter(
+            pk__in=[c["id"] for c in pending], status=CommandStatus.PENDING
+        ).update(status=CommandStatus.DELIVERED, delivered_at=now)
+    return pending
+
+
+def _check_health(agent: Agent, version: str, *, broken_causes: set[str]) -> None:
+    """A heartbeat on the target version, without the incident's cause, completes the patch."""
+    for attempt in AutoPatchAttempt.objects.select_related("incident", "decision").filter(
+        agent=agent,
+        status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK],
+        target_version=version,
+    ):
+        if attempt.incident.cause in broken_causes:
+            continue  # new version, same problem: the deadline will roll it back
+        if attempt.status == AttemptStatus.APPLYING:
+            _move_attempt(attempt, AttemptStatus.HEALTH_CHECK, "new version reported")
+        if _move_attempt(
+            attempt, AttemptStatus.SUCCEEDED, f"healthy heartbeat on {version}",
+            finished_at=timezone.now(),
+        ):  # fmt: skip
+            _decision_outcome(attempt.decision, Outcome.SUCCESS, f"{version} healthy")
+            resolve_incident(
+                attempt.incident, by=None, reason=f"patched to {version}, healthy", auto=True
+            )
+
+
+def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
+    """The sweep: agents past ``alert_after`` get a missed-heartbeat incident. Returns agent ids."""
+    now = now or timezone.now()
+    rule = DetectionRule.objects.filter(kind=RuleKind.MISSED_HEARTBEAT, enabled=True).first()
+    if rule is None:
+        return []
+    flagged: list[int] = []
+    while True:
+        ids = list(
+            Agent.objects.filter(alert_after__lt=now, missing=False, enabled=True).values_list(
+                "pk", flat=True
+            )[:batch]
+        )
+        if not ids:
+            return flagged
+        with transaction.atomic():
+            Agent.objects.filter(pk__in=ids, missing=False).update(missing=True)
+            for agent in Agent.objects.filter(pk__in=ids):
+                open_or_update_incident(
+                    agent,
+                    cause="heartbeat",
+                    rule_id=rule.pk,
+                    severity=int(Severity.HIGH),
+                    title=f"no heartbeat since {agent.last_seen or 'registration'}",
+                    telemetry=agent.last_telemetry,
+                    detected_at=agent.alert_after,
+                )
+        flagged.extend(ids)
+
+
+def prune_samples(now=None) -> int:
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.HEARTBEAT_RETENTION_HOURS)
+    deleted, _ = HeartbeatSample.objects.filter(received__lt=cutoff).delete()
+    return deleted
+
+
+# --- escalation ----------------------------------------------------------------------
+
+
+def escalate_due(now=None) -> list[int]:
+    """Unacknowledged incidents move up one level (L1 → L4) when their delay has passed."""
+    from portal.models import EscalationLevel
+
+    now = now or timezone.now()
+    levels = {lvl.level: lvl for lvl in EscalationLevel.objects.all()}
+    escalated = []
+    for incident in Incident.objects.select_related("agent").filter(
+        status=IncidentStatus.OPEN, next_escalation_at__lte=now
+    ):
+        new_level = min(incident.escalation_level + 1, 4)
+        following = levels.get(new_level + 1)
+        next_at = (
+            now
+            + timedelta(
+                minutes=following.delay_minutes if following else settings.ESCALATION_DELAY_MINUTES
+            )
+            if new_level < 4
+            else None
+        )
+        with transaction.atomic():
+            won = Incident.objects.filter(
+                pk=incident.pk,
+                status=IncidentStatus.OPEN,
+                escalation_level=incident.escalation_level,
+            ).update(escalation_level=new_level, next_escalation_at=next_at)
+            if not won:
+                continue
+            incident.escalation_level = new_level
+            name = levels[new_level].name if new_level in levels else f"L{new_level}"
+            _event(incident, "ESCALATED", f"escalated to L{new_level} ({name})")
+            record(
+                AuditEventType.INCIDENT_ESCALATED,
+                actor=Actor.system("escalation"),
+                subject=incident,
+                details={"level": new_level},
+            )
+            notify(
+                NotificationKind.INCIDENT_ESCALATED,
+                title=f"[L{new_level} {name}] {incident.agent.name}: {incident.title}",
+                body=f"Incident #{incident.pk} is not acknowledged; escalated to L{new_level}.",
+                subject=incident,
+                severity="critical",
+                escalation_level=new_level,
+                url=_admin_url(incident),
+            )
+            _announce(incident, f"escalated to L{new_level}")
+        escalated.append(incident.pk)
+    return escalated
+
+
+# --- decisions and auto-patches ------------------------------------------------------------
+
+
+def _decision_outcome(decision: Decision, outcome: str, detail: str) -> None:
+    Decision.objects.filter(pk=decision.pk, outcome=Outcome.PENDING).update(
+        outcome=outcome, outcome_detail=detail[:300]
+    )
+
+
+def record_decision(incident: Incident, choice: decider.Choice) -> Decision:
+    decision = Decision.objects.create(
+        incident=incident,
+        source=choice.source,
+        action=choice.action,
+        patch_version=choice.patch_version,
+        confidence=choice.confidence,
+        explanation=choice.explanation[:2000],
+        fallback_reason=choice.fallback_reason[:200],
+    )
+    via = choice.source.lower() + (f" ({choice.fallback_reason})" if choice.fallback_reason else "")
+    _event(
+        incident,
+        "DECISION",
+        f"{choice.action} via {via}: {choice.explanation}",
+        decision=decision.pk,
+        confidence=choice.confidence,
+    )
+    record(
+        AuditEventType.DECISION_MADE,
+        actor=Actor.system("decider"),
+        subject=incident,
+        details={
+            "decision": decision.pk,
+            "source": choice.source,
+            "action": choice.action,
+            "patch_version": choice.patch_version,
+            "confidence": choice.confidence,
+            "fallback_reason": choice.fallback_reason,
+        },
+    )
+    return decision
+
+
+def policy_verdict(policy: OpsPolicy, agent: Agent, severity: int) -> tuple[str, str]:
+    """("auto" | "approval" | "refused", why) for an automatic patch of ``agent``."""
+    if not policy.auto_remediation_enabled:
+        return "refused", "auto-remediation is switched off (kill switch)"
+    if not policy.whitelist.filter(pk=agent.pk).exists():
+        return "refused", f"{agent.name} is not on the auto-remediation whitelist"
+    if policy.canary_percent < 100 and agent.pk % 100 >= policy.canary_percent:
+        return "refused", f"{agent.name} is outside the {policy.canary_percent}% canary"
+    if severity >= policy.multisig_min_severity:
+        return "approval", f"severity {Severity(severity).label} needs signatures"
+    if severity > policy.max_auto_severity:
+        return "refused", (
+            f"severity {Severity(severity).label} is above the automatic maximum "
+            f"({Severity(policy.max_auto_severity).label})"
+        )
+    return "auto", "within policy"
+
+
+def act_on_incident(incident_id: int) -> Decision | None:
+    """Decide (service or heuristics) and act within policy. Called by a job."""
+    incident = Incident.objects.select_related("agent", "rule").filter(pk=incident_id).first()
+    if incident is None or incident.status not in INCIDENT_OPEN:
+        return None
+    choice = decider.decide(incident)
+    with transaction.atomic():
+        decision = record_decision(incident, choice)
+        if choice.action == DecisionAction.PATCH and choice.patch_version:
+            _start_patch(incident, decision)
+        elif choice.action == DecisionAction.REMEDIATE:
+            _propose_remediation(incident, decision)
+        else:
+            _decision_outcome(decision, Outcome.SKIPPED, "escalated to people")
+    return decision
+
+
+def _start_patch(incident: Incident, decision: Decision) -> AutoPatchAttempt | None:
+    agent = incident.agent
+    verdict, why = policy_verdict(OpsPolicy.current(), agent, incident.severity)
+    if verdict == "refused":
+        _decision_outcome(decision, Outcome.SKIPPED, f"policy: {why}")
+        _event(incident, "POLICY", f"no automatic patch: {why}")
+        return None
+    now = timezone.now()
+    attempt = AutoPatchAttempt.objects.create(
+        incident=incident,
+        agent=agent,
+        decision=decision,
+        from_version=agent.version,
+        target_version=decision.patch_version,
+        severity=incident.severity,
+        needs_approval=verdict == "approval",
+        created=now,
+        status_changed_at=now,
+    )
+    _move_incident(incident, IncidentStatus.MITIGATING)
+    _event(incident, "ATTEMPT", f"auto-patch {agent.version} → {attempt.target_version} ({why})",
+           attempt=attempt.pk)  # fmt: skip
+    record(
+        AuditEventType.AUTOPATCH_CHANGED,
+        actor=SYSTEM,
+        subject=attempt,
+        details={"status": attempt.status, "target": attempt.target_version, "why": why},
+    )
+    if attempt.needs_approval:
+        notify(
+            NotificationKind.PATCH_AWAITING_APPROVAL,
+            title=f"Patch {agent.name} → {attempt.target_version} needs approval",
+            body=f"Incident #{incident.pk}: {incident.title}. {decision.explanation}",
+            subject=attempt,
+            severity="warning",
+            url=_admin_url(incident),
+        )
+    else:
+        _job("incidents.jobs.run_attempt", attempt.pk, job_id=f"autopatch-{attempt.pk}")
+    return attempt
+
+
+def _propose_remediation(incident: Incident, decision: Decision) -> None:
+    from pra.actions import ActionError, Proposer, propose_action
+
+    agent = incident.agent
+    action = (
+        f"restart_{incident.cause.split(':', 1)[1]}"
+        if incident.cause.startswith("service:")
+        else "rotate_logs"
+    )
+    try:
+        with transaction.atomic():
+            pra_action = propose_action(
+                action=action,
+                host=agent.host,
+                params={},
+                rationale=(
+                    f"Incident #{incident.pk} on {agent.name}: {incident.title}. "
+                    f"Decision: {decision.explanation}"
+                ),
+                by=Proposer.rule(incident.cause),
+            )
+    except ActionError as exc:
+        _decision_outcome(decision, Outcome.SKIPPED, f"remediation refused: {exc.message}")
+        _event(incident, "REMEDIATION", f"could not propose {action}: {exc.message}")
+        return
+    Incident.objects.filter(pk=incident.pk).update(remediation=pra_action)
+    _move_incident(incident, IncidentStatus.MITIGATING)
+    _event(incident, "REMEDIATION", f"proposed {action} on {agent.host} (#{pra_action.pk})",
+           action=pra_action.pk)  # fmt: skip
+
+
+def _move_attempt(attempt: AutoPatchAttempt, new: str, detail: str, **fields: Any) -> bool:
+    allowed = [s for s, targets in ATTEMPT_TRANSITIONS.items() if new in targets]
+    with transaction.atomic():
+        won = AutoPatchAttempt.objects.filter(pk=attempt.pk, status__in=allowed).update(
+            status=new, status_changed_at=timezone.now(), detail=detail[:300], **fields
+        )
+        if not won:
+            return False
+        attempt.refresh_from_db()
+        _event(
+            attempt.incident, "ATTEMPT", f"auto-patch {new.lower()}: {detail}", attempt=attempt.pk
+        )
+        record(
+            AuditEventType.AUTOPATCH_CHANGED,
+            actor=SYSTEM,
+            subject=attempt,
+            details={"status": new, "detail": detail[:300]},
+        )
+        _announce(attempt.incident, f"auto-patch {new.lower()}")
+    return True
+
+
+def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
+    """A human signature on a patch that policy put behind multi-signature."""
+    with transaction.atomic():
+        locked = (
+            AutoPatchAttempt.objects.select_for_update().select_related("agent").get(pk=attempt.pk)
+        )
+        if locked.status != AttemptStatus.PENDING or not locked.needs_approval:
+            raise IncidentError("state", f"Attempt #{locked.pk} is not waiting for approval.")
+        try:
+            tally = approvals.sign(locked, by, fingerprint=fingerprint, confirmation=confirmation)
+        except approvals.ApprovalError as exc:
+            raise IncidentError(exc.code, exc.message) from None
+        if tally.complete:
+            _event(locked.incident, "APPROVED", f"patch approved by {', '.join(tally.approvers)}")
+            _job("incidents.jobs.run_attempt", locked.pk, job_id=f"autopatch-{locked.pk}")
+    return tally
+
+
+def run_attempt(attempt_id: int) -> str:
+    """Staging smoke test, then apply (an update command to the agent). Called by a job."""
+    from incidents import staging
+
+    attempt = AutoPatchAttempt.objects.select_related("agent", "incident").get(pk=attempt_id)
+    if attempt.needs_approval and not approvals.tally(attempt).complete:
+        return "waiting-for-approval"
+    if not OpsPolicy.current().auto_remediation_enabled:
+        _move_attempt(
+            attempt, AttemptStatus.CANCELLED, "kill switch is off", finished_at=timezone.now()
+        )
+        return "cancelled"
+    if not _move_attempt(attempt, AttemptStatus.STAGING, "staging smoke test"):
+        return "not-pending"
+    ok, detail = staging.smoke_test(attempt)
+    AutoPatchAttempt.objects.filter(pk=attempt.pk).update(staging_result=detail[:300])
+    if not ok:
+        _move_attempt(
+            attempt, AttemptStatus.FAILED, f"staging failed: {detail}", finished_at=timezone.now()
+        )
+        _decision_outcome(attempt.decision, Outcome.FAILURE, f"staging failed: {detail}")
+        return "staging-failed"
+    with transaction.atomic():
+        # The kill switch may have been turned off during staging: re-check under the lock.
+        if (
+            not OpsPolicy.objects.select_for_update()
+            .get(pk=OpsPolicy.current().pk)
+            .auto_remediation_enabled
+        ):
+            _move_attempt(attempt, AttemptStatus.CANCELLED, "kill switch turned off during staging",
+                          finished_at=timezone.now())  # fmt: skip
+            return "cancelled"
+        command = send_command(
+            attempt.agent,
+            CommandKind.UPDATE,
+            {"version": attempt.target_version, "attempt": attempt.pk},
+            by=SYSTEM,
+        )
+        deadline = timezone.now() + timedelta(seconds=settings.AUTOPATCH_HEALTH_WINDOW)
+        if not _move_attempt(
+            attempt, AttemptStatus.APPLYING, f"update to {attempt.target_version} sent",
+            update_command=command, deadline=deadline,
+        ):  # fmt: skip
+            raise IncidentError("state", "attempt changed during staging")
+    return "applying"
+
+
+def roll_back(attempt: AutoPatchAttempt, reason: str) -> bool:
+    """Send a rollback to the previous version and end the attempt ROLLED_BACK."""
+    with transaction.atomic():
+        command = send_command(
+            attempt.agent,
+            CommandKind.ROLLBACK,
+            {"version": attempt.from_version, "attempt": attempt.pk},
+            by=SYSTEM,
+        )
+        if not _move_attempt(
+            attempt, AttemptStatus.ROLLED_BACK, reason, rollback_command=command,
+            finished_at=timezone.now(),
+        ):  # fmt: skip
+            transaction.set_rollback(True)
+            return False
+        _decision_outcome(attempt.decision, Outcome.FAILURE, reason)
+        notify(
+            NotificationKind.AUTOPATCH_ROLLED_BACK,
+            title=f"Rolled back {attempt.agent.name} to {attempt.from_version or 'previous'}",
+            body=f"Auto-patch to {attempt.target_version} failed: {reason}",
+            subject=attempt,
+            severity="critical",
+            url=_admin_url(attempt.incident),
+        )
+    return True
+
+
+def expire_attempts(now=None) -> list[int]:
+    """Health checks past their window: roll back."""
+    now = now or timezone.now()
+    rolled = []
+    for attempt in AutoPatchAttempt.objects.select_related("agent", "incident").filter(
+        status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK], deadline__lt=now
+    ):
+        if roll_back(
+            attempt,
+            f"no healthy heartbeat on {attempt.target_version} within "
+            f"{settings.AUTOPATCH_HEALTH_WINDOW}s",
+        ):
+            rolled.append(attempt.pk)
+    return rolled
+
+
+def set_kill_switch(enabled: bool, *, by) -> list[int]:
+    """Turn auto-remediation on or off; off cancels attempts not yet APPLYING."""
+    with transaction.atomic():
+        policy = OpsPolicy.objects.select_for_update().get(pk=OpsPolicy.current().pk)
+        policy.auto_remediation_enabled = enabled
+        policy.save(update_fields=["auto_remediation_enabled", "updated"])
+        record(
+            AuditEventType.POLICY_CHANGED, actor=by, subject=policy, details={"enabled": enabled}
+        )
+        return [] if enabled else cancel_pending_attempts("kill switch turned off")
+
+
+def cancel_pending_attempts(reason: str) -> list[int]:
+    cancelled = []
+    for attempt in AutoPatchAttempt.objects.select_related("incident", "agent").filter(
+        status__in=ATTEMPT_CANCELLABLE
+    ):
+        if _move_attempt(attempt, AttemptStatus.CANCELLED, reason, finished_at=timezone.now()):
+            _decision_outcome(attempt.decision, Outcome.SKIPPED, reason)
+            cancelled.append(attempt.pk)
+    return cancelled
+
+
+# --- agent commands -----------------------------------------------------------------------
+
+
+def send_command(agent: Agent, kind: str, payload: dict, *, by) -> AgentCommand:
+    """Queue a command for the agent; it is delivered in its next heartbeat response."""
+    if kind not in CommandKind.values:
+        raise IncidentError("invalid", f"unknown command {kind!r}")
+    actor = Actor.of(by)
+    with transaction.atomic():
+        command = AgentCommand.objects.create(
+            agent=agent, kind=kind, payload=payload, requested_by=actor.label
+        )
+        record(
+            AuditEventType.AGENT_COMMAND_SENT,
+            actor=actor,
+            subject=command,
+            details={"agent": agent.name, "kind": kind, "payload": payload},
+        )
+    return command
+
+
+def finish_command(command_id: int, agent: Agent, *, ok: bool, output: str) -> AgentCommand:
+    """The agent reports a delivered command done (ack) or failed."""
+    new = CommandStatus.ACKED if ok else CommandStatus.FAILED
+    with transaction.atomic():
+        won = AgentCommand.objects.filter(
+            pk=command_id,
+            agent=agent,
+            status__in=[CommandStatus.DELIVERED, CommandStatus.PENDING],
+        ).update(status=new, finished_at=timezone.now(), output=output[:8000])
+        command = AgentCommand.objects.filter(pk=command_id, agent=agent).first()
+        if command is None:
+            raise IncidentError("not_found", f"no command #{command_id} for this agent")
+        if not won:
+            raise IncidentError("state", f"command #{command_id} is already {command.status}")
+        record(
+            AuditEventType.AGENT_COMMAND_DONE,
+            actor=f"agent:{agent.name}",
+            subject=command,
+            details={"ok": ok, "output": output[:500]},
+        )
+        attempt = AutoPatchAttempt.objects.filter(update_command=command).first()
+        if attempt is not None:
+            if ok:
+                _move_attempt(attempt, AttemptStatus.HEALTH_CHECK, "agent applied the update")
+            else:
+                roll_back(attempt, f"update failed on the agent: {output[:200]}")
+    return command

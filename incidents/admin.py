@@ -1,0 +1,260 @@
+"""Incidents admin: list with severity/status filters, a detail page with the whole chain."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from incidents import actions
+from incidents.choices import AttemptStatus, CommandKind, Severity
+from incidents.models import (
+    Agent,
+    AgentCommand,
+    AutoPatchAttempt,
+    Decision,
+    DetectionRule,
+    Incident,
+    OpsPolicy,
+)
+from portal import approvals
+from portal.audit import record
+from portal.choices import AuditEventType
+
+MANAGE = "portal.manage_portal"
+SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "environment", "version", "last_seen", "missing", "enabled")
+    list_filter = ("kind", "environment", "missing", "enabled")
+    search_fields = ("name", "owner")
+    readonly_fields = (
+        "version",
+        "last_seen",
+        "last_telemetry",
+        "alert_after",
+        "missing",
+        "created",
+    )
+
+    def has_add_permission(self, request):
+        return False  # `manage.py agent_add` shows the secret once
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DetectionRule)
+class DetectionRuleAdmin(admin.ModelAdmin):
+    list_display = ("key", "kind", "metric", "warning", "critical", "enabled")
+    list_editable = ("warning", "critical", "enabled")
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE)
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(MANAGE)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        from incidents.rules import forget_cached_rules
+
+        forget_cached_rules()
+
+
+@admin.register(OpsPolicy)
+class OpsPolicyAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__", "auto_remediation_enabled", "max_auto_severity", "multisig_min_severity",
+        "canary_percent", "updated",
+    )  # fmt: skip
+    filter_horizontal = ("whitelist",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE)
+
+    def save_model(self, request, obj, form, change):
+        was_enabled = OpsPolicy.objects.get(pk=obj.pk).auto_remediation_enabled
+        enabled = obj.auto_remediation_enabled
+        obj.auto_remediation_enabled = was_enabled
+        super().save_model(request, obj, form, change)
+        record(
+            AuditEventType.POLICY_CHANGED,
+            actor=request.user,
+            subject=obj,
+            details={
+                "max_auto_severity": obj.max_auto_severity,
+                "multisig_min_severity": obj.multisig_min_severity,
+                "canary_percent": obj.canary_percent,
+            },
+        )
+        if enabled != was_enabled:
+            cancelled = actions.set_kill_switch(enabled, by=request.user)
+            if cancelled:
+                messages.warning(request, f"Kill switch: cancelled {len(cancelled)} attempt(s).")
+
+
+@admin.register(AutoPatchAttempt)
+class AutoPatchAttemptAdmin(ReadOnlyAdmin):
+    list_display = ("id", "agent", "from_version", "target_version", "status", "created", "detail")
+    list_filter = ("status",)
+
+
+@admin.register(Decision)
+class DecisionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "incident", "source", "action", "patch_version", "confidence", "outcome")
+    list_filter = ("source", "action", "outcome")
+
+
+@admin.register(AgentCommand)
+class AgentCommandAdmin(ReadOnlyAdmin):
+    list_display = ("id", "agent", "kind", "status", "created", "requested_by")
+    list_filter = ("status", "kind")
+
+
+class CommandForm(forms.Form):
+    kind = forms.ChoiceField(choices=CommandKind.choices)
+    version = forms.RegexField(regex=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$", required=False)
+
+
+@admin.register(Incident)
+class IncidentAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "severity_badge",
+        "status",
+        "agent",
+        "title",
+        "opened_at",
+        "escalation_level",
+    )
+    list_filter = ("severity", "status", "auto_resolved", "agent")
+    search_fields = ("title", "agent__name", "cause")
+    list_select_related = ("agent",)
+    change_form_template = "admin/incidents/incident/change_form.html"
+
+    @admin.display(description="severity", ordering="severity")
+    def severity_badge(self, obj):
+        return format_html(
+            '<span class="inc-badge {}">{}</span>',
+            SEVERITY_BADGE.get(obj.severity, ""),
+            Severity(obj.severity).label,
+        )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/act/<str:verb>/", wrap(self.act_view), name="incidents_incident_act"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        incident = get_object_or_404(Incident.objects.select_related("agent"), pk=object_id)
+        attempts = list(incident.attempts.select_related("agent"))
+        waiting = [a for a in attempts if a.status == AttemptStatus.PENDING and a.needs_approval]
+        user = request.user
+        context = {
+            "incident": incident,
+            "events": incident.events.all(),
+            "decisions": incident.decisions.all(),
+            "attempts": attempts,
+            "waiting": [
+                {
+                    "attempt": a,
+                    "tally": approvals.tally(a),
+                    "fingerprint": a.approval_fingerprint(),
+                    "rule": approvals.rule_for(a.approval_impact),
+                }
+                for a in waiting
+            ],  # fmt: skip
+            "can_approve": user.has_perm(approvals.APPROVE_PERMISSION),
+            "can_operate": user.has_perm("portal.propose_action"),
+            "can_ack": user.has_perm("portal.propose_action")
+            or user.has_perm(approvals.APPROVE_PERMISSION),
+            "severity_label": Severity(incident.severity).label,
+            "remediation": incident.remediation,
+            "command_kinds": CommandKind.choices,
+        }
+        return super().change_view(
+            request, object_id, form_url, {**context, **(extra_context or {})}
+        )
+
+    def act_view(self, request, pk, verb):
+        return require_POST(self._act)(request, pk, verb)
+
+    def _act(self, request, pk, verb):
+        incident = get_object_or_404(Incident.objects.select_related("agent"), pk=pk)
+        user, data = request.user, request.POST
+        try:
+            if verb == "acknowledge":
+                actions.acknowledge_incident(incident, by=user)
+            elif verb == "resolve":
+                actions.resolve_incident(incident, by=user, reason=data.get("reason", ""))
+            elif verb == "approve-patch":
+                attempt = get_object_or_404(
+                    AutoPatchAttempt, pk=data.get("attempt"), incident=incident
+                )
+                actions.approve_attempt(
+                    attempt,
+                    by=user,
+                    confirmation=data.get("confirmation", ""),
+                    fingerprint=data.get("fingerprint"),
+                )
+            elif verb == "command":
+                if not user.has_perm("portal.propose_action"):
+                    raise PermissionDenied
+                form = CommandForm(data)
+                if not form.is_valid():
+                    raise actions.IncidentError("invalid", form.errors.as_text())
+                payload = (
+                    {"version": form.cleaned_data["version"]}
+                    if form.cleaned_data["version"]
+                    else {}
+                )
+                actions.send_command(incident.agent, form.cleaned_data["kind"], payload, by=user)
+            else:
+                raise PermissionDenied
+        except actions.IncidentError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{verb}: done.")
+        return HttpResponseRedirect(reverse("admin:incidents_incident_change", args=[pk]))

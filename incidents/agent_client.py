@@ -1,0 +1,176 @@
+"""Reference agent: signed heartbeats with real local telemetry, and command handling.
+
+Standard library only, so it can be copied to any machine with Python 3.11:
+
+    PORTAL_URL=https://ops.example.com PORTAL_AGENT=web-1 PORTAL_AGENT_SECRET_FILE=/etc/agent.key \\
+        python -m incidents.agent_client --version 1.4.2
+
+Commands (``update``, ``rollback``, ``config``) arrive in heartbeat responses and
+go to a pluggable handler (``--handler module:function``); the default handler
+only records the new version. Every command is acked or failed with its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import importlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Handler = Callable[["Agent", dict], tuple[bool, str]]
+
+
+def local_telemetry(path: str = "/") -> dict[str, float]:
+    """Load, memory and disk use of this machine (Linux /proc, portable fallbacks)."""
+    metrics: dict[str, float] = {}
+    try:
+        load1 = os.getloadavg()[0]
+        metrics["load1"] = round(load1, 2)
+        metrics["cpu_pct"] = round(min(100.0, 100.0 * load1 / (os.cpu_count() or 1)), 1)
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) for line in fh if ":" in line}
+        total, available = info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
+        metrics["mem_pct"] = round(100.0 * (total - available) / total, 1)
+    except (OSError, KeyError, ValueError, ZeroDivisionError):
+        pass
+    usage = shutil.disk_usage(path)
+    metrics["disk_pct"] = round(100.0 * usage.used / usage.total, 1)
+    return metrics
+
+
+def sign(secret: str, timestamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
+    message = f"{timestamp}\n{nonce}\n{method} {path}\n".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Agent:
+    url: str
+    name: str
+    secret: str
+    version: str
+    env: str = "production"
+    handler: Handler | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # telemetry overrides (tests, demos)
+    timeout: float = 10.0
+
+    def _post(self, path: str, payload: dict) -> dict:
+        body = json.dumps(payload).encode()
+        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Agent": self.name,
+            "X-Agent-Timestamp": timestamp,
+            "X-Agent-Nonce": nonce,
+            "X-Agent-Signature": sign(self.secret, timestamp, nonce, "POST", path, body),
+        }
+        request = urllib.request.Request(self.url.rstrip("/") + path, data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read() or b"{}")
+
+    def heartbeat_payload(self) -> dict:
+        extra = dict(self.extra)
+        metrics = {**local_telemetry(), **extra.pop("metrics", {})}
+        return {
+            "errors_last_24h": extra.pop("errors_last_24h", 0),
+            "webhook_fail_rate": extra.pop("webhook_fail_rate", 0.0),
+            "version": self.version,
+            "env": self.env,
+            "metrics": metrics,
+            **({"services": extra.pop("services")} if "services" in extra else {}),
+        }
+
+    def beat(self) -> list[dict]:
+        """One heartbeat; runs and reports any commands it returns. Returns the commands."""
+        answer = self._post("/api/agents/heartbeat", self.heartbeat_payload())
+        commands = answer.get("commands", [])
+        for command in commands:
+            self.run_command(command)
+        return commands
+
+    def run_command(self, command: dict) -> None:
+        handler = self.handler or default_handler
+        try:
+            ok, output = handler(self, command)
+        except Exception as exc:  # a handler bug must still be reported, not crash the agent
+            ok, output = False, f"handler error: {exc.__class__.__name__}: {exc}"
+        verb = "ack" if ok else "fail"
+        self._post(f"/api/agents/commands/{command['id']}/{verb}", {"output": output[:8000]})
+
+
+def default_handler(agent: Agent, command: dict) -> tuple[bool, str]:
+    """Record the version an update/rollback asks for (real deployments plug their own)."""
+    kind, payload = command.get("kind"), command.get("payload") or {}
+    if kind in ("update", "rollback") and payload.get("version"):
+        agent.version = str(payload["version"])
+        return True, f"{kind} to {agent.version} applied"
+    if kind == "config":
+        agent.extra.update(payload.get("telemetry", {}))
+        return True, "configuration applied"
+    return False, f"unsupported command {kind!r}"
+
+
+def load_handler(spec: str) -> Handler:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr or "handle")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("PORTAL_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--name", default=os.environ.get("PORTAL_AGENT"))
+    parser.add_argument("--secret-file", default=os.environ.get("PORTAL_AGENT_SECRET_FILE"))
+    parser.add_argument("--version", default=os.environ.get("PORTAL_AGENT_VERSION", "1.0.0"))
+    parser.add_argument("--env", default=os.environ.get("PORTAL_AGENT_ENV", "production"))
+    parser.add_argument("--period", type=float, default=120.0, help="seconds between heartbeats")
+    parser.add_argument("--handler", help="module:function handling commands")
+    parser.add_argument("--telemetry", default="{}", help="JSON merged into each heartbeat")
+    parser.add_argument("--once", action="store_true", help="send one heartbeat and exit")
+    args = parser.parse_args(argv)
+    secret = os.environ.get("PORTAL_AGENT_SECRET")
+    if args.secret_file:
+        with open(args.secret_file) as fh:
+            secret = fh.read().strip()
+    if not args.name or not secret:
+        parser.error("an agent name and secret are needed (PORTAL_AGENT, PORTAL_AGENT_SECRET_FILE)")
+    agent = Agent(
+        url=args.url,
+        name=args.name,
+        secret=secret,
+        version=args.version,
+        env=args.env,
+        handler=load_handler(args.handler) if args.handler else None,
+        extra=json.loads(args.telemetry),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while True:
+        try:
+            commands = agent.beat()
+            print(json.dumps({"ok": True, "version": agent.version, "commands": len(commands)}),
+                  flush=True)  # fmt: skip
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(json.dumps({"ok": False, "error": str(exc)}), file=sys.stderr, flush=True)
+        if args.once or stop.wait(args.period):
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""States and enumerations of the incidents app."""
+
+from django.db import models
+
+
+class Severity(models.IntegerChoices):
+    """Ordered: policy compares severities (max for automatic action, multi-signature level)."""
+
+    LOW = 1, "Low"
+    MEDIUM = 2, "Medium"
+    HIGH = 3, "High"
+    CRITICAL = 4, "Critical"
+
+
+class IncidentStatus(models.TextChoices):
+    OPEN = "OPEN", "Open"
+    ACKNOWLEDGED = "ACKNOWLEDGED", "Acknowledged"
+    MITIGATING = "MITIGATING", "Mitigating"
+    RESOLVED = "RESOLVED", "Resolved"
+
+
+INCIDENT_TRANSITIONS: dict[str, set[str]] = {
+    IncidentStatus.OPEN: {
+        IncidentStatus.ACKNOWLEDGED,
+        IncidentStatus.MITIGATING,
+        IncidentStatus.RESOLVED,
+    },
+    IncidentStatus.ACKNOWLEDGED: {IncidentStatus.MITIGATING, IncidentStatus.RESOLVED},
+    IncidentStatus.MITIGATING: {IncidentStatus.ACKNOWLEDGED, IncidentStatus.RESOLVED},
+}
+INCIDENT_OPEN = frozenset(
+    {IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED, IncidentStatus.MITIGATING}
+)
+
+
+class RuleKind(models.TextChoices):
+    ERROR_SPIKE = "ERROR_SPIKE", "Error spike (errors in the last 24 h)"
+    WEBHOOK_FAILURE = "WEBHOOK_FAILURE", "Webhook failure rate"
+    MISSED_HEARTBEAT = "MISSED_HEARTBEAT", "Missed heartbeat"
+    METRIC_THRESHOLD = "METRIC_THRESHOLD", "Metric threshold"
+    SERVICE_DOWN = "SERVICE_DOWN", "Service reported down"
+
+
+class DecisionAction(models.TextChoices):
+    PATCH = "PATCH", "Apply a patch (update)"
+    ROLLBACK = "ROLLBACK", "Roll back"
+    REMEDIATE = "REMEDIATE", "Host remediation (PRA)"
+    ESCALATE = "ESCALATE", "Escalate to a person"
+    NONE = "NONE", "Nothing to do"
+
+
+class DecisionSource(models.TextChoices):
+    DECIDER = "DECIDER", "Decision service"
+    HEURISTIC = "HEURISTIC", "Heuristics"
+
+
+class Outcome(models.TextChoices):
+    PENDING = "PENDING", "Pending"
+    SUCCESS = "SUCCESS", "Success"
+    FAILURE = "FAILURE", "Failure"
+    SKIPPED = "SKIPPED", "Not carried out"
+
+
+class AttemptStatus(models.TextChoices):
+    PENDING = "PENDING", "Pending"
+    STAGING = "STAGING", "Staging smoke test"
+    APPLYING = "APPLYING", "Applying"
+    HEALTH_CHECK = "HEALTH_CHECK", "Health check"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    ROLLED_BACK = "ROLLED_BACK", "Rolled back"
+    FAILED = "FAILED", "Failed"
+    CANCELLED = "CANCELLED", "Cancelled"
+
+
+ATTEMPT_TRANSITIONS: dict[str, set[str]] = {
+    AttemptStatus.PENDING: {AttemptStatus.STAGING, AttemptStatus.CANCELLED, AttemptStatus.FAILED},
+    AttemptStatus.STAGING: {AttemptStatus.APPLYING, AttemptStatus.FAILED, AttemptStatus.CANCELLED},
+    AttemptStatus.APPLYING: {
+        AttemptStatus.HEALTH_CHECK,
+        AttemptStatus.ROLLED_BACK,
+        AttemptStatus.FAILED,
+    },
+    AttemptStatus.HEALTH_CHECK: {AttemptStatus.SUCCEEDED, AttemptStatus.ROLLED_BACK},
+}
+ATTEMPT_TERMINAL = frozenset(
+    {
+        AttemptStatus.SUCCEEDED,
+        AttemptStatus.ROLLED_BACK,
+        AttemptStatus.FAILED,
+        AttemptStatus.CANCELLED,
+    }
+)
+# Turning the kill switch off cancels attempts that have not reached APPLYING.
+ATTEMPT_CANCELLABLE = frozenset({AttemptStatus.PENDING, AttemptStatus.STAGING})
+
+
+class CommandKind(models.TextChoices):
+    UPDATE = "update", "Update to a version"
+    ROLLBACK = "rollback", "Roll back to a version"
+    CONFIG = "config", "Apply configuration"
+
+
+class CommandStatus(models.TextChoices):
+    PENDING = "PENDING", "Waiting for the agent"
+    DELIVERED = "DELIVERED", "Delivered"
+    ACKED = "ACKED", "Done"
+    FAILED = "FAILED", "Failed on the agent"

@@ -1,0 +1,27 @@
+"""RQ entry points for incidents. Thin: ids in, incidents.actions does the work."""
+
+from __future__ import annotations
+
+from incidents import actions
+
+
+def decide(incident_id: int) -> str:
+    decision = actions.act_on_incident(incident_id)
+    return decision.action if decision else "nothing"
+
+
+def run_attempt(attempt_id: int) -> str:
+    return actions.run_attempt(attempt_id)
+
+
+def sweep() -> dict:
+    """Every 30 s: missed heartbeats, expired health checks, due escalations."""
+    return {
+        "missing": len(actions.mark_missing_agents()),
+        "rolled_back": actions.expire_attempts(),
+        "escalated": actions.escalate_due(),
+    }
+
+
+def prune() -> int:
+    return actions.prune_samples()

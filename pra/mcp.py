@@ -1,0 +1,546 @@
+"""MCP tools: an AI assistant diagnoses and proposes; only people approve.
+
+One ``MCPServer`` (official ``mcp`` SDK) serves these tools over stdio
+(``manage.py mcp_server``) and over streamable HTTP at ``/mcp``
+(``portal.mcp_http``). Every tool calls ``pra.actions``, the same functions
+the admin and the API call. There is deliberately no tool that approves or
+rejects: approval happens in the portal, by people.
+
+Who is calling: over HTTP, the portal user behind the request's bearer token
+(checked on every request); over stdio, the user behind the token the process
+was started with (checked again on every call, so revoking it takes effect at
+once). Every ``tools/call`` writes one ``MCP_TOOL_CALL`` audit event, failed
+and refused calls included.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from portal.audit import Actor, record, subject_of
+from portal.choices import AuditEventType
+from portal.mcp_http import user_from_scope
+from portal.tokens import authenticate_token
+from pra import actions
+from pra.api import ActionOut, CatalogEntryOut, HostOut, action_out, catalog_out, host_out
+from pra.choices import OPEN, TERMINAL, ActionStatus, Verification
+from pra.models import DiagnosticRun, Host, PRAAction
+
+VIEW_PERMISSION = "portal.view_portal"
+MAX_WAIT_SECONDS = 300
+POLL_SECONDS = 0.2
+
+INSTRUCTIONS = """\
+Ops Portal remediation tools. You can look (diagnostics), and you can propose a
+fix from a fixed catalog; people approve it in the portal, never you.
+
+Workflow:
+1. list_hosts and list_pra_catalog to see what exists.
+2. Diagnose with get_service_status, check_service_health, get_service_logs,
+   analyze_errors, get_system_info, get_memory_info, get_disk_usage,
+   get_container_status, test_connectivity. Each result has an `id`.
+3. propose_pra_action with a rationale (what you observed, what you expect the
+   action to fix) and the ids of the diagnostics that support it in
+   evidence_ids. The action is shown to people as proposed by an AI assistant.
+4. Tell the user that a person must approve action #N in the portal. Check with
+   get_pra_action or list_pending_actions; do not retry proposing.
+5. Once it is APPROVED, call execute_pra_action: it runs on the target and
+   returns the outcome and the verification (VERIFIED means the catalog's probe
+   confirmed the fix).
+6. Verify yourself with the same diagnostic you started from.
+"""
+
+server = MCPServer("ops-portal", title="Ops Portal", instructions=INSTRUCTIONS)
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+DIAGNOSTIC = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
+
+
+# --- who is calling, and the audit of each call ------------------------------------
+
+# Set only in the stdio process (``serve_stdio``); HTTP requests carry their user.
+_stdio_token: ContextVar[str | None] = ContextVar("pra_mcp_stdio_token", default=None)
+
+
+@dataclass
+class _Call:
+    """The tool call in progress: its caller and what it touched (for the audit)."""
+
+    user: AbstractBaseUser | None
+    subject: tuple[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def actor(self) -> Actor:
+        if self.user is None:
+            return Actor(label="mcp:unauthenticated")
+        return Actor(label=f"mcp:{self.user.get_username()}", user=self.user)
+
+
+_call: ContextVar[_Call | None] = ContextVar("pra_mcp_call", default=None)
+
+
+def _db(fn):
+    """Run blocking ORM/SSH work off the event loop; connections closed as Django expects.
+
+    Not thread-sensitive: a slow diagnostic must not hold up other calls.
+    """
+    return database_sync_to_async(fn, thread_sensitive=False)
+
+
+async def _identify(request: Any) -> AbstractBaseUser | None:
+    if request is not None:
+        return user_from_scope(request.scope)
+    raw = _stdio_token.get()
+    if not raw:
+        return None
+    return await _db(authenticate_token)(raw)
+
+
+_SECRET_KEYS = re.compile(r"token|secret|password|passwd|authorization|api[_-]?key", re.I)
+_TOKEN_LIKE = re.compile(r"opp_[A-Za-z0-9_-]{8,}")
+
+
+def scrub(value: Any, depth: int = 0) -> Any:
+    """Arguments as they may be stored: secrets masked, sizes bounded."""
+    if depth > 4:
+        return "[nested too deep]"
+    if isinstance(value, dict):
+        return {
+            str(k)[:100]: "[redacted]" if _SECRET_KEYS.search(str(k)) else scrub(v, depth + 1)
+            for k, v in list(value.items())[:50]
+        }
+    if isinstance(value, list | tuple):
+        return [scrub(v, depth + 1) for v in value[:50]]
+    if isinstance(value, str):
+        return _TOKEN_LIKE.sub("opp_[redacted]", value[:2000])
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return repr(value)[:200]
+
+
+def _error_text(result: dict) -> str:
+    texts = [c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)]
+    return " ".join(t for t in texts if t)[:1000]
+
+
+def _audit(call: _Call, tool: str, arguments: Any, outcome: str, error: str) -> None:
+    details: dict[str, Any] = {"tool": tool, "arguments": arguments, "outcome": outcome}
+    if error:
+        details["error"] = _TOKEN_LIKE.sub("opp_[redacted]", error)
+    details.update(call.extra)
+    # record() opens its own transaction: the event is kept whatever the tool did.
+    record(AuditEventType.MCP_TOOL_CALL, actor=call.actor, subject=call.subject, details=details)
+
+
+async def audit_tool_calls(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware: identify the caller, run the call, write one audit event."""
+    if ctx.method != "tools/call":
+        return await call_next(ctx)
+    params = ctx.params or {}
+    tool = str(params.get("name", ""))[:100]
+    arguments = scrub(params.get("arguments") or {})
+    call = _Call(user=await _identify(ctx.request))
+    reset = _call.set(call)
+    outcome, error = "error", ""
+    try:
+        result = await call_next(ctx)
+        if isinstance(result, dict) and result.get("isError"):
+            error = _error_text(result)
+        else:
+            outcome = "ok"
+        return result
+    except BaseException as exc:  # cancellation too: the attempt is still audited
+        error = str(exc)[:1000] or exc.__class__.__name__
+        raise
+    finally:
+        _call.reset(reset)
+        with anyio.CancelScope(shield=True):
+            await _db(_audit)(call, tool, arguments, outcome, error)
+
+
+server.middleware.append(audit_tool_calls)
+
+
+def _caller() -> _Call:
+    call = _call.get()
+    if call is None or call.user is None:
+        raise ToolError(
+            "This MCP identity is not valid any more (token revoked or user deactivated). "
+            "Ask a portal administrator for a new token; nothing was done."
+        )
+    return call
+
+
+async def _run(fn, *args: Any) -> Any:
+    """``fn(call, *args)`` in a worker thread; refusals become tool errors for the model."""
+    call = _caller()
+    try:
+        return await _db(fn)(call, *args)
+    except actions.ActionError as exc:
+        raise ToolError(exc.message) from None
+
+
+def _require_view(call: _Call) -> None:
+    if not call.user.has_perm(VIEW_PERMISSION):
+        raise ToolError("This identity may not view the portal (it has no portal role).")
+
+
+# --- result shapes ------------------------------------------------------------------
+
+
+class DiagnosticResult(BaseModel):
+    """One read-only diagnostic run, kept by the portal."""
+
+    id: int = Field(description="Diagnostic id: pass it in evidence_ids when proposing.")
+    host: str
+    diagnostic: str
+    command: str = Field(description="What ran on the target, through its pra-diag wrapper.")
+    exit_code: int | None
+    output: str
+    created: datetime
+
+
+class ExecutionResult(ActionOut):
+    """The action after asking to run it and waiting for the outcome."""
+
+    finished: bool = Field(description="True when the run and its verification are over.")
+    waited_seconds: float
+    note: str
+
+
+# --- listing ------------------------------------------------------------------------
+
+
+def _list_hosts(call: _Call) -> list[dict]:
+    _require_view(call)
+    return [host_out(h) for h in Host.objects.all()]
+
+
+@server.tool(annotations=READ_ONLY)
+async def list_hosts() -> list[HostOut]:
+    """List the hosts the portal can act on (name, address, tags, enabled).
+
+    Use a host's `name` as the `host` argument of the other tools.
+    """
+    return await _run(_list_hosts)
+
+
+def _list_catalog(call: _Call) -> list[dict]:
+    _require_view(call)
+    return catalog_out()
+
+
+@server.tool(annotations=READ_ONLY)
+async def list_pra_catalog() -> list[CatalogEntryOut]:
+    """List the remediation catalog: the only actions that can ever be proposed.
+
+    Each entry has its impact (LOW, MEDIUM, HIGH: how many people must approve),
+    its parameters with their allowed pattern, and the probe that verifies it.
+    """
+    return await _run(_list_catalog)
+
+
+# --- diagnostics (read-only, over SSH through the target's pra-diag) -----------------
+
+HostName = Annotated[
+    str, Field(min_length=1, max_length=63, description="Host name from list_hosts, e.g. dns-1.")
+]
+Unit = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="systemd unit name, e.g. unbound (letters, digits, '_', '.', '-').",
+    ),
+]
+
+
+def _diagnose(call: _Call, host: str, name: str, params: dict[str, Any]) -> dict:
+    run = actions.run_diagnostic(host, name, params, by=call.actor)
+    call.subject = subject_of(run)
+    if run.error:
+        raise ToolError(
+            f"Could not run {name} on {run.host.name}: {run.error} "
+            f"(recorded as diagnostic #{run.pk}). Check the host with test_connectivity "
+            "from another host, or tell a person the host is unreachable."
+        )
+    return _diagnostic_out(run, name)
+
+
+def _diagnostic_out(run: DiagnosticRun, name: str) -> dict:
+    return {
+        "id": run.pk,
+        "host": run.host.name,
+        "diagnostic": name,
+        "command": run.command,
+        "exit_code": run.exit_code,
+        "output": run.output,
+        "created": run.created,
+    }
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_service_status(host: HostName, unit: Unit) -> DiagnosticResult:
+    """Is a systemd unit active? (`systemctl is-active UNIT` on the host).
+
+    The first output line is the state: active, inactive, failed, activating...
+    A non-zero exit code just means "not active"; it is not a tool failure.
+    """
+    return await _run(_diagnose, host, "service_status", {"unit": unit})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_service_logs(
+    host: HostName,
+    unit: Unit,
+    lines: Annotated[int, Field(ge=1, le=5000, description="How many journal lines.")] = 100,
+) -> DiagnosticResult:
+    """The last LINES lines of a unit's journal."""
+    return await _run(_diagnose, host, "service_logs", {"unit": unit, "lines": lines})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def analyze_errors(
+    host: HostName,
+    unit: Unit,
+    minutes: Annotated[int, Field(ge=1, le=1440, description="Time window in minutes.")] = 60,
+) -> DiagnosticResult:
+    """Error-level journal lines of a unit over the last MINUTES minutes."""
+    return await _run(_diagnose, host, "analyze_errors", {"unit": unit, "minutes": minutes})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def check_service_health(host: HostName, unit: Unit) -> DiagnosticResult:
+    """HEALTHY or UNHEALTHY for a unit, with the reasons (active state, recent errors)."""
+    return await _run(_diagnose, host, "service_health", {"unit": unit})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_system_info(host: HostName) -> DiagnosticResult:
+    """Hostname, kernel, uptime and load of a host."""
+    return await _run(_diagnose, host, "system_info", {})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_memory_info(host: HostName) -> DiagnosticResult:
+    """Memory and swap use of a host."""
+    return await _run(_diagnose, host, "memory_info", {})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_disk_usage(host: HostName) -> DiagnosticResult:
+    """Filesystem usage of a host (df)."""
+    return await _run(_diagnose, host, "disk_usage", {})
+
+
+@server.tool(annotations=DIAGNOSTIC)
+async def get_container_status(
+    host: HostName,
+    name: Annotated[str, Field(min_length=1, max_length=128, description="Container name.")],
+) -> DiagnosticResult:
+    """State of a podman container (running, exited, ...)."""
+    return await _run(_diagnose, host, "container_status", {"name": name})
+
+
+@server.tool(name="test_connectivity", annotations=DIAGNOSTIC)
+async def check_connectivity(
+    host: HostName,
+    target: Annotated[
+        str,
+        Field(min_length=1, max_length=128, description="Host name or IPv4 address to reach."),
+    ],
+    port: Annotated[int, Field(ge=1, le=65535, description="TCP port.")] = 443,
+) -> DiagnosticResult:
+    """Can HOST open a TCP connection to TARGET:PORT? (from the host, not from the portal)."""
+    return await _run(_diagnose, host, "test_connectivity", {"target": target, "port": port})
+
+
+# --- proposals and their state --------------------------------------------------------
+
+
+def _propose(
+    call: _Call,
+    action: str,
+    host: str,
+    params: dict[str, str],
+    rationale: str,
+    auto_approve: bool,
+    evidence_ids: tuple[int, ...],
+) -> dict:
+    obj = actions.propose_action(
+        action=action,
+        host=host,
+        params=params,
+        rationale=rationale,
+        by=actions.Proposer.ai(call.user),
+        auto_approve=auto_approve,
+        evidence_ids=evidence_ids,
+    )
+    call.subject = subject_of(obj)
+    return action_out(obj)
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
+async def propose_pra_action(
+    action: Annotated[str, Field(max_length=64, description="Catalog action name.")],
+    host: HostName,
+    params: Annotated[
+        dict[str, str],
+        Field(
+            max_length=10,
+            description="The action's parameters (see list_pra_catalog); {} when it has none.",
+        ),
+    ],
+    rationale: Annotated[
+        str,
+        Field(
+            max_length=5000,
+            description="Why: what you observed and what you expect this action to fix "
+            "(at least 20 characters). People read it before approving.",
+        ),
+    ],
+    auto_approve: Annotated[
+        bool,
+        Field(
+            description="Ask for automatic approval. Granted only if the portal's policy "
+            "allows it for the action's impact (never for HIGH); otherwise people approve."
+        ),
+    ] = False,
+    evidence_ids: Annotated[
+        tuple[Annotated[int, Field(ge=1)], ...],
+        Field(max_length=50, description="Ids of diagnostics on this host that support it."),
+    ] = (),
+) -> ActionOut:
+    """Propose a catalog action on a host. It does NOT run it.
+
+    The proposal is PROPOSED until people approve it in the portal (you cannot
+    approve). It is shown as proposed by an AI assistant under your identity.
+    Parameters are checked against the catalog; anything outside it is refused
+    and nothing is created.
+    """
+    return await _run(_propose, action, host, params, rationale, auto_approve, evidence_ids)
+
+
+def _get_action(call: _Call, action_id: int) -> dict:
+    _require_view(call)
+    obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+    if obj is None:
+        raise ToolError(f"No action #{action_id}. list_pending_actions shows the open ones.")
+    call.subject = subject_of(obj)
+    return action_out(obj)
+
+
+ActionId = Annotated[int, Field(ge=1, description="Action id, as returned by propose_pra_action.")]
+
+
+@server.tool(annotations=READ_ONLY)
+async def get_pra_action(action_id: ActionId) -> ActionOut:
+    """One action with its status, approvals, output and verification.
+
+    Statuses: PROPOSED (waiting for people), APPROVED (may be executed until
+    expires_at), EXECUTING, COMPLETED, FAILED, REJECTED, EXPIRED.
+    """
+    return await _run(_get_action, action_id)
+
+
+def _pending(call: _Call, host: str | None) -> list[dict]:
+    _require_view(call)
+    qs = PRAAction.objects.select_related("host").filter(status__in=OPEN)
+    if host:
+        qs = qs.filter(host__name=host)
+    return [action_out(a) for a in qs[:50]]
+
+
+@server.tool(annotations=READ_ONLY)
+async def list_pending_actions(
+    host: Annotated[str | None, Field(max_length=63, description="Only this host.")] = None,
+) -> list[ActionOut]:
+    """Open actions, newest first: PROPOSED (waiting for approval), APPROVED, EXECUTING."""
+    return await _run(_pending, host)
+
+
+# --- execution ----------------------------------------------------------------------------
+
+
+def _request_execution(call: _Call, action_id: int) -> dict:
+    try:
+        obj = actions.request_execution(action_id, by=call.actor)
+    finally:
+        call.subject = ("pra.praaction", str(action_id))
+    return action_out(obj)
+
+
+def _current(call: _Call, action_id: int) -> dict:
+    return action_out(PRAAction.objects.select_related("host").get(pk=action_id))
+
+
+def _settled(out: dict) -> bool:
+    if out["status"] not in TERMINAL:
+        return False
+    return not (
+        out["status"] == ActionStatus.COMPLETED and out["verification"] == Verification.PENDING
+    )
+
+
+@server.tool(
+    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
+)
+async def execute_pra_action(
+    action_id: ActionId,
+    ctx: Context,
+    wait_seconds: Annotated[
+        int,
+        Field(description="How long to wait for the outcome, 0 to 300 (clamped)."),
+    ] = 60,
+) -> ExecutionResult:
+    """Run an action that people APPROVED (and whose approval has not expired).
+
+    Anything else is refused with its current state: a PROPOSED action still
+    needs human approval in the portal. Waits up to wait_seconds for the run and
+    its verification; if it is not finished by then, poll get_pra_action.
+    """
+    wait = min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
+    out = await _run(_request_execution, action_id)
+    started = anyio.current_time()
+    waited, last = 0.0, None
+    while not _settled(out) and waited < wait:
+        if out["status"] != last:
+            last = out["status"]
+            await ctx.report_progress(waited, wait, f"action #{action_id} is {last}")
+        await anyio.sleep(POLL_SECONDS)
+        out = await _run(_current, action_id)
+        waited = anyio.current_time() - started
+    finished = _settled(out)
+    if finished:
+        note = f"Action #{action_id} ended {out['status']}; verification {out['verification']}."
+    else:
+        note = (
+            f"Still {out['status']} after {waited:.0f}s; call get_pra_action({action_id}) "
+            "later for the outcome. Do not execute it again."
+        )
+    return {**out, "finished": finished, "waited_seconds": round(waited, 1), "note": note}
+
+
+# --- stdio entry point -------------------------------------------------------------------
+
+
+async def serve_stdio(raw_token: str) -> None:
+    """Serve the tools on stdin/stdout as the token's user (checked again on each call)."""
+    _stdio_token.set(raw_token)
+    await server.run_stdio_async()

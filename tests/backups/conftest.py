@@ -1,0 +1,179 @@
+"""Fixtures of the backup tests: real PostgreSQL databases, throwaway redis-servers,
+and a stand-in Kubernetes API server (``kubeapi``: no cluster can run here)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from django.db import connection
+
+from portal.lib.localservices import free_port, wait_until
+from tests.backups.kubeapi import FakeKubeAPI
+
+
+@pytest.fixture(autouse=True)
+def backup_settings(settings, tmp_path):
+    """Each test gets its own storage directory; progress is pushed often."""
+    settings.BACKUP_STORAGE_DIR = tmp_path / "storage"
+    settings.BACKUP_DISK_WATCH_PATHS = [str(tmp_path / "storage")]
+    settings.BACKUP_PROGRESS_INTERVAL = 0.05
+    return settings
+
+
+def pg_params() -> dict:
+    db = connection.settings_dict
+    return {
+        "host": db["HOST"] or "127.0.0.1",
+        "port": int(db["PORT"] or 5432),
+        "user": db["USER"] or "postgres",
+        "password": db["PASSWORD"] or None,
+    }
+
+
+def pg_dsn() -> str:
+    p = pg_params()
+    return f"postgres://{p['user']}@{p['host']}:{p['port']}"
+
+
+def pg_connect(dbname: str) -> psycopg.Connection:
+    return psycopg.connect(dbname=dbname, autocommit=True, **pg_params())
+
+
+def pg_drop(name: str) -> None:
+    with pg_connect("postgres") as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+SCHEMA = """
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE,
+                        created timestamptz NOT NULL DEFAULT '2026-01-01');
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int REFERENCES customers(id),
+                     total numeric(12, 2), note text, tags text[], payload jsonb);
+CREATE SEQUENCE invoice_numbers START 1000;
+CREATE INDEX orders_customer ON orders (customer_id);
+CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 500;
+INSERT INTO customers (name, email)
+    SELECT 'customer ' || i, 'c' || i || '@example.test' FROM generate_series(1, 1500) i;
+INSERT INTO orders (customer_id, total, note, tags, payload)
+    SELECT 1 + (i % 1500), (i * 7.31) % 1000, md5(i::text), ARRAY['a', 'b' || i],
+           jsonb_build_object('i', i, 'even', i % 2 = 0)
+    FROM generate_series(1, 4000) i;
+SELECT setval('invoice_numbers', 1234);
+"""
+
+
+@pytest.fixture
+def pg_database() -> Iterator:
+    """Factory: a new database with tables, a view, sequences and 5,500 rows; dropped after."""
+    created: list[str] = []
+
+    def make(prefix: str = "bk", *, schema: str = SCHEMA) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with pg_connect("postgres") as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        if schema:
+            with pg_connect(name) as conn:
+                conn.execute(schema)
+        return name
+
+    yield make
+    for name in created:
+        pg_drop(name)
+
+
+def pg_snapshot(dbname: str) -> dict:
+    """Everything a restore must give back: every row of every table, and sequence values."""
+    with pg_connect(dbname) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            ).fetchall()
+        ]
+        rows = {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
+        sequences = {
+            name: conn.execute(f'SELECT last_value, is_called FROM "{name}"').fetchone()
+            for (name,) in conn.execute(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1"
+            ).fetchall()
+        }
+        views = conn.execute(
+            "SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return {"rows": rows, "sequences": sequences, "views": views}
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port in its own directory."""
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.port = free_port()
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(directory),
+                "--logfile", str(directory / "redis.log")]  # fmt: skip
+        if password:
+            args += ["--requirepass", password]
+        self.password = password
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(self._answers, timeout=10, what="redis-server")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, db=db, socket_timeout=5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator:
+    """Factory: start throwaway redis-servers; all stopped after the test."""
+    servers: list[RedisServer] = []
+
+    def make(password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", password)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def kube_api() -> Iterator[FakeKubeAPI]:
+    """The stand-in Kubernetes API server (see kubeapi.py for why it is a stand-in)."""
+    api = FakeKubeAPI()
+    api.add("configmaps", "default", "app-config", data={"LOG_LEVEL": "info", "WORKERS": "4"})
+    api.add("secrets", "default", "db-password", type="Opaque", data={"password": "czNjcjN0"})
+    api.add("deployments", "shop", "web", spec={"replicas": 2, "selector": {"app": "web"}},
+            status={"readyReplicas": 2})  # fmt: skip
+    api.add("replicasets", "shop", "web-5d9c", spec={"replicas": 2},
+            metadata={"ownerReferences": [{"kind": "Deployment", "name": "web"}]})  # fmt: skip
+    api.add("services", "shop", "web", spec={"clusterIP": "10.0.0.12", "ports": [{"port": 80}]})
+    api.add("persistentvolumeclaims", "shop", "data", spec={"resources": {"requests": {"storage": "1Gi"}}})
+    api.add("ingresses", "shop", "web", spec={"rules": [{"host": "shop.example.test"}]})
+    api.start()
+    yield api
+    api.stop()

@@ -1,0 +1,44 @@
+"""Shared pieces of the backup tests."""
+
+from __future__ import annotations
+
+import django_rq
+from rq import SimpleWorker
+
+from backups.choices import SourceKind, Transport
+from backups.models import BackupRun, BackupSource
+from portal.models import AuditEvent
+
+
+def run_jobs() -> None:
+    """Drain the backups queue with a real RQ worker in burst mode (in-process)."""
+    worker = django_rq.get_worker("backups", worker_class=SimpleWorker)
+    worker.work(burst=True, with_scheduler=False)
+
+
+def make_source(name: str, kind: str, **fields) -> BackupSource:
+    source = BackupSource(name=name, kind=kind, transport=Transport.DIRECT, **fields)
+    source.full_clean()
+    source.save()
+    return source
+
+
+def pg_source(name: str, dsn: str, databases: str, **fields) -> BackupSource:
+    return make_source(name, SourceKind.POSTGRES, dsn=dsn, databases=databases, **fields)
+
+
+def backup_now(source: BackupSource, by) -> BackupRun:
+    from backups import actions
+
+    run = actions.request_run(source, by=by)
+    run_jobs()
+    run.refresh_from_db()
+    return run
+
+
+def trail(obj) -> list[str]:
+    return list(
+        AuditEvent.objects.filter(subject_type=obj._meta.label_lower, subject_id=str(obj.pk))
+        .order_by("id")
+        .values_list("event_type", flat=True)
+    )

@@ -1,0 +1,492 @@
+"""MCP tools through the official SDK's own client, against the real servers.
+
+Real: ``manage.py mcp_server`` spawned by the SDK's stdio client; daphne serving
+``portal.asgi:application`` with the streamable-HTTP endpoint at ``/mcp``; the
+portal's admin approve URL (Django test client); PostgreSQL; Redis; the RQ jobs
+(``run_jobs``: a burst worker in this process); the loopback sshd target with its
+generated forced-command wrappers. Stand-ins: only the end commands on the
+target (systemctl, podman, ...), since there is no systemd here
+(``pra.devtarget``).
+
+The servers are separate processes, so the tests commit their data
+(``transaction=True``). daphne is shared by the module: it authenticates each
+request afresh and keeps nothing between them that the flush after each test
+invalidates, except Django's content-type cache, which only the approval tally
+in tool results reads; these tests sign nothing while daphne serves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx2
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+
+from portal.choices import AuditEventType
+from portal.lib.localservices import free_port, port_answers
+from portal.models import Approval, AuditEvent
+from portal.roles import Role
+from portal.tokens import create_token, revoke_token
+from pra import actions
+from pra.choices import ActionStatus
+from pra.models import DiagnosticRun, PRAAction, Source
+from tests.conftest import make_user
+from tests.pra.factories import RATIONALE
+from tests.pra.helpers import BASE_DIR, PYTHON, child_env, restarts, run_jobs
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+TOOLS = {
+    "list_hosts",
+    "list_pra_catalog",
+    "get_service_status",
+    "get_service_logs",
+    "analyze_errors",
+    "check_service_health",
+    "get_system_info",
+    "get_memory_info",
+    "test_connectivity",
+    "propose_pra_action",
+    "get_pra_action",
+    "list_pending_actions",
+    "execute_pra_action",
+}
+TIMEOUT = 120.0  # seconds for any one MCP request (execute waits for the run)
+STARTUP_TIMEOUT = 30.0
+
+
+def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        pause.wait(0.05)
+    return False
+
+
+# --- driving the SDK client from synchronous tests ---------------------------------------
+
+
+@dataclass
+class Session:
+    """The SDK's ``Client`` living in a background event loop, driven from the test.
+
+    Remembers each call and whether it failed, to compare with the audit log.
+    """
+
+    portal: BlockingPortal
+    client: Client
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def tool_names(self) -> set[str]:
+        return {t.name for t in self.portal.call(self.client.list_tools).tools}
+
+    def call(self, tool: str, arguments: dict[str, Any] | None = None) -> CallToolResult:
+        return self.start(tool, arguments).result(timeout=TIMEOUT + 10)
+
+    def start(self, tool: str, arguments: dict[str, Any] | None = None, on_progress=None):
+        """Send the call now; returns a future for its result."""
+
+        async def call() -> CallToolResult:
+            result = await self.client.call_tool(
+                tool, arguments or {}, read_timeout_seconds=TIMEOUT, progress_callback=on_progress
+            )
+            self.calls.append((tool, "error" if result.is_error else "ok"))
+            return result
+
+        return self.portal.start_task_soon(call)
+
+    def ok(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
+        result = self.call(tool, arguments)
+        assert not result.is_error, text(result)
+        return result.structured_content.get("result", result.structured_content)
+
+    def error(self, tool: str, arguments: dict[str, Any] | None = None) -> str:
+        result = self.call(tool, arguments)
+        assert result.is_error, result.structured_content
+        return text(result)
+
+
+def text(result: CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if block.type == "text")
+
+
+@contextmanager
+def mcp_session(transport) -> Iterator[Session]:
+    with start_blocking_portal() as portal:
+        client = Client(transport, read_timeout_seconds=TIMEOUT)
+        with portal.wrap_async_context_manager(client):
+            yield Session(portal, client)
+
+
+def stdio_transport(target, raw_token: str, errlog):
+    """``manage.py mcp_server`` as a desktop assistant starts it: token in the environment."""
+    env = {**child_env(target), "PORTAL_MCP_TOKEN": raw_token, "PRA_RETRY_BACKOFF_MS": "50"}
+    params = StdioServerParameters(
+        command=PYTHON, args=["manage.py", "mcp_server"], env=env, cwd=BASE_DIR
+    )
+    return stdio_client(params, errlog=errlog)
+
+
+@asynccontextmanager
+async def http_transport(url: str, raw_token: str):
+    headers = {"Authorization": f"Bearer {raw_token}"}
+    timeout = httpx2.Timeout(30.0, read=TIMEOUT)
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+def post_raw(url: str, token: str | None) -> httpx2.Response:
+    """A bare JSON-RPC request, to see the HTTP status the endpoint answers with."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    return httpx2.post(url, json=body, headers=headers, timeout=30)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_of():
+    def _token(user) -> tuple[Any, str]:
+        return create_token(user, "mcp-tests")
+
+    return _token
+
+
+@pytest.fixture
+def server_log(tmp_path) -> Iterator[Any]:
+    path = tmp_path / "mcp_server.stderr"
+    with path.open("w+") as log:
+        yield log
+    print(f"--- mcp_server stderr ---\n{path.read_text()[-4000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _start_daphne(port: int, env: dict[str, str], log) -> subprocess.Popen | None:
+    """daphne on ``port`` once it listens; None if it did not (say, the port was taken)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+            env=env,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    listening = _wait_until(
+        lambda: proc.poll() is not None or port_answers("127.0.0.1", port), STARTUP_TIMEOUT
+    )
+    if listening and proc.poll() is None:
+        return proc
+    _stop(proc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def daphne(django_db_setup, shared_ssh_target, tmp_path_factory) -> Iterator[str]:
+    """daphne serving the portal's ASGI app on a free loopback port; yields the /mcp URL."""
+    log = tmp_path_factory.mktemp("mcp-daphne") / "daphne.log"
+    env = {**child_env(shared_ssh_target), "PYTHONUNBUFFERED": "1"}
+    for _attempt in range(3):  # another process may take the free port first
+        port = free_port()
+        proc = _start_daphne(port, env, log)
+        if proc is not None:
+            break
+    else:
+        pytest.fail(f"daphne did not start:\n{log.read_text()[-4000:]}")
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        _stop(proc)
+        print(f"--- daphne log (tail) ---\n{log.read_text()[-4000:]}")
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def assert_audited(session: Session, user, raw_token: str) -> None:
+    """Exactly one MCP_TOOL_CALL event per call, in order, with its outcome; no token."""
+    events = list(AuditEvent.objects.filter(event_type=AuditEventType.MCP_TOOL_CALL).order_by("id"))
+    assert [(e.details["tool"], e.details["outcome"]) for e in events] == session.calls
+    for event in events:
+        assert event.actor == f"mcp:{user.get_username()}"
+        assert event.actor_user_id == user.pk
+        assert raw_token not in json.dumps(event.details)
+        assert ("error" in event.details) == (event.details["outcome"] == "error")
+
+
+# --- stdio ----------------------------------------------------------------------------------
+
+
+def test_scenario_1_over_stdio_a_person_approves_in_the_portal(
+    operator, approver, target_host, shared_ssh_target, client, token_of, server_log
+):
+    """Seed scenario 1: unbound is down; the assistant diagnoses and proposes, a person
+    approves in the portal, the assistant executes, and the service is back."""
+    shared_ssh_target.set_unit("unbound", "inactive")
+    _, raw = token_of(operator)
+    with mcp_session(stdio_transport(shared_ssh_target, raw, server_log)) as mcp:
+        names = mcp.tool_names()
+        assert names >= TOOLS
+        assert not [n for n in names if "approve" in n or "reject" in n]
+
+        status = mcp.ok("get_service_status", {"host": "dns-1", "unit": "unbound"})
+        assert status["output"].splitlines()[0] == "inactive"
+
+        proposed = mcp.ok(
+            "propose_pra_action",
+            {
+                "action": "restart_unbound",
+                "host": "dns-1",
+                "params": {},
+                "rationale": RATIONALE,
+                "evidence_ids": [status["id"]],
+            },
+        )
+        assert proposed["status"] == "PROPOSED"
+        assert proposed["ai_proposed"] is True
+        assert proposed["proposer"] == "AI:otto-operator"
+        assert proposed["evidence_ids"] == [status["id"]]
+        action = PRAAction.objects.get(pk=proposed["id"])
+        assert (action.source, action.proposed_by) == (Source.AI, operator)
+
+        refused = mcp.error("execute_pra_action", {"action_id": action.pk})
+        assert f"Action #{action.pk} is PROPOSED" in refused
+        assert "human approval" in refused
+        assert restarts(shared_ssh_target, "systemctl", "restart", "unbound") == 0
+
+        # A person approves in the portal, with the button's form post.
+        client.force_login(approver)
+        page = client.post(
+            f"/admin/pra/praaction/{action.pk}/approve/",
+            {"fingerprint": proposed["fingerprint"]},
+        )
+        assert page.status_code == 302
+        action.refresh_from_db()
+        assert action.status == ActionStatus.APPROVED
+
+        # The tool reports progress once it is waiting; the worker runs only then.
+        waiting = threading.Event()
+
+        async def on_progress(progress, total, message):
+            waiting.set()
+
+        pending = mcp.start(
+            "execute_pra_action", {"action_id": action.pk, "wait_seconds": 90}, on_progress
+        )
+        assert waiting.wait(TIMEOUT), "execute_pra_action never started waiting"
+        run_jobs()
+        result = pending.result(timeout=TIMEOUT + 10)
+        assert not result.is_error, text(result)
+        done = result.structured_content
+        assert (done["status"], done["verification"], done["exit_code"]) == (
+            "COMPLETED",
+            "VERIFIED",
+            0,
+        )
+        assert done["finished"] is True
+
+        after = mcp.ok("get_service_status", {"host": "dns-1", "unit": "unbound"})
+        assert after["output"].splitlines()[0] == "active"
+
+    assert shared_ssh_target.unit_state("unbound") == "active"
+    assert restarts(shared_ssh_target, "systemctl", "restart", "unbound") == 1
+    assert_audited(mcp, operator, raw)
+
+
+def test_stdio_server_needs_a_valid_token_to_start_and_on_every_call(
+    operator, target_host, shared_ssh_target, token_of, server_log, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("PORTAL_MCP_TOKEN", raising=False)
+    with pytest.raises(CommandError, match="No token"):
+        call_command("mcp_server")
+    monkeypatch.setenv("PORTAL_MCP_TOKEN", "opp_not-a-real-token")
+    with pytest.raises(CommandError, match="not valid"):
+        call_command("mcp_server")
+
+    token, raw = token_of(operator)
+    token_file = tmp_path / "token"
+    token_file.write_text(raw + "\n")
+    revoked, revoked_raw = token_of(operator)
+    revoke_token(revoked, by="system:tests")
+    token_file.with_name("revoked").write_text(revoked_raw)
+    with pytest.raises(CommandError, match="not valid"):
+        call_command("mcp_server", token_file=token_file.with_name("revoked"))
+
+    env = {**child_env(shared_ssh_target)}
+    env.pop("PORTAL_MCP_TOKEN", None)
+    params = StdioServerParameters(
+        command=PYTHON,
+        args=["manage.py", "mcp_server", "--token-file", str(token_file)],
+        env=env,
+        cwd=BASE_DIR,
+    )
+    with mcp_session(stdio_client(params, errlog=server_log)) as mcp:
+        assert mcp.ok("list_hosts")[0]["name"] == "dns-1"
+        revoke_token(token, by="system:tests")
+        refused = mcp.error("list_hosts")
+        assert "not valid any more" in refused
+    events = list(AuditEvent.objects.filter(event_type=AuditEventType.MCP_TOOL_CALL).order_by("id"))
+    assert [e.actor for e in events] == ["mcp:otto-operator", "mcp:unauthenticated"]
+    assert [e.details["outcome"] for e in events] == ["ok", "error"]
+
+
+# --- streamable HTTP --------------------------------------------------------------------------
+
+
+def test_http_endpoint_takes_a_valid_bearer_token_on_every_request(daphne, operator, token_of):
+    token, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        names = mcp.tool_names()
+        assert names >= TOOLS
+        assert not [n for n in names if "approve" in n or "reject" in n]
+        assert mcp.ok("list_hosts") == []
+        assert {c["name"] for c in mcp.ok("list_pra_catalog")} >= {"restart_unbound"}
+
+        revoke_token(token, by="system:tests")
+        with pytest.raises(MCPError):  # the next request already gets 401 (below)
+            mcp.call("list_hosts")
+    assert_audited(mcp, operator, raw)
+
+    assert post_raw(daphne, raw).status_code == 401
+    for wrong in (None, "opp_wrong", "not-even-a-portal-token"):
+        answer = post_raw(daphne, wrong)
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    with (
+        pytest.raises(ExceptionGroup) as wrong_token,
+        mcp_session(http_transport(daphne, "opp_wrong")),
+    ):
+        pass
+    assert wrong_token.group_contains(MCPError, depth=None)
+    # Only /mcp itself is the MCP endpoint; the rest stays Django's.
+    assert httpx2.get(daphne.removesuffix("/mcp") + "/health", timeout=30).status_code in {200, 503}
+    assert httpx2.get(daphne + "x", timeout=30).status_code == 404
+
+
+def test_an_operator_who_also_approves_cannot_approve_through_any_tool(
+    daphne, target_host, shared_ssh_target, token_of
+):
+    both = make_user("bea-both", Role.OPERATOR)
+    both.groups.add(Group.objects.get(name=Role.APPROVER))
+    assert both.has_perm("portal.approve_action")
+    _, raw = token_of(both)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        assert not [n for n in mcp.tool_names() if "approve" in n or "reject" in n]
+        proposed = mcp.ok(
+            "propose_pra_action",
+            {
+                "action": "restart_caddy",  # MEDIUM: the default policy never auto-approves
+                "host": "dns-1",
+                "params": {},
+                "rationale": "caddy answers 502 on every vhost since the last deploy",
+                "auto_approve": True,
+            },
+        )
+        assert proposed["proposer"] == "AI:bea-both"
+        unknown = mcp.error("approve_pra_action", {"action_id": proposed["id"]})
+        assert "Unknown tool" in unknown
+        refused = mcp.error("execute_pra_action", {"action_id": proposed["id"]})
+        assert "PROPOSED" in refused
+        run_jobs()  # the pre-flight: it may auto-approve only what policy allows
+        assert mcp.ok("get_pra_action", {"action_id": proposed["id"]})["status"] == "PROPOSED"
+        pending = mcp.ok("list_pending_actions", {"host": "dns-1"})
+        assert [a["id"] for a in pending] == [proposed["id"]]
+    assert not Approval.objects.exists()
+    assert PRAAction.objects.get().status == ActionStatus.PROPOSED
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 0
+    assert_audited(mcp, both, raw)
+
+
+def test_execute_refuses_an_expired_approval(
+    daphne, operator, approver, target_host, shared_ssh_target, token_of
+):
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        proposed = mcp.ok(
+            "propose_pra_action",
+            {"action": "restart_unbound", "host": "dns-1", "params": {}, "rationale": RATIONALE},
+        )
+        actions.approve_action(proposed["id"], by=approver)
+        PRAAction.objects.filter(pk=proposed["id"]).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        refused = mcp.error("execute_pra_action", {"action_id": proposed["id"]})
+        assert f"Action #{proposed['id']} is EXPIRED" in refused
+        assert "propose it again" in refused
+        missing = mcp.error("execute_pra_action", {"action_id": 999999})
+        assert "No action #999999" in missing
+    assert PRAAction.objects.get().status == ActionStatus.EXPIRED
+    assert restarts(shared_ssh_target, "systemctl", "restart", "unbound") == 0
+    assert_audited(mcp, operator, raw)
+
+
+INJECTIONS = ["x; rm -rf /", "$(id)", "`id`", "a\nb", "../etc", "x|reboot", "-rf", ""]
+
+
+def test_injection_attempts_are_refused_and_change_nothing(
+    daphne, operator, target_host, shared_ssh_target, token_of
+):
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        for name in INJECTIONS:
+            proposal = {
+                "action": "restart_container",
+                "host": "dns-1",
+                "params": {"name": name},
+                "rationale": RATIONALE,
+            }
+            assert "name" in mcp.error("propose_pra_action", proposal)
+            assert "name" in mcp.error("get_container_status", {"host": "dns-1", "name": name})
+            assert mcp.error("get_service_status", {"host": "dns-1", "unit": name})
+        bad = {"action": "restart_unbound", "host": "dns-1", "params": {}, "rationale": RATIONALE}
+        assert "unknown action" in mcp.error("propose_pra_action", {**bad, "action": "rm -rf"})
+        assert "unknown host" in mcp.error("propose_pra_action", {**bad, "host": "dns-1; id"})
+        assert "takes no parameter" in mcp.error(
+            "propose_pra_action", {**bad, "params": {"unit": "x"}}
+        )
+        assert "at least 20" in mcp.error("propose_pra_action", {**bad, "rationale": f"see {raw}"})
+        assert "evidence_ids" in mcp.error("propose_pra_action", {**bad, "evidence_ids": [424242]})
+    assert not PRAAction.objects.exists()
+    assert not DiagnosticRun.objects.exists()
+    assert shared_ssh_target.calls() == []
+    assert_audited(mcp, operator, raw)
+    redacted = AuditEvent.objects.filter(details__arguments__rationale__startswith="see ").get()
+    assert redacted.details["arguments"]["rationale"] == "see opp_[redacted]"
