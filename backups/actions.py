@@ -385,7 +385,9 @@ def record_verification(
             and previous.bytes_raw > 0
             and run.bytes_raw < previous.bytes_raw * ratio
         )
-        lines = [f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks]
+        lines = [
+            f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks
+        ]
         if shrunk:
             lines.append(
                 f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
@@ -694,7 +696,8 @@ def approve_restore(
             raise BackupError("not_found", f"No restore #{restore_id}.")
         if req.status != RestoreStatus.PLANNED:
             raise BackupError(
-                "state", f"Restore #{req.pk} is {req.status}; only PLANNED restores can be approved."
+                "state",
+                f"Restore #{req.pk} is {req.status}; only PLANNED restores can be approved.",
             )
         try:
             tally = approvals.sign(
@@ -705,7 +708,9 @@ def approve_restore(
         if tally.complete:
             _approve_restore(req, actor=Actor.of(by), approvers=tally.approvers, auto=False)
         else:
-            _announce_restore(req, f"{tally.count}/{tally.required} approvals", approvals=tally.count)
+            _announce_restore(
+                req, f"{tally.count}/{tally.required} approvals", approvals=tally.count
+            )
     return tally
 
 
@@ -761,9 +766,11 @@ def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
     """APPROVED -> RUNNING for exactly one worker, inside the approval window, still approved."""
     now = timezone.now()
     with transaction.atomic():
-        req = RestoreRequest.objects.select_related("artifact__run__source").filter(
-            pk=restore_id
-        ).first()
+        req = (
+            RestoreRequest.objects.select_related("artifact__run__source")
+            .filter(pk=restore_id)
+            .first()
+        )
         if req is None or req.status != RestoreStatus.APPROVED:
             return None
         if req.expires_at is None or req.expires_at <= now:
@@ -830,7 +837,9 @@ def record_safety_backup(req: RestoreRequest, run: BackupRun) -> None:
         )
 
 
-def finish_restore(restore_id: int, *, ok: bool, report: dict, error: str = "") -> RestoreRequest | None:
+def finish_restore(
+    restore_id: int, *, ok: bool, report: dict, error: str = ""
+) -> RestoreRequest | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED, with the report per component."""
     new = RestoreStatus.SUCCEEDED if ok else RestoreStatus.FAILED
     now = timezone.now()

@@ -46,13 +46,21 @@ class BackupSourceAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled", "schedule", "transport")}),
         ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases")}),
-        ("Credentials (names only, never the secret)", {"fields": ("password_env", "password_file")}),
+        (
+            "Credentials (names only, never the secret)",
+            {"fields": ("password_env", "password_file")},
+        ),
         (
             "Kubernetes",
             {
                 "fields": (
-                    "kubeconfig", "kube_context", "kube_kinds", "kube_namespaces",
-                    "kube_namespace", "kube_pod", "kube_container",
+                    "kubeconfig",
+                    "kube_context",
+                    "kube_kinds",
+                    "kube_namespaces",
+                    "kube_namespace",
+                    "kube_pod",
+                    "kube_container",
                 )
             },
         ),  # fmt: skip
@@ -152,9 +160,7 @@ class BackupRunAdmin(admin.ModelAdmin):
 
         queue = django_rq.get_queue("backups")
         for run in queryset.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True):
-            queue.enqueue(
-                "backups.jobs.verify_run", run.pk, f"user:{request.user.get_username()}"
-            )
+            queue.enqueue("backups.jobs.verify_run", run.pk, f"user:{request.user.get_username()}")
         messages.success(request, "Verification queued.")
 
 
@@ -202,7 +208,9 @@ class RestoreRequestAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("plan/", wrap(self.plan_view), name="backups_restorerequest_plan"),
-            path("<int:pk>/approve/", wrap(self.approve_view), name="backups_restorerequest_approve"),
+            path(
+                "<int:pk>/approve/", wrap(self.approve_view), name="backups_restorerequest_approve"
+            ),
             path("<int:pk>/reject/", wrap(self.reject_view), name="backups_restorerequest_reject"),
             *super().get_urls(),
         ]
@@ -276,7 +284,9 @@ class RestoreRequestAdmin(admin.ModelAdmin):
             ).order_by("id"),
             "status_kind": BADGE.get(obj.status, "warn"),
         }
-        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
+        return super().change_view(
+            request, object_id, form_url, {**context, **(extra_context or {})}
+        )
 
     def _redirect(self, pk):
         return HttpResponseRedirect(reverse("admin:backups_restorerequest_change", args=[pk]))

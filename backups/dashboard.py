@@ -18,7 +18,9 @@ def backups_panel(request) -> dict:
     rows = []
     for source in BackupSource.objects.all():
         last = (
-            BackupRun.objects.filter(source=source, status=RunStatus.SUCCEEDED, restore__isnull=True)
+            BackupRun.objects.filter(
+                source=source, status=RunStatus.SUCCEEDED, restore__isnull=True
+            )
             .order_by("-created")
             .first()
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.utils import timezone
 from rq import get_current_job
 
@@ -138,6 +138,7 @@ def run_restore(restore_id: int) -> str:
     if req is None:
         logger.info("restore %s not claimed (not approved, expired or taken)", restore_id)
         return "not-claimed"
+
     def beat() -> None:
         RestoreRequest.objects.filter(pk=req.pk, status=RestoreStatus.RUNNING).update(
             heartbeat_at=timezone.now()
@@ -154,7 +155,9 @@ def _restore(req: RestoreRequest) -> str:
         if req.mode == RestoreMode.OVERWRITE:
             actions.set_restore_phase(req, "safety_backup")
             safety = actions.create_safety_run(req)
-            claimed = actions.claim_run(safety.pk, job_id=f"{actions.restore_job_id(req.pk)}-safety")
+            claimed = actions.claim_run(
+                safety.pk, job_id=f"{actions.restore_job_id(req.pk)}-safety"
+            )
             if claimed is not None:
                 perform(claimed, _safety_transport(req, target))
             safety.refresh_from_db()
@@ -212,7 +215,6 @@ def watch_disks() -> list[str]:
 
 def tick(now=None) -> dict:
     """Every minute: schedule, reap, expire, sweep, watch disks; retention once an hour."""
-    close_old_connections()
     now = now or timezone.now()
     running = {
         r.storage_key

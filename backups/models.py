@@ -31,9 +31,13 @@ _name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-' (max 63)"
 )
 _env_name_validator = RegexValidator(r"^[A-Z_][A-Z0-9_]{0,127}$", "an environment variable name")
-_kube_name_validator = RegexValidator(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name")
+_kube_name_validator = RegexValidator(
+    r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name"
+)
 _kinds_validator = RegexValidator(r"^[a-z0-9.]+(,[a-z0-9.]+)*$", "comma-separated resource kinds")
-_list_validator = RegexValidator(r"^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names")
+_list_validator = RegexValidator(
+    r"^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names"
+)
 
 
 def split_list(value: str) -> list[str]:
@@ -82,9 +86,7 @@ class BackupSource(models.Model):
     kube_pod = models.CharField(
         max_length=253, blank=True, validators=[_kube_name_validator], help_text="for kubectl exec"
     )
-    kube_container = models.CharField(
-        max_length=63, blank=True, validators=[_kube_name_validator]
-    )
+    kube_container = models.CharField(max_length=63, blank=True, validators=[_kube_name_validator])
     kube_kinds = models.CharField(
         max_length=300, default=DEFAULT_KUBE_KINDS, validators=[_kinds_validator]
     )
@@ -138,7 +140,10 @@ class BackupSource(models.Model):
             errors["password_file"] = "name an environment variable or a file, not both"
         if self.dsn:
             parts = urlsplit(self.dsn)
-            expected = {SourceKind.POSTGRES: {"postgres", "postgresql"}, SourceKind.REDIS: {"redis"}}
+            expected = {
+                SourceKind.POSTGRES: {"postgres", "postgresql"},
+                SourceKind.REDIS: {"redis"},
+            }
             if self.kind in expected and parts.scheme not in expected[self.kind]:
                 errors["dsn"] = f"use a {'/'.join(sorted(expected[self.kind]))}:// URL"
             elif parts.password:
@@ -146,7 +151,9 @@ class BackupSource(models.Model):
         if self.kind in {SourceKind.POSTGRES, SourceKind.REDIS}:
             if self.transport == Transport.DIRECT and not self.dsn:
                 errors["dsn"] = "a direct source needs a DSN"
-            if self.transport == Transport.KUBECTL_EXEC and not (self.kube_pod and self.kube_namespace):
+            if self.transport == Transport.KUBECTL_EXEC and not (
+                self.kube_pod and self.kube_namespace
+            ):
                 errors["kube_pod"] = "kubectl exec needs a namespace and a pod"
         if self.kind == SourceKind.KUBERNETES and self.transport != Transport.DIRECT:
             errors["transport"] = "Kubernetes resources are read with kubectl get"

@@ -128,7 +128,9 @@ class KubeTarget(BaseModel):
         return self.context or "default-context"
 
 
-def target_for(artifact: BackupArtifact, given: dict[str, Any]) -> PgTarget | RedisTarget | KubeTarget:
+def target_for(
+    artifact: BackupArtifact, given: dict[str, Any]
+) -> PgTarget | RedisTarget | KubeTarget:
     """The restore target: what the user gave, completed with the source's defaults."""
     source = artifact.run.source
     if source.transport == Transport.KUBECTL_EXEC and not given.get("dsn") and not given.get("url"):
@@ -313,7 +315,11 @@ def inspect_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact)
         f"{len(chosen) - len(existing)} created"
     )
     return TargetState(
-        bool(existing), description, None, "not applicable", {"resources": names, "existing": existing}
+        bool(existing),
+        description,
+        None,
+        "not applicable",
+        {"resources": names, "existing": existing},
     )
 
 
@@ -429,7 +435,9 @@ class _TempRedis:
         self.proc.wait()
 
 
-def restore_redis(target: RedisTarget, storage: Storage, artifact: BackupArtifact, mode: str) -> dict:
+def restore_redis(
+    target: RedisTarget, storage: Storage, artifact: BackupArtifact, mode: str
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="redis-restore-") as tmp:
         decompress_to(storage, artifact.key, Path(tmp) / "dump.rdb")
         loaded = _TempRedis(Path(tmp))
@@ -560,5 +568,3 @@ def run_restore(target, storage: Storage, artifact: BackupArtifact, mode: str) -
 def parse_target(artifact: BackupArtifact, stored: dict) -> PgTarget | RedisTarget | KubeTarget:
     """Rebuild the typed target of a saved request."""
     return target_for(artifact, stored)
-
-

@@ -148,7 +148,9 @@ class PostgresTransport:
         exec_pod = self.source.transport == Transport.KUBECTL_EXEC
         if component.format == ArtifactFormat.PG_SQL:
             inner = ["pg_dumpall", "--clean", "--if-exists"]
-            target = ["-U", self._user()] if exec_pod else ["-d", pg_url(self.source.dsn, "postgres")]
+            target = (
+                ["-U", self._user()] if exec_pod else ["-d", pg_url(self.source.dsn, "postgres")]
+            )
         else:
             # No compression inside pg_dump: zstd in the pipeline is faster and smaller.
             inner = ["pg_dump", "--format=custom", "--compress=0"]

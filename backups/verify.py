@@ -23,7 +23,14 @@ import zstandard
 from backups.choices import ArtifactFormat
 from backups.models import BackupArtifact
 from backups.storage import Storage, StorageError
-from backups.streaming import CHUNK, BoundedText, drain_in_thread, feed, open_decompressed, sha256_of
+from backups.streaming import (
+    CHUNK,
+    BoundedText,
+    drain_in_thread,
+    feed,
+    open_decompressed,
+    sha256_of,
+)
 
 try:  # libyaml's parser when present: ~10x faster on big resource dumps
     from yaml import CSafeLoader as YamlLoader

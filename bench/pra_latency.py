@@ -951,7 +951,8 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
     import django
 
     django.setup()
-    logging.getLogger("paramiko").setLevel(logging.WARNING)  # one INFO line per connection
+    # This process prints the figures; the product's INFO lines (paramiko, notify) stay out.
+    logging.getLogger().setLevel(logging.WARNING)
     from django.core.management import call_command
 
     from portal.lib.redis import get_redis

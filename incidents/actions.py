@@ -339,6 +339,8 @@ def ingest_heartbeat(
                 telemetry=telemetry,
                 detected_at=now,
             )
+        # A patch waiting for this version completes first, so the resolution says why.
+        _check_health(agent, version, broken_causes=broken)
         # Clear what this heartbeat shows healthy (and a missed heartbeat, since it is here).
         clearable = (rules.covered_causes(telemetry, active) - broken) | (
             {"heartbeat"} if was_missing else set()
@@ -348,7 +350,6 @@ def ingest_heartbeat(
                 agent=agent, cause__in=clearable, status__in=INCIDENT_OPEN
             ):
                 resolve_incident(incident, by=None, reason="condition cleared", auto=True)
-        _check_health(agent, version, broken_causes=broken)
         return _deliver_commands(agent, now)
 
 

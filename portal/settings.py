@@ -208,7 +208,7 @@ DECIDER_URL = env_http_url("DECIDER_URL")
 DECIDER_TIMEOUT = env_int("DECIDER_TIMEOUT_MS", 2000, minimum=100, maximum=30000) / 1000
 STAGING_RUNNER_URL = env_http_url("STAGING_RUNNER_URL")
 STAGING_TIMEOUT = env_int("STAGING_TIMEOUT", 60, minimum=1, maximum=3600)
-AUTOPATCH_HEALTH_WINDOW = env_int("AUTOPATCH_HEALTH_WINDOW", 90, minimum=10, maximum=3600)
+AUTOPATCH_HEALTH_WINDOW = env_int("AUTOPATCH_HEALTH_WINDOW", 90, minimum=2, maximum=3600)
 ESCALATION_DELAY_MINUTES = env_int("ESCALATION_DELAY_MINUTES", 10, minimum=1)
 
 # --- Notifications -------------------------------------------------------------------

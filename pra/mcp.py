@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -81,7 +81,6 @@ class _Call:
 
     user: AbstractBaseUser | None
     subject: tuple[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def actor(self) -> Actor:
@@ -141,7 +140,6 @@ def _audit(call: _Call, tool: str, arguments: Any, outcome: str, error: str) -> 
     details: dict[str, Any] = {"tool": tool, "arguments": arguments, "outcome": outcome}
     if error:
         details["error"] = _TOKEN_LIKE.sub("opp_[redacted]", error)
-    details.update(call.extra)
     # record() opens its own transaction: the event is kept whatever the tool did.
     record(AuditEventType.MCP_TOOL_CALL, actor=call.actor, subject=call.subject, details=details)
 
@@ -479,23 +477,32 @@ async def list_pending_actions(
 
 
 def _request_execution(call: _Call, action_id: int) -> dict:
+    call.subject = ("pra.praaction", str(action_id))
     try:
         obj = actions.request_execution(action_id, by=call.actor)
-    finally:
-        call.subject = ("pra.praaction", str(action_id))
+    except actions.ActionError as exc:
+        if exc.code != "state":
+            raise
+        # Approval enqueues the run, so a live worker may have started it already.
+        raise ToolError(
+            f"{exc.message} get_pra_action({action_id}) shows its status and outcome."
+        ) from None
     return action_out(obj)
+
+
+def _state(call: _Call, action_id: int) -> tuple[str, str]:
+    return PRAAction.objects.values_list("status", "verification").get(pk=action_id)
 
 
 def _current(call: _Call, action_id: int) -> dict:
     return action_out(PRAAction.objects.select_related("host").get(pk=action_id))
 
 
-def _settled(out: dict) -> bool:
-    if out["status"] not in TERMINAL:
+def _settled(status: str, verification: str) -> bool:
+    """Over: ended, and if it completed, its verification is done too."""
+    if status not in TERMINAL:
         return False
-    return not (
-        out["status"] == ActionStatus.COMPLETED and out["verification"] == Verification.PENDING
-    )
+    return not (status == ActionStatus.COMPLETED and verification == Verification.PENDING)
 
 
 @server.tool(
@@ -517,16 +524,18 @@ async def execute_pra_action(
     """
     wait = min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
     out = await _run(_request_execution, action_id)
+    state, reported = (out["status"], out["verification"]), None
     started = anyio.current_time()
-    waited, last = 0.0, None
-    while not _settled(out) and waited < wait:
-        if out["status"] != last:
-            last = out["status"]
-            await ctx.report_progress(waited, wait, f"action #{action_id} is {last}")
+    waited = 0.0
+    while not _settled(*state) and waited < wait:
+        if state != reported:
+            reported = state
+            await ctx.report_progress(waited, wait, f"action #{action_id} is {state[0]}")
         await anyio.sleep(POLL_SECONDS)
-        out = await _run(_current, action_id)
+        state = await _run(_state, action_id)
         waited = anyio.current_time() - started
-    finished = _settled(out)
+    out = await _run(_current, action_id)
+    finished = _settled(out["status"], out["verification"])
     if finished:
         note = f"Action #{action_id} ended {out['status']}; verification {out['verification']}."
     else:

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,149 +15,512 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='BackupRun',
+            name="BackupRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('trigger', models.CharField(choices=[('schedule', 'Schedule'), ('manual', 'Manual'), ('safety', 'Safety backup before a restore')], max_length=10)),
-                ('scheduled_for', models.DateTimeField(blank=True, null=True)),
-                ('requested_by', models.CharField(blank=True, max_length=150)),
-                ('status', models.CharField(choices=[('QUEUED', 'Queued'), ('RUNNING', 'Running'), ('SUCCEEDED', 'Succeeded'), ('FAILED', 'Failed')], db_index=True, default='QUEUED', max_length=10)),
-                ('status_changed_at', models.DateTimeField()),
-                ('created', models.DateTimeField(db_index=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('job_id', models.CharField(blank=True, max_length=64)),
-                ('bytes_raw', models.BigIntegerField(default=0, help_text='bytes produced by the tool')),
-                ('bytes_stored', models.BigIntegerField(default=0, help_text='bytes stored (compressed)')),
-                ('progress_bytes', models.BigIntegerField(default=0)),
-                ('checksum', models.CharField(blank=True, help_text="SHA-256 of the run's manifest (lists each file's)", max_length=64)),
-                ('duration_s', models.FloatField(blank=True, null=True)),
-                ('artifact_path', models.CharField(blank=True, max_length=500)),
-                ('stderr', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('verification', models.CharField(choices=[('PENDING', 'Not verified yet'), ('VERIFIED', 'Verified'), ('FAILED', 'Verification failed')], default='PENDING', max_length=10)),
-                ('verified_at', models.DateTimeField(blank=True, null=True)),
-                ('verify_detail', models.TextField(blank=True)),
-                ('shrink_flag', models.BooleanField(default=False, help_text='dramatically smaller than the previous good backup')),
-                ('deleted_at', models.DateTimeField(blank=True, help_text='files removed (retention)', null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("schedule", "Schedule"),
+                            ("manual", "Manual"),
+                            ("safety", "Safety backup before a restore"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("scheduled_for", models.DateTimeField(blank=True, null=True)),
+                ("requested_by", models.CharField(blank=True, max_length=150)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("QUEUED", "Queued"),
+                            ("RUNNING", "Running"),
+                            ("SUCCEEDED", "Succeeded"),
+                            ("FAILED", "Failed"),
+                        ],
+                        db_index=True,
+                        default="QUEUED",
+                        max_length=10,
+                    ),
+                ),
+                ("status_changed_at", models.DateTimeField()),
+                ("created", models.DateTimeField(db_index=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("job_id", models.CharField(blank=True, max_length=64)),
+                (
+                    "bytes_raw",
+                    models.BigIntegerField(default=0, help_text="bytes produced by the tool"),
+                ),
+                (
+                    "bytes_stored",
+                    models.BigIntegerField(default=0, help_text="bytes stored (compressed)"),
+                ),
+                ("progress_bytes", models.BigIntegerField(default=0)),
+                (
+                    "checksum",
+                    models.CharField(
+                        blank=True,
+                        help_text="SHA-256 of the run's manifest (lists each file's)",
+                        max_length=64,
+                    ),
+                ),
+                ("duration_s", models.FloatField(blank=True, null=True)),
+                ("artifact_path", models.CharField(blank=True, max_length=500)),
+                ("stderr", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "verification",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Not verified yet"),
+                            ("VERIFIED", "Verified"),
+                            ("FAILED", "Verification failed"),
+                        ],
+                        default="PENDING",
+                        max_length=10,
+                    ),
+                ),
+                ("verified_at", models.DateTimeField(blank=True, null=True)),
+                ("verify_detail", models.TextField(blank=True)),
+                (
+                    "shrink_flag",
+                    models.BooleanField(
+                        default=False,
+                        help_text="dramatically smaller than the previous good backup",
+                    ),
+                ),
+                (
+                    "deleted_at",
+                    models.DateTimeField(
+                        blank=True, help_text="files removed (retention)", null=True
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created'],
+                "ordering": ["-created"],
             },
         ),
         migrations.CreateModel(
-            name='BackupSource',
+            name="BackupSource",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_.-]{0,62}$', "lowercase letters, digits, '_', '.', '-' (max 63)")])),
-                ('kind', models.CharField(choices=[('postgres', 'PostgreSQL'), ('redis', 'Redis'), ('kubernetes', 'Kubernetes resources')], max_length=12)),
-                ('enabled', models.BooleanField(default=True)),
-                ('schedule', models.CharField(blank=True, help_text='cron expression (UTC); blank: 02:00 PostgreSQL, 02:15 Redis, 02:30 Kubernetes', max_length=100)),
-                ('transport', models.CharField(choices=[('direct', 'Direct (network)'), ('kubectl_exec', 'Inside a pod (kubectl exec)')], default='direct', max_length=14)),
-                ('dsn', models.CharField(blank=True, help_text='postgres://user@host:port or redis://host:port — no password here', max_length=300)),
-                ('pg_mode', models.CharField(choices=[('per_database', 'pg_dump -Fc, one artifact per database'), ('dumpall', 'pg_dumpall (whole cluster, plain SQL)')], default='per_database', max_length=14)),
-                ('databases', models.CharField(blank=True, help_text='comma-separated; blank: every database that accepts connections', max_length=500, validators=[django.core.validators.RegexValidator('^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$', 'comma-separated names')])),
-                ('password_env', models.CharField(blank=True, help_text='env var name', max_length=128, validators=[django.core.validators.RegexValidator('^[A-Z_][A-Z0-9_]{0,127}$', 'an environment variable name')])),
-                ('password_file', models.CharField(blank=True, help_text='file holding it', max_length=500)),
-                ('kubeconfig', models.CharField(blank=True, help_text='path; blank: default', max_length=500)),
-                ('kube_context', models.CharField(blank=True, max_length=253)),
-                ('kube_namespace', models.CharField(blank=True, help_text="pod's namespace", max_length=63, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$', 'a Kubernetes name')])),
-                ('kube_pod', models.CharField(blank=True, help_text='for kubectl exec', max_length=253, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$', 'a Kubernetes name')])),
-                ('kube_container', models.CharField(blank=True, max_length=63, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$', 'a Kubernetes name')])),
-                ('kube_kinds', models.CharField(default='all,configmaps,secrets,pvc,ingress', max_length=300, validators=[django.core.validators.RegexValidator('^[a-z0-9.]+(,[a-z0-9.]+)*$', 'comma-separated resource kinds')])),
-                ('kube_namespaces', models.CharField(blank=True, help_text='Kubernetes sources: comma-separated; blank: all namespaces', max_length=500, validators=[django.core.validators.RegexValidator('^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$', 'comma-separated names')])),
-                ('retention_days', models.PositiveIntegerField(blank=True, help_text='keep every backup this many days; blank: BACKUP_RETENTION_DAYS', null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(3650)])),
-                ('keep_weekly', models.PositiveSmallIntegerField(default=0, help_text='also keep the newest backup of each of the last N weeks')),
-                ('keep_monthly', models.PositiveSmallIntegerField(default=0, help_text='also keep the newest backup of each of the last N months')),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=63,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_.-]{0,62}$",
+                                "lowercase letters, digits, '_', '.', '-' (max 63)",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("postgres", "PostgreSQL"),
+                            ("redis", "Redis"),
+                            ("kubernetes", "Kubernetes resources"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "schedule",
+                    models.CharField(
+                        blank=True,
+                        help_text="cron expression (UTC); blank: 02:00 PostgreSQL, 02:15 Redis, 02:30 Kubernetes",
+                        max_length=100,
+                    ),
+                ),
+                (
+                    "transport",
+                    models.CharField(
+                        choices=[
+                            ("direct", "Direct (network)"),
+                            ("kubectl_exec", "Inside a pod (kubectl exec)"),
+                        ],
+                        default="direct",
+                        max_length=14,
+                    ),
+                ),
+                (
+                    "dsn",
+                    models.CharField(
+                        blank=True,
+                        help_text="postgres://user@host:port or redis://host:port — no password here",
+                        max_length=300,
+                    ),
+                ),
+                (
+                    "pg_mode",
+                    models.CharField(
+                        choices=[
+                            ("per_database", "pg_dump -Fc, one artifact per database"),
+                            ("dumpall", "pg_dumpall (whole cluster, plain SQL)"),
+                        ],
+                        default="per_database",
+                        max_length=14,
+                    ),
+                ),
+                (
+                    "databases",
+                    models.CharField(
+                        blank=True,
+                        help_text="comma-separated; blank: every database that accepts connections",
+                        max_length=500,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "password_env",
+                    models.CharField(
+                        blank=True,
+                        help_text="env var name",
+                        max_length=128,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Z_][A-Z0-9_]{0,127}$", "an environment variable name"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "password_file",
+                    models.CharField(blank=True, help_text="file holding it", max_length=500),
+                ),
+                (
+                    "kubeconfig",
+                    models.CharField(blank=True, help_text="path; blank: default", max_length=500),
+                ),
+                ("kube_context", models.CharField(blank=True, max_length=253)),
+                (
+                    "kube_namespace",
+                    models.CharField(
+                        blank=True,
+                        help_text="pod's namespace",
+                        max_length=63,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "kube_pod",
+                    models.CharField(
+                        blank=True,
+                        help_text="for kubectl exec",
+                        max_length=253,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "kube_container",
+                    models.CharField(
+                        blank=True,
+                        max_length=63,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", "a Kubernetes name"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "kube_kinds",
+                    models.CharField(
+                        default="all,configmaps,secrets,pvc,ingress",
+                        max_length=300,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9.]+(,[a-z0-9.]+)*$", "comma-separated resource kinds"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "kube_namespaces",
+                    models.CharField(
+                        blank=True,
+                        help_text="Kubernetes sources: comma-separated; blank: all namespaces",
+                        max_length=500,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names"
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "retention_days",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="keep every backup this many days; blank: BACKUP_RETENTION_DAYS",
+                        null=True,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(3650),
+                        ],
+                    ),
+                ),
+                (
+                    "keep_weekly",
+                    models.PositiveSmallIntegerField(
+                        default=0,
+                        help_text="also keep the newest backup of each of the last N weeks",
+                    ),
+                ),
+                (
+                    "keep_monthly",
+                    models.PositiveSmallIntegerField(
+                        default=0,
+                        help_text="also keep the newest backup of each of the last N months",
+                    ),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='DiskWatch',
+            name="DiskWatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('path', models.CharField(max_length=500, unique=True)),
-                ('percent', models.FloatField(default=0)),
-                ('alerting', models.BooleanField(default=False)),
-                ('checked_at', models.DateTimeField(blank=True, null=True)),
-                ('alerted_at', models.DateTimeField(blank=True, null=True)),
-                ('consumers', models.JSONField(blank=True, default=list)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("path", models.CharField(max_length=500, unique=True)),
+                ("percent", models.FloatField(default=0)),
+                ("alerting", models.BooleanField(default=False)),
+                ("checked_at", models.DateTimeField(blank=True, null=True)),
+                ("alerted_at", models.DateTimeField(blank=True, null=True)),
+                ("consumers", models.JSONField(blank=True, default=list)),
             ],
             options={
-                'ordering': ['path'],
+                "ordering": ["path"],
             },
         ),
         migrations.CreateModel(
-            name='BackupArtifact',
+            name="BackupArtifact",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('component', models.CharField(help_text="database name, 'redis', 'resources'", max_length=200)),
-                ('key', models.CharField(help_text='storage key', max_length=500)),
-                ('format', models.CharField(choices=[('pg_custom', 'pg_dump custom format'), ('pg_sql', 'pg_dumpall SQL'), ('rdb', 'Redis RDB'), ('k8s_yaml', 'Kubernetes YAML')], max_length=10)),
-                ('bytes_raw', models.BigIntegerField(default=0)),
-                ('bytes_stored', models.BigIntegerField(default=0)),
-                ('sha256', models.CharField(max_length=64)),
-                ('verification', models.CharField(choices=[('PENDING', 'Not verified yet'), ('VERIFIED', 'Verified'), ('FAILED', 'Verification failed')], default='PENDING', max_length=10)),
-                ('verified_at', models.DateTimeField(blank=True, null=True)),
-                ('verify_detail', models.TextField(blank=True)),
-                ('facts', models.JSONField(blank=True, default=dict, help_text='counts found by verification')),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='artifacts', to='backups.backuprun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "component",
+                    models.CharField(
+                        help_text="database name, 'redis', 'resources'", max_length=200
+                    ),
+                ),
+                ("key", models.CharField(help_text="storage key", max_length=500)),
+                (
+                    "format",
+                    models.CharField(
+                        choices=[
+                            ("pg_custom", "pg_dump custom format"),
+                            ("pg_sql", "pg_dumpall SQL"),
+                            ("rdb", "Redis RDB"),
+                            ("k8s_yaml", "Kubernetes YAML"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("bytes_raw", models.BigIntegerField(default=0)),
+                ("bytes_stored", models.BigIntegerField(default=0)),
+                ("sha256", models.CharField(max_length=64)),
+                (
+                    "verification",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Not verified yet"),
+                            ("VERIFIED", "Verified"),
+                            ("FAILED", "Verification failed"),
+                        ],
+                        default="PENDING",
+                        max_length=10,
+                    ),
+                ),
+                ("verified_at", models.DateTimeField(blank=True, null=True)),
+                ("verify_detail", models.TextField(blank=True)),
+                (
+                    "facts",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="counts found by verification"
+                    ),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="artifacts",
+                        to="backups.backuprun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'component'],
+                "ordering": ["run", "component"],
             },
         ),
         migrations.AddField(
-            model_name='backuprun',
-            name='source',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='backups.backupsource'),
+            model_name="backuprun",
+            name="source",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="runs",
+                to="backups.backupsource",
+            ),
         ),
         migrations.CreateModel(
-            name='RestoreRequest',
+            name="RestoreRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mode', models.CharField(choices=[('overwrite', 'Overwrite an existing target'), ('scratch', 'Into a new, empty scratch target')], max_length=10)),
-                ('target', models.JSONField(help_text='where to restore (no secrets: names of env vars/files)')),
-                ('target_name', models.CharField(help_text='what people type to confirm', max_length=300)),
-                ('plan', models.JSONField(blank=True, default=dict)),
-                ('requester_label', models.CharField(max_length=150)),
-                ('status', models.CharField(choices=[('PLANNED', 'Planned (awaiting approvals)'), ('APPROVED', 'Approved'), ('REJECTED', 'Rejected'), ('EXPIRED', 'Expired'), ('RUNNING', 'Running'), ('SUCCEEDED', 'Succeeded'), ('FAILED', 'Failed')], db_index=True, default='PLANNED', max_length=10)),
-                ('status_changed_at', models.DateTimeField()),
-                ('created', models.DateTimeField(db_index=True)),
-                ('approved_at', models.DateTimeField(blank=True, null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('job_id', models.CharField(blank=True, max_length=64)),
-                ('phase', models.CharField(blank=True, max_length=20)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('report', models.JSONField(blank=True, default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('artifact', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='restores', to='backups.backupartifact')),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='backup_restores', to=settings.AUTH_USER_MODEL)),
-                ('safety_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='backups.backuprun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[
+                            ("overwrite", "Overwrite an existing target"),
+                            ("scratch", "Into a new, empty scratch target"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "target",
+                    models.JSONField(
+                        help_text="where to restore (no secrets: names of env vars/files)"
+                    ),
+                ),
+                (
+                    "target_name",
+                    models.CharField(help_text="what people type to confirm", max_length=300),
+                ),
+                ("plan", models.JSONField(blank=True, default=dict)),
+                ("requester_label", models.CharField(max_length=150)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PLANNED", "Planned (awaiting approvals)"),
+                            ("APPROVED", "Approved"),
+                            ("REJECTED", "Rejected"),
+                            ("EXPIRED", "Expired"),
+                            ("RUNNING", "Running"),
+                            ("SUCCEEDED", "Succeeded"),
+                            ("FAILED", "Failed"),
+                        ],
+                        db_index=True,
+                        default="PLANNED",
+                        max_length=10,
+                    ),
+                ),
+                ("status_changed_at", models.DateTimeField()),
+                ("created", models.DateTimeField(db_index=True)),
+                ("approved_at", models.DateTimeField(blank=True, null=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("job_id", models.CharField(blank=True, max_length=64)),
+                ("phase", models.CharField(blank=True, max_length=20)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("report", models.JSONField(blank=True, default=dict)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "artifact",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="restores",
+                        to="backups.backupartifact",
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="backup_restores",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "safety_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="backups.backuprun",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'restore',
-                'ordering': ['-created'],
+                "verbose_name": "restore",
+                "ordering": ["-created"],
             },
         ),
         migrations.AddField(
-            model_name='backuprun',
-            name='restore',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='safety_runs', to='backups.restorerequest'),
+            model_name="backuprun",
+            name="restore",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="safety_runs",
+                to="backups.restorerequest",
+            ),
         ),
         migrations.AddIndex(
-            model_name='backuprun',
-            index=models.Index(fields=['source', 'status', 'created'], name='backups_bac_source__6fea72_idx'),
+            model_name="backuprun",
+            index=models.Index(
+                fields=["source", "status", "created"], name="backups_bac_source__6fea72_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='backuprun',
-            constraint=models.UniqueConstraint(condition=models.Q(('scheduled_for__isnull', False)), fields=('source', 'scheduled_for'), name='backups_one_run_per_slot'),
+            model_name="backuprun",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("scheduled_for__isnull", False)),
+                fields=("source", "scheduled_for"),
+                name="backups_one_run_per_slot",
+            ),
         ),
     ]

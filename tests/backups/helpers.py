@@ -27,13 +27,26 @@ def pg_source(name: str, dsn: str, databases: str, **fields) -> BackupSource:
     return make_source(name, SourceKind.POSTGRES, dsn=dsn, databases=databases, **fields)
 
 
-def backup_now(source: BackupSource, by) -> BackupRun:
+def backup_now(source: BackupSource, by, capture) -> BackupRun:
+    """Run now, as the admin would, then let a real worker do it.
+
+    ``capture`` is pytest-django's ``django_capture_on_commit_callbacks``: the
+    test's transaction never commits, so the enqueue-on-commit runs at its exit.
+    """
     from backups import actions
 
-    run = actions.request_run(source, by=by)
+    with capture(execute=True):
+        run = actions.request_run(source, by=by)
     run_jobs()
     run.refresh_from_db()
     return run
+
+
+def plan_now(capture, artifact, **kwargs):
+    from backups import actions
+
+    with capture(execute=True):
+        return actions.plan_restore(artifact, **kwargs)
 
 
 def trail(obj) -> list[str]:

@@ -92,7 +92,10 @@ def _groups() -> dict:
             {
                 "name": name,
                 "versions": [{"groupVersion": f"{name}/{v}", "version": v} for v in versions],
-                "preferredVersion": {"groupVersion": f"{name}/{versions[0]}", "version": versions[0]},
+                "preferredVersion": {
+                    "groupVersion": f"{name}/{versions[0]}",
+                    "version": versions[0],
+                },
             }
             for name, versions in groups.items()
         ],
@@ -187,9 +190,7 @@ class FakeKubeAPI:
             "kind": "Config",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
             "users": [{"name": "standin", "user": {}}],
-            "contexts": [
-                {"name": context, "context": {"cluster": "standin", "user": "standin"}}
-            ],
+            "contexts": [{"name": context, "context": {"cluster": "standin", "user": "standin"}}],
             "current-context": context,
         }
         path.write_text(yaml.safe_dump(config))
@@ -216,7 +217,11 @@ class FakeKubeAPI:
 
     def handle_get(self, path: str) -> tuple[int, dict]:
         if path == "/api":
-            return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+            return 200, {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [],
+            }
         if path == "/apis":
             return 200, _groups()
         if path == "/version":

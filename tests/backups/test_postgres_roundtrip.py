@@ -3,23 +3,24 @@
 
 import pytest
 
-from backups import actions
 from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatus, Verification
 from backups.models import RestoreRequest
 from backups.storage import get_storage
-from tests.backups.conftest import pg_drop, pg_dsn, pg_snapshot
-from tests.backups.helpers import backup_now, pg_source, run_jobs, trail
+from tests.backups.conftest import pg_snapshot
+from tests.backups.helpers import backup_now, pg_source, plan_now, run_jobs, trail
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
-def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(pg_database, operator):
+def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
+    pg_cluster, pg_database, operator, capture
+):
     name = pg_database("shop")
-    before = pg_snapshot(name)
+    before = pg_snapshot(pg_cluster, name)
     assert len(before["rows"]["orders"]) == 4000
-    source = pg_source("shop-db", pg_dsn(), name)
+    source = pg_source("shop-db", pg_cluster.dsn, name)
 
-    run = backup_now(source, operator)
+    run = backup_now(source, operator, capture)
 
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.verification == Verification.VERIFIED, run.verify_detail
@@ -31,9 +32,9 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(pg_database
     assert get_storage().list_runs() == [run.artifact_path]
     assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_SUCCEEDED", "BACKUP_VERIFIED"]
 
-    pg_drop(name)
+    pg_cluster.drop(name)
     # The database is gone: restoring it is a scratch restore (no overwrite, no approvals).
-    req, plan = actions.plan_restore(artifact, by=operator)
+    req, plan = plan_now(capture, artifact, by=operator)
     assert plan["mode"] == RestoreMode.SCRATCH and plan["creates"]
     assert req.status == RestoreStatus.APPROVED
     run_jobs()
@@ -41,25 +42,27 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(pg_database
     assert req.status == RestoreStatus.SUCCEEDED, req.error
     assert req.report["ok"] and req.report["tables"] == 2
     assert req.report["rows"] == {"public.customers": 1500, "public.orders": 4000}
-    assert pg_snapshot(name) == before
+    assert pg_snapshot(pg_cluster, name) == before
     assert req.safety_run is None
 
 
-def test_restore_into_a_new_scratch_database_leaves_the_original_alone(pg_database, operator):
+def test_restore_into_a_new_scratch_database_leaves_the_original_alone(
+    pg_cluster, pg_database, operator, capture
+):
     name = pg_database("src")
-    before = pg_snapshot(name)
-    run = backup_now(pg_source("src-db", pg_dsn(), name), operator)
+    before = pg_snapshot(pg_cluster, name)
+    run = backup_now(pg_source("src-db", pg_cluster.dsn, name), operator, capture)
     scratch = f"{name}_drill"
     try:
-        req, plan = actions.plan_restore(
-            run.artifacts.get(), target={"database": scratch}, by=operator
+        req, plan = plan_now(
+            capture, run.artifacts.get(), target={"database": scratch}, by=operator
         )
         assert plan["mode"] == RestoreMode.SCRATCH
         run_jobs()
         req.refresh_from_db()
         assert req.status == RestoreStatus.SUCCEEDED, req.error
-        assert pg_snapshot(scratch) == before
-        assert pg_snapshot(name) == before
+        assert pg_snapshot(pg_cluster, scratch) == before
+        assert pg_snapshot(pg_cluster, name) == before
     finally:
-        pg_drop(scratch)
+        pg_cluster.drop(scratch)
     assert RestoreRequest.objects.count() == 1

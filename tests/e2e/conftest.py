@@ -193,6 +193,8 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
     content types under new ids, and a long-lived server process would keep the old
     ids in Django's ContentType cache (approvals reference content types).
     """
+    if rq_worker.poll() is not None:
+        pytest.fail(f"the rq worker exited:\n{_tail(stack_dir / 'rqworker.log')}")
     host = register(shared_ssh_target, settings)
     env = _stack_env(shared_ssh_target, stack_dir / "var")
     log = stack_dir / "daphne.log"
@@ -203,8 +205,6 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
             break
     else:
         pytest.fail(f"daphne did not start:\n{_tail(log)}")
-    if rq_worker.poll() is not None:
-        pytest.fail(f"the rq worker exited:\n{_tail(stack_dir / 'rqworker.log')}")
     try:
         yield Stack(f"http://127.0.0.1:{port}", host, shared_ssh_target, rq_worker)
     finally:

@@ -80,8 +80,9 @@ def test_operator_proposes_and_approver_approves_live(stack, open_page, operator
 
 
 def test_dashboard_receives_events_live(stack, open_page, operator, viewer):
-    """A proposal committed in another process shows up on an open dashboard over the
-    websocket (Redis channel layer to daphne), without a reload."""
+    """A proposal committed by the test (``propose_action``) reaches a viewer's open
+    dashboard without a reload: real Redis channel layer, daphne websocket and browser.
+    The worker's pre-flight dry run goes to the real target (no stand-in is called)."""
     page = open_page(viewer)
     page.goto("/")
     expect(page.locator("#live-status")).to_contain_text("connected")
@@ -102,7 +103,8 @@ def test_approve_button_hidden_for_proposer_and_viewer(
     stack, open_page, operator, viewer, approver
 ):
     """Only someone allowed to sign gets the Approve button: not the proposer, not a
-    viewer. An approver's page is the control that the selector is right."""
+    viewer. Real pages from daphne (sessions made in the database); an approver's page
+    is the control that the selector is right. Nothing runs on the target's stand-ins."""
     action = in_thread(propose, operator, stack.host)
     path = f"/admin/pra/praaction/{action.pk}/change/"
     for user, buttons in ((operator, 0), (viewer, 0), (approver, 1)):
@@ -113,7 +115,8 @@ def test_approve_button_hidden_for_proposer_and_viewer(
 
 
 def test_anonymous_is_sent_to_login(stack, open_page):
-    """The dashboard asks an anonymous visitor to log in first."""
+    """The dashboard sends an anonymous visitor to the login page (real daphne and
+    browser; the target is not involved)."""
     page = open_page()
     response = page.goto("/")
     assert response is not None and response.ok

@@ -132,9 +132,11 @@ def text(result: CallToolResult) -> str:
 
 
 @contextmanager
-def mcp_session(transport) -> Iterator[Session]:
+def mcp_session(transport, mode: str = "auto") -> Iterator[Session]:
+    """``mode="auto"`` negotiates the 2026 protocol; ``"legacy"`` the 2025 handshake that
+    most desktop clients still speak."""
     with start_blocking_portal() as portal:
-        client = Client(transport, read_timeout_seconds=TIMEOUT)
+        client = Client(transport, read_timeout_seconds=TIMEOUT, mode=mode)
         with portal.wrap_async_context_manager(client):
             yield Session(portal, client)
 
@@ -373,6 +375,10 @@ def test_stdio_server_needs_a_valid_token_to_start_and_on_every_call(
 
 def test_http_endpoint_takes_a_valid_bearer_token_on_every_request(daphne, operator, token_of):
     token, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw), mode="legacy") as legacy:
+        assert legacy.client.protocol_version.startswith("2025-")
+        assert legacy.tool_names() >= TOOLS
+        assert legacy.ok("list_hosts") == []
     with mcp_session(http_transport(daphne, raw)) as mcp:
         names = mcp.tool_names()
         assert names >= TOOLS
@@ -383,6 +389,7 @@ def test_http_endpoint_takes_a_valid_bearer_token_on_every_request(daphne, opera
         revoke_token(token, by="system:tests")
         with pytest.raises(MCPError):  # the next request already gets 401 (below)
             mcp.call("list_hosts")
+    mcp.calls[:0] = legacy.calls
     assert_audited(mcp, operator, raw)
 
     assert post_raw(daphne, raw).status_code == 401
