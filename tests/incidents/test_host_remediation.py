@@ -1,0 +1,44 @@
+"""Host-level causes propose a remediation (PRA) linked to the incident; the incident page
+shows the chain. The PRA action itself is covered by tests/pra (real sshd)."""
+
+import pytest
+
+from incidents import actions
+from incidents.choices import IncidentStatus
+from incidents.models import Incident
+from pra.choices import ActionStatus
+from pra.models import PRAAction, Source
+from tests.incidents.helpers import beat, payload
+from tests.pra.factories import offline_host
+from tests.pra.helpers import run_jobs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_service_down_on_a_host_proposes_a_linked_remediation(client, approver):
+    host = offline_host("dns-1")
+    agent, secret = actions.create_agent(name="dns-1-agent", kind="host", host=host)
+    beat(client, agent.name, secret, payload(services={"unbound": "inactive"}))
+    run_jobs()  # decide (and the pre-flight, which fails: the host is offline)
+    incident = Incident.objects.get(cause="service:unbound")
+    assert incident.status == IncidentStatus.MITIGATING
+    action = PRAAction.objects.get()
+    assert incident.remediation == action
+    assert (action.action, action.host, action.source) == ("restart_unbound", host, Source.RULE)
+    assert action.status == ActionStatus.PROPOSED  # people approve it, as any other
+    assert action.proposer_label == "rule:service:unbound"
+    assert f"Incident #{incident.pk}" in action.rationale
+    client.force_login(approver)
+    page = client.get(f"/admin/incidents/incident/{incident.pk}/change/").content.decode()
+    assert f"/admin/pra/praaction/{action.pk}/change/" in page
+    assert "REMEDIATION" in page and "DECISION" in page and "DETECTED" in page
+
+
+def test_without_a_host_or_catalog_action_it_escalates(client):
+    agent, secret = actions.create_agent(name="app-agent", kind="service")
+    beat(client, agent.name, secret, payload(services={"worker": "failed"}))
+    run_jobs()
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.OPEN
+    assert not PRAAction.objects.exists()
+    assert incident.decisions.get().action == "ESCALATE"
