@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +55,22 @@ def local_telemetry(path: str = "/") -> dict[str, float]:
     return metrics
 
 
+def service_states(units: list[str]) -> dict[str, str]:
+    """``systemctl is-active`` of each watched unit ("unknown" when it cannot tell)."""
+    states = {}
+    for unit in units:
+        try:
+            result = subprocess.run(
+                ["systemctl", "is-active", unit], capture_output=True, text=True, timeout=5
+            )
+            state = result.stdout.strip().splitlines()[0] if result.stdout.strip() else "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            state = "unknown"
+        allowed = {"active", "inactive", "failed", "unknown"}
+        states[unit] = state if state in allowed else "unknown"
+    return states
+
+
 def sign(secret: str, timestamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
     message = f"{timestamp}\n{nonce}\n{method} {path}\n".encode() + body
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
@@ -68,6 +85,7 @@ class Agent:
     env: str = "production"
     handler: Handler | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # telemetry overrides (tests, demos)
+    watch_services: list[str] = field(default_factory=list)
     timeout: float = 10.0
 
     def _post(self, path: str, payload: dict) -> dict:
@@ -87,13 +105,14 @@ class Agent:
     def heartbeat_payload(self) -> dict:
         extra = dict(self.extra)
         metrics = {**local_telemetry(), **extra.pop("metrics", {})}
+        services = {**service_states(self.watch_services), **extra.pop("services", {})}
         return {
             "errors_last_24h": extra.pop("errors_last_24h", 0),
             "webhook_fail_rate": extra.pop("webhook_fail_rate", 0.0),
             "version": self.version,
             "env": self.env,
             "metrics": metrics,
-            **({"services": extra.pop("services")} if "services" in extra else {}),
+            **({"services": services} if services else {}),
         }
 
     def beat(self) -> list[dict]:
@@ -142,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", help="module:function handling commands")
     parser.add_argument("--telemetry", default="{}", help="JSON merged into each heartbeat")
     parser.add_argument("--once", action="store_true", help="send one heartbeat and exit")
+    parser.add_argument(
+        "--watch-service", action="append", default=[], help="report this unit's state"
+    )
     args = parser.parse_args(argv)
     secret = os.environ.get("PORTAL_AGENT_SECRET")
     if args.secret_file:
@@ -157,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         env=args.env,
         handler=load_handler(args.handler) if args.handler else None,
         extra=json.loads(args.telemetry),
+        watch_services=args.watch_service,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -63,9 +63,20 @@ def main() -> int:
         "rqworker": [python, manage, "rqworker", "pra", "default", "backups", "--with-scheduler"],
         "rqcron": [python, manage, "rqcron", "portal.cron"],
     }
+    agent_key = var_dir / "demo-agent.key"
+    if target is not None and agent_key.exists():
+        # The demo agent asks `systemctl is-active unbound`: the demo target's stand-in answers.
+        commands["demo-agent"] = [
+            python, "-m", "incidents.agent_client", "--url", f"http://{host}:{port}",
+            "--name", "demo-target-agent", "--secret-file", str(agent_key), "--env", "demo",
+            "--period", "15", "--watch-service", "unbound",
+        ]  # fmt: skip
     for name, argv in commands.items():
         # Own session: Ctrl-C reaches only us, and we stop the children in order.
-        proc = subprocess.Popen(argv, env=env, cwd=BASE_DIR, start_new_session=True)
+        child_env = env
+        if name == "demo-agent":
+            child_env = {**env, "PATH": f"{target.standins_dir}:{env.get('PATH', '')}"}
+        proc = subprocess.Popen(argv, env=child_env, cwd=BASE_DIR, start_new_session=True)
         children.append((name, proc))
 
     print(f"\nOps Portal running at http://{host}:{port}/  (health: /health)  Ctrl-C stops it.\n")

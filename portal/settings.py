@@ -199,6 +199,8 @@ PRA_HEARTBEAT_GRACE = env_int("PRA_HEARTBEAT_GRACE", 60, minimum=5)
 PRA_MAX_OUTPUT = env_int("PRA_MAX_OUTPUT", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 PRA_VERIFY_ATTEMPTS = env_int("PRA_VERIFY_ATTEMPTS", 3, minimum=1, maximum=20)
 PRA_PREFLIGHT = env_bool("PRA_PREFLIGHT", True)
+# AI (MCP) identities may ask for LOW-impact auto-approval only if this is on.
+PRA_AI_AUTO_APPROVE = env_bool("PRA_AI_AUTO_APPROVE", False)
 
 # --- Incidents -----------------------------------------------------------------------
 HEARTBEAT_MAX_BYTES = env_int("HEARTBEAT_MAX_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024)

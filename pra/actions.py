@@ -83,6 +83,8 @@ def _announce(action: PRAAction, summary: str = "", **data: Any) -> None:
                 "host": action.host.name,
                 "impact": action.impact,
                 "verification": action.verification,
+                "verification_label": action.get_verification_display(),
+                "preflight_label": action.get_preflight_status_display(),
                 **data,
             },
         )
@@ -187,6 +189,16 @@ def validate_proposal(*, action: str, host: Host | str, params, rationale: str, 
     return spec, clean_params, text, host
 
 
+def _check_auto_approve_allowed(proposer: Proposer, auto_approve: bool) -> None:
+    # An AI identity proposes; people approve. Operators may opt AI identities in.
+    if auto_approve and proposer.source == Source.AI and not settings.PRA_AI_AUTO_APPROVE:
+        raise ActionError(
+            "invalid",
+            "auto_approve is not available to AI identities here: a person approves this "
+            "action in the portal. Propose it with auto_approve=false.",
+        )
+
+
 def propose_action(
     *,
     action: str,
@@ -203,6 +215,7 @@ def propose_action(
     spec, clean_params, text, host = validate_proposal(
         action=action, host=host, params=params, rationale=rationale, auto_approve=auto_approve
     )
+    _check_auto_approve_allowed(proposer, auto_approve)
     if not isinstance(evidence_ids, list | tuple) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in evidence_ids
     ):
@@ -325,7 +338,11 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str
             "expires_at": expires.isoformat(),
         },
     )
-    _announce(action, "approved automatically" if auto else f"approved by {', '.join(approvers)}")
+    _announce(
+        action,
+        "approved automatically" if auto else f"approved by {', '.join(approvers)}",
+        approvals=len(approvers),
+    )
     _enqueue_on_commit("pra.jobs.execute_action", action.pk, execution_job_id(action.pk))
 
 

@@ -127,6 +127,8 @@ class ActionOut(Schema):
     failure_cause: str
     failure_detail: str
     verification: str
+    verification_label: str
+    preflight_label: str
     verification_output: str
     evidence_ids: list[int]
 
@@ -158,6 +160,8 @@ def action_out(obj: PRAAction) -> dict:
         "failure_cause": obj.failure_cause,
         "failure_detail": obj.failure_detail,
         "verification": obj.verification,
+        "verification_label": obj.get_verification_display(),
+        "preflight_label": obj.get_preflight_status_display(),
         "verification_output": obj.verification_output,
         "evidence_ids": list(obj.evidence.values_list("pk", flat=True)),
     }

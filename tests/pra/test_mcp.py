@@ -417,16 +417,17 @@ def test_an_operator_who_also_approves_cannot_approve_through_any_tool(
     _, raw = token_of(both)
     with mcp_session(http_transport(daphne, raw)) as mcp:
         assert not [n for n in mcp.tool_names() if "approve" in n or "reject" in n]
-        proposed = mcp.ok(
-            "propose_pra_action",
-            {
-                "action": "restart_caddy",  # MEDIUM: the default policy never auto-approves
-                "host": "dns-1",
-                "params": {},
-                "rationale": "caddy answers 502 on every vhost since the last deploy",
-                "auto_approve": True,
-            },
-        )
+        proposal = {
+            "action": "restart_unbound",  # LOW: auto-approvable for people, not for an AI
+            "host": "dns-1",
+            "params": {},
+            "rationale": "caddy answers 502 on every vhost since the last deploy",
+            "auto_approve": True,
+        }
+        refused_auto = mcp.error("propose_pra_action", proposal)
+        assert "a person approves this action" in refused_auto
+        assert not PRAAction.objects.exists()
+        proposed = mcp.ok("propose_pra_action", proposal | {"auto_approve": False})
         assert proposed["proposer"] == "AI:bea-both"
         unknown = mcp.error("approve_pra_action", {"action_id": proposed["id"]})
         assert "Unknown tool" in unknown
@@ -438,7 +439,7 @@ def test_an_operator_who_also_approves_cannot_approve_through_any_tool(
         assert [a["id"] for a in pending] == [proposed["id"]]
     assert not Approval.objects.exists()
     assert PRAAction.objects.get().status == ActionStatus.PROPOSED
-    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 0
+    assert restarts(shared_ssh_target, "systemctl", "restart", "unbound") == 0
     assert_audited(mcp, both, raw)
 
 
