@@ -69,6 +69,8 @@ TOOLS = {
     "get_pra_action",
     "list_pending_actions",
     "execute_pra_action",
+    "list_incidents",
+    "get_incident",
 }
 TIMEOUT = 120.0  # seconds for any one MCP request (execute waits for the run)
 STARTUP_TIMEOUT = 30.0
@@ -498,3 +500,24 @@ def test_injection_attempts_are_refused_and_change_nothing(
     assert_audited(mcp, operator, raw)
     redacted = AuditEvent.objects.filter(details__arguments__rationale__startswith="see ").get()
     assert redacted.details["arguments"]["rationale"] == "see opp_[redacted]"
+
+
+def test_incidents_are_readable_through_mcp(daphne, operator, token_of):
+    from django.utils import timezone as tz
+
+    from incidents import actions as incident_actions
+
+    agent, _ = incident_actions.create_agent(name="shop-plugin")
+    incident, _ = incident_actions.open_or_update_incident(
+        agent, cause="webhooks", rule_id=None, severity=3, title="webhooks failing at 30%",
+        telemetry={"webhook_fail_rate": 0.3}, detected_at=tz.now(),
+    )  # fmt: skip
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        listed = mcp.ok("list_incidents", {})
+        assert [(i["id"], i["severity"], i["status"]) for i in listed] == [
+            (incident.pk, "High", "OPEN")
+        ]
+        one = mcp.ok("get_incident", {"incident_id": incident.pk})
+        assert one["timeline"][0]["kind"] == "DETECTED"
+        assert "No incident #999" in mcp.error("get_incident", {"incident_id": 999})
