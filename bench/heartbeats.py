@@ -1,0 +1,1334 @@
+"""Heartbeat ingestion throughput and latency against a bare Django view; the missed-heartbeat sweep.
+
+`make bench-heartbeats` runs this. It builds its own world and tears it down:
+a ``portal_bench_hb`` PostgreSQL database (dropped and re-created), Redis
+database 13 (flushed), N agents made with ``incidents.actions.create_agent``,
+and the portal served as in production (daphne; uvicorn too, which the lock
+already pins) from ``bench.bare_asgi``: ``portal.asgi.application`` unchanged,
+plus ``/bare/<pk>``, a view doing one ``UPDATE`` of the agent row behind the
+same settings and middleware.
+
+Load: closed-loop simulated agents, one keep-alive HTTP/1.1 connection each,
+spread over generator processes (standard library only: sockets and threads).
+Every request is freshly signed with a new nonce (``incidents.agent_client.sign``),
+the bare view included, so both sides cost the generator the same. The
+generator's own ceiling is measured against a null server, and every run
+prints the CPU used by the servers, their PostgreSQL backends and the
+generator. Then the sweep: 100,000 agents bulk-inserted, ``mark_missing_agents``
+timed with 1% overdue and with none, and EXPLAIN ANALYZE of its scan.
+
+When a target is missed (or with ``--profile always``) py-spy, if installed,
+samples the servers during an extra run (and the bench process during an extra
+sweep) and the script prints where the time goes. A benchmark that prints
+figures, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/portal"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+BENCH_DB_NAME = "portal_bench_hb"
+BENCH_REDIS_DB = 13
+APP = "bench.bare_asgi:application"
+HEARTBEAT_PATH = "/api/agents/heartbeat"
+TARGET_RATE = 1000.0
+TARGET_P99_MS = 50.0
+TARGET_SWEEP_S = 1.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """The bench could not set up or a run went wrong; the message says what."""
+
+
+class ProtocolError(Exception):
+    """The server's answer was not an HTTP/1.1 response this client understands."""
+
+
+# --- load generator (standard library only; runs in spawned processes) -----------------
+
+
+@dataclass(frozen=True)
+class SimAgent:
+    """A simulated agent: who it is, its secret, and the telemetry it sends."""
+
+    pk: int
+    name: str
+    secret: str
+    body: bytes
+
+
+def heartbeat_body(rng: random.Random) -> bytes:
+    """Telemetry like the reference agent's, inside every rule's thresholds (no incidents)."""
+    payload = {
+        "errors_last_24h": rng.randint(0, 20),
+        "webhook_fail_rate": round(rng.uniform(0.0, 0.02), 4),
+        "version": "1.4.2",
+        "env": "production",
+        "metrics": {
+            "load1": round(rng.uniform(0.1, 1.5), 2),
+            "cpu_pct": round(rng.uniform(5, 60), 1),
+            "mem_pct": round(rng.uniform(20, 70), 1),
+            "disk_pct": round(rng.uniform(10, 60), 1),
+            "response_time_ms": round(rng.uniform(5, 80), 1),
+        },
+        "services": {"nginx": "active", "app": "running"},
+    }
+    return json.dumps(payload).encode()
+
+
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection: raw bytes out, status and body back.
+
+    Cheaper per request than http.client (no header objects), so more of the two
+    cores go to the server under test. Needs Content-Length in every answer,
+    which Django's CommonMiddleware sets.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.buffer = sock, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ProtocolError("connection closed by the server")
+        self.buffer += chunk
+
+    def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.connect()
+        self.sock.sendall(data)
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            self._more()
+        head = self.buffer[:end].decode("latin-1").split("\r\n")
+        try:
+            status = int(head[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            raise ProtocolError(f"bad status line {head[0]!r}") from None
+        length, close = None, False
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        if length is None:
+            raise ProtocolError("answer without Content-Length")
+        stop = end + 4 + length
+        while len(self.buffer) < stop:
+            self._more()
+        body, self.buffer = self.buffer[end + 4 : stop], self.buffer[stop:]
+        if close:
+            self.close()
+        return status, body
+
+
+def signed_request(kind: str, port: int, agent: SimAgent, sign: Callable[..., str]) -> bytes:
+    """A heartbeat POST signed like incidents.agent_client does; only the target path differs."""
+    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+    signature = sign(agent.secret, timestamp, nonce, "POST", HEARTBEAT_PATH, agent.body)
+    path = f"/bare/{agent.pk}" if kind == "bare" else HEARTBEAT_PATH
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(agent.body)}\r\n"
+        f"X-Agent: {agent.name}\r\nX-Agent-Timestamp: {timestamp}\r\n"
+        f"X-Agent-Nonce: {nonce}\r\nX-Agent-Signature: {signature}\r\n\r\n"
+    )
+    return head.encode() + agent.body
+
+
+@dataclass
+class ConnStats:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    samples: list[str] = field(default_factory=list)
+
+
+def _connection_loop(
+    kind: str, client: KeepAlive, agents: list[SimAgent], window: tuple[float, float], out: ConnStats
+) -> None:
+    from incidents.agent_client import sign  # standard library only
+
+    measure_from, end = window
+    pause = threading.Event()
+    count = 0
+    while time.monotonic() < end:
+        agent = agents[count % len(agents)]
+        count += 1
+        data = signed_request(kind, client.port, agent, sign)
+        start = time.monotonic()
+        try:
+            status, body = client.request(data)
+        except (OSError, ProtocolError, ValueError) as exc:
+            status, body = 0, f"{exc.__class__.__name__}: {exc}".encode()
+            client.close()
+            pause.wait(0.01)  # a refused connection must not spin
+        done = time.monotonic()
+        if not measure_from <= done < end:
+            continue
+        if status == 200:
+            out.latencies.append(done - start)
+        else:
+            out.errors += 1
+            if len(out.samples) < 3:
+                out.samples.append(f"{status} {body[:200].decode(errors='replace')}")
+
+
+def drive(job: dict, barrier, results) -> None:
+    """Generator process: connect, wait for the others, run, report (spawned, not forked)."""
+    clients = [KeepAlive(port) for port in job["ports"]]
+    try:
+        for client in clients:
+            client.connect()
+    finally:
+        barrier.wait(timeout=120)
+    start = time.monotonic()
+    window = (start + job["warmup"], start + job["warmup"] + job["duration"])
+    stats = [ConnStats() for _ in clients]
+    threads = [
+        threading.Thread(
+            target=_connection_loop, args=(job["kind"], client, agents, window, out), daemon=True
+        )
+        for client, agents, out in zip(clients, job["agents"], stats, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    pause = threading.Event()
+    pause.wait(max(0.0, window[0] - time.monotonic()))
+    cpu_start = time.process_time()
+    pause.wait(max(0.0, window[1] - time.monotonic()))
+    cpu = time.process_time() - cpu_start
+    for thread in threads:
+        thread.join(timeout=60)
+    for client in clients:
+        client.close()
+    results.put(
+        {
+            "pid": os.getpid(),
+            "latencies": [v for s in stats for v in s.latencies],
+            "errors": sum(s.errors for s in stats),
+            "samples": [m for s in stats for m in s.samples][:3],
+            "cpu": cpu,
+        }
+    )
+
+
+def serve_null(port: int) -> None:
+    """A server that answers every request at once: measures the generator's ceiling."""
+    import asyncio
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+    answer += b'{"ok":true}'
+
+    class Null(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.buffer = transport, b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                head = self.buffer[:end].lower()
+                at = head.find(b"content-length:")
+                length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length :]
+                self.transport.write(answer)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Null, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# --- measuring CPU from /proc ------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children[parent].append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+
+
+def postgres_backends() -> list[int]:
+    """Server processes holding a connection to the bench database (not this process's)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [BENCH_DB_NAME],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+class CpuMeter:
+    """CPU used by groups of processes between start() and stop()."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self.before: dict[str, dict[int, float]] = {}
+
+    def start(self) -> None:
+        self.before = {name: {p: proc_cpu(p) for p in pids()} for name, pids in self.groups.items()}
+        self.machine = machine_busy()
+        self.started = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        used = {
+            name: sum(max(0.0, proc_cpu(p) - cpu) for p, cpu in before.items()) / elapsed
+            for name, before in self.before.items()
+        }
+        busy, total = machine_busy()
+        cores = len(os.sched_getaffinity(0))
+        used["machine"] = cores * (busy - self.machine[0]) / max(total - self.machine[1], 1e-9)
+        return used
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """``daphne:2`` is two daphne processes on two ports; ``uvicorn:2`` is one port, 2 workers."""
+
+    kind: str
+    processes: int
+
+    @classmethod
+    def parse(cls, text: str) -> ServerSpec:
+        kind, _, count = text.partition(":")
+        if kind not in ("daphne", "uvicorn") or not (count or "1").isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: expected daphne:N or uvicorn:N")
+        return cls(kind, max(1, int(count or 1)))
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} x{self.processes}"
+
+
+class Servers:
+    """``bench.bare_asgi`` served per ``spec``; every process started here is stopped here."""
+
+    def __init__(self, spec: ServerSpec, env: dict[str, str], logdir: Path, access_log: bool):
+        self.spec, self.env, self.logdir, self.access_log = spec, env, logdir, access_log
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+
+    def __enter__(self) -> Servers:
+        try:
+            if self.spec.kind == "daphne":
+                for _ in range(self.spec.processes):
+                    port = free_port()
+                    verbosity = "1" if self.access_log else "0"  # 1 is daphne's default
+                    self._start(
+                        ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", verbosity, APP],
+                        port,
+                    )
+            else:
+                port = free_port()
+                argv = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
+                argv += ["--workers", str(self.spec.processes), "--lifespan", "off"]
+                argv += [] if self.access_log else ["--no-access-log"]
+                self._start([*argv, APP], port)
+            for port in self.ports:
+                self._wait_ready(port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _start(self, argv: list[str], port: int) -> None:
+        log = self.logdir / f"{self.spec.kind}-{port}.log"
+        with log.open("ab") as out:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, *argv],
+                    env=self.env,
+                    cwd=BASE_DIR,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        self.ports.append(port)
+
+    def _wait_ready(self, port: int) -> None:
+        deadline = time.monotonic() + 90
+        pause = threading.Event()
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise BenchError(f"{self.spec.kind} exited:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/health")
+                conn.getresponse().read()
+                conn.close()
+                return
+            pause.wait(0.1)
+        raise BenchError(f"{self.spec.kind} on port {port} did not answer:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return [pid for proc in self.procs for pid in descendants(proc.pid)]
+
+    def stop(self) -> None:
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what we started
+                proc.wait()
+
+    def log_tail(self) -> str:
+        lines = []
+        for log in sorted(self.logdir.glob(f"{self.spec.kind}-*.log")):
+            lines += log.read_text(errors="replace").splitlines()[-15:]
+        return "\n".join(lines)
+
+
+# --- one load run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One fixed-duration, closed-loop run of ``concurrency`` connections."""
+
+    server: str
+    kind: str  # heartbeat | bare | null
+    concurrency: int
+    duration: float
+    latencies: list[float]
+    errors: int
+    samples: list[str]
+    cpu: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.duration
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return 1000.0 * ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
+
+    @property
+    def gen_us_per_request(self) -> float:
+        return 1e6 * self.cpu.get("generator", 0.0) / self.rate if self.rate else float("nan")
+
+    def line(self) -> str:
+        cpu = self.cpu
+        return (
+            f"{self.server:<11} {self.concurrency:>5} {self.kind:<9} {self.rate:>8.0f} "
+            f"{self.pct(50):>7.1f} {self.pct(99):>7.1f} {self.errors:>6} "
+            f"{cpu.get('server', 0):>6.2f} {cpu.get('postgres', 0):>6.2f} "
+            f"{cpu.get('generator', 0):>6.2f} {cpu.get('machine', 0):>6.2f}"
+        )
+
+
+HEADER = (
+    f"{'server':<11} {'conns':>5} {'path':<9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'errors':>6} {'srv':>6} {'pg':>6} {'gen':>6} {'all':>6}"
+)
+CPU_NOTE = (
+    "CPU columns are cores busy during the measured window: srv = the server processes, "
+    "pg = their PostgreSQL backends, gen = the load generator, all = the whole machine "
+    "(other users' work included)."
+)
+
+
+@dataclass
+class LoadConfig:
+    processes: int
+    warmup: float
+    duration: float
+
+
+def run_load(
+    kind: str,
+    ports: list[int],
+    agents: list[SimAgent],
+    concurrency: int,
+    config: LoadConfig,
+    *,
+    server: str,
+    server_pids: Callable[[], list[int]] = list,
+) -> Run:
+    """``concurrency`` connections (spread over ports and generator processes) for a while."""
+    ctx = multiprocessing.get_context("spawn")
+    processes = max(1, min(config.processes, concurrency))
+    conns = [
+        (ports[i % len(ports)], agents[i::concurrency] or [agents[i % len(agents)]])
+        for i in range(concurrency)
+    ]
+    jobs = [
+        {
+            "kind": kind,
+            "ports": [port for port, _ in conns[p::processes]],
+            "agents": [mine for _, mine in conns[p::processes]],
+            "warmup": config.warmup,
+            "duration": config.duration,
+        }
+        for p in range(processes)
+    ]
+    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
+    children = [ctx.Process(target=drive, args=(job, barrier, results)) for job in jobs]
+    for child in children:
+        child.start()
+    generator_pids = [child.pid for child in children]
+    meter = CpuMeter(
+        {"server": server_pids, "postgres": postgres_backends, "generator": lambda: generator_pids}
+    )
+    try:
+        barrier.wait(timeout=120)
+        pause = threading.Event()
+        pause.wait(config.warmup)
+        meter.start()
+        pause.wait(config.duration)
+        cpu = meter.stop()
+        reports = [results.get(timeout=120) for _ in children]
+    except BaseException:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+        raise
+    finally:
+        for child in children:
+            child.join(timeout=30)
+    if len({r["pid"] for r in reports}) != len(children):
+        raise BenchError("generator processes did not run side by side")
+    cpu["generator"] = sum(r["cpu"] for r in reports) / config.duration
+    return Run(
+        server=server,
+        kind=kind,
+        concurrency=concurrency,
+        duration=config.duration,
+        latencies=[v for r in reports for v in r["latencies"]],
+        errors=sum(r["errors"] for r in reports),
+        samples=[m for r in reports for m in r["samples"]][:3],
+        cpu=cpu,
+    )
+
+
+def generator_ceiling(agents: list[SimAgent], concurrency: int, config: LoadConfig) -> Run:
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    server = ctx.Process(target=serve_null, args=(port,), daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _port_answers(port):
+            if time.monotonic() > deadline or not server.is_alive():
+                raise BenchError("the null server did not start")
+            threading.Event().wait(0.05)
+        return run_load(
+            "null",
+            [port],
+            agents,
+            concurrency,
+            config,
+            server="null",
+            server_pids=lambda: [server.pid],
+        )
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def check_once(port: int, agent: SimAgent) -> None:
+    """One signed heartbeat and one bare request must succeed before any run."""
+    from incidents.agent_client import sign
+
+    client = KeepAlive(port)
+    try:
+        for kind in ("heartbeat", "bare"):
+            status, body = client.request(signed_request(kind, port, agent, sign))
+            if status != 200:
+                raise BenchError(f"{kind} answered {status}: {body[:300]!r}")
+    finally:
+        client.close()
+
+
+# --- environment ----------------------------------------------------------------------------
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """PostgreSQL and Redis at DATABASE_URL/REDIS_URL (or the defaults), else private ones."""
+    from portal.lib.localservices import (
+        postgres_answers,
+        redis_answers,
+        start_postgres,
+        start_redis,
+        stop_postgres,
+    )
+
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE
+    if not database_url.startswith("postgres") or not postgres_answers(database_url):
+        database_url, pg_ctl, datadir = start_postgres(workdir / "services")
+        stack.callback(stop_postgres, pg_ctl, datadir)
+        print(f"Started a throwaway PostgreSQL: {database_url}")
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
+    if not redis_answers(redis_url):
+        redis_url, proc, _ = start_redis(workdir / "services")
+        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        print(f"Started a throwaway Redis: {redis_url}")
+    return (
+        _with_path(database_url, f"/{BENCH_DB_NAME}"),
+        _with_path(redis_url, f"/{BENCH_REDIS_DB}"),
+    )
+
+
+def _admin_connection(database_url: str):
+    import psycopg
+
+    parts = urlsplit(database_url)
+    return psycopg.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def drop_database(database_url: str) -> None:
+    from psycopg import sql
+
+    with contextlib.suppress(Exception):
+        from django.db import connections
+
+        connections.close_all()
+    with _admin_connection(database_url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB_NAME))
+        )
+
+
+def recreate_database(database_url: str) -> None:
+    from psycopg import sql
+
+    drop_database(database_url)
+    with _admin_connection(database_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB_NAME)))
+
+
+def flush_redis(redis_url: str) -> None:
+    import redis
+
+    with contextlib.suppress(redis.RedisError, OSError):
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+def bench_env(database_url: str, redis_url: str, workdir: Path, conn_max_age: int) -> dict:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-only-" + secrets.token_urlsafe(48),
+        "SECURE_SSL_REDIRECT": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "STATIC_MANIFEST": "0",
+        "DB_CONN_MAX_AGE": str(conn_max_age),
+        "PORTAL_VAR_DIR": str(workdir / "var"),
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def machine_line() -> str:
+    import daphne
+    import django
+    import uvicorn
+    from django.db import connection
+
+    from portal.lib.redis import get_redis
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg_version = cursor.fetchone()[0].split()[0]
+    redis_version = get_redis().info("server").get("redis_version", "?")
+    return (
+        f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, PostgreSQL {pg_version}, Redis "
+        f"{redis_version}, Django {django.get_version()}, daphne {daphne.__version__}, "
+        f"uvicorn {uvicorn.__version__}"
+    )
+
+
+def load_line(when: str) -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min), {fifteen:.2f} (15 min)"
+
+
+def create_load_agents(count: int) -> list[SimAgent]:
+    from incidents.actions import create_agent
+
+    rng = random.Random(1)
+    agents = []
+    for i in range(count):
+        agent, secret = create_agent(name=f"bench-hb-{i:04d}")
+        agents.append(SimAgent(agent.pk, agent.name, secret, heartbeat_body(rng)))
+    return agents
+
+
+# --- profiles (py-spy) --------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    found = Path(sys.executable).with_name("py-spy")
+    return str(found) if found.exists() else shutil.which("py-spy")
+
+
+class Sampler:
+    """py-spy recording processes (with idle threads) until stop(); raw collapsed stacks."""
+
+    def __init__(self, pids: Iterable[int], outdir: Path, tag: str) -> None:
+        self.outputs: list[Path] = []
+        self.procs: list[subprocess.Popen] = []
+        binary = py_spy()
+        if binary is None:
+            return
+        for pid in pids:
+            out = outdir / f"{tag}-{pid}.txt"
+            self.outputs.append(out)
+            self.procs.append(
+                subprocess.Popen(
+                    [binary, "record", "--pid", str(pid), "--rate", "200", "--idle", "--threads"]
+                    + ["--format", "raw", "--output", str(out)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=(outdir / f"{tag}-{pid}.log").open("ab"),
+                )
+            )
+        threading.Event().wait(1.0)  # attached before the work starts
+
+    def stop(self) -> list[tuple[str, list[str], int]]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stacks = []
+        for out in self.outputs:
+            if out.exists():
+                stacks += read_raw(out)
+        return stacks
+
+
+def read_raw(path: Path) -> list[tuple[str, list[str], int]]:
+    """(thread, frames root → leaf, count) from py-spy's raw format."""
+    stacks = []
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        parts = stack.split(";")
+        thread = next((p.split(":")[0] for p in parts if p.startswith("thread (")), "?")
+        frames = [p for p in parts if not p.startswith(("thread (", "process "))]
+        stacks.append((thread, frames, int(count)))
+    return stacks
+
+
+def _has(frames: list[str], needles: tuple[str, ...]) -> bool:
+    return any(n in f for f in frames for n in needles)
+
+
+def _source_line(frame: str) -> str:
+    """``func (incidents/actions.py:321)`` → that line of the repository's source, stripped."""
+    location = frame.rsplit("(", 1)[-1].rstrip(")")
+    filename, _, number = location.rpartition(":")
+    path = BASE_DIR / filename
+    if not number.isdigit() or not path.is_file():
+        return ""
+    lines = path.read_text().splitlines()
+    return lines[int(number) - 1].strip()[:70] if int(number) <= len(lines) else ""
+
+
+def by_line(stacks, function: str, total: int, limit: int = 12) -> list[str]:
+    """Share of ``total`` samples spent under each line of ``function`` (by its own frame)."""
+    counts: Counter[str] = Counter()
+    for _, frames, n in stacks:
+        for frame in frames:
+            if frame.startswith(function + " ("):
+                counts[frame] += n
+                break
+    rows = []
+    for frame, n in counts.most_common(limit):
+        location = frame.rsplit("(", 1)[-1].rstrip(")")
+        rows.append(f"      {100 * n / total:5.1f}%  {location:<28} {_source_line(frame)}")
+    return rows
+
+
+SYNC_MARK = ("thread_handler (asgiref/sync.py",)
+IDLE_LEAVES = ("epollreactor.py", "selectors.py", "concurrent/futures/thread.py", "threading.py")
+HEARTBEAT_BUCKETS = [
+    ("signature check (AgentAuth → incidents.signing.verify)", ("signing.py", "AgentAuth")),
+    ("ingest_heartbeat (UPDATE, INSERT, rules, queries)", ("ingest_heartbeat (",)),
+    ("ninja/pydantic: parse and validate the body", ("pydantic", "ninja/signature", "ninja/params")),
+    ("ninja: build and render the response", ("ninja/responses", "ninja/renderers", "_result_to")),
+    ("request_started/finished (close_old_connections)", ("close_old_connections",)),
+]
+HEARTBEAT_CROSSCUTS = [
+    ("psycopg: executing queries, waiting for PostgreSQL", ("psycopg/",)),
+    ("  of which the per-request health check (SELECT 1)", ("close_if_health_check_failed",)),
+    ("Django ORM: building/compiling queries, model rows", ("django/db/models/",)),
+    ("redis client (the nonce SET NX EX)", ("redis/",)),
+    ("unseal the agent secret (HKDF + Fernet)", ("secretbox.py",)),
+    ("middleware (Django's, whitenoise, metrics)", ("middleware", "whitenoise/", "metrics.py")),
+]
+
+
+def heartbeat_profile(stacks) -> list[str]:
+    """Where the servers' time goes: the serial Django thread, then the event loop."""
+    threads: dict[str, list] = defaultdict(list)
+    for stack in stacks:
+        threads[stack[0]].append(stack)
+    sync_threads = {t for t, rows in threads.items() if any(_has(f, SYNC_MARK) for _, f, _ in rows)}
+    sync = [s for t in sync_threads for s in threads[t]]
+    sync_total = sum(n for _, _, n in sync)
+    busy = [s for s in sync if _has(s[1], SYNC_MARK)]
+    busy_total = sum(n for _, _, n in busy) or 1
+    lines = [
+        f"  Django's sync thread (one per process: asgiref runs every sync view and "
+        f"middleware in it, one request at a time): busy {100 * busy_total / max(sync_total, 1):.0f}% "
+        f"of the time; of that busy time:"
+    ]
+    left = busy
+    for label, needles in HEARTBEAT_BUCKETS:
+        mine = [s for s in left if _has(s[1], needles)]
+        left = [s for s in left if not _has(s[1], needles)]
+        lines.append(f"    {100 * sum(n for *_, n in mine) / busy_total:5.1f}%  {label}")
+    lines.append(
+        f"    {100 * sum(n for *_, n in left) / busy_total:5.1f}%  "
+        "the rest (URL resolution, middleware, asgiref hand-off)"
+    )
+    lines.append("  across those (a sample can count in several):")
+    for label, needles in HEARTBEAT_CROSSCUTS:
+        share = sum(n for _, f, n in busy if _has(f, needles)) / busy_total
+        lines.append(f"    {100 * share:5.1f}%  {label}")
+    lines.append("  ingest_heartbeat, by line (share of the busy time):")
+    lines += by_line(busy, "ingest_heartbeat", busy_total)
+    lines.append("  _deliver_commands / _check_health, by line:")
+    lines += by_line(busy, "_deliver_commands", busy_total, 3)
+    lines += by_line(busy, "_check_health", busy_total, 3)
+    lines.append("  incidents.signing.verify, by line:")
+    lines += by_line(busy, "verify", busy_total, 8)
+    others = [s for t, rows in threads.items() if t not in sync_threads for s in rows]
+    others_total = sum(n for *_, n in others) or 1
+    working = [s for s in others if s[1] and not any(i in s[1][-1] for i in IDLE_LEAVES)]
+    lines.append(
+        f"  the other threads (event loop: HTTP parsing, ASGI, access log), "
+        f"{len(threads) - len(sync_threads)} of them: busy "
+        f"{100 * sum(n for *_, n in working) / others_total:.0f}% of their samples; "
+        "top frames there (own time):"
+    )
+    leaves: Counter[str] = Counter()
+    for _, frames, n in working:
+        leaves[frames[-1]] += n
+    total_working = sum(leaves.values()) or 1
+    for frame, n in leaves.most_common(8):
+        lines.append(f"    {100 * n / total_working:5.1f}%  {frame[:100]}")
+    return lines
+
+
+def sweep_profile(stacks) -> list[str]:
+    main = [s for s in stacks if _has(s[1], ("mark_missing_agents (",))]
+    total = sum(n for *_, n in main) or 1
+    lines = ["  mark_missing_agents, by line (share of its time):"]
+    lines += by_line(main, "mark_missing_agents", total, 8)
+    lines.append("  _open_or_update (one new incident), by line:")
+    lines += by_line(main, "_open_or_update", total, 10)
+    lines.append("  across those:")
+    for label, needles in [
+        ("psycopg: executing queries, waiting for PostgreSQL", ("psycopg/",)),
+        ("Django ORM: building/compiling queries, model rows", ("django/db/models/",)),
+        ("audit chain (advisory lock, previous hash, insert)", ("record (portal/audit.py",)),
+        ("notify (channel lookup)", ("notify (portal/notify.py",)),
+        ("on commit: live events (async_to_sync → channels_redis)", ("_send (portal/live.py",)),
+        ("on commit: RQ enqueue of the decider job", ("rq/queue.py",)),
+    ]:
+        share = sum(n for _, f, n in main if _has(f, needles)) / total
+        lines.append(f"    {100 * share:5.1f}%  {label}")
+    return lines
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """Accumulated wall time of calls to wrapped functions (bench process only)."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def wrap(self, name: str, func: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+        return timed
+
+
+@contextlib.contextmanager
+def patched(target, attribute: str, replacement):
+    original = getattr(target, attribute)
+    setattr(target, attribute, replacement)
+    try:
+        yield original
+    finally:
+        setattr(target, attribute, original)
+
+
+def insert_sweep_agents(count: int, overdue_percent: float, now) -> int:
+    """Bulk-insert ``count`` agents; returns how many are overdue (not yet flagged, enabled)."""
+    from django.db import connection
+
+    from incidents.models import Agent
+    from incidents.signing import SEAL_PURPOSE
+    from portal.lib.secretbox import seal
+
+    rng = random.Random(42)
+    sealed = seal("bench-sweep-agent", purpose=SEAL_PURPOSE)  # these agents never call in
+    overdue = round(count * overdue_percent / 100)
+    flagged = disabled = count // 200  # 0.5% already missing, 0.5% switched off
+    rows = []
+    for i in range(count):
+        period = rng.choice((60, 120, 120, 300, 900))
+        grace = 60
+        if i < overdue:  # missed within the last 10 minutes, not flagged yet
+            alert_after, missing, enabled = now - timedelta(seconds=rng.uniform(1, 600)), False, True
+        elif i < overdue + flagged:  # flagged by an earlier sweep
+            alert_after, missing, enabled = now - timedelta(hours=rng.uniform(1, 48)), True, True
+        elif i < overdue + flagged + disabled:  # switched off long ago
+            alert_after, missing, enabled = now - timedelta(days=rng.uniform(1, 90)), False, False
+        else:  # healthy: next deadline within one period + grace
+            alert_after = now + timedelta(seconds=rng.uniform(1, period + grace))
+            missing, enabled = False, True
+        rows.append(
+            Agent(
+                name=f"sweep-{i:06d}",
+                secret_sealed=sealed,
+                expected_period=period,
+                grace=grace,
+                version="1.4.2",
+                last_seen=alert_after - timedelta(seconds=period + grace),
+                last_telemetry={"cpu_pct": 12.5, "mem_pct": 40.1, "disk_pct": 33.0},
+                alert_after=alert_after,
+                missing=missing,
+                enabled=enabled,
+            )
+        )
+    rng.shuffle(rows)  # overdue rows spread over the table, as in life
+    Agent.objects.bulk_create(rows, batch_size=5000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE incidents_agent")
+    return overdue
+
+
+def scan_queryset(now):
+    from incidents.models import Agent
+
+    # The exact query mark_missing_agents runs for each batch (batch=1000).
+    return Agent.objects.filter(alert_after__lt=now, missing=False, enabled=True).values_list(
+        "pk", flat=True
+    )[:1000]
+
+
+def timed_sweep(now) -> tuple[float, list[int], Stopwatch]:
+    """mark_missing_agents(now), with the time in its parts summed by wrappers."""
+    import rq.queue
+
+    from incidents import actions
+    from portal import live
+
+    watch = Stopwatch()
+    with (
+        patched(actions, "open_or_update_incident", None) as open_or_update,
+        patched(live, "_send", None) as send,
+        patched(rq.queue.Queue, "enqueue", None) as enqueue,
+    ):
+        actions.open_or_update_incident = watch.wrap("incidents", open_or_update)
+        live._send = watch.wrap("live", send)
+        rq.queue.Queue.enqueue = watch.wrap("enqueue", enqueue)
+        start = time.perf_counter()
+        flagged = actions.mark_missing_agents(now)
+        elapsed = time.perf_counter() - start
+    return elapsed, flagged, watch
+
+
+def reset_flagged(ids: list[int]) -> None:
+    """Undo a sweep (bench database only): agents not flagged, their incidents gone."""
+    from incidents.models import Agent, Incident
+
+    Incident.objects.filter(agent_id__in=ids, cause="heartbeat").delete()
+    Agent.objects.filter(pk__in=ids).update(missing=False)
+
+
+def run_sweep(args, workdir: Path) -> bool:
+    """Prints the sweep's figures; True when the target was met."""
+    from django.utils import timezone
+
+    from incidents import actions
+    from incidents.models import Agent, Incident
+
+    print(f"\n== Missed-heartbeat sweep over {args.sweep_agents:,} agents ==")
+    now = timezone.now()
+    start = time.perf_counter()
+    overdue = insert_sweep_agents(args.sweep_agents, args.overdue_percent, now)
+    print(
+        f"inserted {args.sweep_agents:,} agents with bulk_create + ANALYZE in "
+        f"{time.perf_counter() - start:.1f} s: {overdue:,} overdue ({args.overdue_percent:g}%), "
+        f"{args.sweep_agents // 200:,} already flagged missing, {args.sweep_agents // 200:,} "
+        f"disabled, the rest due within one period + grace; {Agent.objects.count():,} rows in all"
+    )
+    print("\nEXPLAIN (ANALYZE, BUFFERS) of the sweep's scan, before the sweep:")
+    print(_indent(scan_queryset(now).explain(analyze=True, buffers=True)))
+    scans = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        found = len(list(scan_queryset(now)))
+        scans.append(time.perf_counter() - begin)
+    print(f"\nscan alone (one batch, {found:,} rows): median {ms(statistics.median(scans))} of 5")
+
+    elapsed, flagged, watch = timed_sweep(now)
+    opened = Incident.objects.filter(agent_id__in=flagged, cause="heartbeat").count()
+    print(
+        f"mark_missing_agents(now), {overdue:,} overdue: {elapsed:.3f} s "
+        f"({len(flagged):,} agents flagged, {opened:,} incidents opened, "
+        f"{1000 * elapsed / max(len(flagged), 1):.2f} ms per flagged agent)"
+    )
+    parts = [
+        ("open_or_update_incident (incident, event, audit, notify)", "incidents"),
+        ("after commit: live events (portal.live._send)", "live"),
+        ("after commit: RQ enqueues (decider jobs)", "enqueue"),
+    ]
+    accounted = sum(watch.seconds.values())
+    for label, key in parts:
+        print(f"    {watch.seconds[key]:7.3f} s  {label}: {watch.calls[key]:,} calls")
+    print(f"    {elapsed - accounted:7.3f} s  the rest: batch scans, UPDATE … missing=true, COMMIT")
+
+    empty = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        if actions.mark_missing_agents(now):
+            raise BenchError("a sweep right after the first one flagged agents again")
+        empty.append(time.perf_counter() - begin)
+    print(f"mark_missing_agents(now), 0 overdue: median {ms(statistics.median(empty))} of 5")
+    print("\nEXPLAIN (ANALYZE, BUFFERS) of the scan with 0 overdue:")
+    print(_indent(scan_queryset(now).explain(analyze=True, buffers=True)))
+
+    met = elapsed < TARGET_SWEEP_S
+    print(
+        f"\nVERDICT sweep: {elapsed:.3f} s with {overdue:,} overdue, "
+        f"{ms(statistics.median(empty))} with none; target < {TARGET_SWEEP_S:g} s: "
+        f"{'MET' if met else 'MISSED'}"
+    )
+    if args.profile == "always" or (args.profile == "auto" and not met):
+        reset_flagged(flagged)
+        sampler = Sampler([os.getpid()], workdir, "sweep")
+        if not sampler.procs:
+            print("(py-spy is not installed: no sweep profile; `make bench-heartbeats` installs it)")
+            return met
+        begin = time.perf_counter()
+        again = actions.mark_missing_agents(now)
+        took = time.perf_counter() - begin
+        stacks = sampler.stop()
+        print(f"\nProfile of the sweep (py-spy, again with {len(again):,} overdue: {took:.3f} s):")
+        print("\n".join(sweep_profile(stacks)))
+    return met
+
+
+def ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=200, help="simulated agents (default 200)")
+    parser.add_argument(
+        "--servers",
+        type=ServerSpec.parse,
+        nargs="+",
+        default=[ServerSpec("daphne", 1), ServerSpec("daphne", 2), ServerSpec("uvicorn", 2)],
+        help="server set-ups to measure, e.g. daphne:1 daphne:2 uvicorn:2 (the default)",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--access-log",
+        choices=("on", "off"),
+        default="on",
+        help="servers' access log (on: daphne's and uvicorn's default, as in production)",
+    )
+    parser.add_argument(
+        "--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the servers (default 60)"
+    )
+    parser.add_argument("--sweep-agents", type=int, default=100_000)
+    parser.add_argument("--overdue-percent", type=float, default=1.0)
+    parser.add_argument("--skip-load", action="store_true", help="only the sweep")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the load runs")
+    parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
+    return parser.parse_args(argv)
+
+
+def run_matrix(args, env: dict, workdir: Path, agents: list[SimAgent]) -> list[Run]:
+    config = LoadConfig(args.generators, args.warmup, args.duration)
+    runs: list[Run] = []
+    for spec in args.servers:
+        with Servers(spec, env, workdir / "logs", args.access_log == "on") as servers:
+            check_once(servers.ports[0], agents[0])
+            for concurrency in args.concurrency:
+                # Heartbeat then bare, back to back: load from elsewhere falls on both alike.
+                for kind in ("heartbeat", "bare"):
+                    run = run_load(
+                        kind,
+                        servers.ports,
+                        agents,
+                        concurrency,
+                        config,
+                        server=spec.label,
+                        server_pids=servers.pids,
+                    )
+                    runs.append(run)
+                    print(run.line(), flush=True)
+                    for sample in run.samples:
+                        print(f"    error: {sample}")
+    return runs
+
+
+def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
+    print("\nheartbeat / bare at the same server set-up and connections:")
+    pairs: dict[tuple[str, int], dict[str, Run]] = defaultdict(dict)
+    for run in runs:
+        pairs[(run.server, run.concurrency)][run.kind] = run
+    for (server, concurrency), pair in pairs.items():
+        hb, bare = pair.get("heartbeat"), pair.get("bare")
+        if hb and bare and bare.rate:
+            print(
+                f"  {server:<11} {concurrency:>3} conns: throughput x{hb.rate / bare.rate:.2f}, "
+                f"p50 x{hb.pct(50) / bare.pct(50):.2f}, p99 x{hb.pct(99) / bare.pct(99):.2f}"
+            )
+    heartbeats = [r for r in runs if r.kind == "heartbeat" and r.errors == 0]
+    within = [r for r in heartbeats if r.pct(99) < TARGET_P99_MS]
+    best = max(within or heartbeats, key=lambda r: r.rate, default=None)
+    bare_best = max((r for r in runs if r.kind == "bare"), key=lambda r: r.rate, default=None)
+    if best is None:
+        print("\nVERDICT heartbeats: no error-free heartbeat run")
+        return None, False
+    met = best.rate >= TARGET_RATE and best.pct(99) < TARGET_P99_MS
+    print(
+        f"\nVERDICT heartbeats: best {best.rate:.0f}/s at p50 {best.pct(50):.1f} ms, p99 "
+        f"{best.pct(99):.1f} ms ({best.server}, {best.concurrency} connections"
+        f"{'' if within else '; no run had p99 under target'}); target >= {TARGET_RATE:.0f}/s "
+        f"with p99 < {TARGET_P99_MS:.0f} ms: {'MET' if met else 'MISSED'}"
+    )
+    if bare_best:
+        print(
+            f"bare view best: {bare_best.rate:.0f}/s at p99 {bare_best.pct(99):.1f} ms "
+            f"({bare_best.server}, {bare_best.concurrency} connections)"
+        )
+    return best, met
+
+
+def profile_heartbeats(args, env: dict, workdir: Path, agents: list[SimAgent], best: Run) -> None:
+    spec = next(s for s in args.servers if s.label == best.server)
+    config = LoadConfig(args.generators, args.warmup, args.duration)
+    with Servers(spec, env, workdir / "logs", args.access_log == "on") as servers:
+        check_once(servers.ports[0], agents[0])
+        sampler = Sampler(servers.pids(), workdir, "servers")
+        if not sampler.procs:
+            print("(py-spy is not installed: no profile; `make bench-heartbeats` installs it)")
+            return
+        run = run_load(
+            "heartbeat",
+            servers.ports,
+            agents,
+            best.concurrency,
+            config,
+            server=spec.label,
+            server_pids=servers.pids,
+        )
+        stacks = sampler.stop()
+    print(
+        f"\nProfile of the heartbeat path (py-spy at 200 Hz on every server process, "
+        f"{spec.label}, {best.concurrency} connections; this run under the sampler: "
+        f"{run.rate:.0f}/s, p99 {run.pct(99):.1f} ms):"
+    )
+    print("\n".join(heartbeat_profile(stacks)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
+    (workdir / "logs").mkdir()
+
+    def on_sigterm(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)
+        database_url, redis_url = find_services(workdir, stack)
+        recreate_database(database_url)
+        stack.callback(drop_database, database_url)
+        stack.callback(flush_redis, redis_url)
+        flush_redis(redis_url)
+        env = bench_env(database_url, redis_url, workdir, args.conn_max_age)
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        print(machine_line())
+        print(load_line("at start"))
+        results_met = True
+        if not args.skip_load:
+            agents = create_load_agents(args.agents)
+            print(
+                f"\n== Heartbeat ingestion: {args.agents} agents, {args.duration:g} s measured "
+                f"after {args.warmup:g} s warm-up, {args.generators} generator processes, "
+                f"access log {args.access_log}, DB_CONN_MAX_AGE={args.conn_max_age} =="
+            )
+            print(CPU_NOTE)
+            print(HEADER)
+            config = LoadConfig(args.generators, args.warmup, min(args.duration, 10.0))
+            null = generator_ceiling(agents, max(args.concurrency), config)
+            print(null.line())
+            print(
+                f"    generator ceiling against a null server: {null.rate:.0f} req/s, "
+                f"{null.gen_us_per_request:.0f} µs of generator CPU per request"
+            )
+            runs = run_matrix(args, env, workdir, agents)
+            print(load_line("after the load runs"))
+            best, results_met = summarize(runs)
+            if best and (args.profile == "always" or (args.profile == "auto" and not results_met)):
+                profile_heartbeats(args, env, workdir, agents, best)
+        if not args.skip_sweep:
+            results_met = run_sweep(args, workdir) and results_met
+        print(f"\n{load_line('at end')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
