@@ -75,7 +75,9 @@ def run_backup(run_id: int) -> str:
     return perform(run)
 
 
-def perform(run: BackupRun, transport: SourceTransport | None = None) -> str:
+def perform(
+    run: BackupRun, make_transport: Callable[[], SourceTransport] | None = None
+) -> str:
     """Run a claimed (RUNNING) backup to its end; returns succeeded/failed/lost."""
     storage = get_storage()
     last = 0.0
@@ -93,7 +95,7 @@ def perform(run: BackupRun, transport: SourceTransport | None = None) -> str:
         )
 
     try:
-        transport = transport or transport_for(run.source)
+        transport = make_transport() if make_transport else transport_for(run.source)
     except SourceError as exc:
         outcome = runner.RunOutcome(ok=False, error=str(exc))
     else:
@@ -159,7 +161,7 @@ def _restore(req: RestoreRequest) -> str:
                 safety.pk, job_id=f"{actions.restore_job_id(req.pk)}-safety"
             )
             if claimed is not None:
-                perform(claimed, _safety_transport(req, target))
+                perform(claimed, lambda: _safety_transport(req, target))
             safety.refresh_from_db()
             actions.record_safety_backup(req, safety)
             if not safety.usable:

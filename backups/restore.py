@@ -419,7 +419,7 @@ class _TempRedis:
         log = []
         for line in self.proc.stdout:  # wait for the server to say it is ready (or die)
             log.append(line)
-            if "Ready to accept connections" in line:
+            if "ready to accept connections" in line.lower():
                 break
         else:
             self.proc.wait()

@@ -24,6 +24,7 @@ from incidents.models import (
 )
 from portal import approvals
 from portal.audit import record
+from portal.models import AuditEvent
 from portal.choices import AuditEventType
 
 MANAGE = "portal.manage_portal"
@@ -212,6 +213,13 @@ class IncidentAdmin(admin.ModelAdmin):
             or user.has_perm(approvals.APPROVE_PERMISSION),
             "severity_label": Severity(incident.severity).label,
             "remediation": incident.remediation,
+            "remediation_trail": (
+                AuditEvent.objects.filter(
+                    subject_type="pra.praaction", subject_id=str(incident.remediation_id)
+                ).order_by("id")
+                if incident.remediation_id
+                else []
+            ),
             "command_kinds": CommandKind.choices,
         }
         return super().change_view(

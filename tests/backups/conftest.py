@@ -140,7 +140,9 @@ class RedisServer:
         directory.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(directory),
-                "--logfile", str(directory / "redis.log")]  # fmt: skip
+                "--logfile", str(directory / "redis.log"),
+                # Diskless sync waits 5 s for more replicas by default; a test has none.
+                "--repl-diskless-sync-delay", "0"]  # fmt: skip
         if password:
             args += ["--requirepass", password]
         self.password = password

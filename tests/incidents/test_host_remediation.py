@@ -32,6 +32,7 @@ def test_a_service_down_on_a_host_proposes_a_linked_remediation(client, approver
     page = client.get(f"/admin/incidents/incident/{incident.pk}/change/").content.decode()
     assert f"/admin/pra/praaction/{action.pk}/change/" in page
     assert "REMEDIATION" in page and "DECISION" in page and "DETECTED" in page
+    assert 'id="remediation-trail"' in page and "PRA_PROPOSED" in page
 
 
 def test_without_a_host_or_catalog_action_it_escalates(client):

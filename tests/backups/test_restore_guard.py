@@ -1,0 +1,148 @@
+"""Overwriting restores: refused without the typed confirmation or two approvals, and
+a verified safety backup of the target is taken before anything is overwritten."""
+
+import pytest
+
+from backups import actions
+from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger, Verification
+from backups.jobs import run_restore
+from backups.models import BackupRun, RestoreRequest
+from tests.backups.conftest import pg_snapshot
+from tests.backups.helpers import backup_now, pg_source, plan_now, run_jobs, trail
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def damaged_db(pg_cluster, pg_database, operator, capture):
+    """A verified backup of a database, then a change to the database that we regret."""
+    name = pg_database("prod")
+    good = pg_snapshot(pg_cluster, name)
+    run = backup_now(pg_source("prod-db", pg_cluster.dsn, name), operator, capture)
+    assert run.verification == Verification.VERIFIED
+    with pg_cluster.connect(name) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 100; UPDATE customers SET name = 'oops'")
+    return name, good, pg_snapshot(pg_cluster, name), run.artifacts.get()
+
+
+def test_overwrite_needs_the_typed_target_name(damaged_db, operator):
+    name, _, _, artifact = damaged_db
+    _, plan = actions.plan_restore(artifact, by=operator, dry_run=True)
+    assert plan["mode"] == RestoreMode.OVERWRITE
+    assert name in plan["overwrites"] and plan["target_name"] == name
+    with pytest.raises(actions.BackupError) as refused:
+        actions.plan_restore(artifact, by=operator, confirmation="yes")
+    assert refused.value.code == "confirmation"
+    assert RestoreRequest.objects.count() == 0
+
+
+def test_viewers_cannot_plan_and_dry_run_changes_nothing(damaged_db, viewer, operator):
+    *_, artifact = damaged_db
+    with pytest.raises(actions.BackupError):
+        actions.plan_restore(artifact, by=viewer, dry_run=True)
+    req, plan = actions.plan_restore(artifact, by=operator, dry_run=True)
+    assert req is None and plan["steps"][1].startswith("safety backup")
+    assert RestoreRequest.objects.count() == 0
+
+
+def test_restore_is_refused_until_two_other_people_approve(
+    damaged_db, pg_cluster, operator, approver, approver2, capture
+):
+    name, good, damaged, artifact = damaged_db
+    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
+    assert req.status == RestoreStatus.PLANNED
+
+    # The job cannot run what people did not approve.
+    assert run_restore(req.pk) == "not-claimed"
+    with pytest.raises(actions.BackupError) as own:
+        actions.approve_restore(req, by=operator, confirmation=name)
+    assert own.value.code in {"permission", "self_approval"}
+    with pytest.raises(actions.BackupError) as untyped:
+        actions.approve_restore(req, by=approver, confirmation="")
+    assert untyped.value.code == "confirmation"
+
+    tally = actions.approve_restore(req, by=approver, confirmation=name)
+    assert (tally.count, tally.complete) == (1, False)
+    with pytest.raises(actions.BackupError) as twice:
+        actions.approve_restore(req, by=approver, confirmation=name)
+    assert twice.value.code == "already_signed"
+    assert run_restore(req.pk) == "not-claimed"
+    assert pg_snapshot(pg_cluster, name) == damaged  # nothing happened yet
+
+    with capture(execute=True):
+        tally = actions.approve_restore(req, by=approver2, confirmation=name)
+    assert tally.complete
+    run_jobs()
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.SUCCEEDED, req.error
+    assert pg_snapshot(pg_cluster, name) == good
+    assert trail(req) == [
+        "RESTORE_PLANNED", "APPROVAL_SIGNED", "APPROVAL_SIGNED", "RESTORE_APPROVED",
+        "RESTORE_STARTED", "SAFETY_BACKUP", "RESTORE_SUCCEEDED",
+    ]  # fmt: skip
+
+
+def test_a_safety_backup_of_the_target_exists_before_the_overwrite(
+    damaged_db, pg_cluster, operator, approver, approver2, capture
+):
+    name, good, damaged, artifact = damaged_db
+    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
+    actions.approve_restore(req, by=approver, confirmation=name)
+    with capture(execute=True):
+        actions.approve_restore(req, by=approver2, confirmation=name)
+    run_jobs()
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.SUCCEEDED, req.error
+    safety = BackupRun.objects.get(pk=req.safety_run_id)
+    assert safety.trigger == Trigger.SAFETY and safety.restore_id == req.pk
+    assert safety.status == RunStatus.SUCCEEDED and safety.verification == Verification.VERIFIED
+    assert safety.finished_at <= req.finished_at and safety.started_at >= req.started_at
+    assert req.report["safety_run"] == safety.pk
+
+    # The safety backup holds the target as it was just before: restore it to a scratch db.
+    scratch = f"{name}_before"
+    try:
+        back, _ = plan_now(
+            capture, safety.artifacts.get(), target={"database": scratch}, by=operator
+        )
+        run_jobs()
+        back.refresh_from_db()
+        assert back.status == RestoreStatus.SUCCEEDED, back.error
+        assert pg_snapshot(pg_cluster, scratch) == damaged
+    finally:
+        pg_cluster.drop(scratch)
+    assert pg_snapshot(pg_cluster, name) == good
+
+
+def test_a_failed_safety_backup_stops_the_restore_before_any_change(
+    damaged_db, pg_cluster, operator, approver, approver2, capture, monkeypatch
+):
+    name, _, damaged, artifact = damaged_db
+    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
+    # The target's credentials vanish: the safety backup cannot be taken.
+    RestoreRequest.objects.filter(pk=req.pk).update(
+        target={**req.target, "password_env": "TEST_MISSING_PG_PASSWORD"}
+    )
+    monkeypatch.delenv("TEST_MISSING_PG_PASSWORD", raising=False)
+    req.refresh_from_db()
+    actions.approve_restore(req, by=approver, confirmation=name)
+    with capture(execute=True):
+        actions.approve_restore(req, by=approver2, confirmation=name)
+    run_jobs()
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.FAILED
+    assert "nothing was changed" in req.error
+    assert pg_snapshot(pg_cluster, name) == damaged
+
+
+def test_rejection_ends_the_request(damaged_db, operator, approver, capture):
+    name, *_, artifact = damaged_db
+    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
+    with pytest.raises(actions.BackupError):
+        actions.reject_restore(req, by=approver, reason="no")
+    actions.reject_restore(req, by=approver, reason="wrong backup, use last night's")
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.REJECTED
+    with pytest.raises(actions.BackupError) as late:
+        actions.approve_restore(req, by=approver, confirmation=name)
+    assert late.value.code == "state"
