@@ -24,8 +24,8 @@ from incidents.models import (
 )
 from portal import approvals
 from portal.audit import record
-from portal.models import AuditEvent
 from portal.choices import AuditEventType
+from portal.models import AuditEvent
 
 MANAGE = "portal.manage_portal"
 SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
