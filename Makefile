@@ -33,13 +33,17 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra
-bench: bench-pra
+.PHONY: bench-pra bench-backup
+bench: bench-pra bench-backup
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
 bench-pra: venv
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/pra_latency.py
+
+## Backup wall time and worker memory on pgbench databases (~0.5 and ~1 GB), vs pg_dump and gzip.
+bench-backup: venv
+	$(BIN)/python bench/backup_bench.py
 
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

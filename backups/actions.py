@@ -83,6 +83,7 @@ def _move_restore(restore_id: int, current: str, new: str, **fields: Any) -> boo
 
 
 def run_event(run: BackupRun, summary: str = "", **data: Any) -> LiveEvent:
+    """The live event of a run (small, declared shape: see ``portal.live.LiveEvent``)."""
     return LiveEvent(
         kind=LiveEventKind.BACKUP_RUN,
         subject_type="backups.backuprun",
@@ -326,25 +327,6 @@ def notify_failure(run: BackupRun, what: str = "backup") -> None:
     )
 
 
-def fail_queued_run(run_id: int, error: str) -> bool:
-    """QUEUED -> FAILED (the job could not start: bad configuration, missing credentials)."""
-    with transaction.atomic():
-        if not _move_run(
-            run_id, RunStatus.QUEUED, RunStatus.FAILED, finished_at=timezone.now(), error=error
-        ):
-            return False
-        run = BackupRun.objects.select_related("source").get(pk=run_id)
-        record(
-            AuditEventType.BACKUP_RUN_FAILED,
-            actor=Actor.system("worker"),
-            subject=run,
-            details={"source": run.source.name, "error": error[:1000]},
-        )
-        _announce_run(run, f"FAILED: {error[:200]}")
-        notify_failure(run)
-    return True
-
-
 def _previous_good(run: BackupRun) -> BackupRun | None:
     return (
         BackupRun.objects.filter(
@@ -363,7 +345,7 @@ def _previous_good(run: BackupRun) -> BackupRun | None:
 def record_verification(
     run_id: int, checks: dict[int, Any], *, by: AbstractBaseUser | Actor | str = "system:verifier"
 ) -> BackupRun:
-    """Store each artifact's verdict and the run's; flag a run much smaller than the last good one."""
+    """Store each artifact's verdict and the run's; flag one much smaller than the last good."""
     now = timezone.now()
     with transaction.atomic():
         run = BackupRun.objects.select_for_update().select_related("source").get(pk=run_id)
@@ -445,6 +427,7 @@ def reap_lost_runs(now=None) -> list[int]:
 
 
 def job_alive(job_id: str) -> bool:
+    """Is the RQ job still waiting or running (False when Redis lost it)?"""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job, JobStatus
 
@@ -498,7 +481,9 @@ def apply_retention(
         ).order_by("created")
     )
     candidates = [
-        retention.Candidate(r.pk, r.created, r.verification == Verification.VERIFIED) for r in runs
+        retention.Candidate(r.pk, r.created, r.verification == Verification.VERIFIED)
+        for r in runs
+        if r.trigger != Trigger.SAFETY
     ]
     keep, delete = retention.plan(
         candidates,
@@ -507,6 +492,12 @@ def apply_retention(
         weekly=source.keep_weekly,
         monthly=source.keep_monthly,
     )
+    # Safety backups (one target each, taken before a restore) go by age alone: they never
+    # stand in for the source's newest verified backup.
+    cutoff = now - timedelta(days=source.retention)
+    for r in runs:
+        if r.trigger == Trigger.SAFETY:
+            (delete if r.created < cutoff else keep).add(r.pk)
     result = RetentionResult(source.name, sorted(keep), sorted(delete), dry_run)
     if dry_run:
         return result
@@ -796,6 +787,7 @@ def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
 
 
 def set_restore_phase(req: RestoreRequest, phase: str) -> None:
+    """Record and push which step a running restore is in (safety_backup, restoring)."""
     RestoreRequest.objects.filter(pk=req.pk, status=RestoreStatus.RUNNING).update(
         phase=phase, heartbeat_at=timezone.now()
     )
@@ -822,6 +814,7 @@ def create_safety_run(req: RestoreRequest) -> BackupRun:
 
 
 def record_safety_backup(req: RestoreRequest, run: BackupRun) -> None:
+    """Audit the safety backup taken (or attempted) before a restore overwrites its target."""
     with transaction.atomic():
         record(
             AuditEventType.SAFETY_BACKUP,

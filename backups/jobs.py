@@ -76,7 +76,9 @@ def run_backup(run_id: int) -> str:
 
 
 def perform(
-    run: BackupRun, make_transport: Callable[[], SourceTransport] | None = None
+    run: BackupRun,
+    make_transport: Callable[[], SourceTransport] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> str:
     """Run a claimed (RUNNING) backup to its end; returns succeeded/failed/lost."""
     storage = get_storage()
@@ -88,6 +90,8 @@ def perform(
         if now - last >= settings.BACKUP_PROGRESS_INTERVAL:
             last = now
             actions.report_progress(run, raw)
+            if on_progress is not None:
+                on_progress(raw)
 
     def beat() -> None:
         BackupRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(

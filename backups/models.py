@@ -136,8 +136,9 @@ class BackupSource(models.Model):
         errors: dict[str, str] = {}
         if self.schedule and not croniter.is_valid(self.schedule):
             errors["schedule"] = "not a valid cron expression"
+        both = "give an environment variable or a file, not both"
         if self.password_env and self.password_file:
-            errors["password_file"] = "name an environment variable or a file, not both"
+            errors["password_env"] = both
         if self.dsn:
             parts = urlsplit(self.dsn)
             expected = {

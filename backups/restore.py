@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from backups.choices import ArtifactFormat, RestoreMode, SourceKind, Transport
 from backups.models import BackupArtifact, BackupSource
-from backups.sources import kubectl_base, pg_url, read_password, SourceError
+from backups.sources import SourceError, kubectl_base, pg_url, read_password
 from backups.storage import Storage
 from backups.streaming import BoundedText, drain_in_thread, feed, open_decompressed
 from backups.verify import decompress_to, load_resources
@@ -125,7 +125,19 @@ class KubeTarget(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.context or "default-context"
+        return self.context
+
+
+def current_context(kubeconfig: str) -> str:
+    result = subprocess.run(
+        [*kubectl_base(kubeconfig, ""), "config", "current-context"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RestoreError(f"no current kubectl context: {result.stderr.strip()[-300:]}")
+    return result.stdout.strip()
 
 
 def target_for(
@@ -145,9 +157,13 @@ def target_for(
         if artifact.format == ArtifactFormat.RDB:
             return RedisTarget(**{**creds, "url": source.dsn, **given})
         if artifact.format == ArtifactFormat.K8S_YAML:
-            return KubeTarget(
+            target = KubeTarget(
                 **{"kubeconfig": source.kubeconfig, "context": source.kube_context, **given}
             )
+            if not target.context:
+                # Name the cluster explicitly: people confirm it, and it is what was approved.
+                target.context = current_context(target.kubeconfig)
+            return target
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise RestoreError(f"bad target: {problems}") from None
@@ -223,7 +239,8 @@ def inspect_pg(target: PgTarget) -> TargetState:
     with _pg_connect(target, target.database) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            "WHERE c.relkind IN ('r', 'p') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()[0]
     return TargetState(
         True,

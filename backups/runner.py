@@ -7,6 +7,8 @@ when every tool exited 0; otherwise the staging is thrown away.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -19,6 +21,8 @@ from django.conf import settings
 from backups.sources import SourceError, SourceTransport
 from backups.storage import Storage
 from backups.streaming import BoundedText, StreamResult, compress_stream, drain_in_thread
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class ToolFailed(RuntimeError):
@@ -61,6 +65,9 @@ def start_tool(argv: list[str], env: dict[str, str], stdin: bytes | None) -> sub
         env={**os.environ, **env},
         bufsize=0,
     )
+    with contextlib.suppress(OSError):
+        # A 1 MiB pipe lets the tool keep writing while the worker compresses a chunk.
+        fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
     if stdin is not None:
         try:
             proc.stdin.write(stdin)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import http.client
 import json
 import multiprocessing
@@ -54,7 +55,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
-DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/portal"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_DB_NAME = "portal_bench_hb"
 BENCH_REDIS_DB = 13
@@ -217,7 +217,8 @@ def _connection_loop(
         else:
             out.errors += 1
             if len(out.samples) < 3:
-                out.samples.append(f"{status} {body[:200].decode(errors='replace')}")
+                text = " ".join(body[:300].decode(errors="replace").split())
+                out.samples.append(f"{status} {text[:160]}")
 
 
 def drive(job: dict, barrier, results) -> None:
@@ -290,14 +291,14 @@ def serve_null(port: int) -> None:
 # --- measuring CPU from /proc ------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process (0 if it is gone)."""
+def proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of one process, plus its reaped children's (0 if gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = [int(v) for v in stat.rsplit(")", 1)[1].split()[11:15]]
+    return sum(ticks if reaped else ticks[:2]) / CLOCK_TICKS
 
 
 def descendants(pid: int) -> list[int]:
@@ -323,40 +324,59 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
 
 
-def postgres_backends() -> list[int]:
-    """Server processes holding a connection to the bench database (not this process's)."""
+def _sql(query: str, *params):
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [BENCH_DB_NAME],
-        )
-        return [row[0] for row in cursor.fetchall()]
+        cursor.execute(query, params)
+        return cursor.fetchone()[0]
+
+
+def postgres_cpu() -> dict[int, float]:
+    """The whole PostgreSQL server: the postmaster with its reaped children, and live children.
+
+    Backends that come and go (a connection per request) are only seen once reaped,
+    so this counts every database on the server, not just the bench's.
+    """
+    pid = int(Path(f"/proc/{_sql('SELECT pg_backend_pid()')}/stat").read_text().split()[3])
+    return {p: proc_cpu(p, reaped=p == pid) for p in descendants(pid)}
+
+
+def bench_sessions() -> int:
+    """Connections ever opened to the bench database (pg_stat_database.sessions, PG >= 14)."""
+    _sql("SELECT pg_stat_clear_snapshot()")
+    return _sql("SELECT sessions FROM pg_stat_database WHERE datname = %s", BENCH_DB_NAME)
 
 
 class CpuMeter:
-    """CPU used by groups of processes between start() and stop()."""
+    """CPU used by groups of processes between start() and stop(), in cores."""
 
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+    def __init__(self, groups: dict[str, Callable[[], dict[int, float]]]) -> None:
         self.groups = groups
         self.before: dict[str, dict[int, float]] = {}
 
     def start(self) -> None:
-        self.before = {name: {p: proc_cpu(p) for p in pids()} for name, pids in self.groups.items()}
+        self.before = {name: read() for name, read in self.groups.items()}
         self.machine = machine_busy()
         self.started = time.monotonic()
 
     def stop(self) -> dict[str, float]:
         elapsed = time.monotonic() - self.started
-        used = {
-            name: sum(max(0.0, proc_cpu(p) - cpu) for p, cpu in before.items()) / elapsed
-            for name, before in self.before.items()
-        }
+        used = {}
+        for name, read in self.groups.items():
+            after = read()
+            used[name] = (
+                sum(max(0.0, after.get(p, 0.0) - cpu) for p, cpu in self.before[name].items())
+                / elapsed
+            )
         busy, total = machine_busy()
         cores = len(os.sched_getaffinity(0))
         used["machine"] = cores * (busy - self.machine[0]) / max(total - self.machine[1], 1e-9)
         return used
+
+
+def cpu_of(pids: Callable[[], list[int]]) -> Callable[[], dict[int, float]]:
+    return lambda: {p: proc_cpu(p) for p in pids()}
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -468,6 +488,16 @@ class Servers:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what we started
                 proc.wait()
 
+    def exceptions(self) -> Counter[str]:
+        """The exception lines in the servers' logs so far (what a 500 was)."""
+        found: Counter[str] = Counter()
+        for log in self.logdir.glob(f"{self.spec.kind}-*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                name = line.split(":", 1)[0]
+                if name.endswith(("Error", "Exception")) and " " not in name:
+                    found[line[:160]] += 1
+        return found
+
     def log_tail(self) -> str:
         lines = []
         for log in sorted(self.logdir.glob(f"{self.spec.kind}-*.log")):
@@ -490,6 +520,7 @@ class Run:
     errors: int
     samples: list[str]
     cpu: dict[str, float]
+    sessions: int = 0  # new connections to the bench database during the window
 
     @property
     def rate(self) -> float:
@@ -501,29 +532,32 @@ class Run:
             return float("nan")
         return 1000.0 * ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
 
-    @property
-    def gen_us_per_request(self) -> float:
-        return 1e6 * self.cpu.get("generator", 0.0) / self.rate if self.rate else float("nan")
+    def per_request(self, what: str) -> float:
+        """CPU milliseconds of ``what`` per successful request."""
+        return 1000.0 * self.cpu.get(what, 0.0) / self.rate if self.rate else float("nan")
 
     def line(self) -> str:
         cpu = self.cpu
+        conns = f"{self.sessions / len(self.latencies):>5.2f}" if self.latencies else "    -"
         return (
-            f"{self.server:<11} {self.concurrency:>5} {self.kind:<9} {self.rate:>8.0f} "
-            f"{self.pct(50):>7.1f} {self.pct(99):>7.1f} {self.errors:>6} "
-            f"{cpu.get('server', 0):>6.2f} {cpu.get('postgres', 0):>6.2f} "
-            f"{cpu.get('generator', 0):>6.2f} {cpu.get('machine', 0):>6.2f}"
+            f"{self.server:<11} {self.concurrency:>5} {self.kind:<9} {self.rate:>7.0f} "
+            f"{self.pct(50):>7.1f} {self.pct(99):>7.1f} {self.errors:>5} "
+            f"{self.per_request('server'):>7.2f} {conns} "
+            f"{cpu.get('server', 0):>5.2f} {cpu.get('postgres', 0):>5.2f} "
+            f"{cpu.get('generator', 0):>5.2f} {cpu.get('machine', 0):>5.2f}"
         )
 
 
 HEADER = (
-    f"{'server':<11} {'conns':>5} {'path':<9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'errors':>6} {'srv':>6} {'pg':>6} {'gen':>6} {'all':>6}"
+    f"{'server':<11} {'conns':>5} {'path':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'errs':>5} {'srv ms':>7} {'db/rq':>5} {'srv':>5} {'pg':>5} {'gen':>5} {'all':>5}"
 )
-CPU_NOTE = (
-    "CPU columns are cores busy during the measured window: srv = the server processes, "
-    "pg = their PostgreSQL backends, gen = the load generator, all = the whole machine "
-    "(other users' work included)."
-)
+CPU_NOTE = """\
+req/s, p50 and p99 count successful answers completed in the measured window.
+srv ms = server CPU milliseconds per request; db/rq = new connections to the bench
+database per request (pg_stat_database.sessions). The last four columns are cores busy
+in the window: srv = the server processes, pg = the whole PostgreSQL server (every
+database), gen = the load generator, all = the whole machine, other users' work included."""
 
 
 @dataclass
@@ -566,15 +600,21 @@ def run_load(
         child.start()
     generator_pids = [child.pid for child in children]
     meter = CpuMeter(
-        {"server": server_pids, "postgres": postgres_backends, "generator": lambda: generator_pids}
+        {
+            "server": cpu_of(server_pids),
+            "postgres": postgres_cpu,
+            "generator": cpu_of(lambda: generator_pids),
+        }
     )
     try:
         barrier.wait(timeout=120)
         pause = threading.Event()
         pause.wait(config.warmup)
+        sessions = bench_sessions()
         meter.start()
         pause.wait(config.duration)
         cpu = meter.stop()
+        sessions = bench_sessions() - sessions
         reports = [results.get(timeout=120) for _ in children]
     except BaseException:
         for child in children:
@@ -596,6 +636,7 @@ def run_load(
         errors=sum(r["errors"] for r in reports),
         samples=[m for r in reports for m in r["samples"]][:3],
         cpu=cpu,
+        sessions=sessions,
     )
 
 
@@ -653,21 +694,60 @@ def _with_path(url: str, path: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=path))
 
 
-def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]:
-    """PostgreSQL and Redis at DATABASE_URL/REDIS_URL (or the defaults), else private ones."""
-    from portal.lib.localservices import (
-        postgres_answers,
-        redis_answers,
-        start_postgres,
-        start_redis,
-        stop_postgres,
-    )
+def start_private_postgres(workdir: Path, stack: contextlib.ExitStack) -> str:
+    """A PostgreSQL cluster of the bench's own; returns its URL.
 
-    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE
-    if not database_url.startswith("postgres") or not postgres_answers(database_url):
-        database_url, pg_ctl, datadir = start_postgres(workdir / "services")
-        stack.callback(stop_postgres, pg_ctl, datadir)
-        print(f"Started a throwaway PostgreSQL: {database_url}")
+    Under daphne every in-flight request holds a database connection of its own, so
+    64 simulated agents would take most of a shared server's 100 connections from
+    everyone else. This one allows 300; fsync and synchronous_commit stay on, as in
+    production. Started as the ``postgres`` user (it refuses root).
+    """
+    from portal.lib.localservices import apt_install, is_root, postgres_answers, wait_until
+
+    def bindir() -> Path | None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = found[-1] if found else shutil.which("initdb")
+        return Path(initdb).parent if initdb else None
+
+    if bindir() is None:
+        apt_install("postgresql")
+    binaries = bindir()
+    if binaries is None:
+        raise BenchError("PostgreSQL is installed but initdb is not found")
+    root = workdir / "postgres"
+    (root / "run").mkdir(parents=True)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if is_root() else []
+    if is_root():
+        workdir.chmod(0o711)  # the postgres user must reach its directory
+        for path in (root, root / "run"):
+            shutil.chown(path, "postgres")
+    quiet = {"check": True, "stdout": subprocess.DEVNULL}
+    initdb = [str(binaries / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres"]
+    subprocess.run([*as_postgres, *initdb, "--no-sync", "-E", "UTF8"], **quiet)
+    port = free_port()
+    options = f"-p {port} -k {root / 'run'} -c listen_addresses=127.0.0.1 -c max_connections=300"
+    pg_ctl = [*as_postgres, str(binaries / "pg_ctl"), "-D", str(root / "data")]
+    subprocess.run([*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"], **quiet)
+    stack.callback(
+        subprocess.run,
+        [*pg_ctl, "-m", "fast", "stop"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"postgres://postgres@127.0.0.1:{port}/postgres"
+    wait_until(lambda: postgres_answers(url), timeout=30, what="PostgreSQL")
+    return url
+
+
+def find_services(
+    workdir: Path, stack: contextlib.ExitStack, database_url: str | None
+) -> tuple[str, str]:
+    """PostgreSQL (``database_url``, else a private cluster); Redis at REDIS_URL or private."""
+    from portal.lib.localservices import redis_answers, start_redis
+
+    if not database_url:
+        database_url = start_private_postgres(workdir, stack)
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
     if not redis_answers(redis_url):
         redis_url, proc, _ = start_redis(workdir / "services")
@@ -751,7 +831,11 @@ def machine_line() -> str:
         cursor.execute("SHOW server_version")
         pg_version = cursor.fetchone()[0].split()[0]
     redis_version = get_redis().info("server").get("redis_version", "?")
+    code = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=BASE_DIR, capture_output=True, text=True
+    ).stdout.strip()
     return (
+        f"code: {code or '?'} (the working tree as it was when this ran)\n"
         f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}, PostgreSQL {pg_version}, Redis "
         f"{redis_version}, Django {django.get_version()}, daphne {daphne.__version__}, "
@@ -784,21 +868,26 @@ def py_spy() -> str | None:
 
 
 class Sampler:
-    """py-spy recording processes (with idle threads) until stop(); raw collapsed stacks."""
+    """py-spy recording processes until stop(); returns raw collapsed stacks.
 
-    def __init__(self, pids: Iterable[int], outdir: Path, tag: str) -> None:
+    ``gil=True`` keeps only the thread holding the GIL in each sample: where the
+    CPU goes. Without it every thread is sampled, waits included: where the time goes.
+    """
+
+    def __init__(self, pids: Iterable[int], outdir: Path, tag: str, *, gil: bool) -> None:
         self.outputs: list[Path] = []
         self.procs: list[subprocess.Popen] = []
         binary = py_spy()
         if binary is None:
             return
+        mode = ["--gil"] if gil else ["--idle"]
         for pid in pids:
             out = outdir / f"{tag}-{pid}.txt"
             self.outputs.append(out)
             with (outdir / f"{tag}-{pid}.log").open("ab") as log:
                 self.procs.append(
                     subprocess.Popen(
-                        [binary, "record", "--pid", str(pid), "--rate", "200", "--idle"]
+                        [binary, "record", "--pid", str(pid), "--rate", "200", *mode]
                         + ["--threads", "--format", "raw", "--output", str(out)],
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
@@ -834,7 +923,7 @@ def read_raw(path: Path) -> list[tuple[str, list[str], int]]:
         parts = stack.split(";")
         thread = next((p.split(":")[0] for p in parts if p.startswith("thread (")), "?")
         frames = [p for p in parts if not p.startswith(("thread (", "process "))]
-        stacks.append((thread, frames, int(count)))
+        stacks.append((thread, frames or ["?"], int(count)))
     return stacks
 
 
@@ -850,11 +939,14 @@ def _source_line(frame: str) -> str:
     if not number.isdigit() or not path.is_file():
         return ""
     lines = path.read_text().splitlines()
-    return lines[int(number) - 1].strip()[:70] if int(number) <= len(lines) else ""
+    return lines[int(number) - 1].strip()[:64] if int(number) <= len(lines) else ""
 
 
-def by_line(stacks, function: str, total: int, limit: int = 12) -> list[str]:
-    """Share of ``total`` samples under each line of ``function`` ("name (path/file.py")."""
+def by_line(stacks, function: str, total: int, scale: float | None, limit: int) -> list[str]:
+    """Share of ``total`` samples under each line of ``function`` ("name (path/file.py").
+
+    With ``scale`` (ms per request for all samples), the share in ms too.
+    """
     counts: Counter[str] = Counter()
     for _, frames, n in stacks:
         for frame in frames:
@@ -864,92 +956,109 @@ def by_line(stacks, function: str, total: int, limit: int = 12) -> list[str]:
     rows = []
     for frame, n in counts.most_common(limit):
         location = frame.rsplit("(", 1)[-1].rstrip(")")
-        rows.append(f"      {100 * n / total:5.1f}%  {location:<28} {_source_line(frame)}")
+        ms = "" if scale is None else f" {scale * n / total:6.2f}"
+        rows.append(f"    {100 * n / total:5.1f}%{ms}  {location:<26} {_source_line(frame)}")
     return rows
 
 
-SYNC_MARK = ("thread_handler (asgiref/sync.py",)
-IDLE_LEAVES = ("epollreactor.py", "selectors.py", "concurrent/futures/thread.py", "threading.py")
-HEARTBEAT_BUCKETS = [
-    ("signature check (AgentAuth → incidents.signing.verify)", ("signing.py", "AgentAuth")),
-    ("ingest_heartbeat (UPDATE, INSERT, rules, queries)", ("ingest_heartbeat (",)),
-    ("ninja/pydantic: parse and validate the body", ("pydantic", "ninja/signature", "params")),
-    ("ninja: build and render the response", ("ninja/responses", "ninja/renderers", "_result_to")),
-    ("request_started/finished (close_old_connections)", ("close_old_connections",)),
+# Exclusive buckets, first match wins: (label, needles, match the leaf frame only).
+SERVER_BUCKETS = [
+    (
+        "open a new PostgreSQL connection (psycopg connect, Django's set-up)",
+        ("get_new_connection", "init_connection_state", "BaseDatabaseWrapper.connect "),
+        False,
+    ),
+    (
+        "sync/async hand-offs: asgiref, a thread per request, futures, locks",
+        ("asgiref/", "concurrent/futures/", "threading.py", "asyncio/futures.py", "queue.py"),
+        True,
+    ),
+    ("signature check: AgentAuth (agent SELECT, unseal, HMAC, nonce)", ("AgentAuth.",), False),
+    ("ingest_heartbeat (UPDATE, INSERT, rules, 3 SELECTs)", ("ingest_heartbeat (",), False),
+    ("the bare view's UPDATE", ("bare (bench/bareview.py",), False),
+    (
+        "ninja: parse and validate the body (pydantic)",
+        ("_get_values", "pydantic", "ninja/signature", "ninja/params"),
+        False,
+    ),
+    (
+        "ninja: build and render the response",
+        ("_result_to_response", "create_response", "ninja/responses", "ninja/renderers"),
+        False,
+    ),
+    (
+        "middleware hooks and the request metrics",
+        ("process_request", "process_response", "process_view", "prometheus_client/"),
+        False,
+    ),
+    ("the rest of Django: request/response objects, URLs, signals", ("django/",), False),
+    (
+        "HTTP server and event loop (daphne/twisted or uvicorn/h11, asyncio)",
+        ("twisted/", "daphne/", "uvicorn/", "h11/", "asyncio/", "selectors.py"),
+        False,
+    ),
 ]
-HEARTBEAT_CROSSCUTS = [
-    ("psycopg: executing queries, waiting for PostgreSQL", ("psycopg/",)),
-    ("  of which the per-request health check (SELECT 1)", ("close_if_health_check_failed",)),
-    ("Django ORM: building/compiling queries, model rows", ("django/db/models/",)),
+CROSSCUTS = [
+    ("psycopg (all of it: connect, send queries, read results)", ("psycopg/",)),
+    ("Django ORM (build and compile queries, make model rows)", ("django/db/models/",)),
     ("redis client (the nonce SET NX EX)", ("redis/",)),
     ("unseal the agent secret (HKDF + Fernet)", ("secretbox.py",)),
-    ("middleware (Django's, whitenoise, metrics)", ("middleware", "whitenoise/", "metrics.py")),
 ]
+SYNC_MARK = ("SyncToAsync.thread_handler",)
 
 
-def heartbeat_profile(stacks) -> list[str]:
-    """Where the servers' time goes: the serial Django thread, then the event loop."""
-    threads: dict[str, list] = defaultdict(list)
-    for stack in stacks:
-        threads[stack[0]].append(stack)
-    sync_threads = {t for t, rows in threads.items() if any(_has(f, SYNC_MARK) for _, f, _ in rows)}
-    sync = [s for t in sync_threads for s in threads[t]]
-    sync_total = sum(n for _, _, n in sync)
-    busy = [s for s in sync if _has(s[1], SYNC_MARK)]
-    busy_total = sum(n for _, _, n in busy) or 1
-    utilisation = 100 * busy_total / max(sync_total, 1)
+def server_profile(stacks, ms_per_request: float) -> list[str]:
+    """Where the servers' CPU goes, as shares of the samples and as ms per request."""
+    total = sum(n for *_, n in stacks) or 1
+    scale = ms_per_request
+    threads = {t for t, frames, _ in stacks if _has(frames, SYNC_MARK)}
     lines = [
-        "  Django's sync thread (one per process: asgiref runs every sync view and middleware "
-        f"in it, one request at a time): busy {utilisation:.0f}% of the time; of that busy time:"
+        f"  {total:,} samples of the thread holding the GIL; share, and ms of server CPU "
+        f"per request (of {ms_per_request:.2f}):"
     ]
-    left = busy
-    for label, needles in HEARTBEAT_BUCKETS:
-        mine = [s for s in left if _has(s[1], needles)]
-        left = [s for s in left if not _has(s[1], needles)]
-        lines.append(f"    {100 * sum(n for *_, n in mine) / busy_total:5.1f}%  {label}")
-    lines.append(
-        f"    {100 * sum(n for *_, n in left) / busy_total:5.1f}%  "
-        "the rest (URL resolution, middleware, asgiref hand-off)"
-    )
+    left = stacks
+    for label, needles, leaf in SERVER_BUCKETS:
+        if leaf:
+            mine = [s for s in left if any(n in s[1][-1] for n in needles)]
+        else:
+            mine = [s for s in left if _has(s[1], needles)]
+        taken = {id(s) for s in mine}
+        left = [s for s in left if id(s) not in taken]
+        share = sum(n for *_, n in mine) / total
+        if share:
+            lines.append(f"    {100 * share:5.1f}% {scale * share:6.2f}  {label}")
+    share = sum(n for *_, n in left) / total
+    lines.append(f"    {100 * share:5.1f}% {scale * share:6.2f}  other")
     lines.append("  across those (a sample can count in several):")
-    for label, needles in HEARTBEAT_CROSSCUTS:
-        share = sum(n for _, f, n in busy if _has(f, needles)) / busy_total
-        lines.append(f"    {100 * share:5.1f}%  {label}")
-    lines.append("  ingest_heartbeat, by line (share of the busy time):")
-    lines += by_line(busy, "ingest_heartbeat (incidents/actions.py", busy_total)
-    lines.append("  _deliver_commands / _check_health, by line:")
-    lines += by_line(busy, "_deliver_commands (incidents/", busy_total, 3)
-    lines += by_line(busy, "_check_health (incidents/", busy_total, 3)
-    lines.append("  incidents.signing.verify, by line:")
-    lines += by_line(busy, "verify (incidents/signing.py", busy_total, 8)
-    others = [s for t, rows in threads.items() if t not in sync_threads for s in rows]
-    others_total = sum(n for *_, n in others) or 1
-    working = [s for s in others if s[1] and not any(i in s[1][-1] for i in IDLE_LEAVES)]
+    for label, needles in CROSSCUTS:
+        share = sum(n for _, f, n in stacks if _has(f, needles)) / total
+        lines.append(f"    {100 * share:5.1f}% {scale * share:6.2f}  {label}")
+    for title, function, limit in [
+        ("ingest_heartbeat, by line", "ingest_heartbeat (incidents/actions.py", 12),
+        ("AgentAuth and signing.verify, by line", "verify (incidents/signing.py", 8),
+        ("_check_health / _deliver_commands, by line", "_check_health (incidents/", 2),
+        ("", "_deliver_commands (incidents/", 2),
+    ]:
+        if title:
+            lines.append(f"  {title}:")
+        lines += by_line(stacks, function, total, scale, limit)
     lines.append(
-        f"  the other threads (event loop: HTTP parsing, ASGI, access log), "
-        f"{len(threads) - len(sync_threads)} of them: busy "
-        f"{100 * sum(n for *_, n in working) / others_total:.0f}% of their samples; "
-        "top frames there (own time):"
+        f"  Django ran the sync code in {len(threads):,} different threads (one per request: "
+        "Django's ASGI handler gives each request its own ThreadSensitiveContext)."
     )
-    leaves: Counter[str] = Counter()
-    for _, frames, n in working:
-        leaves[frames[-1]] += n
-    total_working = sum(leaves.values()) or 1
-    for frame, n in leaves.most_common(8):
-        lines.append(f"    {100 * n / total_working:5.1f}%  {frame[:100]}")
     return lines
 
 
 def sweep_profile(stacks) -> list[str]:
     main = [s for s in stacks if _has(s[1], ("mark_missing_agents (",))]
     total = sum(n for *_, n in main) or 1
-    lines = ["  mark_missing_agents, by line (share of its time):"]
-    lines += by_line(main, "mark_missing_agents (incidents/", total, 8)
+    lines = ["  mark_missing_agents, by line (share of its wall time):"]
+    lines += by_line(main, "mark_missing_agents (incidents/", total, None, 8)
     lines.append("  _open_or_update (one new incident), by line:")
-    lines += by_line(main, "_open_or_update (incidents/", total, 10)
+    lines += by_line(main, "_open_or_update (incidents/", total, None, 10)
     lines.append("  across those:")
     for label, needles in [
-        ("psycopg: executing queries, waiting for PostgreSQL", ("psycopg/",)),
+        ("psycopg: sending queries, waiting for PostgreSQL", ("psycopg/",)),
         ("Django ORM: building/compiling queries, model rows", ("django/db/models/",)),
         ("audit chain (advisory lock, previous hash, insert)", ("record (portal/audit.py",)),
         ("notify (channel lookup)", ("notify (portal/notify.py",)),
@@ -1138,7 +1247,7 @@ def run_sweep(args, workdir: Path) -> bool:
     )
     if args.profile == "always" or (args.profile == "auto" and not met):
         reset_flagged(flagged)
-        sampler = Sampler([os.getpid()], workdir, "sweep")
+        sampler = Sampler([os.getpid()], workdir, "sweep", gil=False)
         if not sampler.procs:
             print("(no py-spy, so no sweep profile; `make bench-heartbeats` installs it)")
             return met
@@ -1185,6 +1294,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the servers (default 60)"
     )
+    parser.add_argument(
+        "--database-url",
+        help="an existing PostgreSQL server to use (default: a private cluster started here)",
+    )
     parser.add_argument("--sweep-agents", type=int, default=100_000)
     parser.add_argument("--overdue-percent", type=float, default=1.0)
     parser.add_argument("--skip-load", action="store_true", help="only the sweep")
@@ -1202,6 +1315,7 @@ def run_matrix(args, env: dict, workdir: Path, agents: list[SimAgent]) -> list[R
             for concurrency in args.concurrency:
                 # Heartbeat then bare, back to back: load from elsewhere falls on both alike.
                 for kind in ("heartbeat", "bare"):
+                    seen = servers.exceptions()
                     run = run_load(
                         kind,
                         servers.ports,
@@ -1215,6 +1329,8 @@ def run_matrix(args, env: dict, workdir: Path, agents: list[SimAgent]) -> list[R
                     print(run.line(), flush=True)
                     for sample in run.samples:
                         print(f"    error: {sample}")
+                    for line, count in (servers.exceptions() - seen).most_common(3):
+                        print(f"    server log, {count}x: {line}")
     return runs
 
 
@@ -1252,31 +1368,35 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
     return best, met
 
 
-def profile_heartbeats(args, env: dict, workdir: Path, agents: list[SimAgent], best: Run) -> None:
+def profile_servers(args, env: dict, workdir: Path, agents: list[SimAgent], best: Run) -> None:
+    """Extra runs (heartbeat, then bare) with py-spy on every server process."""
     spec = next(s for s in args.servers if s.label == best.server)
     config = LoadConfig(args.generators, args.warmup, args.duration)
+    if py_spy() is None:
+        print("\n(no py-spy, so no profile; `make bench-heartbeats` installs it)")
+        return
     with Servers(spec, env, workdir / "logs", args.access_log == "on") as servers:
         check_once(servers.ports[0], agents[0])
-        sampler = Sampler(servers.pids(), workdir, "servers")
-        if not sampler.procs:
-            print("(py-spy is not installed: no profile; `make bench-heartbeats` installs it)")
-            return
-        run = run_load(
-            "heartbeat",
-            servers.ports,
-            agents,
-            best.concurrency,
-            config,
-            server=spec.label,
-            server_pids=servers.pids,
-        )
-        stacks = sampler.stop()
-    print(
-        f"\nProfile of the heartbeat path (py-spy at 200 Hz on every server process, "
-        f"{spec.label}, {best.concurrency} connections; this run under the sampler: "
-        f"{run.rate:.0f}/s, p99 {run.pct(99):.1f} ms):"
-    )
-    print("\n".join(heartbeat_profile(stacks)))
+        for kind in ("heartbeat", "bare"):
+            sampler = Sampler(servers.pids(), workdir, f"servers-{kind}", gil=True)
+            run = run_load(
+                kind,
+                servers.ports,
+                agents,
+                best.concurrency,
+                config,
+                server=spec.label,
+                server_pids=servers.pids,
+            )
+            stacks = sampler.stop()
+            print(
+                f"\nProfile, {kind} (py-spy --gil at 200 Hz on every server process, {spec.label}, "
+                f"{best.concurrency} connections; this run, under the sampler: {run.rate:.0f}/s, "
+                f"p99 {run.pct(99):.1f} ms, {run.per_request('server'):.2f} ms server CPU per "
+                f"request, {run.sessions / max(len(run.latencies), 1):.2f} new DB connections "
+                "per request):"
+            )
+            print("\n".join(server_profile(stacks, run.per_request("server"))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1290,7 +1410,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        database_url, redis_url = find_services(workdir, stack)
+        database_url, redis_url = find_services(workdir, stack, args.database_url)
         recreate_database(database_url)
         stack.callback(drop_database, database_url)
         stack.callback(flush_redis, redis_url)
@@ -1319,13 +1439,13 @@ def main(argv: list[str] | None = None) -> int:
             print(null.line())
             print(
                 f"    generator ceiling against a null server: {null.rate:.0f} req/s, "
-                f"{null.gen_us_per_request:.0f} µs of generator CPU per request"
+                f"{1000 * null.per_request('generator'):.0f} µs of generator CPU per request"
             )
             runs = run_matrix(args, env, workdir, agents)
             print(load_line("after the load runs"))
             best, met = summarize(runs)
             if best and (args.profile == "always" or (args.profile == "auto" and not met)):
-                profile_heartbeats(args, env, workdir, agents, best)
+                profile_servers(args, env, workdir, agents, best)
         if not args.skip_sweep:
             run_sweep(args, workdir)
         print(f"\n{load_line('at end')}")

@@ -282,7 +282,11 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
             AuditEventType.INCIDENT_RESOLVED,
             actor=SYSTEM if auto else by,
             subject=incident,
-            details={"auto": auto, "reason": reason, "mttr_s": (now - incident.opened_at).seconds},
+            details={
+                "auto": auto,
+                "reason": reason,
+                "mttr_s": round((now - incident.opened_at).total_seconds()),
+            },
         )
         notify(
             NotificationKind.INCIDENT_RESOLVED,
@@ -354,10 +358,11 @@ def ingest_heartbeat(
 
 
 def _deliver_commands(agent: Agent, now) -> list[dict]:
+    # Two overlapping heartbeats never both get a command: each takes only rows it locked.
     pending = list(
-        AgentCommand.objects.filter(agent=agent, status=CommandStatus.PENDING).values(
-            "id", "kind", "payload"
-        )
+        AgentCommand.objects.select_for_update(skip_locked=True)
+        .filter(agent=agent, status=CommandStatus.PENDING)
+        .values("id", "kind", "payload")
     )
     if pending:
         AgentCommand.objects.filter(
@@ -403,8 +408,14 @@ def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
         if not ids:
             return flagged
         with transaction.atomic():
-            Agent.objects.filter(pk__in=ids, missing=False).update(missing=True)
-            for agent in Agent.objects.filter(pk__in=ids):
+            # Only agents still overdue now: a heartbeat may have arrived since the read.
+            overdue = list(
+                Agent.objects.select_for_update()
+                .filter(pk__in=ids, missing=False, alert_after__lt=now)
+                .values_list("pk", flat=True)
+            )
+            Agent.objects.filter(pk__in=overdue).update(missing=True)
+            for agent in Agent.objects.filter(pk__in=overdue):
                 open_or_update_incident(
                     agent,
                     cause="heartbeat",
@@ -414,7 +425,9 @@ def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
                     telemetry=agent.last_telemetry,
                     detected_at=agent.alert_after,
                 )
-        flagged.extend(ids)
+        flagged.extend(overdue)
+        if len(ids) < batch:
+            return flagged
 
 
 def prune_samples(now=None) -> int:

@@ -209,6 +209,7 @@ class IncidentAdmin(admin.ModelAdmin):
             ],  # fmt: skip
             "can_approve": user.has_perm(approvals.APPROVE_PERMISSION),
             "can_operate": user.has_perm("portal.propose_action"),
+            "can_command": user.has_perm(approvals.APPROVE_PERMISSION),
             "can_ack": user.has_perm("portal.propose_action")
             or user.has_perm(approvals.APPROVE_PERMISSION),
             "severity_label": Severity(incident.severity).label,
@@ -245,10 +246,11 @@ class IncidentAdmin(admin.ModelAdmin):
                     attempt,
                     by=user,
                     confirmation=data.get("confirmation", ""),
-                    fingerprint=data.get("fingerprint"),
+                    fingerprint=data.get("fingerprint", ""),
                 )
             elif verb == "command":
-                if not user.has_perm("portal.propose_action"):
+                # A manual update/rollback bypasses the auto-patch policy: approvers only.
+                if not user.has_perm(approvals.APPROVE_PERMISSION):
                     raise PermissionDenied
                 form = CommandForm(data)
                 if not form.is_valid():

@@ -46,7 +46,11 @@ def verify(headers, method: str, path: str, body: bytes) -> Agent:
         raise SignatureError(
             "missing X-Agent, X-Agent-Timestamp, X-Agent-Nonce or X-Agent-Signature"
         )
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > settings.HEARTBEAT_MAX_SKEW:
+    if not given.isascii() or len(given) != 64:
+        raise SignatureError("signature must be 64 hex characters")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) or (
+        abs(time.time() - int(timestamp)) > settings.HEARTBEAT_MAX_SKEW
+    ):
         raise SignatureError("timestamp missing or outside the allowed window (check the clock)")
     if not NONCE.match(nonce):
         raise SignatureError("nonce must be 16-64 characters of [A-Za-z0-9_-]")

@@ -11,7 +11,7 @@ from portal.tokens import authenticate_token
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str):
-        user = authenticate_token(token)
+        user = authenticate_token(token, scope="api")
         if user is not None:
             request.user = user
         return user

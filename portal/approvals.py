@@ -101,7 +101,8 @@ def rule_for(impact: str) -> ApprovalRule:
 
 
 def may_auto_approve(impact: str) -> bool:
-    return impact != Impact.HIGH and rule_for(impact).allow_auto_approve
+    """Only LOW impact is ever approved without a person (and only if its rule allows)."""
+    return impact == Impact.LOW and rule_for(impact).allow_auto_approve
 
 
 def _signatures(obj: Approvable):

@@ -12,6 +12,7 @@ class AuditEventType(models.TextChoices):
     TOKEN_REVOKED = "TOKEN_REVOKED", "API token revoked"
     HOST_ADDED = "HOST_ADDED", "Host added"
     HOST_KEY_PINNED = "HOST_KEY_PINNED", "Host key pinned"
+    HOST_UPDATED = "HOST_UPDATED", "Host updated"
     HOST_KEY_MISMATCH = "HOST_KEY_MISMATCH", "Host key mismatch"
     DIAGNOSTIC_RUN = "DIAGNOSTIC_RUN", "Diagnostic run"
     PRA_PROPOSED = "PRA_PROPOSED", "Action proposed"

@@ -134,14 +134,14 @@ class MCPEndpoint:
             await _refuse(send, 403, "https_required", "Use https: tokens never go over http.")
             return
         raw = bearer_token(scope)
-        user = await database_sync_to_async(authenticate_token)(raw) if raw else None
+        user = await database_sync_to_async(authenticate_token)(raw, scope="mcp") if raw else None
         if user is None:
             await _refuse(
                 send,
                 401,
                 "invalid_token",
                 "Send 'Authorization: Bearer <token>' with a valid, unrevoked portal token "
-                "(manage.py portal_token USER --name NAME).",
+                "(manage.py portal_token USER --name NAME --scope mcp).",
             )
             return
         if not await self._started():

@@ -114,6 +114,8 @@ class ApprovalRule(models.Model):
         return f"{self.impact}: {self.required_approvals} approval(s)"
 
     def clean(self) -> None:
+        if self.impact != Impact.LOW and self.allow_auto_approve:
+            raise ValidationError({"allow_auto_approve": "Only LOW impact may be auto-approved."})
         if self.impact == Impact.HIGH:
             if self.allow_auto_approve:
                 raise ValidationError({"allow_auto_approve": "HIGH impact is never auto-approved."})
@@ -160,7 +162,18 @@ class ApiToken(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
+
+    class Scope(models.TextChoices):
+        API = "api", "REST API"
+        MCP = "mcp", "MCP (AI assistant)"
+
     name = models.CharField(max_length=100)
+    scope = models.CharField(
+        max_length=3,
+        choices=Scope.choices,
+        default=Scope.API,
+        help_text="Where it works: an MCP token never opens the REST API (which can approve).",
+    )
     prefix = models.CharField(max_length=12, help_text="First characters, to recognise it.")
     digest = models.CharField(max_length=64, unique=True)
     created = models.DateTimeField(auto_now_add=True)

@@ -19,19 +19,34 @@ def _digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def create_token(user, name: str, *, by: Actor | str = "system:cli") -> tuple[ApiToken, str]:
-    """Create a token for ``user``; the raw value is returned once and never stored."""
+def create_token(
+    user, name: str, *, scope: str = ApiToken.Scope.API, by: Actor | str = "system:cli"
+) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; the raw value is returned once and never stored.
+
+    ``scope`` is where it works: REST API tokens can do what the user's role allows,
+    including approving; MCP tokens work only on the MCP server, which cannot approve.
+    """
+    if scope not in ApiToken.Scope.values:
+        raise ValueError(f"Unknown token scope {scope!r}.")
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise ValueError("A token needs a name of 1 to 100 characters.")
     raw = RAW_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
-        token = ApiToken.objects.create(user=user, name=name, prefix=raw[:12], digest=_digest(raw))
+        token = ApiToken.objects.create(
+            user=user, name=name, scope=scope, prefix=raw[:12], digest=_digest(raw)
+        )
         record(
             AuditEventType.TOKEN_CREATED,
             actor=by,
             subject=token,
-            details={"user": user.get_username(), "name": name, "prefix": token.prefix},
+            details={
+                "user": user.get_username(),
+                "name": name,
+                "scope": scope,
+                "prefix": token.prefix,
+            },
         )
     return token, raw
 
@@ -51,13 +66,13 @@ def revoke_token(token: ApiToken, *, by: Actor | str) -> bool:
     return bool(won)
 
 
-def authenticate_token(raw: str | None):
-    """The active user behind a raw token, or None."""
+def authenticate_token(raw: str | None, *, scope: str):
+    """The active user behind a raw token valid for ``scope``, or None."""
     if not raw or not raw.startswith(RAW_PREFIX) or len(raw) > 200:
         return None
     token = (
         ApiToken.objects.select_related("user")
-        .filter(digest=_digest(raw), revoked_at__isnull=True)
+        .filter(digest=_digest(raw), scope=scope, revoked_at__isnull=True)
         .first()
     )
     if token is None or not token.user.is_active:

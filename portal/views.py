@@ -67,6 +67,9 @@ def _metrics_allowed(request: HttpRequest) -> bool:
     header = request.headers.get("Authorization", "")
     if token and header.startswith("Bearer "):
         return hmac.compare_digest(header[7:].encode(), token.encode())
+    if settings.SECURE_PROXY_SSL_HEADER:
+        # Behind a proxy every client looks local: only the token counts.
+        return False
     return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
 
 

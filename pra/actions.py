@@ -338,12 +338,13 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str
             "expires_at": expires.isoformat(),
         },
     )
+    # Enqueue first: on-commit hooks run in order, and the worker should not wait for pushes.
+    _enqueue_on_commit("pra.jobs.execute_action", action.pk, execution_job_id(action.pk))
     _announce(
         action,
         "approved automatically" if auto else f"approved by {', '.join(approvers)}",
         approvals=len(approvers),
     )
-    _enqueue_on_commit("pra.jobs.execute_action", action.pk, execution_job_id(action.pk))
 
 
 # --- approval ---------------------------------------------------------------------
@@ -482,7 +483,7 @@ def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
     now = timezone.now()
     with transaction.atomic():
         obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
-        if obj is None or obj.status != ActionStatus.APPROVED:
+        if obj is None or obj.status != ActionStatus.APPROVED or not obj.host.enabled:
             return None
         if obj.expires_at is None or obj.expires_at <= now:
             transaction.on_commit(lambda: expire_action(action_id))
@@ -491,7 +492,7 @@ def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
             logger.error("action %s approved without valid signatures; refusing", action_id)
             return None
         won = PRAAction.objects.filter(
-            pk=action_id, status=ActionStatus.APPROVED, expires_at__gt=now
+            pk=action_id, status=ActionStatus.APPROVED, expires_at__gt=now, host__enabled=True
         ).update(
             status=ActionStatus.EXECUTING,
             status_changed_at=now,
@@ -521,6 +522,15 @@ def _was_auto_approved(obj: PRAAction) -> bool:
         event_type=AuditEventType.PRA_APPROVED,
         details__auto=True,
     ).exists()
+
+
+def still_running(action_id: int, job_id: str) -> bool:
+    """True if ``job_id`` still holds the EXECUTING claim (and refreshes its heartbeat)."""
+    return bool(
+        PRAAction.objects.filter(pk=action_id, status=ActionStatus.EXECUTING, job_id=job_id).update(
+            heartbeat_at=timezone.now()
+        )
+    )
 
 
 def heartbeat(action_id: int) -> None:

@@ -7,6 +7,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -16,6 +17,8 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from portal import approvals
+from portal.audit import record
+from portal.choices import AuditEventType
 from portal.models import AuditEvent
 from pra import actions
 from pra.catalog import CATALOG
@@ -64,6 +67,17 @@ class HostAdmin(admin.ModelAdmin):
         return False
 
     change_form_template = "admin/pra/host/change_form.html"
+
+    def save_model(self, request, obj, form, change):
+        # Edits change what approvals are bound to (the fingerprint); they are audited.
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            record(
+                AuditEventType.HOST_UPDATED,
+                actor=request.user,
+                subject=obj,
+                details={f: str(form.cleaned_data.get(f)) for f in form.changed_data},
+            )
 
     def get_urls(self):
         wrap = self.admin_site.admin_view

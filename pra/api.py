@@ -79,7 +79,11 @@ class ProposeIn(Schema):
 
 class ApproveIn(Schema):
     confirmation: str = Field(default="", max_length=100)
-    fingerprint: str | None = Field(default=None, max_length=64)
+    fingerprint: str = Field(
+        min_length=64,
+        max_length=64,
+        description="The action's `fingerprint` as you reviewed it: approvals bind to it.",
+    )
     comment: str = Field(default="", max_length=500)
 
 

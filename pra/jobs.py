@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import paramiko
 from django.conf import settings
 from rq import get_current_job
 
 from portal.lib import ssh
 from pra import actions, transport
-from pra.choices import FailureCause
+from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
 
 logger = logging.getLogger(__name__)
@@ -40,74 +42,90 @@ def execute_action(action_id: int) -> str:
     """Claim, run, record, verify. Connection failures are retried only before start."""
     job = get_current_job()
     job_id = job.id if job is not None else actions.execution_job_id(action_id)
-    action = actions.claim_action(action_id, job_id=job_id)
-    if action is None:
-        logger.info("action %s not claimed (already taken, expired or not approved)", action_id)
+    action = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+    if action is None or action.status != ActionStatus.APPROVED:
         return "not-claimed"
+    # Connect while the claim runs: nothing is sent to the target before the claim is won.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        connecting = pool.submit(transport.open_exec_session, action.host)
+        claimed = actions.claim_action(action_id, job_id=job_id)
+        if claimed is None:
+            _discard(connecting)
+            logger.info("action %s not claimed (taken, expired or not approved)", action_id)
+            return "not-claimed"
+        return _run_claimed(claimed, job_id, connecting)
+
+
+def _discard(connecting: Future) -> None:
+    try:
+        connecting.result().close()
+    except ssh.SSHError:
+        pass
+
+
+def _run_claimed(action: PRAAction, job_id: str, connecting: Future) -> str:
+    action_id = action.pk
     spec = action.spec
     command = spec.wire_command(action.params)
     last_beat = time.monotonic()
 
-    def on_output(chunk: str) -> None:
+    def on_tick() -> None:
+        # Heartbeats on a timer, not on output: a quiet command is not a lost worker.
         nonlocal last_beat
-        actions.publish_output(action, chunk)
         if time.monotonic() - last_beat > HEARTBEAT_EVERY:
             actions.heartbeat(action_id)
             last_beat = time.monotonic()
 
+    def on_output(chunk: str) -> None:
+        actions.publish_output(action, chunk)
+
     attempts = 0
     while True:
         attempts += 1
-        started = False
-
-        def on_start() -> None:
-            nonlocal started
-            started = True
-
         try:
-            result = transport.run_exec(
-                action.host,
-                command,
-                command_timeout=spec.timeout,
-                on_start=on_start,
-                on_output=on_output,
+            session = (
+                connecting.result() if attempts == 1 else transport.open_exec_session(action.host)
             )
         except ssh.HostKeyMismatch as exc:
-            actions.finish_execution(
-                action_id, cause=FailureCause.HOST_KEY_MISMATCH, detail=str(exc), attempts=attempts
-            )
-            return "failed"
+            return _failed(action_id, FailureCause.HOST_KEY_MISMATCH, exc, attempts)
         except ssh.KeyFileError as exc:
-            actions.finish_execution(
-                action_id, cause=FailureCause.CONFIG, detail=str(exc), attempts=attempts
-            )
-            return "failed"
-        except ssh.CommandTimeout as exc:
-            actions.finish_execution(
-                action_id, cause=FailureCause.TIMEOUT, detail=str(exc), attempts=attempts
-            )
-            return "failed"
+            return _failed(action_id, FailureCause.CONFIG, exc, attempts)
         except ssh.SSHError as exc:
-            retryable = (
-                not started
-                and not isinstance(exc, ssh.AuthFailed)
-                and attempts < settings.PRA_CONNECT_ATTEMPTS
-            )
-            if retryable:
+            if not isinstance(exc, ssh.AuthFailed) and attempts < settings.PRA_CONNECT_ATTEMPTS:
                 # Backoff between connection attempts; the command never started.
                 actions.heartbeat(action_id)
                 time.sleep(settings.PRA_RETRY_BACKOFF * 2 ** (attempts - 1))
                 continue
-            cause = FailureCause.UNREACHABLE if not started else FailureCause.TIMEOUT
-            actions.finish_execution(action_id, cause=cause, detail=str(exc), attempts=attempts)
-            return "failed"
+            return _failed(action_id, FailureCause.UNREACHABLE, exc, attempts)
         break
 
+    with session:
+        # Last check before anything is sent: the run is still ours (not reaped meanwhile).
+        if not actions.still_running(action_id, job_id):
+            logger.warning("action %s: claim lost before the command was sent", action_id)
+            return "claim-lost"
+        try:
+            result = session.exec(
+                command, command_timeout=spec.timeout, max_output=settings.PRA_MAX_OUTPUT,
+                on_output=on_output, on_tick=on_tick,
+            )  # fmt: skip
+        except ssh.CommandTimeout as exc:
+            return _failed(action_id, FailureCause.TIMEOUT, exc, attempts)
+        except (ssh.SSHError, paramiko.SSHException, OSError, EOFError) as exc:
+            # The command may have started: never retried.
+            detail = f"connection lost after the command was sent: {exc}"
+            return _failed(action_id, FailureCause.UNREACHABLE, detail, attempts)
+
     finished = actions.finish_execution(action_id, result=result, attempts=attempts)
-    if finished is None or finished.status != "COMPLETED":
+    if finished is None or finished.status != ActionStatus.COMPLETED:
         return "failed"
     verify_action(action_id)
     return "completed"
+
+
+def _failed(action_id: int, cause: str, error: Exception | str, attempts: int) -> str:
+    actions.finish_execution(action_id, cause=cause, detail=str(error), attempts=attempts)
+    return "failed"
 
 
 def verify_action(action_id: int) -> str:

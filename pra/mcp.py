@@ -106,7 +106,7 @@ async def _identify(request: Any) -> AbstractBaseUser | None:
     raw = _stdio_token.get()
     if not raw:
         return None
-    return await _db(authenticate_token)(raw)
+    return await _db(authenticate_token)(raw, scope="mcp")
 
 
 _SECRET_KEYS = re.compile(r"token|secret|password|passwd|authorization|api[_-]?key", re.I)

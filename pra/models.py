@@ -143,7 +143,7 @@ class PRAAction(models.Model):
             id=self.pk,
             action=self.action,
             host=self.host.name,
-            address=f"{self.host.address}:{self.host.port}",
+            address=f"{self.host.ssh_user}@{self.host.address}:{self.host.port}",
             host_key=self.host.host_key_fingerprint,
             params=self.params,
         )

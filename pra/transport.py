@@ -21,6 +21,11 @@ def run_exec(host: Host, command: str, **kwargs) -> ssh.CommandResult:
     return ssh.run_command(endpoint(host), settings.PRA_SSH_KEY_FILE, command, **kwargs)
 
 
+def open_exec_session(host: Host) -> ssh.Session:
+    """Connect and authenticate on the exec key; the command is sent later (``exec``)."""
+    return ssh.Session(endpoint(host), settings.PRA_SSH_KEY_FILE, settings.PRA_CONNECT_TIMEOUT)
+
+
 def run_diag(host: Host, argv: list[str], *, timeout: float = 30.0) -> ssh.CommandResult:
     """Run a read-only ``pra-diag`` command on the diag key."""
     return ssh.run_command(

@@ -179,45 +179,66 @@ class _Bounded:
         return body + TRUNCATION_MARK if self.truncated else body
 
 
-def run_command(
-    endpoint: Endpoint,
-    key_file: str | Path,
-    command: str,
-    *,
-    connect_timeout: float = 10.0,
-    command_timeout: float = 120.0,
-    max_output: int = DEFAULT_MAX_OUTPUT,
-    on_start: Callable[[], None] | None = None,
-    on_output: Callable[[str], None] | None = None,
-) -> CommandResult:
-    """Run ``command`` (a fixed string, never built from unchecked input) on ``endpoint``.
+class Session:
+    """An authenticated connection with one open channel, ready to run one command.
 
-    ``on_start`` is called right before the command is sent: from then on a
-    failure must not be retried. ``on_output`` receives stdout as it arrives.
-    stdout and stderr are kept up to ``max_output`` bytes each, truncation marked.
+    Opening it (TCP, handshake, pinned key check, auth) is the slow part; a caller
+    may open it while it does other work and send the command only once it is
+    sure the command should run (``exec``), or ``close`` it unused.
     """
-    pkey = load_private_key(key_file)
-    started = time.monotonic()
-    transport = _start(endpoint, connect_timeout)
-    try:
+
+    def __init__(self, endpoint: Endpoint, key_file: str | Path, connect_timeout: float = 10.0):
+        pkey = load_private_key(key_file)
+        self.started = time.monotonic()
+        self.transport = _start(endpoint, connect_timeout)
         try:
-            transport.auth_publickey(endpoint.user, pkey)
-        except paramiko.AuthenticationException:
-            raise AuthFailed(
-                f"{endpoint.user}@{endpoint.address} refused the portal's key ({key_file})"
-            ) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(f"SSH authentication failed: {exc}") from None
-        try:
-            channel = transport.open_session(timeout=connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(f"cannot open an SSH session: {exc}") from None
-        if on_start is not None:
-            on_start()
+            try:
+                self.transport.auth_publickey(endpoint.user, pkey)
+            except paramiko.AuthenticationException:
+                raise AuthFailed(
+                    f"{endpoint.user}@{endpoint.address} refused the portal's key ({key_file})"
+                ) from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise Unreachable(f"SSH authentication failed: {exc}") from None
+            try:
+                self.channel = self.transport.open_session(timeout=connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise Unreachable(f"cannot open an SSH session: {exc}") from None
+        except SSHError:
+            self.transport.close()
+            raise
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def exec(
+        self,
+        command: str,
+        *,
+        command_timeout: float = 120.0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_output: Callable[[str], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> CommandResult:
+        """Send ``command`` and collect its output; ``on_tick`` runs at least every second."""
+        channel = self.channel
         channel.exec_command(command)
         stdout, stderr = _Bounded(max_output), _Bounded(max_output)
         deadline = time.monotonic() + command_timeout
         while True:
+            # The deadline holds even when the target never stops talking.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                channel.close()
+                raise CommandTimeout(f"command did not finish within {command_timeout:.0f}s")
+            if on_tick is not None:
+                on_tick()
             if channel.recv_ready():
                 kept = stdout.add(channel.recv(32768))
                 if kept and on_output is not None:
@@ -228,10 +249,6 @@ def run_command(
                 continue
             if channel.exit_status_ready() and channel.eof_received:
                 break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                channel.close()
-                raise CommandTimeout(f"command did not finish within {command_timeout:.0f}s")
             select.select([channel], [], [], min(remaining, 1.0))
         # Drain what arrived together with the exit status.
         while channel.recv_ready():
@@ -244,7 +261,30 @@ def run_command(
             stderr=stderr.text(),
             stdout_truncated=stdout.truncated,
             stderr_truncated=stderr.truncated,
-            duration=time.monotonic() - started,
+            duration=time.monotonic() - self.started,
         )
-    finally:
-        transport.close()
+
+
+def run_command(
+    endpoint: Endpoint,
+    key_file: str | Path,
+    command: str,
+    *,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 120.0,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    on_output: Callable[[str], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> CommandResult:
+    """Run ``command`` (a fixed string, never built from unchecked input) on ``endpoint``.
+
+    stdout and stderr are kept up to ``max_output`` bytes each, truncation marked.
+    """
+    with Session(endpoint, key_file, connect_timeout) as session:
+        return session.exec(
+            command,
+            command_timeout=command_timeout,
+            max_output=max_output,
+            on_output=on_output,
+            on_tick=on_tick,
+        )

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from portal.lib.localservices import free_port, start_postgres, stop_postgres, wait_until
 from tests.backups.kubeapi import FakeKubeAPI
@@ -118,9 +119,16 @@ def pg_snapshot(cluster: PgCluster, dbname: str) -> dict:
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
             ).fetchall()
         ]
-        rows = {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
+        rows = {
+            t: conn.execute(
+                sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(t))
+            ).fetchall()
+            for t in tables
+        }
         sequences = {
-            name: conn.execute(f'SELECT last_value, is_called FROM "{name}"').fetchone()
+            name: conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(name))
+            ).fetchone()
             for (name,) in conn.execute(
                 "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1"
             ).fetchall()

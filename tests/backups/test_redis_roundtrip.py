@@ -25,21 +25,27 @@ def fill(client, db1):
     db1.set("other-db", "yes")
 
 
+def read(client, key):
+    kind = client.type(key).decode()
+    if kind == "string":
+        return kind, client.get(key)
+    if kind == "list":
+        return kind, client.lrange(key, 0, -1)
+    if kind == "hash":
+        return kind, client.hgetall(key)
+    if kind == "set":
+        return kind, sorted(client.smembers(key))
+    if kind == "zset":
+        return kind, client.zrange(key, 0, -1, withscores=True)
+    return kind, [fields for _, fields in client.xrange(key)]
+
+
 def content(server) -> dict:
     result = {}
     for db in (0, 1):
         client = server.client(db)
         for key in client.scan_iter(count=1000):
-            kind = client.type(key).decode()
-            value = {
-                "string": lambda k: client.get(k),
-                "list": lambda k: client.lrange(k, 0, -1),
-                "hash": lambda k: client.hgetall(k),
-                "set": lambda k: sorted(client.smembers(k)),
-                "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-                "stream": lambda k: [fields for _, fields in client.xrange(k)],
-            }[kind](key)
-            result[(db, key)] = (kind, value, client.ttl(key) > 0)
+            result[(db, key)] = (*read(client, key), client.ttl(key) > 0)
     return result
 
 
@@ -63,7 +69,9 @@ def test_rdb_backup_restores_into_a_fresh_server_identically(
     assert "s3cret-redis" not in run.stderr + run.verify_detail
 
     fresh = redis_server()
-    req, plan = plan_now(capture, artifact, target={"url": fresh.url, "password_env": ""}, by=operator)
+    req, plan = plan_now(
+        capture, artifact, target={"url": fresh.url, "password_env": ""}, by=operator
+    )
     assert plan["mode"] == RestoreMode.SCRATCH
     run_jobs()
     req.refresh_from_db()

@@ -1,6 +1,8 @@
 """Overwriting restores: refused without the typed confirmation or two approvals, and
 a verified safety backup of the target is taken before anything is overwritten."""
 
+from datetime import timedelta
+
 import pytest
 
 from backups import actions
@@ -146,3 +148,19 @@ def test_rejection_ends_the_request(damaged_db, operator, approver, capture):
     with pytest.raises(actions.BackupError) as late:
         actions.approve_restore(req, by=approver, confirmation=name)
     assert late.value.code == "state"
+
+
+def test_an_approval_not_used_in_time_expires_and_never_runs(
+    damaged_db, pg_cluster, operator, approver, approver2
+):
+    name, _, damaged, artifact = damaged_db
+    req, _ = actions.plan_restore(artifact, by=operator, confirmation=name)
+    actions.approve_restore(req, by=approver, confirmation=name)
+    actions.approve_restore(req, by=approver2, confirmation=name)
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.APPROVED
+    assert actions.expire_restores(now=req.expires_at + timedelta(seconds=1)) == [req.pk]
+    assert run_restore(req.pk) == "not-claimed"
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.EXPIRED
+    assert pg_snapshot(pg_cluster, name) == damaged

@@ -59,6 +59,9 @@ def test_a_replayed_heartbeat_is_refused(client, agent_and_secret):
         ({"HTTP_X_AGENT": "someone-else"}, "bad signature"),
         ({"nonce": "short"}, "nonce"),
         ({"HTTP_X_AGENT_SIGNATURE": ""}, "missing"),
+        ({"HTTP_X_AGENT_SIGNATURE": "é" * 64}, "64 hex"),
+        ({"timestamp": "²"}, "timestamp"),
+        ({"timestamp": "9" * 5000}, "timestamp"),
     ],
 )
 def test_forged_or_stale_heartbeats_are_refused(client, agent_and_secret, overrides, message):

@@ -54,6 +54,14 @@ def test_metrics_are_prometheus_text_from_loopback(client, live_worker):
     assert 'portal_http_requests_total{method="GET",status="200"}' in text
 
 
+def test_behind_a_proxy_only_the_token_opens_metrics(client, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.METRICS_TOKEN = "s3cret-token"
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 403
+    ok = client.get("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_AUTHORIZATION="Bearer s3cret-token")
+    assert ok.status_code == 200
+
+
 def test_metrics_refuse_other_addresses_unless_token(client, settings):
     settings.METRICS_TOKEN = "s3cret-token"
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403

@@ -95,12 +95,22 @@ def test_malformed_json_is_a_4xx(client, operator, host):
 
 
 def test_errors_name_the_problem_with_the_right_status(client, operator, approver, viewer, host):
-    action_id = _post(client, "/api/pra/actions", _proposal(), _bearer(operator)).json()["id"]
-    self_approval = _post(client, f"/api/pra/actions/{action_id}/approve", {}, _bearer(operator))
+    created = _post(client, "/api/pra/actions", _proposal(), _bearer(operator)).json()
+    action_id, shown = created["id"], {"fingerprint": created["fingerprint"]}
+    self_approval = _post(client, f"/api/pra/actions/{action_id}/approve", shown, _bearer(operator))
     assert self_approval.status_code == 403
-    viewer_approval = _post(client, f"/api/pra/actions/{action_id}/approve", {}, _bearer(viewer))
+    viewer_approval = _post(client, f"/api/pra/actions/{action_id}/approve", shown, _bearer(viewer))
     assert viewer_approval.status_code == 403
-    missing = _post(client, "/api/pra/actions/9999/approve", {}, _bearer(approver))
+    unseen = _post(client, f"/api/pra/actions/{action_id}/approve", {}, _bearer(approver))
+    assert unseen.status_code == 422  # an approval must say what it approves
+    stale = _post(
+        client,
+        f"/api/pra/actions/{action_id}/approve",
+        {"fingerprint": "0" * 64},
+        _bearer(approver),
+    )
+    assert stale.status_code == 409 and stale.json()["error"] == "stale"
+    missing = _post(client, "/api/pra/actions/9999/approve", shown, _bearer(approver))
     assert missing.status_code == 404
     no_reason = _post(
         client, f"/api/pra/actions/{action_id}/reject", {"reason": ""}, _bearer(approver)
@@ -154,3 +164,10 @@ def test_remediation_kpis_are_in_metrics(client, operator, approver, host):
     assert 'portal_pra_actions{status="REJECTED"} 1.0' in text
     assert "portal_pra_proposed 2.0" in text
     assert "portal_pra_approval_ratio 0.5" in text
+
+
+def test_mcp_scoped_tokens_cannot_use_the_rest_api(client, approver, host):
+    """An assistant's token cannot reach the API where approving happens."""
+    _, raw = create_token(approver, "assistant", scope="mcp")
+    response = client.get("/api/pra/actions", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert response.status_code == 401

@@ -84,6 +84,18 @@ def test_high_is_never_auto_approved(operator, host):
     assert not PRAAction.objects.exists()
 
 
+def test_only_low_impact_is_ever_auto_approved(operator, host):
+    from portal.approvals import may_auto_approve
+
+    rule = ApprovalRule.objects.get(impact="MEDIUM")
+    rule.allow_auto_approve = True
+    with pytest.raises(ValidationError):
+        rule.full_clean()
+    rule.save()
+    assert not may_auto_approve("MEDIUM")
+    assert may_auto_approve("LOW")
+
+
 def test_admin_cannot_weaken_high_rules(admin_user):
     rule = ApprovalRule.objects.get(impact="HIGH")
     rule.required_approvals = 1

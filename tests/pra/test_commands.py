@@ -25,6 +25,19 @@ def test_pra_host_add_pins_the_presented_key(shared_ssh_target, capsys):
     assert AuditEvent.objects.filter(event_type="HOST_ADDED").exists()
 
 
+def test_pra_host_add_refuses_a_key_that_is_not_the_expected_one(shared_ssh_target):
+    port = str(shared_ssh_target.port)
+    with pytest.raises(CommandError, match="not the expected"):
+        call_command(
+            "pra_host", "add", "dns-1", "127.0.0.1", "--port", port,
+            "--fingerprint", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )  # fmt: skip
+    assert not Host.objects.exists()
+    expected = ssh.fingerprint(shared_ssh_target.host_key_line)
+    call_command("pra_host", "add", "dns-1", "127.0.0.1", "--port", port, "--fingerprint", expected)
+    assert Host.objects.get().host_key_fingerprint == expected
+
+
 def test_pra_host_add_without_confirmation_changes_nothing(shared_ssh_target):
     with pytest.raises(CommandError, match="Not confirmed"):
         call_command("pra_host", "add", "dns-1", "127.0.0.1", "--port", str(shared_ssh_target.port))
@@ -50,9 +63,16 @@ def test_repin_after_a_key_change(ssh_target, settings, capsys):
         call_command("pra_host", "repin", "dns-1")
     host.refresh_from_db()
     assert host.host_key_fingerprint == old
-    call_command("pra_host", "repin", "dns-1", "--yes")
+    new = ssh.fingerprint(ssh_target.host_key_line)
+    with pytest.raises(CommandError, match="only re-pinned unattended with --fingerprint"):
+        call_command("pra_host", "repin", "dns-1", "--yes")
+    with pytest.raises(CommandError, match="not the expected"):
+        call_command("pra_host", "repin", "dns-1", "--yes", "--fingerprint", old)
     host.refresh_from_db()
-    assert host.host_key_fingerprint == ssh.fingerprint(ssh_target.host_key_line) != old
+    assert host.host_key_fingerprint == old
+    call_command("pra_host", "repin", "dns-1", "--yes", "--fingerprint", new)
+    host.refresh_from_db()
+    assert host.host_key_fingerprint == new != old
 
 
 def test_check_target_reports_sync_and_drift(shared_ssh_target, settings, capsys):

@@ -178,7 +178,7 @@ def post_raw(url: str, token: str | None) -> httpx2.Response:
 @pytest.fixture
 def token_of():
     def _token(user) -> tuple[Any, str]:
-        return create_token(user, "mcp-tests")
+        return create_token(user, "mcp-tests", scope="mcp")
 
     return _token
 

@@ -139,3 +139,77 @@ def test_reconciler_leaves_expired_approvals_alone(operator, approver, target_ho
     assert actions.expire_due() == [action.pk]
     action.refresh_from_db()
     assert action.status == ActionStatus.EXPIRED
+
+
+def test_a_run_reaped_before_the_command_is_sent_sends_nothing(
+    operator, approver, target_host, shared_ssh_target, monkeypatch
+):
+    """The reaper wins while the worker is still connecting: the worker must not exec."""
+    from pra import jobs, transport
+
+    action = _approved(operator, approver, target_host)
+    real_open = transport.open_exec_session
+
+    def slow_connect(host):
+        session = real_open(host)
+        # Meanwhile the reaper decided this run was lost.
+        actions.reap_lost_runs(now=timezone.now() + timedelta(hours=1))
+        return session
+
+    monkeypatch.setattr(transport, "open_exec_session", slow_connect)
+    assert jobs.execute_action(action.pk) == "claim-lost"
+    action.refresh_from_db()
+    assert action.status == ActionStatus.FAILED
+    assert action.failure_cause == FailureCause.WORKER_LOST
+    assert restarts(shared_ssh_target, "systemctl", "restart") == 0
+
+
+def test_a_quiet_long_command_keeps_its_heartbeat(
+    operator, approver, target_host, shared_ssh_target, settings, monkeypatch
+):
+    """A silent command longer than the grace period is not mistaken for a lost worker."""
+    from pra import jobs
+
+    monkeypatch.setattr(jobs, "HEARTBEAT_EVERY", 0.3)
+    settings.PRA_HEARTBEAT_GRACE = 1
+    shared_ssh_target.delay_command("systemctl", 3)
+    action = _approved(operator, approver, target_host)
+    outcome = []
+
+    def run():
+        from django.db import connections
+
+        try:
+            outcome.append(jobs.execute_action(action.pk))
+        finally:
+            connections.close_all()  # this thread's connection, so the test DB can be dropped
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        _wait_for(
+            lambda: PRAAction.objects.get(pk=action.pk).status == ActionStatus.EXECUTING,
+            30,
+            "the claim",
+        )
+        pause = threading.Event()
+        reaped = []
+        for _ in range(8):  # the reaper runs repeatedly during the 3 s command
+            pause.wait(0.25)
+            reaped += actions.reap_lost_runs()
+        assert reaped == []
+    finally:
+        runner.join(timeout=60)
+    assert outcome == ["completed"]
+
+
+def test_disabling_a_host_stops_approved_actions(
+    operator, approver, target_host, shared_ssh_target
+):
+    action = _approved(operator, approver, target_host)
+    target_host.enabled = False
+    target_host.save(update_fields=["enabled"])
+    run_jobs()
+    action.refresh_from_db()
+    assert action.status == ActionStatus.APPROVED  # not run; it expires in its window
+    assert restarts(shared_ssh_target, "systemctl", "restart") == 0

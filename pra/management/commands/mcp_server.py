@@ -29,9 +29,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, token_file: Path | None, **options):
         raw = self._read_token(token_file)
-        user = authenticate_token(raw)
+        user = authenticate_token(raw, scope="mcp")
         if user is None:
-            raise CommandError("The token is not valid (unknown, revoked, or its user inactive).")
+            raise CommandError(
+                "The token is not valid for MCP (unknown, revoked, its user inactive, or not "
+                "created with --scope mcp)."
+            )
         from pra.mcp import serve_stdio  # the SDK takes a while to import: only when serving
 
         self.stderr.write(f"Serving MCP over stdio as {user.get_username()}.")

@@ -19,9 +19,14 @@ class Command(BaseCommand):
         add.add_argument("--user", default="pra")
         add.add_argument("--tags", default="")
         add.add_argument("--yes", action="store_true", help="pin without asking (scripts)")
+        add.add_argument(
+            "--fingerprint",
+            help="expected SHA256:... fingerprint (from the host's console); refuse any other",
+        )
         repin = sub.add_parser("repin", help="fetch and pin a new host key for a known host")
         repin.add_argument("name")
-        repin.add_argument("--yes", action="store_true")
+        repin.add_argument("--yes", action="store_true", help="needs --fingerprint")
+        repin.add_argument("--fingerprint", help="the new key's expected SHA256:... fingerprint")
         sub.add_parser("list", help="list hosts and their pinned fingerprints")
 
     def handle(self, *args, verb, **options):
@@ -41,12 +46,27 @@ class Command(BaseCommand):
         except ssh.SSHError as exc:
             raise CommandError(str(exc)) from None
 
-    def _add(self, name, address, port, user, tags, yes, **options):
+    def _check_expected(self, key: str, expected: str | None) -> bool:
+        if expected is None:
+            return False
+        if ssh.fingerprint(key) != expected.strip():
+            raise CommandError(
+                f"The host presents {ssh.fingerprint(key)}, not the expected {expected}. "
+                "Nothing was pinned: check for interception or a re-installed host."
+            )
+        return True
+
+    def _add(self, name, address, port, user, tags, yes, fingerprint, **options):
         if Host.objects.filter(name=name).exists():
             raise CommandError(f"Host {name!r} already exists (use 'repin' to change its key).")
         key = self._fetch(address, port)
         self.stdout.write(f"{address}:{port} presents {key.split()[0]} key {ssh.fingerprint(key)}")
-        self._confirm("Compare it with the host's own fingerprint. Pin it?", yes)
+        matched = self._check_expected(key, fingerprint)
+        if yes and not matched:
+            self.stderr.write(
+                "warning: pinned without comparing fingerprints (--yes without --fingerprint)."
+            )
+        self._confirm("Compare it with the host's own fingerprint. Pin it?", yes or matched)
         try:
             host = actions.add_host(
                 name=name, address=address, port=port, ssh_user=user, host_key=key, tags=tags
@@ -57,7 +77,7 @@ class Command(BaseCommand):
             self.style.SUCCESS(f"Added {host.name}, pinned {host.host_key_fingerprint}.")
         )
 
-    def _repin(self, name, yes, **options):
+    def _repin(self, name, yes, fingerprint, **options):
         host = Host.objects.filter(name=name).first()
         if host is None:
             raise CommandError(f"No host {name!r}.")
@@ -67,7 +87,10 @@ class Command(BaseCommand):
             self.stdout.write("The host still presents the pinned key; nothing to do.")
             return
         self.stdout.write(f"Pinned: {host.host_key_fingerprint}\nNow:    {new}")
-        self._confirm("The key CHANGED. Only continue if you know why. Pin the new key?", yes)
+        matched = self._check_expected(key, fingerprint)
+        if yes and not matched:
+            raise CommandError("A changed key is only re-pinned unattended with --fingerprint.")
+        self._confirm("The key CHANGED. Only continue if you know why. Pin the new key?", matched)
         actions.pin_host_key(host, key, by="system:cli")
         self.stdout.write(self.style.SUCCESS(f"Pinned {new} for {name}."))
 

@@ -1,0 +1,123 @@
+"""`manage.py backup_restore`: plan (--dry-run first), confirm, approve, follow a restore.
+
+backup_restore plan ARTIFACT_ID --as alice [--target '{"database": "x"}'] --dry-run
+backup_restore plan ARTIFACT_ID --as alice --confirm shop
+backup_restore approve REQUEST_ID --as bob --confirm shop
+backup_restore status REQUEST_ID
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from backups import actions
+from backups.management.commands.backup_run import _actor
+from backups.models import BackupArtifact, RestoreRequest
+
+
+class Command(BaseCommand):
+    help = "Plan, approve and follow restores (the same rules as the admin)."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="verb", required=True)
+        plan = sub.add_parser("plan", help="plan a restore of one artifact")
+        plan.add_argument("artifact", type=int, help="artifact id (see the run's page)")
+        plan.add_argument("--target", default="{}", help="JSON: database/dsn, url, resources…")
+        plan.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+        plan.add_argument("--confirm", default="", help="the target's name (overwrites)")
+        plan.add_argument("--as", dest="user", required=True)
+        approve = sub.add_parser("approve", help="sign a planned overwrite")
+        approve.add_argument("request", type=int)
+        approve.add_argument("--confirm", required=True, help="the target's name")
+        approve.add_argument("--as", dest="user", required=True)
+        reject = sub.add_parser("reject", help="reject a planned restore")
+        reject.add_argument("request", type=int)
+        reject.add_argument("--reason", required=True)
+        reject.add_argument("--as", dest="user", required=True)
+        status = sub.add_parser("status", help="show a restore request")
+        status.add_argument("request", type=int)
+        sub.add_parser("list", help="list artifacts one can restore from")
+
+    def handle(self, *args, verb, **options):
+        try:
+            getattr(self, f"_{verb}")(**options)
+        except actions.BackupError as exc:
+            raise CommandError(exc.message) from None
+
+    def _user(self, name: str):
+        user = _actor(name)
+        if isinstance(user, str):
+            raise CommandError("--as needs a portal user")
+        return user
+
+    def _plan(self, artifact, target, dry_run, confirm, user, **options):
+        try:
+            given = json.loads(target)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--target is not JSON: {exc}") from None
+        req, plan = actions.plan_restore(
+            artifact, target=given, by=self._user(user), confirmation=confirm, dry_run=dry_run
+        )
+        self._show_plan(plan)
+        if req is None:
+            self.stdout.write("Dry run: nothing was changed.")
+            if plan["mode"] == "overwrite":
+                self.stdout.write(f"To plan it for real, add --confirm {plan['target_name']}.")
+            return
+        self.stdout.write(self.style.SUCCESS(f"Restore #{req.pk} planned: {req.status}."))
+        if req.status == "PLANNED":
+            self.stdout.write(
+                f"Two approvers (not you) now run: backup_restore approve {req.pk} "
+                f"--confirm {req.target_name} --as NAME (or approve it in the admin)."
+            )
+
+    def _show_plan(self, plan: dict) -> None:
+        a = plan["artifact"]
+        self.stdout.write(f"From:       artifact #{a['id']} of {a['source']} ({a['component']}, "
+                          f"{a['created']}, sha256 {a['sha256'][:16]}…)")  # fmt: skip
+        self.stdout.write(f"Target:     {plan['target_name']} ({plan['mode']})")
+        if plan["overwrites"]:
+            self.stdout.write(self.style.WARNING(f"OVERWRITES: {plan['overwrites']}"))
+        if plan["creates"]:
+            self.stdout.write(f"Creates:    {plan['creates']}")
+        free = plan["free_bytes"]
+        free_text = f"{free / 1e6:.1f} MB" if free is not None else "unknown"
+        self.stdout.write(
+            f"Size:       about {plan['estimated_bytes'] / 1e6:.1f} MB; free {free_text} "
+            f"({plan['free_note']})"
+        )
+        for warning in plan["warnings"]:
+            self.stdout.write(self.style.WARNING(f"Warning:    {warning}"))
+        self.stdout.write("Steps:      " + " → ".join(plan["steps"]))
+
+    def _approve(self, request, confirm, user, **options):
+        tally = actions.approve_restore(request, by=self._user(user), confirmation=confirm)
+        state = "approved: queued" if tally.complete else "signed"
+        self.stdout.write(f"Restore #{request}: {state} ({tally.count}/{tally.required}).")
+
+    def _reject(self, request, reason, user, **options):
+        actions.reject_restore(request, by=self._user(user), reason=reason)
+        self.stdout.write(f"Restore #{request} rejected.")
+
+    def _status(self, request, **options):
+        req = RestoreRequest.objects.filter(pk=request).first()
+        if req is None:
+            raise CommandError(f"No restore #{request}.")
+        self.stdout.write(f"Restore #{req.pk}: {req.status} {req.phase} → {req.target_name}")
+        if req.error:
+            self.stdout.write(req.error)
+        if req.report:
+            self.stdout.write(json.dumps(req.report, indent=2))
+
+    def _list(self, **options):
+        for artifact in (
+            BackupArtifact.objects.filter(verification="VERIFIED", run__deleted_at__isnull=True)
+            .select_related("run__source")
+            .order_by("-run__created")[:50]
+        ):
+            self.stdout.write(
+                f"#{artifact.pk:<6} {artifact.run.source.name:<20} {artifact.component:<20} "
+                f"{artifact.run.created:%Y-%m-%d %H:%M} {artifact.bytes_stored / 1e6:8.1f} MB"
+            )

@@ -1,0 +1,70 @@
+"""`manage.py backup_verify [--all] [SOURCE ...]`: verify, report, fail when not fresh."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from backups import jobs
+from backups.choices import RunStatus, Verification
+from backups.models import BackupRun, BackupSource
+
+
+class Command(BaseCommand):
+    help = (
+        "Re-verify the newest backup of each source (--all: every stored backup) and print "
+        "a report; exit 1 when a source has no fresh verified backup."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("sources", nargs="*", help="source names (default: all enabled)")
+        parser.add_argument("--all", action="store_true", help="verify every stored backup")
+        parser.add_argument("--no-verify", action="store_true", help="only report what is recorded")
+
+    def handle(self, *args, sources, all, no_verify, **options):
+        queryset = (
+            BackupSource.objects.all() if sources else BackupSource.objects.filter(enabled=True)
+        )
+        if sources:
+            queryset = queryset.filter(name__in=sources)
+            missing = set(sources) - set(queryset.values_list("name", flat=True))
+            if missing:
+                raise CommandError(f"Unknown source(s): {', '.join(sorted(missing))}")
+        fresh_after = timezone.now() - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+        header = f"{'source':<24} {'last success':<20} {'age':>7} {'size':>10}  verified"
+        self.stdout.write(header)
+        stale = []
+        for source in queryset.order_by("name"):
+            stored = BackupRun.objects.filter(
+                source=source, status=RunStatus.SUCCEEDED, deleted_at__isnull=True,
+                restore__isnull=True,
+            ).order_by("-created")  # fmt: skip
+            if not no_verify:
+                for run in stored if all else stored[:1]:
+                    jobs.verify_run(run.pk, by="system:backup_verify")
+            last = stored.first()
+            if last is None:
+                self.stdout.write(f"{source.name:<24} {'never':<20} {'-':>7} {'-':>10}  -")
+                stale.append(source.name)
+                continue
+            last.refresh_from_db()
+            age = timezone.now() - last.created
+            hours = age.total_seconds() / 3600
+            verdict = last.verification + (" (SHRANK)" if last.shrink_flag else "")
+            self.stdout.write(
+                f"{source.name:<24} {last.created:%Y-%m-%d %H:%M:%S}  {hours:6.1f}h "
+                f"{last.bytes_stored / 1e6:9.1f}M  {verdict}"
+            )
+            if last.verification != Verification.VERIFIED:
+                self.stdout.write(f"    {last.verify_detail[:500]}")
+            fresh = last.created >= fresh_after and last.verification == Verification.VERIFIED
+            if not fresh:
+                stale.append(source.name)
+        if stale:
+            raise CommandError(
+                f"No fresh verified backup (< {settings.BACKUP_FRESH_HOURS} h) for: "
+                + ", ".join(stale)
+            )

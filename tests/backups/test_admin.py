@@ -1,0 +1,81 @@
+"""The admin: run now, the restore plan page (preview), and approve/reject buttons only
+for those allowed, through POST with CSRF like the remediation admin."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from backups.choices import RestoreStatus, SourceKind
+from backups.models import BackupRun, RestoreRequest
+from tests.backups.helpers import backup_now, make_source, run_jobs
+from tests.conftest import TEST_PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def _login(user) -> Client:
+    client = Client(enforce_csrf_checks=False)
+    assert client.login(username=user.username, password=TEST_PASSWORD)
+    return client
+
+
+def test_run_now_queues_a_backup_and_the_dashboard_shows_it(
+    kube_api, tmp_path, operator, viewer, capture
+):
+    source = make_source(
+        "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
+    )
+    url = reverse("admin:backups_backupsource_changelist")
+    with capture(execute=True):
+        response = _login(operator).post(
+            url, {"action": "run_now", "_selected_action": [source.pk]}, follow=True
+        )
+    assert response.status_code == 200
+    run = BackupRun.objects.get()
+    run_jobs()
+    run.refresh_from_db()
+    assert run.status == "SUCCEEDED"
+    page = _login(viewer).get("/")
+    assert b"panel-backups" in page.content and b"k8s" in page.content
+    assert (
+        _login(viewer).get(reverse("admin:backups_backuprun_change", args=[run.pk])).status_code
+        == 200
+    )
+
+
+def test_plan_page_previews_then_approvers_sign_on_the_restore_page(
+    kube_api, tmp_path, operator, approver, approver2, viewer, capture
+):
+    source = make_source(
+        "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
+    )
+    artifact = backup_now(source, operator, capture).artifacts.get()
+    plan_url = reverse("admin:backups_restorerequest_plan")
+    data = {"artifact": artifact.pk, "target": '{"resources": ["configmap"]}', "confirmation": ""}
+    assert _login(viewer).post(plan_url, {**data, "preview": "1"}).status_code == 403
+    preview = _login(operator).post(plan_url, {**data, "preview": "1"})
+    assert b"Preview" in preview.content and b"Will overwrite" in preview.content
+    assert not RestoreRequest.objects.exists()
+    refused = _login(operator).post(plan_url, {**data, "create": "1"}, follow=True)
+    assert b"Type its name" in refused.content and not RestoreRequest.objects.exists()
+    _login(operator).post(plan_url, {**data, "confirmation": "standin", "create": "1"})
+    req = RestoreRequest.objects.get()
+    assert req.status == RestoreStatus.PLANNED
+
+    change = reverse("admin:backups_restorerequest_change", args=[req.pk])
+    assert b"approve-button" not in _login(operator).get(change).content  # the requester
+    assert b"approve-button" not in _login(viewer).get(change).content
+    page = _login(approver).get(change)
+    assert b"approve-button" in page.content and b"Will overwrite" in page.content
+    approve = reverse("admin:backups_restorerequest_approve", args=[req.pk])
+    fingerprint = req.approval_fingerprint()
+    assert _login(viewer).post(approve, {"confirmation": "standin"}).status_code == 403
+    _login(approver).post(approve, {"confirmation": "standin", "fingerprint": fingerprint})
+    with capture(execute=True):
+        _login(approver2).post(approve, {"confirmation": "standin", "fingerprint": fingerprint})
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.APPROVED
+    run_jobs()
+    req.refresh_from_db()
+    assert req.status == RestoreStatus.SUCCEEDED, req.error
+    assert req.safety_run.status == "SUCCEEDED"

@@ -1,0 +1,172 @@
+"""Backup runs: tool failures, credentials, the in-pod command, and a worker killed mid-run."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from backups import actions
+from backups.choices import RunStatus, SourceKind, Transport
+from backups.jobs import tick
+from backups.models import BackupArtifact, BackupRun, BackupSource
+from backups.sources import PostgresTransport
+from backups.storage import get_storage
+from tests.backups.helpers import backup_now, pg_source, run_jobs, trail
+from tests.pra.helpers import BASE_DIR, PYTHON
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        pause.wait(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.django_db
+def test_a_failing_tool_fails_the_run_keeps_its_stderr_and_leaves_no_file(
+    pg_cluster, operator, capture, caplog
+):
+    source = pg_source("ghost", pg_cluster.dsn, "no_such_database")
+    run = backup_now(source, operator, capture)
+    assert run.status == RunStatus.FAILED
+    assert "pg_dump for no_such_database exited 1" in run.error
+    assert "no_such_database" in run.stderr and "does not exist" in run.stderr
+    assert get_storage().list_runs() == [] and not BackupArtifact.objects.exists()
+    assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_FAILED"]
+    assert any("ghost FAILED" in r.message for r in caplog.records)
+
+
+@pytest.mark.django_db
+def test_missing_credentials_fail_clearly_and_passwords_never_reach_argv(
+    pg_cluster, operator, capture, monkeypatch, tmp_path
+):
+    source = pg_source("db", pg_cluster.dsn, "postgres", password_env="TEST_ABSENT_PW")
+    monkeypatch.delenv("TEST_ABSENT_PW", raising=False)
+    run = backup_now(source, operator, capture)
+    assert run.status == RunStatus.FAILED
+    assert "TEST_ABSENT_PW" in run.error
+
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("hunter2-secret\n")
+    source.password_env, source.password_file = "", str(secret_file)
+    command = PostgresTransport(source).command(PostgresTransport(source).components()[0])
+    assert "hunter2-secret" not in " ".join(command.argv)
+    assert command.env == {"PGPASSWORD": "hunter2-secret"}
+
+
+@pytest.mark.django_db
+def test_in_pod_commands_read_the_password_from_stdin(pg_cluster, pg_database, tmp_path):
+    """kubectl exec cannot run here (no cluster); the part after ``--`` runs in the pod,
+    so run exactly that locally, with the same stdin, against a real server."""
+    name = pg_database()
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("pod-secret")
+    source = BackupSource(
+        name="in-pod", kind=SourceKind.POSTGRES, transport=Transport.KUBECTL_EXEC,
+        kube_namespace="db", kube_pod="postgres-0", dsn="postgres://postgres@x",
+        databases=name, password_file=str(secret_file), kubeconfig="/etc/kc",
+    )  # fmt: skip
+    source.full_clean()
+    transport = PostgresTransport(source)
+    command = transport.command(transport.components()[0])
+    argv = command.argv
+    assert argv[:8] == [
+        "kubectl",
+        "--kubeconfig",
+        "/etc/kc",
+        "exec",
+        "-i",
+        "-n",
+        "db",
+        "postgres-0",
+    ]
+    assert "pod-secret" not in " ".join(argv) and command.stdin == b"pod-secret\n"
+    in_pod = argv[argv.index("--") + 1 :]
+    env = {**os.environ, "PGHOST": pg_cluster.host, "PGPORT": str(pg_cluster.port)}
+    result = subprocess.run(in_pod, input=command.stdin, capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"PGDMP")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_backup_leaves_nothing_listed(
+    pg_cluster, pg_database, operator, settings
+):
+    first, second = pg_database("first"), pg_database("second")
+    source = pg_source("two-dbs", pg_cluster.dsn, f"{first},{second}")
+    blocker = pg_cluster.connect(second)
+    blocker.autocommit = False
+    # pg_dump of the second database waits for this lock: the run is caught mid-way,
+    # with the first database already streamed into the staging area.
+    blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    db = connection.settings_dict
+    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{host}/{db['NAME']}",
+        "BACKUP_STORAGE_DIR": str(settings.BACKUP_STORAGE_DIR),
+        "PYTHONPATH": str(BASE_DIR),
+    }
+    run = actions.request_run(source, by=operator)
+    worker = subprocess.Popen(
+        [PYTHON, "manage.py", "rqworker", "backups", "--burst"],
+        env=env, cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def dump_waits() -> bool:
+            with pg_cluster.connect("postgres") as conn:
+                return (
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND wait_event_type = 'Lock'",
+                        [second],
+                    ).fetchone()[0]
+                    > 0
+                )
+
+        _wait_for(dump_waits, 60, "pg_dump to block on the second database")
+        staged = list(settings.BACKUP_STORAGE_DIR.glob("two-dbs/.incomplete/*/*"))
+        assert any(p.name == f"{first}.pgdump.zst" and p.stat().st_size > 0 for p in staged)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker, its work horse and pg_dump
+        worker.wait()
+        blocker.close()
+
+    storage = get_storage()
+    assert storage.list_runs() == [] and not BackupArtifact.objects.exists()
+    assert BackupRun.objects.get(pk=run.pk).status == RunStatus.RUNNING
+    later = run.created + timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE + 60)
+    assert actions.reap_lost_runs(now=later) == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "worker lost" in run.error
+    # The sweeper removes the staging once its run is no longer running.
+    settings.BACKUP_HEARTBEAT_GRACE = 0
+    assert tick(now=later)["swept"] == [run.storage_key]
+    assert not list(settings.BACKUP_STORAGE_DIR.glob("two-dbs/.incomplete/*"))
+    run_jobs()  # nothing brings it back
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+
+
+@pytest.mark.django_db
+def test_pg_dumpall_mode_backs_up_the_whole_cluster(pg_cluster, pg_database, operator, capture):
+    name = pg_database("cluster")
+    source = pg_source("whole", pg_cluster.dsn, "", pg_mode="dumpall")
+    run = backup_now(source, operator, capture)
+    assert run.verification == "VERIFIED", (run.error, run.verify_detail)
+    artifact = run.artifacts.get()
+    assert (artifact.component, artifact.format) == ("cluster", "pg_sql")
+    assert "header and trailer present" in artifact.verify_detail
+    with pytest.raises(actions.BackupError, match="restored by hand"):
+        actions.plan_restore(artifact, by=operator, dry_run=True)
+    assert name

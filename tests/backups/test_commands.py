@@ -1,0 +1,78 @@
+"""The management commands: backup_run (progress bar), backup_verify (exit status),
+backup_restore (dry run, confirmation, approvals by request id)."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from backups.choices import RestoreStatus, SourceKind
+from backups.models import BackupRun, RestoreRequest
+from tests.backups.conftest import pg_snapshot
+from tests.backups.helpers import make_source, pg_source, run_jobs
+
+pytestmark = pytest.mark.django_db
+
+
+def test_backup_run_shows_progress_and_backup_verify_reports_freshness(
+    kube_api, tmp_path, capsys, operator
+):
+    source = make_source(
+        "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
+    )
+    make_source("never", SourceKind.REDIS, dsn="redis://127.0.0.1:1")
+    with pytest.raises(CommandError, match="k8s, never"):
+        call_command("backup_verify")
+    call_command("backup_run", "k8s", "--as", operator.username)
+    captured = capsys.readouterr()
+    assert "MB/s" in captured.err  # the progress bar
+    assert "Backup #" in captured.out and "verification VERIFIED" in captured.out
+
+    with pytest.raises(CommandError, match="never"):
+        call_command("backup_verify")
+    out = capsys.readouterr().out
+    assert "k8s" in out and "VERIFIED" in out and "never" in out
+    call_command("backup_verify", "k8s", "--all")  # fresh and verified: exit 0
+
+    run = BackupRun.objects.get(source=source)
+    BackupRun.objects.filter(pk=run.pk).update(created=run.created - timedelta(days=3))
+    with pytest.raises(CommandError, match="k8s"):
+        call_command("backup_verify", "k8s")
+
+
+def test_backup_restore_plan_confirm_and_approve_by_request_id(
+    pg_cluster, pg_database, capsys, operator, approver, approver2, capture
+):
+    name = pg_database()
+    good = pg_snapshot(pg_cluster, name)
+    pg_source("db", pg_cluster.dsn, name)
+    call_command("backup_run", "db")
+    run = BackupRun.objects.get()
+    artifact = run.artifacts.get()
+    with pg_cluster.connect(name) as conn:
+        conn.execute("TRUNCATE orders")
+
+    call_command("backup_restore", "plan", str(artifact.pk), "--as", operator.username, "--dry-run")
+    out = capsys.readouterr().out
+    assert "OVERWRITES" in out and "Dry run: nothing was changed." in out
+    assert f"--confirm {name}" in out
+    with pytest.raises(CommandError, match="Type its name"):
+        call_command("backup_restore", "plan", str(artifact.pk), "--as", operator.username)
+    with capture(execute=True):
+        call_command(
+            "backup_restore", "plan", str(artifact.pk), "--as", operator.username, "--confirm", name
+        )
+    req = RestoreRequest.objects.get()
+    assert req.status == RestoreStatus.PLANNED
+    with pytest.raises(CommandError, match="approver permission|someone else"):
+        call_command("backup_restore", "approve", str(req.pk), "--as", operator.username,
+                     "--confirm", name)  # fmt: skip
+    call_command("backup_restore", "approve", str(req.pk), "--as", approver.username,
+                 "--confirm", name)  # fmt: skip
+    with capture(execute=True):
+        call_command("backup_restore", "approve", str(req.pk), "--as", approver2.username,
+                     "--confirm", name)  # fmt: skip
+    run_jobs()
+    call_command("backup_restore", "status", str(req.pk))
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert pg_snapshot(pg_cluster, name) == good
