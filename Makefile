@@ -33,8 +33,8 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra bench-backup
-bench: bench-pra bench-backup
+.PHONY: bench-pra bench-backup bench-heartbeats
+bench: bench-pra bench-backup bench-heartbeats
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
 bench-pra: venv
@@ -44,6 +44,12 @@ bench-pra: venv
 ## Backup wall time and worker memory on pgbench databases (~0.5 and ~1 GB), vs pg_dump and gzip.
 bench-backup: venv
 	$(BIN)/python bench/backup_bench.py
+
+## Heartbeat ingestion (heartbeats/s, p50/p99) vs a bare Django view; the missed-heartbeat sweep.
+## py-spy (profiles when a target is missed) goes into the venv only, not into requirements.lock.
+bench-heartbeats: venv
+	$(BIN)/pip install -q py-spy==0.4.3
+	$(BIN)/python bench/heartbeats.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

@@ -342,6 +342,36 @@ def postgres_cpu() -> dict[int, float]:
     return {p: proc_cpu(p, reaped=p == pid) for p in descendants(pid)}
 
 
+class ConnectionWatch(threading.Thread):
+    """Peak number of connections to the bench database, polled while the window runs."""
+
+    def __init__(self, ignore: int) -> None:
+        super().__init__(daemon=True)
+        self.done = threading.Event()
+        self.ignore = ignore  # the bench process's own connection
+        self.peak = 0
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.done.wait(0.2):
+                count = _sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                    " AND pid NOT IN (pg_backend_pid(), %s)",
+                    BENCH_DB_NAME,
+                    self.ignore,
+                )
+                self.peak = max(self.peak, count)
+        finally:
+            connection.close()
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join(timeout=10)
+        return self.peak
+
+
 def bench_sessions() -> int:
     """Connections ever opened to the bench database (pg_stat_database.sessions, PG >= 14)."""
     _sql("SELECT pg_stat_clear_snapshot()")
@@ -390,28 +420,44 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """``daphne:2`` is two daphne processes on two ports; ``uvicorn:2`` is one port, 2 workers."""
+    """How the portal is served, e.g. ``daphne:2``, ``uvicorn:2``, ``daphne:2:age=0:log=off``.
+
+    daphne:N is N processes on N ports (the agents split between them, as production
+    scales out); uvicorn:N is one port with N workers. ``age`` is DB_CONN_MAX_AGE
+    (default 60, the portal's own default); ``log`` the access log (default on, as
+    both servers do by default).
+    """
 
     kind: str
     processes: int
+    conn_max_age: int = 60
+    access_log: bool = True
 
     @classmethod
     def parse(cls, text: str) -> ServerSpec:
-        kind, _, count = text.partition(":")
-        if kind not in ("daphne", "uvicorn") or not (count or "1").isdigit():
-            raise argparse.ArgumentTypeError(f"{text!r}: expected daphne:N or uvicorn:N")
-        return cls(kind, max(1, int(count or 1)))
+        kind, *rest = text.split(":")
+        count = rest.pop(0) if rest and rest[0].isdigit() else "1"
+        options = dict(part.partition("=")[::2] for part in rest)
+        age, log = options.pop("age", "60"), options.pop("log", "on")
+        valid = kind in ("daphne", "uvicorn") and age.isdigit() and log in ("on", "off")
+        if options or not valid:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected daphne|uvicorn[:N][:age=SECONDS][:log=on|off]"
+            )
+        return cls(kind, max(1, int(count)), int(age), log == "on")
 
     @property
     def label(self) -> str:
-        return f"{self.kind} x{self.processes}"
+        extra = "" if self.conn_max_age == 60 else f" age{self.conn_max_age}"
+        return f"{self.kind} x{self.processes}{extra}{'' if self.access_log else ' nolog'}"
 
 
 class Servers:
     """``bench.bare_asgi`` served per ``spec``; every process started here is stopped here."""
 
-    def __init__(self, spec: ServerSpec, env: dict[str, str], logdir: Path, access_log: bool):
-        self.spec, self.env, self.logdir, self.access_log = spec, env, logdir, access_log
+    def __init__(self, spec: ServerSpec, env: dict[str, str], logdir: Path) -> None:
+        self.spec, self.logdir, self.access_log = spec, logdir, spec.access_log
+        self.env = {**env, "DB_CONN_MAX_AGE": str(spec.conn_max_age)}
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
 
@@ -521,6 +567,7 @@ class Run:
     samples: list[str]
     cpu: dict[str, float]
     sessions: int = 0  # new connections to the bench database during the window
+    peak_connections: int = 0
 
     @property
     def rate(self) -> float:
@@ -540,22 +587,24 @@ class Run:
         cpu = self.cpu
         conns = f"{self.sessions / len(self.latencies):>5.2f}" if self.latencies else "    -"
         return (
-            f"{self.server:<11} {self.concurrency:>5} {self.kind:<9} {self.rate:>7.0f} "
+            f"{self.server:<15} {self.concurrency:>5} {self.kind:<9} {self.rate:>7.0f} "
             f"{self.pct(50):>7.1f} {self.pct(99):>7.1f} {self.errors:>5} "
-            f"{self.per_request('server'):>7.2f} {conns} "
+            f"{self.per_request('server'):>7.2f} {conns} {self.peak_connections:>5} "
             f"{cpu.get('server', 0):>5.2f} {cpu.get('postgres', 0):>5.2f} "
             f"{cpu.get('generator', 0):>5.2f} {cpu.get('machine', 0):>5.2f}"
         )
 
 
 HEADER = (
-    f"{'server':<11} {'conns':>5} {'path':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'errs':>5} {'srv ms':>7} {'db/rq':>5} {'srv':>5} {'pg':>5} {'gen':>5} {'all':>5}"
+    f"{'server':<15} {'conns':>5} {'path':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'errs':>5} {'srv ms':>7} {'db/rq':>5} {'dbmax':>5} {'srv':>5} {'pg':>5} {'gen':>5} "
+    f"{'all':>5}"
 )
 CPU_NOTE = """\
 req/s, p50 and p99 count successful answers completed in the measured window.
 srv ms = server CPU milliseconds per request; db/rq = new connections to the bench
-database per request (pg_stat_database.sessions). The last four columns are cores busy
+database per request (pg_stat_database.sessions); dbmax = most connections open to it at
+once (pg_stat_activity, polled every 0.2 s). The last four columns are cores busy
 in the window: srv = the server processes, pg = the whole PostgreSQL server (every
 database), gen = the load generator, all = the whole machine, other users' work included."""
 
@@ -610,10 +659,12 @@ def run_load(
         barrier.wait(timeout=120)
         pause = threading.Event()
         pause.wait(config.warmup)
-        sessions = bench_sessions()
+        sessions, watch = bench_sessions(), ConnectionWatch(_sql("SELECT pg_backend_pid()"))
         meter.start()
+        watch.start()
         pause.wait(config.duration)
         cpu = meter.stop()
+        peak = watch.stop()
         sessions = bench_sessions() - sessions
         reports = [results.get(timeout=120) for _ in children]
     except BaseException:
@@ -637,6 +688,7 @@ def run_load(
         samples=[m for r in reports for m in r["samples"]][:3],
         cpu=cpu,
         sessions=sessions,
+        peak_connections=peak,
     )
 
 
@@ -801,7 +853,7 @@ def flush_redis(redis_url: str) -> None:
         redis.Redis.from_url(redis_url).flushdb()
 
 
-def bench_env(database_url: str, redis_url: str, workdir: Path, conn_max_age: int) -> dict:
+def bench_env(database_url: str, redis_url: str, workdir: Path) -> dict:
     return {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -811,7 +863,6 @@ def bench_env(database_url: str, redis_url: str, workdir: Path, conn_max_age: in
         "SECURE_SSL_REDIRECT": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "STATIC_MANIFEST": "0",
-        "DB_CONN_MAX_AGE": str(conn_max_age),
         "PORTAL_VAR_DIR": str(workdir / "var"),
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -1278,22 +1329,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--servers",
         type=ServerSpec.parse,
         nargs="+",
-        default=[ServerSpec("daphne", 1), ServerSpec("daphne", 2), ServerSpec("uvicorn", 2)],
-        help="server set-ups to measure, e.g. daphne:1 daphne:2 uvicorn:2 (the default)",
+        default=[
+            ServerSpec("daphne", 1),
+            ServerSpec("daphne", 2),
+            ServerSpec("uvicorn", 2),
+            ServerSpec("daphne", 2, conn_max_age=0),
+        ],
+        help="how to serve the portal (default: daphne:1 daphne:2 uvicorn:2 daphne:2:age=0); "
+        "see ServerSpec",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
-    parser.add_argument(
-        "--access-log",
-        choices=("on", "off"),
-        default="on",
-        help="servers' access log (on: daphne's and uvicorn's default, as in production)",
-    )
-    parser.add_argument(
-        "--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the servers (default 60)"
-    )
     parser.add_argument(
         "--database-url",
         help="an existing PostgreSQL server to use (default: a private cluster started here)",
@@ -1310,7 +1358,7 @@ def run_matrix(args, env: dict, workdir: Path, agents: list[SimAgent]) -> list[R
     config = LoadConfig(args.generators, args.warmup, args.duration)
     runs: list[Run] = []
     for spec in args.servers:
-        with Servers(spec, env, workdir / "logs", args.access_log == "on") as servers:
+        with Servers(spec, env, workdir / "logs") as servers:
             check_once(servers.ports[0], agents[0])
             for concurrency in args.concurrency:
                 # Heartbeat then bare, back to back: load from elsewhere falls on both alike.
@@ -1343,7 +1391,7 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
         hb, bare = pair.get("heartbeat"), pair.get("bare")
         if hb and bare and bare.rate:
             print(
-                f"  {server:<11} {concurrency:>3} conns: throughput x{hb.rate / bare.rate:.2f}, "
+                f"  {server:<15} {concurrency:>3} conns: throughput x{hb.rate / bare.rate:.2f}, "
                 f"p50 x{hb.pct(50) / bare.pct(50):.2f}, p99 x{hb.pct(99) / bare.pct(99):.2f}"
             )
     heartbeats = [r for r in runs if r.kind == "heartbeat" and r.errors == 0]
@@ -1375,7 +1423,7 @@ def profile_servers(args, env: dict, workdir: Path, agents: list[SimAgent], best
     if py_spy() is None:
         print("\n(no py-spy, so no profile; `make bench-heartbeats` installs it)")
         return
-    with Servers(spec, env, workdir / "logs", args.access_log == "on") as servers:
+    with Servers(spec, env, workdir / "logs") as servers:
         check_once(servers.ports[0], agents[0])
         for kind in ("heartbeat", "bare"):
             sampler = Sampler(servers.pids(), workdir, f"servers-{kind}", gil=True)
@@ -1415,7 +1463,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(drop_database, database_url)
         stack.callback(flush_redis, redis_url)
         flush_redis(redis_url)
-        env = bench_env(database_url, redis_url, workdir, args.conn_max_age)
+        env = bench_env(database_url, redis_url, workdir)
         os.environ.update(env)
         import django
 
@@ -1430,7 +1478,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"\n== Heartbeat ingestion: {args.agents} agents, {args.duration:g} s measured "
                 f"after {args.warmup:g} s warm-up, {args.generators} generator processes, "
-                f"access log {args.access_log}, DB_CONN_MAX_AGE={args.conn_max_age} =="
+                "DB_CONN_MAX_AGE=60 and access log on unless the set-up says otherwise =="
             )
             print(CPU_NOTE)
             print(HEADER)
