@@ -23,23 +23,13 @@ from incidents.models import (
     OpsPolicy,
 )
 from portal import approvals
+from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType
 from portal.models import AuditEvent
 
 MANAGE = "portal.manage_portal"
 SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Agent)

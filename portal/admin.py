@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from portal import notify
+from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
 from portal.models import (
@@ -20,7 +21,7 @@ from portal.tokens import revoke_token
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit log is append-only, for everyone, admins included."""
 
     list_display = ("id", "created", "event_type", "actor", "subject_type", "subject_id")
@@ -29,18 +30,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created"
     list_per_page = 100
     show_full_result_count = False
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ApiToken)

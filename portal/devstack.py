@@ -62,8 +62,15 @@ def main() -> int:
         "daphne": [python, "-m", "daphne", "-b", host, "-p", port, "portal.asgi:application"],
         # No fork per job: remediations start ~30 ms sooner (bench/pra_latency.py).
         "rqworker": [
-            python, manage, "rqworker", "pra", "default", "backups", "--with-scheduler",
-            "--worker-class", "rq.SimpleWorker",
+            python,
+            manage,
+            "rqworker",
+            "pra",
+            "default",
+            "backups",
+            "--with-scheduler",
+            "--worker-class",
+            "rq.SimpleWorker",
         ],  # fmt: skip
         "rqcron": [python, manage, "rqcron", "portal.cron"],
     }

@@ -87,7 +87,6 @@ def _send(groups: list[str], event: LiveEvent) -> None:
         logger.warning("live event to %s not delivered", groups, exc_info=True)
 
 
-
 def publish(event: LiveEvent, *, dashboard: bool = True) -> None:
     """Send ``event`` to the dashboard and to its subject's page, on commit."""
     groups = [subject_group(event.subject_type, event.subject_id)]

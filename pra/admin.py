@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from portal import approvals
+from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType
 from portal.models import AuditEvent
@@ -314,16 +315,6 @@ class PRAActionAdmin(admin.ModelAdmin):
 
 
 @admin.register(DiagnosticRun)
-class DiagnosticRunAdmin(admin.ModelAdmin):
+class DiagnosticRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
     list_filter = ("host",)
-    readonly_fields = [f.name for f in DiagnosticRun._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

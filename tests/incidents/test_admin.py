@@ -25,23 +25,29 @@ def _act(client, incident, verb, **data):
     return client.post(f"/admin/incidents/incident/{incident.pk}/act/{verb}/", data)
 
 
-def test_operator_acknowledges_resolves_and_sends_commands(client, operator, incident):
+def test_operator_acknowledges_and_resolves_an_approver_sends_commands(
+    client, operator, approver, incident
+):
     client.force_login(operator)
     page = client.get(f"/admin/incidents/incident/{incident.pk}/change/").content.decode()
     assert 'id="ack-button"' in page and "webhooks failing" in page
     _act(client, incident, "acknowledge")
+    # A manual update bypasses the auto-patch policy: operators may not send one.
+    assert _act(client, incident, "command", kind="update", version="2.0.0").status_code == 403
+    client.force_login(approver)
     _act(client, incident, "command", kind="update", version="2.0.0")
+    client.force_login(operator)
     _act(client, incident, "resolve", reason="rolled the plugin forward")
     incident.refresh_from_db()
     assert incident.status == IncidentStatus.RESOLVED
     command = AgentCommand.objects.get()
     assert (command.kind, command.payload, command.requested_by) == (
-        "update", {"version": "2.0.0"}, operator.username,
+        "update", {"version": "2.0.0"}, approver.username,
     )  # fmt: skip
 
 
-def test_bad_manual_input_changes_nothing(client, operator, incident):
-    client.force_login(operator)
+def test_bad_manual_input_changes_nothing(client, approver, incident):
+    client.force_login(approver)
     response = _act(client, incident, "command", kind="update", version="2.0; reboot")
     assert response.status_code == 302
     assert not AgentCommand.objects.exists()

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -24,18 +23,9 @@ from tests.pra.helpers import (
     restarts,
     run_jobs,
 )
+from tests.stack import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        pause.wait(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _approved(operator, approver, host, action="restart_caddy", **params):
@@ -91,7 +81,7 @@ def test_a_worker_killed_mid_run_leaves_the_action_failed_and_never_reruns(
         start_new_session=True,
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: PRAAction.objects.get(pk=action.pk).status == ActionStatus.EXECUTING,
             60,
             "the worker to claim the action",
@@ -187,7 +177,7 @@ def test_a_quiet_long_command_keeps_its_heartbeat(
     runner = threading.Thread(target=run)
     runner.start()
     try:
-        _wait_for(
+        wait_for(
             lambda: PRAAction.objects.get(pk=action.pk).status == ActionStatus.EXECUTING,
             30,
             "the claim",
