@@ -190,6 +190,7 @@ class RestoreRequestAdmin(admin.ModelAdmin):
                     "created")  # fmt: skip
     list_filter = ("status", "mode")
     change_form_template = "admin/backups/restorerequest/change_form.html"
+    change_list_template = "admin/backups/restorerequest/change_list.html"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
@@ -214,10 +215,6 @@ class RestoreRequestAdmin(admin.ModelAdmin):
             path("<int:pk>/reject/", wrap(self.reject_view), name="backups_restorerequest_reject"),
             *super().get_urls(),
         ]
-
-    def changelist_view(self, request, extra_context=None):
-        extra = {"plan_url": reverse("admin:backups_restorerequest_plan")}
-        return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def plan_view(self, request):
         if not request.user.has_perm(actions.PLAN_PERMISSION):

@@ -104,7 +104,11 @@ def perform(
         outcome = runner.RunOutcome(ok=False, error=str(exc))
     else:
         with _Heartbeat(beat):
-            outcome = runner.execute(run.storage_key, transport, storage, on_progress=progress)
+            try:
+                outcome = runner.execute(run.storage_key, transport, storage, on_progress=progress)
+            except Exception as exc:  # a bug, not a tool failure: still end the run visibly
+                logger.exception("backup run %s crashed", run.pk)
+                outcome = runner.RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
     finished = actions.finish_run(run.pk, outcome)
     if finished is None:
         if outcome.ok:
@@ -179,7 +183,10 @@ def _restore(req: RestoreRequest) -> str:
                 )
                 return "failed"
         actions.set_restore_phase(req, "restoring")
+        started = time.monotonic()
         report = restore.run_restore(target, storage, req.artifact, req.mode)
+        # What a drill is for: the real time a restore of this backup takes.
+        report["restore_seconds"] = round(time.monotonic() - started, 3)
         if req.safety_run_id:
             report["safety_run"] = req.safety_run_id
     except restore.RestoreError as exc:

@@ -156,7 +156,7 @@ def execute(
 
         outcome.manifest_sha256 = hashlib.sha256(data).hexdigest()
         outcome.ok = True
-    except (ToolFailed, SourceError, OSError) as exc:
+    except (ToolFailed, SourceError, OSError, subprocess.SubprocessError) as exc:
         outcome.error = str(exc)
         if staging is not None:
             staging.abort()

@@ -108,13 +108,21 @@ class PostgresTransport:
     def _user(self) -> str:
         return urlsplit(self.source.dsn).username or "postgres"
 
+    def _pod_target(self, database: str) -> list[str]:
+        """pg_dump's target inside the pod: its local server unless the DSN names a host."""
+        parts = urlsplit(self.source.dsn)
+        argv = ["-U", self._user(), "-d", database]
+        if parts.hostname:
+            argv += ["-h", parts.hostname, "-p", str(parts.port or 5432)]
+        return argv
+
     def _discover(self) -> list[str]:
         sql = (
             "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
             "ORDER BY datname"
         )
         if self.source.transport == Transport.KUBECTL_EXEC:
-            inner = ["psql", "-U", self._user(), "-d", "postgres", "-Atc", sql]
+            inner = ["psql", "-X", "-At", *self._pod_target("postgres"), "-c", sql]
             cmd = ToolCommand(
                 _exec_argv(self.source, inner, "PGPASSWORD" if self.password else None),
                 stdin=(self.password + "\n").encode() if self.password else None,
@@ -149,13 +157,15 @@ class PostgresTransport:
         if component.format == ArtifactFormat.PG_SQL:
             inner = ["pg_dumpall", "--clean", "--if-exists"]
             target = (
-                ["-U", self._user()] if exec_pod else ["-d", pg_url(self.source.dsn, "postgres")]
+                self._pod_target("postgres")
+                if exec_pod
+                else ["-d", pg_url(self.source.dsn, "postgres")]
             )
         else:
             # No compression inside pg_dump: zstd in the pipeline is faster and smaller.
             inner = ["pg_dump", "--format=custom", "--compress=0"]
             if exec_pod:
-                target = ["-U", self._user(), "-d", component.name]
+                target = self._pod_target(component.name)
             else:
                 target = ["-d", pg_url(self.source.dsn, component.name)]
         if exec_pod:
@@ -185,7 +195,9 @@ class RedisTransport:
 
     def command(self, component: Component) -> ToolCommand:
         if self.source.transport == Transport.KUBECTL_EXEC:
-            inner = ["redis-cli", "--rdb", "-"]
+            # In the pod, redis-cli talks to the pod's own server unless the DSN names one.
+            where = redis_cli_target(self.source.dsn) if self.source.dsn else []
+            inner = ["redis-cli", *where, "--rdb", "-"]
             secret = "REDISCLI_AUTH" if self.password else None
             return RedisRdbCommand(
                 _exec_argv(self.source, inner, secret),

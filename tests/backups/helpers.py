@@ -17,7 +17,7 @@ def run_jobs() -> None:
 
 
 def make_source(name: str, kind: str, **fields) -> BackupSource:
-    source = BackupSource(name=name, kind=kind, transport=Transport.DIRECT, **fields)
+    source = BackupSource(name=name, kind=kind, **{"transport": Transport.DIRECT, **fields})
     source.full_clean()
     source.save()
     return source

@@ -6,14 +6,21 @@ HTTP server instead. It implements only what kubectl needs for our backups and
 restores: legacy discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/G/V``),
 list and get of namespaced resources (one namespace or all), and server-side
 apply (``PATCH`` with ``application/apply-patch+yaml``, honouring
-``dryRun=All``). Objects live in memory; ``requests`` records every call so
+``dryRun=All``), and ``pods/exec`` over WebSocket (``v5.channel.k8s.io``):
+the "pod" is this machine, so an exec runs the command here with the pod's
+``exec_env``. Objects live in memory; ``requests`` records every call so
 tests can see, e.g., that the dry run came before the real apply.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
+import os
+import struct
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
@@ -108,6 +115,8 @@ class FakeKubeAPI:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.exec_env: dict[str, str] = {}
+        self.execs: list[list[str]] = []
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._version = 100
@@ -156,8 +165,15 @@ class FakeKubeAPI:
 
             def do_GET(self):
                 api.requests.append(("GET", self.path))
-                code, body = api.handle_get(urlsplit(self.path).path)
+                parts = urlsplit(self.path)
+                if parts.path.endswith("/exec") and self.headers.get("Upgrade"):
+                    api.handle_exec(self, parse_qs(parts.query))
+                    return
+                code, body = api.handle_get(parts.path)
                 self._send(code, body)
+
+            def do_POST(self):
+                self.do_GET()
 
             def do_PATCH(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -254,6 +270,78 @@ class FakeKubeAPI:
             "items": items,
         }
 
+    def handle_exec(self, handler: BaseHTTPRequestHandler, query: dict) -> None:
+        """kubectl exec over WebSocket, channel protocol v5: 0 stdin, 1 stdout, 2 stderr,
+        3 status, 255 close (of stdin). The command runs on this machine."""
+        protocols = [
+            p.strip() for p in handler.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        ]
+        if "v5.channel.k8s.io" not in protocols:
+            handler._send(400, _status(400, "only v5.channel.k8s.io is implemented"))
+            return
+        key = handler.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(
+            hashlib.sha1(
+                (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode(), usedforsecurity=False
+            ).digest()  # the WebSocket handshake (RFC 6455) is defined with SHA-1
+        ).decode()
+        handler.send_response(101)
+        handler.send_header("Upgrade", "websocket")
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header("Sec-WebSocket-Accept", accept)
+        handler.send_header("Sec-WebSocket-Protocol", "v5.channel.k8s.io")
+        handler.end_headers()
+        handler.wfile.flush()
+        command = query.get("command", [])
+        self.execs.append(command)
+        sock = handler.connection
+        write_lock = threading.Lock()
+
+        def send(opcode: int, payload: bytes) -> None:
+            header = bytes([0x80 | opcode])
+            n = len(payload)
+            if n < 126:
+                header += bytes([n])
+            elif n < 65536:
+                header += bytes([126]) + struct.pack(">H", n)
+            else:
+                header += bytes([127]) + struct.pack(">Q", n)
+            with write_lock:
+                sock.sendall(header + payload)
+
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **self.exec_env},
+        )
+
+        def pump(stream, channel: int) -> None:
+            while data := stream.read1(65536):
+                send(0x2, bytes([channel]) + data)
+
+        pumps = [
+            threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True),
+        ]
+        for t in pumps:
+            t.start()
+        threading.Thread(target=_read_frames, args=(handler.rfile, proc, send), daemon=True).start()
+        code = proc.wait()
+        for t in pumps:
+            t.join()
+        status = {"metadata": {}, "status": "Success"}
+        if code != 0:
+            status = {
+                "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                "message": f"command terminated with non-zero exit code: {code}",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }  # fmt: skip
+        send(0x2, bytes([3]) + json.dumps(status).encode())
+        send(0x8, struct.pack(">H", 1000))
+        handler.close_connection = True
+
     def handle_apply(self, path, query, raw: bytes, content_type: str) -> tuple[int, dict]:
         split = self._split(path)
         if split is None or "apply-patch" not in content_type:
@@ -275,6 +363,42 @@ class FakeKubeAPI:
             if query.get("dryRun") != ["All"]:
                 self.objects[(plural, namespace, name)] = merged
         return (200 if existing is not None else 201), merged
+
+
+def _read_frames(rfile, proc: subprocess.Popen, send) -> None:
+    """Client → server frames (masked): stdin data on channel 0, 255 closes stdin."""
+    try:
+        while True:
+            head = rfile.read(2)
+            if len(head) < 2:
+                break
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", rfile.read(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", rfile.read(8))[0]
+            mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(rfile.read(length)))
+            if opcode == 0x8:
+                break
+            if opcode == 0x9:
+                send(0xA, payload)
+                continue
+            if not payload:
+                continue
+            if payload[0] == 0 and proc.stdin and not proc.stdin.closed:
+                proc.stdin.write(payload[1:])
+                proc.stdin.flush()
+            elif payload[0] == 255 and proc.stdin:
+                proc.stdin.close()
+    except (OSError, ValueError):
+        pass
+    finally:
+        if proc.stdin and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
 
 
 def _status(code: int, message: str) -> dict:

@@ -51,6 +51,8 @@ def test_plan_page_previews_then_approvers_sign_on_the_restore_page(
     )
     artifact = backup_now(source, operator, capture).artifacts.get()
     plan_url = reverse("admin:backups_restorerequest_plan")
+    listing = _login(operator).get(reverse("admin:backups_restorerequest_changelist"))
+    assert b"plan-restore-link" in listing.content
     data = {"artifact": artifact.pk, "target": '{"resources": ["configmap"]}', "confirmation": ""}
     assert _login(viewer).post(plan_url, {**data, "preview": "1"}).status_code == 403
     preview = _login(operator).post(plan_url, {**data, "preview": "1"})

@@ -1,4 +1,4 @@
-"""Backup runs: tool failures, credentials, the in-pod command, and a worker killed mid-run."""
+"""Backup runs: tool failures, credentials, pg_dumpall, and a worker killed mid-run."""
 
 import os
 import signal
@@ -6,18 +6,44 @@ import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from backups import actions
-from backups.choices import RunStatus, SourceKind, Transport
+from backups.choices import RunStatus
 from backups.jobs import tick
-from backups.models import BackupArtifact, BackupRun, BackupSource
+from backups.models import BackupArtifact, BackupRun
 from backups.sources import PostgresTransport
 from backups.storage import get_storage
 from tests.backups.helpers import backup_now, pg_source, run_jobs, trail
 from tests.pra.helpers import BASE_DIR, PYTHON
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker, its work horse (RQ puts it in a session of its own) and pg_dump."""
+    for target in [pid, *_descendants(pid)]:
+        try:
+            os.killpg(os.getpgid(target), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -62,40 +88,6 @@ def test_missing_credentials_fail_clearly_and_passwords_never_reach_argv(
     assert command.env == {"PGPASSWORD": "hunter2-secret"}
 
 
-@pytest.mark.django_db
-def test_in_pod_commands_read_the_password_from_stdin(pg_cluster, pg_database, tmp_path):
-    """kubectl exec cannot run here (no cluster); the part after ``--`` runs in the pod,
-    so run exactly that locally, with the same stdin, against a real server."""
-    name = pg_database()
-    secret_file = tmp_path / "pw"
-    secret_file.write_text("pod-secret")
-    source = BackupSource(
-        name="in-pod", kind=SourceKind.POSTGRES, transport=Transport.KUBECTL_EXEC,
-        kube_namespace="db", kube_pod="postgres-0", dsn="postgres://postgres@x",
-        databases=name, password_file=str(secret_file), kubeconfig="/etc/kc",
-    )  # fmt: skip
-    source.full_clean()
-    transport = PostgresTransport(source)
-    command = transport.command(transport.components()[0])
-    argv = command.argv
-    assert argv[:8] == [
-        "kubectl",
-        "--kubeconfig",
-        "/etc/kc",
-        "exec",
-        "-i",
-        "-n",
-        "db",
-        "postgres-0",
-    ]
-    assert "pod-secret" not in " ".join(argv) and command.stdin == b"pod-secret\n"
-    in_pod = argv[argv.index("--") + 1 :]
-    env = {**os.environ, "PGHOST": pg_cluster.host, "PGPORT": str(pg_cluster.port)}
-    result = subprocess.run(in_pod, input=command.stdin, capture_output=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(b"PGDMP")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_backup_leaves_nothing_listed(
     pg_cluster, pg_database, operator, settings
@@ -138,7 +130,7 @@ def test_a_worker_killed_mid_backup_leaves_nothing_listed(
         staged = list(settings.BACKUP_STORAGE_DIR.glob("two-dbs/.incomplete/*/*"))
         assert any(p.name == f"{first}.pgdump.zst" and p.stat().st_size > 0 for p in staged)
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker, its work horse and pg_dump
+        kill_tree(worker.pid)
         worker.wait()
         blocker.close()
 
