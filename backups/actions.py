@@ -32,6 +32,8 @@ from backups.models import BackupArtifact, BackupRun, BackupSource, DiskWatch, R
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind
+from portal.errors import RequestRefused
+from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 
 logger = logging.getLogger(__name__)
@@ -43,13 +45,8 @@ VERIFY_JOB = "backups.jobs.verify_run"
 RESTORE_JOB = "backups.jobs.run_restore"
 
 
-class BackupError(Exception):
-    """A refused request; ``code`` for programs, message for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class BackupError(RequestRefused):
+    """A refused backup or restore request."""
 
 
 def run_job_id(run_id: int) -> str:
@@ -64,22 +61,11 @@ def restore_job_id(restore_id: int) -> str:
 
 
 def _move_run(run_id: int, current: str, new: str, **fields: Any) -> bool:
-    """Compare-and-swap a run's status; True only for the one caller that made the move."""
-    if new not in RUN_TRANSITIONS.get(current, set()):
-        raise ValueError(f"illegal transition {current} -> {new}")
-    won = BackupRun.objects.filter(pk=run_id, status=current).update(
-        status=new, status_changed_at=timezone.now(), **fields
-    )
-    return won == 1
+    return compare_and_swap(BackupRun, run_id, current, new, RUN_TRANSITIONS, **fields)
 
 
 def _move_restore(restore_id: int, current: str, new: str, **fields: Any) -> bool:
-    if new not in RESTORE_TRANSITIONS.get(current, set()):
-        raise ValueError(f"illegal transition {current} -> {new}")
-    won = RestoreRequest.objects.filter(pk=restore_id, status=current).update(
-        status=new, status_changed_at=timezone.now(), **fields
-    )
-    return won == 1
+    return compare_and_swap(RestoreRequest, restore_id, current, new, RESTORE_TRANSITIONS, **fields)
 
 
 def run_event(run: BackupRun, summary: str = "", **data: Any) -> LiveEvent:

@@ -13,12 +13,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.views.decorators.http import require_POST
 
 from backups import actions
 from backups.choices import RestoreStatus, RunStatus, Verification
 from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest
-from portal import approvals
+from portal.admin_approvals import ApprovalAdminMixin
 from portal.models import AuditEvent
 
 BADGE = {
@@ -185,11 +184,15 @@ class PlanForm(forms.Form):
 
 
 @admin.register(RestoreRequest)
-class RestoreRequestAdmin(admin.ModelAdmin):
+class RestoreRequestAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     list_display = ("id", "status_badge", "mode", "artifact", "target_name", "requester_label",
                     "created")  # fmt: skip
     list_filter = ("status", "mode")
     change_form_template = "admin/backups/restorerequest/change_form.html"
+    sign_request = staticmethod(actions.approve_restore)
+    reject_request = staticmethod(actions.reject_restore)
+    waiting_status = RestoreStatus.PLANNED
+    approved_message = "Approved: the restore is queued."
     change_list_template = "admin/backups/restorerequest/change_list.html"
 
     @admin.display(description="status", ordering="status")
@@ -209,10 +212,7 @@ class RestoreRequestAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("plan/", wrap(self.plan_view), name="backups_restorerequest_plan"),
-            path(
-                "<int:pk>/approve/", wrap(self.approve_view), name="backups_restorerequest_approve"
-            ),
-            path("<int:pk>/reject/", wrap(self.reject_view), name="backups_restorerequest_reject"),
+            *self.approval_urls(),
             *super().get_urls(),
         ]
 
@@ -256,24 +256,10 @@ class RestoreRequestAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = get_object_or_404(RestoreRequest.objects.select_related("artifact__run__source"),
                                 pk=object_id)  # fmt: skip
-        user = request.user
-        can_sign = False
-        if obj.status == RestoreStatus.PLANNED:
-            try:
-                approvals.check_signer(
-                    obj, user, fingerprint=None, confirmation=obj.approval_confirmation_text
-                )
-                can_sign = True
-            except approvals.ApprovalError:
-                can_sign = False
         context = {
+            **self.approval_context(request, obj),
+            "approve_label": "Approve the overwrite",
             "restore": obj,
-            "tally": approvals.tally(obj),
-            "rule": approvals.rule_for(obj.approval_impact),
-            "can_sign": can_sign,
-            "can_reject": obj.status == RestoreStatus.PLANNED
-            and user.has_perm(approvals.APPROVE_PERMISSION),
-            "fingerprint": obj.approval_fingerprint(),
             "plan_json": json.dumps(obj.plan, indent=2, default=str),
             "report_json": json.dumps(obj.report, indent=2, default=str) if obj.report else "",
             "trail": AuditEvent.objects.filter(
@@ -284,43 +270,3 @@ class RestoreRequestAdmin(admin.ModelAdmin):
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}
         )
-
-    def _redirect(self, pk):
-        return HttpResponseRedirect(reverse("admin:backups_restorerequest_change", args=[pk]))
-
-    def approve_view(self, request, pk):
-        return require_POST(self._approve)(request, pk)
-
-    def _approve(self, request, pk):
-        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
-            raise PermissionDenied
-        try:
-            tally = actions.approve_restore(
-                pk,
-                by=request.user,
-                confirmation=request.POST.get("confirmation", ""),
-                fingerprint=request.POST.get("fingerprint", ""),
-                comment=request.POST.get("comment", ""),
-            )
-        except actions.BackupError as exc:
-            messages.error(request, exc.message)
-        else:
-            if tally.complete:
-                messages.success(request, "Approved: the restore is queued.")
-            else:
-                messages.info(request, f"Signed ({tally.count}/{tally.required}).")
-        return self._redirect(pk)
-
-    def reject_view(self, request, pk):
-        return require_POST(self._reject)(request, pk)
-
-    def _reject(self, request, pk):
-        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
-            raise PermissionDenied
-        try:
-            actions.reject_restore(pk, by=request.user, reason=request.POST.get("reason", ""))
-        except actions.BackupError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, "Rejected.")
-        return self._redirect(pk)

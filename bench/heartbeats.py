@@ -1413,6 +1413,17 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
             f"bare view best: {bare_best.rate:.0f}/s at p99 {bare_best.pct(99):.1f} ms "
             f"({bare_best.server}, {bare_best.concurrency} connections)"
         )
+    cores = len(os.sched_getaffinity(0))
+    for label, run in (("heartbeat", best), ("bare view", bare_best)):
+        if run is None or not run.rate:
+            continue
+        total = sum(run.per_request(what) for what in ("server", "postgres", "generator"))
+        print(
+            f"CPU per request, {label} at its best: {run.per_request('server'):.1f} ms server + "
+            f"{run.per_request('postgres'):.1f} ms PostgreSQL + {run.per_request('generator'):.2f}"
+            f" ms generator = {total:.1f} ms: {cores} cores cap it near {cores * 1000 / total:.0f}"
+            "/s even with the machine to itself"
+        )
     return best, met
 
 

@@ -46,6 +46,7 @@ from incidents.signing import SEAL_PURPOSE
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
+from portal.errors import RequestRefused
 from portal.lib.secretbox import seal
 from portal.live import LiveEvent, publish
 from portal.notify import notify
@@ -57,11 +58,8 @@ SEVERITY_LEVEL = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIG
                   Severity.CRITICAL: "critical"}  # fmt: skip
 
 
-class IncidentError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class IncidentError(RequestRefused):
+    """A refused incident request."""
 
 
 def _job(func_path: str, *args: Any, job_id: str, queue: str = "default") -> None:

@@ -21,7 +21,9 @@ from django.utils import timezone
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
+from portal.errors import RequestRefused
 from portal.lib import ssh
+from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 from portal.notify import notify
 from pra import transport
@@ -39,13 +41,8 @@ MIN_RATIONALE = 20
 DENIED_EXIT = 97
 
 
-class ActionError(Exception):
-    """A refused request; ``code`` for APIs, message for people and models."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ActionError(RequestRefused):
+    """A refused remediation request."""
 
 
 def execution_job_id(action_id: int) -> str:
@@ -60,14 +57,7 @@ def preflight_job_id(action_id: int) -> str:
 
 
 def _move(action_id: int, current: str, new: str, **fields: Any) -> bool:
-    """Compare-and-swap the status; True only for the one caller that made the move."""
-    if new not in TRANSITIONS.get(current, set()):
-        raise ValueError(f"illegal transition {current} -> {new}")
-    now = timezone.now()
-    won = PRAAction.objects.filter(pk=action_id, status=current).update(
-        status=new, status_changed_at=now, **fields
-    )
-    return won == 1
+    return compare_and_swap(PRAAction, action_id, current, new, TRANSITIONS, **fields)
 
 
 def _announce(action: PRAAction, summary: str = "", **data: Any) -> None:

@@ -6,7 +6,6 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q
 from django.http import HttpResponseRedirect
@@ -17,6 +16,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from portal import approvals
+from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType
@@ -176,7 +176,7 @@ class ProposeForm(forms.ModelForm):
 
 
 @admin.register(PRAAction)
-class PRAActionAdmin(admin.ModelAdmin):
+class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     list_display = ("id", "status_badge", "action", "impact", "host", "proposer", "age", "verified")
     list_filter = (AwaitingMyApproval, "status", "impact", "source", "host")
     search_fields = ("action", "host__name", "proposer_label", "rationale")
@@ -184,6 +184,10 @@ class PRAActionAdmin(admin.ModelAdmin):
     ordering = ("-created",)
     form = ProposeForm
     change_form_template = "admin/pra/praaction/change_form.html"
+    sign_request = staticmethod(actions.approve_action)
+    reject_request = staticmethod(actions.reject_action)
+    waiting_status = ActionStatus.PROPOSED
+    approved_message = "Approved: the action is queued for execution."
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
@@ -232,35 +236,13 @@ class PRAActionAdmin(admin.ModelAdmin):
         return None  # the audit log has PRA_PROPOSED
 
     def get_urls(self):
-        wrap = self.admin_site.admin_view
-        return [
-            path("<int:pk>/approve/", wrap(self.approve_view), name="pra_praaction_approve"),
-            path("<int:pk>/reject/", wrap(self.reject_view), name="pra_praaction_reject"),
-            *super().get_urls(),
-        ]
+        return [*self.approval_urls(), *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = get_object_or_404(PRAAction.objects.select_related("host"), pk=object_id)
-        tally = approvals.tally(obj)
-        user = request.user
-        can_sign = False
-        if obj.status == ActionStatus.PROPOSED:
-            try:
-                approvals.check_signer(
-                    obj, user, fingerprint=None, confirmation=obj.approval_confirmation_text
-                )
-                can_sign = True
-            except approvals.ApprovalError:
-                can_sign = False
-        rule = approvals.rule_for(obj.impact)
         context = {
+            **self.approval_context(request, obj),
             "action_obj": obj,
-            "tally": tally,
-            "rule": rule,
-            "can_sign": can_sign,
-            "can_reject": obj.status == ActionStatus.PROPOSED
-            and user.has_perm(approvals.APPROVE_PERMISSION),
-            "fingerprint": obj.approval_fingerprint(),
             "params_json": json.dumps(obj.params),
             "evidence": obj.evidence.all(),
             "trail": AuditEvent.objects.filter(
@@ -272,46 +254,6 @@ class PRAActionAdmin(admin.ModelAdmin):
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}
         )
-
-    def _redirect(self, pk):
-        return HttpResponseRedirect(reverse("admin:pra_praaction_change", args=[pk]))
-
-    def approve_view(self, request, pk):
-        return require_POST(self._approve)(request, pk)
-
-    def _approve(self, request, pk):
-        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
-            raise PermissionDenied
-        try:
-            tally = actions.approve_action(
-                pk,
-                by=request.user,
-                confirmation=request.POST.get("confirmation", ""),
-                fingerprint=request.POST.get("fingerprint", ""),
-                comment=request.POST.get("comment", ""),
-            )
-        except actions.ActionError as exc:
-            messages.error(request, exc.message)
-        else:
-            if tally.complete:
-                messages.success(request, "Approved: the action is queued for execution.")
-            else:
-                messages.info(request, f"Signed ({tally.count}/{tally.required}).")
-        return self._redirect(pk)
-
-    def reject_view(self, request, pk):
-        return require_POST(self._reject)(request, pk)
-
-    def _reject(self, request, pk):
-        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
-            raise PermissionDenied
-        try:
-            actions.reject_action(pk, by=request.user, reason=request.POST.get("reason", ""))
-        except actions.ActionError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, "Rejected.")
-        return self._redirect(pk)
 
 
 @admin.register(DiagnosticRun)

@@ -39,6 +39,11 @@ TEST_TOOLS = {
     "shellcheck": "shellcheck",
     "jq": "jq",
     "/usr/bin/chromium": "chromium",
+    "kubectl": "kubernetes-client",
+    "pg_dump": "postgresql-client",
+    "pg_restore": "postgresql-client",
+    "redis-cli": "redis-tools",
+    "redis-check-rdb": "redis-tools",
 }
 
 

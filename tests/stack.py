@@ -4,6 +4,7 @@ worker as real subprocesses, on this test's database and Redis."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,31 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         pause.wait(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker, its work horse (RQ puts it in a session of its own) and pg_dump."""
+    for target in [pid, *_descendants(pid)]:
+        try:
+            os.killpg(os.getpgid(target), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def stack_env(**extra: str) -> dict[str, str]:

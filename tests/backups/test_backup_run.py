@@ -1,12 +1,8 @@
 """Backup runs: tool failures, credentials, pg_dumpall, and a worker killed mid-run."""
 
 import os
-import signal
 import subprocess
-import threading
-import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -19,41 +15,7 @@ from backups.sources import PostgresTransport
 from backups.storage import get_storage
 from tests.backups.helpers import backup_now, pg_source, run_jobs, trail
 from tests.pra.helpers import BASE_DIR, PYTHON
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a worker, its work horse (RQ puts it in a session of its own) and pg_dump."""
-    for target in [pid, *_descendants(pid)]:
-        try:
-            os.killpg(os.getpgid(target), signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        pause.wait(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+from tests.stack import kill_tree, wait_for
 
 
 @pytest.mark.django_db
@@ -126,7 +88,7 @@ def test_a_worker_killed_mid_backup_leaves_nothing_listed(
                     > 0
                 )
 
-        _wait_for(dump_waits, 60, "pg_dump to block on the second database")
+        wait_for(dump_waits, 60, "pg_dump to block on the second database")
         staged = list(settings.BACKUP_STORAGE_DIR.glob("two-dbs/.incomplete/*/*"))
         assert any(p.name == f"{first}.pgdump.zst" and p.stat().st_size > 0 for p in staged)
     finally:

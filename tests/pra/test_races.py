@@ -1,8 +1,6 @@
 """Concurrency and crash safety against real PostgreSQL, Redis, RQ workers and sshd.
 The end commands on the target (systemctl, ...) are recording stand-ins (no systemd here)."""
 
-import os
-import signal
 import subprocess
 import threading
 from datetime import timedelta
@@ -23,7 +21,7 @@ from tests.pra.helpers import (
     restarts,
     run_jobs,
 )
-from tests.stack import wait_for
+from tests.stack import kill_tree, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,7 +85,7 @@ def test_a_worker_killed_mid_run_leaves_the_action_failed_and_never_reruns(
             "the worker to claim the action",
         )
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse
+        kill_tree(worker.pid)  # the worker, and its work horse in a session of its own
         worker.wait()
     # The reaper runs later, once the run's heartbeat is older than the grace period.
     later = timezone.now() + timedelta(seconds=settings.PRA_HEARTBEAT_GRACE + 1)

@@ -1,0 +1,106 @@
+"""The approval UI, shared by every kind of request (remediations, patches, restores).
+
+A model admin mixes in ``ApprovalAdminMixin`` and names the two actions-layer
+functions that sign and reject; it gets POST-only, CSRF-protected, approver-only
+``<pk>/approve/`` and ``<pk>/reject/`` URLs and the context the shared template
+``admin/_approval_forms.html`` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+
+from portal import approvals
+from portal.errors import RequestRefused
+
+
+class ApprovalAdminMixin:
+    """Approve/Reject buttons and views for a request model implementing ``Approvable``."""
+
+    #: staticmethod ``fn(pk, *, by, confirmation, fingerprint, comment) -> Tally``
+    sign_request: Callable[..., approvals.Tally]
+    #: staticmethod ``fn(pk, *, by, reason)``
+    reject_request: Callable[..., Any]
+    #: status in which a request waits for signatures
+    waiting_status: str
+    approved_message = "Approved."
+
+    def _approval_url_name(self, verb: str) -> str:
+        meta = self.model._meta
+        return f"{meta.app_label}_{meta.model_name}_{verb}"
+
+    def approval_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/approve/", wrap(require_POST(self._approve)),
+                 name=self._approval_url_name("approve")),
+            path("<int:pk>/reject/", wrap(require_POST(self._reject)),
+                 name=self._approval_url_name("reject")),
+        ]  # fmt: skip
+
+    def approval_context(self, request, obj) -> dict:
+        user = request.user
+        waiting = obj.status == self.waiting_status
+        can_sign = False
+        if waiting:
+            try:
+                approvals.check_signer(
+                    obj, user, fingerprint=None, confirmation=obj.approval_confirmation_text
+                )
+                can_sign = True
+            except approvals.ApprovalError:
+                can_sign = False
+        return {
+            "tally": approvals.tally(obj),
+            "rule": approvals.rule_for(obj.approval_impact),
+            "can_sign": can_sign,
+            "can_reject": waiting and user.has_perm(approvals.APPROVE_PERMISSION),
+            "fingerprint": obj.approval_fingerprint(),
+            "confirm_text": obj.approval_confirmation_text,
+            "approve_url": reverse(f"admin:{self._approval_url_name('approve')}", args=[obj.pk]),
+            "reject_url": reverse(f"admin:{self._approval_url_name('reject')}", args=[obj.pk]),
+        }
+
+    def _back(self, pk) -> HttpResponseRedirect:
+        meta = self.model._meta
+        return HttpResponseRedirect(
+            reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
+        )
+
+    def _approve(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            tally = self.sign_request(
+                pk,
+                by=request.user,
+                confirmation=request.POST.get("confirmation", ""),
+                fingerprint=request.POST.get("fingerprint", ""),
+                comment=request.POST.get("comment", ""),
+            )
+        except RequestRefused as exc:
+            messages.error(request, exc.message)
+        else:
+            if tally.complete:
+                messages.success(request, self.approved_message)
+            else:
+                messages.info(request, f"Signed ({tally.count}/{tally.required}).")
+        return self._back(pk)
+
+    def _reject(self, request, pk):
+        if not request.user.has_perm(approvals.APPROVE_PERMISSION):
+            raise PermissionDenied
+        try:
+            self.reject_request(pk, by=request.user, reason=request.POST.get("reason", ""))
+        except RequestRefused as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Rejected.")
+        return self._back(pk)
