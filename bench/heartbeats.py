@@ -55,9 +55,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_DB_NAME = "portal_bench_hb"
-BENCH_REDIS_DB = 13
 APP = "bench.bare_asgi:application"
 HEARTBEAT_PATH = "/api/agents/heartbeat"
 TARGET_RATE = 1000.0
@@ -591,22 +589,24 @@ class Run:
             f"{self.pct(50):>7.1f} {self.pct(99):>7.1f} {self.errors:>5} "
             f"{self.per_request('server'):>7.2f} {conns} {self.peak_connections:>5} "
             f"{cpu.get('server', 0):>5.2f} {cpu.get('postgres', 0):>5.2f} "
-            f"{cpu.get('generator', 0):>5.2f} {cpu.get('machine', 0):>5.2f}"
+            f"{cpu.get('redis', 0):>5.2f} {cpu.get('generator', 0):>5.2f} "
+            f"{cpu.get('machine', 0):>5.2f}"
         )
 
 
 HEADER = (
     f"{'server':<15} {'conns':>5} {'path':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'errs':>5} {'srv ms':>7} {'db/rq':>5} {'dbmax':>5} {'srv':>5} {'pg':>5} {'gen':>5} "
-    f"{'all':>5}"
+    f"{'errs':>5} {'srv ms':>7} {'db/rq':>5} {'dbmax':>5} {'srv':>5} {'pg':>5} {'rds':>5} "
+    f"{'gen':>5} {'all':>5}"
 )
 CPU_NOTE = """\
 req/s, p50 and p99 count successful answers completed in the measured window.
 srv ms = server CPU milliseconds per request; db/rq = new connections to the bench
 database per request (pg_stat_database.sessions); dbmax = most connections open to it at
-once (pg_stat_activity, polled every 0.2 s). The last four columns are cores busy
-in the window: srv = the server processes, pg = the whole PostgreSQL server (every
-database), gen = the load generator, all = the whole machine, other users' work included."""
+once (pg_stat_activity, polled every 0.2 s). The last five columns are cores busy in
+the window: srv = the server processes, pg = the PostgreSQL server, rds = redis-server
+(private ones only), gen = the load generator, all = the whole machine, other users'
+work included."""
 
 
 @dataclass
@@ -614,6 +614,7 @@ class LoadConfig:
     processes: int
     warmup: float
     duration: float
+    redis_pids: tuple[int, ...] = ()  # a private redis-server, whose CPU is then reported
 
 
 def run_load(
@@ -653,6 +654,7 @@ def run_load(
             "server": cpu_of(server_pids),
             "postgres": postgres_cpu,
             "generator": cpu_of(lambda: generator_pids),
+            "redis": cpu_of(lambda: list(config.redis_pids)),
         }
     )
     try:
@@ -793,22 +795,26 @@ def start_private_postgres(workdir: Path, stack: contextlib.ExitStack) -> str:
 
 
 def find_services(
-    workdir: Path, stack: contextlib.ExitStack, database_url: str | None
-) -> tuple[str, str]:
-    """PostgreSQL (``database_url``, else a private cluster); Redis at REDIS_URL or private."""
+    workdir: Path, stack: contextlib.ExitStack, database_url: str | None, redis_url: str | None
+) -> tuple[str, str, tuple[int, ...]]:
+    """PostgreSQL and Redis: the given ones, else private ones started here.
+
+    Returns the bench database's URL, the Redis URL and the private redis-server's pid.
+    """
     from portal.lib.localservices import redis_answers, start_redis
 
     if not database_url:
         database_url = start_private_postgres(workdir, stack)
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
-    if not redis_answers(redis_url):
-        redis_url, proc, _ = start_redis(workdir / "services")
+    pids: tuple[int, ...] = ()
+    if redis_url:
+        if not redis_answers(redis_url):
+            raise BenchError(f"Redis at {redis_url} does not answer")
+    else:
+        # A private server: shared ones have other users' databases (tests pick theirs).
+        redis_url, proc, _ = start_redis(workdir / "redis")
         stack.callback(lambda: (proc.terminate(), proc.wait()))
-        print(f"Started a throwaway Redis: {redis_url}")
-    return (
-        _with_path(database_url, f"/{BENCH_DB_NAME}"),
-        _with_path(redis_url, f"/{BENCH_REDIS_DB}"),
-    )
+        pids = (proc.pid,)
+    return _with_path(database_url, f"/{BENCH_DB_NAME}"), redis_url, pids
 
 
 def _admin_connection(database_url: str):
@@ -1346,6 +1352,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--database-url",
         help="an existing PostgreSQL server to use (default: a private cluster started here)",
     )
+    parser.add_argument(
+        "--redis-url",
+        help="an existing Redis database to use, flushed at start and end (default: a "
+        "private redis-server started here)",
+    )
     parser.add_argument("--sweep-agents", type=int, default=100_000)
     parser.add_argument("--overdue-percent", type=float, default=1.0)
     parser.add_argument("--skip-load", action="store_true", help="only the sweep")
@@ -1354,8 +1365,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_matrix(args, env: dict, workdir: Path, agents: list[SimAgent]) -> list[Run]:
-    config = LoadConfig(args.generators, args.warmup, args.duration)
+def run_matrix(
+    args, env: dict, workdir: Path, agents: list[SimAgent], config: LoadConfig
+) -> list[Run]:
     runs: list[Run] = []
     for spec in args.servers:
         with Servers(spec, env, workdir / "logs") as servers:
@@ -1397,7 +1409,8 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
     heartbeats = [r for r in runs if r.kind == "heartbeat" and r.errors == 0]
     within = [r for r in heartbeats if r.pct(99) < TARGET_P99_MS]
     best = max(within or heartbeats, key=lambda r: r.rate, default=None)
-    bare_best = max((r for r in runs if r.kind == "bare"), key=lambda r: r.rate, default=None)
+    bares = [r for r in runs if r.kind == "bare"]
+    bare_best = max([r for r in bares if not r.errors] or bares, key=lambda r: r.rate, default=None)
     if best is None:
         print("\nVERDICT heartbeats: no error-free heartbeat run")
         return None, False
@@ -1417,20 +1430,22 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
     for label, run in (("heartbeat", best), ("bare view", bare_best)):
         if run is None or not run.rate:
             continue
-        total = sum(run.per_request(what) for what in ("server", "postgres", "generator"))
+        parts = ("server", "postgres", "redis", "generator")
+        total = sum(run.per_request(what) for what in parts)
         print(
-            f"CPU per request, {label} at its best: {run.per_request('server'):.1f} ms server + "
-            f"{run.per_request('postgres'):.1f} ms PostgreSQL + {run.per_request('generator'):.2f}"
-            f" ms generator = {total:.1f} ms: {cores} cores cap it near {cores * 1000 / total:.0f}"
-            "/s even with the machine to itself"
+            f"CPU per request, {label} at its best: "
+            + " + ".join(f"{run.per_request(what):.2f} {what}" for what in parts)
+            + f" = {total:.1f} ms: {cores} cores cap it near {cores * 1000 / total:.0f}/s"
+            " even with the machine to itself"
         )
     return best, met
 
 
-def profile_servers(args, env: dict, workdir: Path, agents: list[SimAgent], best: Run) -> None:
+def profile_servers(
+    args, env: dict, workdir: Path, agents: list[SimAgent], config: LoadConfig, best: Run
+) -> None:
     """Extra runs (heartbeat, then bare) with py-spy on every server process."""
     spec = next(s for s in args.servers if s.label == best.server)
-    config = LoadConfig(args.generators, args.warmup, args.duration)
     if py_spy() is None:
         print("\n(no py-spy, so no profile; `make bench-heartbeats` installs it)")
         return
@@ -1469,7 +1484,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        database_url, redis_url = find_services(workdir, stack, args.database_url)
+        database_url, redis_url, redis_pids = find_services(
+            workdir, stack, args.database_url, args.redis_url
+        )
         recreate_database(database_url)
         stack.callback(drop_database, database_url)
         stack.callback(flush_redis, redis_url)
@@ -1493,18 +1510,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(CPU_NOTE)
             print(HEADER)
-            config = LoadConfig(args.generators, args.warmup, min(args.duration, 10.0))
-            null = generator_ceiling(agents, max(args.concurrency), config)
+            config = LoadConfig(args.generators, args.warmup, args.duration, redis_pids)
+            short = LoadConfig(args.generators, args.warmup, min(args.duration, 10.0))
+            null = generator_ceiling(agents, max(args.concurrency), short)
             print(null.line())
             print(
                 f"    generator ceiling against a null server: {null.rate:.0f} req/s, "
                 f"{1000 * null.per_request('generator'):.0f} µs of generator CPU per request"
             )
-            runs = run_matrix(args, env, workdir, agents)
+            runs = run_matrix(args, env, workdir, agents, config)
             print(load_line("after the load runs"))
             best, met = summarize(runs)
             if best and (args.profile == "always" or (args.profile == "auto" and not met)):
-                profile_servers(args, env, workdir, agents, best)
+                profile_servers(args, env, workdir, agents, config, best)
         if not args.skip_sweep:
             run_sweep(args, workdir)
         print(f"\n{load_line('at end')}")

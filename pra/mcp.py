@@ -642,6 +642,76 @@ async def get_incident(
     return await _run(_get_incident, incident_id)
 
 
+# --- backups (read-only) ------------------------------------------------------------------
+
+
+class BackupSourceStatus(BaseModel):
+    """The newest stored backup of one source, and whether it is fresh and verified."""
+
+    source: str
+    kind: str
+    last_success: datetime | None
+    age_hours: float | None
+    size_bytes: int | None
+    verification: str | None
+    fresh: bool = Field(description="Verified and newer than BACKUP_FRESH_HOURS.")
+    last_run_status: str | None = Field(description="Status of the most recent run, any outcome.")
+
+
+def _backup_status(call: _Call, source: str | None) -> list[dict]:
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from backups.choices import RunStatus, Verification
+    from backups.models import BackupRun, BackupSource
+
+    _require_view(call)
+    sources = BackupSource.objects.filter(enabled=True).order_by("name")
+    if source:
+        sources = sources.filter(name=source)
+        if not sources:
+            raise ToolError(f"No enabled backup source {source!r}; omit it to list all.")
+    now = timezone.now()
+    fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    out = []
+    for src in sources:
+        runs = BackupRun.objects.filter(source=src, restore__isnull=True).order_by("-created")
+        latest = runs.first()
+        good = runs.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True).first()
+        out.append(
+            {
+                "source": src.name,
+                "kind": src.kind,
+                "last_success": good.created if good else None,
+                "age_hours": round((now - good.created).total_seconds() / 3600, 1)
+                if good else None,
+                "size_bytes": good.bytes_stored if good else None,
+                "verification": good.verification if good else None,
+                "fresh": bool(
+                    good and good.created >= fresh_after
+                    and good.verification == Verification.VERIFIED
+                ),
+                "last_run_status": latest.status if latest else None,
+            }
+        )  # fmt: skip
+    return out
+
+
+@server.tool(annotations=READ_ONLY)
+async def backup_status(
+    source: Annotated[str | None, Field(max_length=63, description="Only this source.")] = None,
+) -> list[BackupSourceStatus]:
+    """Backup freshness per source: last successful backup, its age, size and verification.
+
+    A source with fresh=false needs attention (no recent verified backup). Restores
+    are never started from here: they need a plan, a confirmation and two approvers
+    in the portal.
+    """
+    return await _run(_backup_status, source)
+
+
 # --- stdio entry point -------------------------------------------------------------------
 
 

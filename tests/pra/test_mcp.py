@@ -71,6 +71,7 @@ TOOLS = {
     "execute_pra_action",
     "list_incidents",
     "get_incident",
+    "backup_status",
 }
 TIMEOUT = 120.0  # seconds for any one MCP request (execute waits for the run)
 STARTUP_TIMEOUT = 30.0
@@ -521,3 +522,17 @@ def test_incidents_are_readable_through_mcp(daphne, operator, token_of):
         one = mcp.ok("get_incident", {"incident_id": incident.pk})
         assert one["timeline"][0]["kind"] == "DETECTED"
         assert "No incident #999" in mcp.error("get_incident", {"incident_id": 999})
+
+
+def test_backup_status_reports_freshness(daphne, operator, token_of):
+    from backups.models import BackupSource
+
+    BackupSource.objects.create(name="main-db", kind="postgres", dsn="postgres://x@127.0.0.1/db")
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        status = mcp.ok("backup_status", {})
+        assert status == [
+            {"source": "main-db", "kind": "postgres", "last_success": None, "age_hours": None,
+             "size_bytes": None, "verification": None, "fresh": False, "last_run_status": None}
+        ]  # fmt: skip
+        assert "No enabled backup source 'nope'" in mcp.error("backup_status", {"source": "nope"})
