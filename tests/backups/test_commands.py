@@ -40,8 +40,8 @@ def test_backup_run_shows_progress_and_backup_verify_reports_freshness(
         call_command("backup_verify", "k8s")
 
 
-def test_backup_restore_plan_confirm_and_approve_by_request_id(
-    pg_cluster, pg_database, capsys, operator, approver, approver2, capture
+def test_backup_restore_plans_from_the_cli_and_people_approve_in_the_portal(
+    pg_cluster, pg_database, capsys, client, operator, approver, approver2, capture
 ):
     name = pg_database()
     good = pg_snapshot(pg_cluster, name)
@@ -64,14 +64,17 @@ def test_backup_restore_plan_confirm_and_approve_by_request_id(
         )
     req = RestoreRequest.objects.get()
     assert req.status == RestoreStatus.PLANNED
-    with pytest.raises(CommandError, match="approver permission|someone else"):
-        call_command("backup_restore", "approve", str(req.pk), "--as", operator.username,
-                     "--confirm", name)  # fmt: skip
-    call_command("backup_restore", "approve", str(req.pk), "--as", approver.username,
-                 "--confirm", name)  # fmt: skip
+    assert f"/admin/backups/restorerequest/{req.pk}/change/" in capsys.readouterr().out
+    # Approval is not a command: each approver signs on the restore's page, as themselves.
+    with pytest.raises(CommandError, match="invalid choice"):
+        call_command("backup_restore", "approve", str(req.pk))
+    url = f"/admin/backups/restorerequest/{req.pk}/approve/"
+    shown = {"fingerprint": req.approval_fingerprint(), "confirmation": name}
+    client.force_login(approver)
+    client.post(url, shown)
+    client.force_login(approver2)
     with capture(execute=True):
-        call_command("backup_restore", "approve", str(req.pk), "--as", approver2.username,
-                     "--confirm", name)  # fmt: skip
+        client.post(url, shown)
     run_jobs()
     call_command("backup_restore", "status", str(req.pk))
     assert "SUCCEEDED" in capsys.readouterr().out

@@ -1,9 +1,11 @@
-"""`manage.py backup_restore`: plan (--dry-run first), confirm, approve, follow a restore.
+"""`manage.py backup_restore`: plan (--dry-run first), confirm, follow a restore.
 
 backup_restore plan ARTIFACT_ID --as alice [--target '{"database": "x"}'] --dry-run
 backup_restore plan ARTIFACT_ID --as alice --confirm shop
-backup_restore approve REQUEST_ID --as bob --confirm shop
 backup_restore status REQUEST_ID
+
+Approving (and rejecting) is not here: it is a person's act in the portal, signed
+in as themselves, on the restore's page (the same approval UI as remediations).
 """
 
 from __future__ import annotations
@@ -28,14 +30,6 @@ class Command(BaseCommand):
         plan.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
         plan.add_argument("--confirm", default="", help="the target's name (overwrites)")
         plan.add_argument("--as", dest="user", required=True)
-        approve = sub.add_parser("approve", help="sign a planned overwrite")
-        approve.add_argument("request", type=int)
-        approve.add_argument("--confirm", required=True, help="the target's name")
-        approve.add_argument("--as", dest="user", required=True)
-        reject = sub.add_parser("reject", help="reject a planned restore")
-        reject.add_argument("request", type=int)
-        reject.add_argument("--reason", required=True)
-        reject.add_argument("--as", dest="user", required=True)
         status = sub.add_parser("status", help="show a restore request")
         status.add_argument("request", type=int)
         sub.add_parser("list", help="list artifacts one can restore from")
@@ -69,8 +63,8 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Restore #{req.pk} planned: {req.status}."))
         if req.status == "PLANNED":
             self.stdout.write(
-                f"Two approvers (not you) now run: backup_restore approve {req.pk} "
-                f"--confirm {req.target_name} --as NAME (or approve it in the admin)."
+                f"Two approvers (not you) now approve it on its page in the portal: "
+                f"/admin/backups/restorerequest/{req.pk}/change/ (typing {req.target_name})."
             )
 
     def _show_plan(self, plan: dict) -> None:
@@ -91,15 +85,6 @@ class Command(BaseCommand):
         for warning in plan["warnings"]:
             self.stdout.write(self.style.WARNING(f"Warning:    {warning}"))
         self.stdout.write("Steps:      " + " → ".join(plan["steps"]))
-
-    def _approve(self, request, confirm, user, **options):
-        tally = actions.approve_restore(request, by=self._user(user), confirmation=confirm)
-        state = "approved: queued" if tally.complete else "signed"
-        self.stdout.write(f"Restore #{request}: {state} ({tally.count}/{tally.required}).")
-
-    def _reject(self, request, reason, user, **options):
-        actions.reject_restore(request, by=self._user(user), reason=reason)
-        self.stdout.write(f"Restore #{request} rejected.")
 
     def _status(self, request, **options):
         req = RestoreRequest.objects.filter(pk=request).first()
