@@ -226,7 +226,7 @@ class Session:
         on_output: Callable[[str], None] | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> CommandResult:
-        """Send ``command`` and collect its output; ``on_tick`` runs at least every second."""
+        """Send ``command`` and collect its output; ``on_tick`` runs at least twice a second."""
         channel = self.channel
         channel.exec_command(command)
         stdout, stderr = _Bounded(max_output), _Bounded(max_output)
@@ -249,7 +249,7 @@ class Session:
                 continue
             if channel.exit_status_ready() and channel.eof_received:
                 break
-            select.select([channel], [], [], min(remaining, 1.0))
+            select.select([channel], [], [], min(remaining, 0.5))
         # Drain what arrived together with the exit status.
         while channel.recv_ready():
             stdout.add(channel.recv(32768))

@@ -159,8 +159,8 @@ def test_a_quiet_long_command_keeps_its_heartbeat(
     from pra import jobs
 
     monkeypatch.setattr(jobs, "HEARTBEAT_EVERY", 0.3)
-    settings.PRA_HEARTBEAT_GRACE = 1
-    shared_ssh_target.delay_command("systemctl", 3)
+    settings.PRA_HEARTBEAT_GRACE = 2
+    shared_ssh_target.delay_command("systemctl", 5)
     action = _approved(operator, approver, target_host)
     outcome = []
 
@@ -182,8 +182,8 @@ def test_a_quiet_long_command_keeps_its_heartbeat(
         )
         pause = threading.Event()
         reaped = []
-        for _ in range(8):  # the reaper runs repeatedly during the 3 s command
-            pause.wait(0.25)
+        for _ in range(12):  # the reaper runs repeatedly during the 5 s command
+            pause.wait(0.3)
             reaped += actions.reap_lost_runs()
         assert reaped == []
     finally:
