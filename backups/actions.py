@@ -31,7 +31,7 @@ from backups.choices import (
 from backups.models import BackupArtifact, BackupRun, BackupSource, DiskWatch, RestoreRequest
 from portal import approvals
 from portal.audit import Actor, record
-from portal.choices import AuditEventType, LiveEventKind
+from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.errors import RequestRefused
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
@@ -297,6 +297,46 @@ def _notify(kind: str, *, title: str, body: str, subject, severity: str) -> None
     except ImportError:  # the notification channels are not there yet: the log line it is
         return
     notify.notify(kind, title=title, body=body, subject=subject, severity=severity)
+
+
+def check_freshness(now=None) -> dict[str, list[str]]:
+    """Notify once when a source loses its fresh verified backup, and once when it has one again."""
+    now = now or timezone.now()
+    fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    changed: dict[str, list[str]] = {"stale": [], "fresh": []}
+    for source in BackupSource.objects.filter(enabled=True):
+        last = (
+            BackupRun.objects.filter(
+                source=source, status=RunStatus.SUCCEEDED, deleted_at__isnull=True,
+                restore__isnull=True,
+            )
+            .order_by("-created")
+            .first()
+        )  # fmt: skip
+        fresh = bool(
+            last and last.created >= fresh_after and last.verification == Verification.VERIFIED
+        )
+        # A source younger than the window has not missed anything yet.
+        if not fresh and source.created >= fresh_after:
+            continue
+        with transaction.atomic():
+            if not fresh and BackupSource.objects.filter(
+                pk=source.pk, stale_since__isnull=True
+            ).update(stale_since=now):
+                _notify(
+                    NotificationKind.BACKUP_STALE,
+                    title=f"No fresh backup of {source.name}",
+                    body=f"Last good backup: {last.created if last else 'never'} "
+                    f"(fresh means verified and under {settings.BACKUP_FRESH_HOURS} h old).",
+                    subject=source,
+                    severity="warning",
+                )
+                changed["stale"].append(source.name)
+            elif fresh and BackupSource.objects.filter(
+                pk=source.pk, stale_since__isnull=False
+            ).update(stale_since=None):
+                changed["fresh"].append(source.name)
+    return changed
 
 
 def notify_failure(run: BackupRun, what: str = "backup") -> None:

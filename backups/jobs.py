@@ -243,6 +243,7 @@ def tick(now=None) -> dict:
             older_than=settings.BACKUP_HEARTBEAT_GRACE, keep=running
         ),
         "disk_alerts": watch_disks(),
+        "freshness": actions.check_freshness(now),
     }
     if now.minute == 5:
         result["retention"] = {

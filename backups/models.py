@@ -56,6 +56,12 @@ class BackupSource(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[_name_validator])
     kind = models.CharField(max_length=12, choices=SourceKind.choices)
     enabled = models.BooleanField(default=True)
+    stale_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Since when it has had no fresh verified backup (notified once).",
+    )
     schedule = models.CharField(
         max_length=100,
         blank=True,

@@ -1109,7 +1109,10 @@ def server_profile(stacks, ms_per_request: float) -> list[str]:
 def sweep_profile(stacks) -> list[str]:
     main = [s for s in stacks if _has(s[1], ("mark_missing_agents (",))]
     total = sum(n for *_, n in main) or 1
-    lines = ["  mark_missing_agents, by line (share of its wall time):"]
+    lines = [
+        "  mark_missing_agents, by line (share of its wall time; its `with transaction.atomic()`"
+        " line is the COMMIT and the on-commit hooks: live events, RQ enqueues):"
+    ]
     lines += by_line(main, "mark_missing_agents (incidents/", total, None, 8)
     lines.append("  _open_or_update (one new incident), by line:")
     lines += by_line(main, "_open_or_update (incidents/", total, None, 10)

@@ -86,3 +86,28 @@ def test_a_backup_far_smaller_than_the_previous_good_one_is_flagged(
     assert "under 50% of the previous good backup" in second.verify_detail
     assert any("FAILED" in r.message and "k8s" in r.message for r in caplog.records)
     assert get_storage().list_runs() == [first.artifact_path, second.artifact_path]
+
+
+@pytest.mark.django_db
+def test_a_source_without_a_fresh_backup_notifies_once_and_recovers(settings):
+    """BACKUP_STALE goes out once when a source loses its fresh verified backup."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backups import actions
+    from backups.models import BackupSource
+    from portal.models import Notification, NotificationChannel
+
+    NotificationChannel.objects.create(
+        name="ops-hook", kind="WEBHOOK", url="http://127.0.0.1:9/hook", kinds=["BACKUP_STALE"]
+    )
+    source = BackupSource.objects.create(name="db", kind="postgres", dsn="postgres://x@h/db")
+    later = timezone.now() + timedelta(hours=settings.BACKUP_FRESH_HOURS + 1)
+    assert actions.check_freshness(timezone.now()) == {"stale": [], "fresh": []}  # too young
+    assert actions.check_freshness(later) == {"stale": ["db"], "fresh": []}
+    assert actions.check_freshness(later) == {"stale": [], "fresh": []}  # once
+    note = Notification.objects.get(kind="BACKUP_STALE")
+    assert note.title == "No fresh backup of db" and "never" in note.body
+    source.refresh_from_db()
+    assert source.stale_since == later
