@@ -371,6 +371,13 @@ def _deliver_commands(agent: Agent, now) -> list[dict]:
 
 def _check_health(agent: Agent, version: str, *, broken_causes: set[str]) -> None:
     """A heartbeat on the target version, without the incident's cause, completes the patch."""
+    in_flight = AutoPatchAttempt.objects.filter(
+        agent=agent,
+        status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK],
+        target_version=version,
+    )
+    if not in_flight.exists():  # the common case: one cheap indexed query, no joins
+        return
     for attempt in AutoPatchAttempt.objects.select_related("incident", "decision").filter(
         agent=agent,
         status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK],
@@ -399,9 +406,9 @@ def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
     flagged: list[int] = []
     while True:
         ids = list(
-            Agent.objects.filter(alert_after__lt=now, missing=False, enabled=True).values_list(
-                "pk", flat=True
-            )[:batch]
+            Agent.objects.filter(alert_after__lt=now, missing=False, enabled=True)
+            .order_by()  # no sort by name: the partial index answers it directly
+            .values_list("pk", flat=True)[:batch]
         )
         if not ids:
             return flagged

@@ -82,9 +82,10 @@ def main() -> int:
             "--name", "demo-target-agent", "--secret-file", str(agent_key), "--env", "demo",
             "--period", "15", "--watch-service", "unbound",
         ]  # fmt: skip
+    worker_env = {**env, "DB_CONN_MAX_AGE": env.get("DB_CONN_MAX_AGE", "60")}
     for name, argv in commands.items():
         # Own session: Ctrl-C reaches only us, and we stop the children in order.
-        child_env = env
+        child_env = worker_env if name in ("rqworker", "rqcron") else env
         if name == "demo-agent":
             child_env = {**env, "PATH": f"{target.standins_dir}:{env.get('PATH', '')}"}
         proc = subprocess.Popen(argv, env=child_env, cwd=BASE_DIR, start_new_session=True)

@@ -96,8 +96,11 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'portal.sqlite3'}"
 DATABASES = {"default": parse_database_url(DATABASE_URL)}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    # Persistent connections: a new connection per request costs ~5x throughput here.
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+    # 0 under daphne: Django's ASGI handler runs each request in a thread of its own, so
+    # persistent connections are never reused and pile up until "too many clients"
+    # (bench/heartbeats.py). RQ workers are single-threaded: `make run` and the README
+    # give them DB_CONN_MAX_AGE=60, which saves ~17 ms of connect per job.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES["default"]["OPTIONS"] = {
