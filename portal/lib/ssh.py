@@ -225,9 +225,15 @@ class Session:
         max_output: int = DEFAULT_MAX_OUTPUT,
         on_output: Callable[[str], None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> CommandResult:
-        """Send ``command`` and collect its output; ``on_tick`` runs at least twice a second."""
+        """Send ``command`` and collect its output; ``on_tick`` runs at least twice a second.
+
+        ``on_start`` is called right before the command is sent.
+        """
         channel = self.channel
+        if on_start is not None:
+            on_start()
         channel.exec_command(command)
         stdout, stderr = _Bounded(max_output), _Bounded(max_output)
         deadline = time.monotonic() + command_timeout
@@ -275,6 +281,7 @@ def run_command(
     max_output: int = DEFAULT_MAX_OUTPUT,
     on_output: Callable[[str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> CommandResult:
     """Run ``command`` (a fixed string, never built from unchecked input) on ``endpoint``.
 
@@ -287,4 +294,5 @@ def run_command(
             max_output=max_output,
             on_output=on_output,
             on_tick=on_tick,
+            on_start=on_start,
         )
