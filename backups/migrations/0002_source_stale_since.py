@@ -4,15 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('backups', '0001_initial'),
+        ("backups", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='backupsource',
-            name='stale_since',
-            field=models.DateTimeField(blank=True, editable=False, help_text='Since when it has had no fresh verified backup (notified once).', null=True),
+            model_name="backupsource",
+            name="stale_since",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="Since when it has had no fresh verified backup (notified once).",
+                null=True,
+            ),
         ),
     ]
