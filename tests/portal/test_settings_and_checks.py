@@ -80,3 +80,9 @@ def test_check_deploy_passes_with_production_settings(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_models_and_migrations_agree():
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
