@@ -481,8 +481,11 @@ def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
         if not approvals.tally(obj).complete and not _was_auto_approved(obj):
             logger.error("action %s approved without valid signatures; refusing", action_id)
             return None
+        # Only the row's own columns here: a filter across a join makes Django write
+        # "WHERE id IN (subquery)", which PostgreSQL does not re-check after a lock wait,
+        # so two racing workers could both win (the 8-process race test caught it).
         won = PRAAction.objects.filter(
-            pk=action_id, status=ActionStatus.APPROVED, expires_at__gt=now, host__enabled=True
+            pk=action_id, status=ActionStatus.APPROVED, expires_at__gt=now
         ).update(
             status=ActionStatus.EXECUTING,
             status_changed_at=now,
