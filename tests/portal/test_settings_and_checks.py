@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.core.checks import run_checks
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -82,6 +83,7 @@ def test_check_deploy_passes_with_production_settings(tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+@pytest.mark.django_db
 def test_models_and_migrations_agree():
     from django.core.management import call_command
 
