@@ -1,9 +1,16 @@
 import os
+from datetime import UTC, datetime, timedelta
+from functools import wraps
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.template.response import TemplateResponse
+from django.urls import URLPattern
+from django_rq.admin import QueueAdmin
+from django_rq.models import Dashboard
 
 from portal import notify
 from portal.admin_base import ReadOnlyAdmin
@@ -315,3 +322,102 @@ class NotificationAdmin(admin.ModelAdmin):
         failed = queryset.filter(status=NotificationStatus.FAILED).values_list("pk", flat=True)
         count = sum(notify.retry_notification(pk, by=request.user) for pk in failed)
         self.message_user(request, f"Re-queued {count} failed notification(s).")
+
+
+# --- Job queues -----------------------------------------------------------------------
+# django_rq's pages (dashboard, jobs with their arguments and tracebacks, empty/clear,
+# delete/requeue/stop, registries, workers) only check is_staff, and every portal user is
+# staff. They are for the admin role alone; everyone else gets the read-only summary below.
+
+
+def is_portal_admin(user) -> bool:
+    """The admin role (or a superuser): the only one allowed to manage the job queues."""
+    return bool(user.is_active and user.is_staff and user.has_perm(MANAGE_PORTAL))
+
+
+def admin_role_required(view):
+    """Refuse (403) anyone but the admin role; meant inside ``admin_site.admin_view``,
+    which sends anonymous users to the login page first."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not is_portal_admin(request.user):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+class PortalQueueAdmin(QueueAdmin):
+    """django_rq's dashboard, visible to and usable by the admin role only."""
+
+    def has_module_permission(self, request):
+        return is_portal_admin(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return is_portal_admin(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return is_portal_admin(request.user)
+
+    def get_urls(self):
+        # Every one of django_rq's URLs, including stats.json and metrics (which it leaves
+        # open to any staff user or its own API token), goes through the login page and
+        # the admin-role check.
+        site_view = self.admin_site.admin_view
+        return [
+            URLPattern(
+                p.pattern,
+                site_view(admin_role_required(p.callback)),
+                p.default_args,
+                p.name,
+            )
+            for p in super().get_urls()
+        ]
+
+
+if admin.site.is_registered(Dashboard):
+    admin.site.unregister(Dashboard)
+admin.site.register(Dashboard, PortalQueueAdmin)
+
+
+def queue_rows() -> list[dict]:
+    """Per queue of settings.RQ_QUEUES: depth, live workers, running, scheduled and failed
+    counts. Counts only: never job arguments, results or tracebacks."""
+    import django_rq
+    from rq import Worker
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    fresh_after = datetime.now(UTC) - timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
+    rows = []
+    for name in settings.RQ_QUEUES:
+        row = {"name": name, "error": ""}
+        try:
+            queue = django_rq.get_queue(name)
+            workers = Worker.all(queue=queue)
+            row.update(
+                depth=queue.count,
+                workers=sum(
+                    1 for w in workers if w.last_heartbeat and w.last_heartbeat >= fresh_after
+                ),
+                started=StartedJobRegistry(queue=queue).count,
+                scheduled=ScheduledJobRegistry(queue=queue).count,
+                failed=FailedJobRegistry(queue=queue).count,
+            )
+        except Exception as exc:  # Redis down: say so on the page, never a traceback
+            row["error"] = f"unavailable ({exc.__class__.__name__})"
+        rows.append(row)
+    return rows
+
+
+def queue_status_view(request):
+    """``/admin/queues/``: read-only queue depths for every role that may view the portal."""
+    if not request.user.has_perm("portal.view_portal"):
+        raise PermissionDenied
+    context = {
+        **admin.site.each_context(request),
+        "title": "Job queues",
+        "rows": queue_rows(),
+        "can_manage_queues": is_portal_admin(request.user),
+    }
+    return TemplateResponse(request, "admin/queue_status.html", context)

@@ -1,20 +1,44 @@
-"""Websocket consumer for live events. Every connection is checked for the view role."""
+"""Websocket consumer for live events. Every connection is checked for the view role.
+
+``/ws/live/<type>/<id>/`` joins one object's group only for the subject types the
+portal publishes (``SUBJECTS``), an object that exists, and a user whose role may view
+that model; anything else is closed with a 44xx code saying why.
+"""
 
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.apps import apps
 
 from portal.live import DASHBOARD_GROUP, subject_group
 
 # Application close codes (4000-4999): the browser sees why it was refused.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+# Every subject type `portal.live.publish` is called with (the actions layers of pra,
+# incidents and backups). A page for anything else has no live events to follow.
+SUBJECTS = ("pra.praaction", "incidents.incident", "backups.backuprun", "backups.restorerequest")
 
 
 @database_sync_to_async
 def _can_view(user) -> bool:
     return user.is_active and user.has_perm("portal.view_portal")
+
+
+@database_sync_to_async
+def _subject_refusal(user, subject_type: str, subject_id: str) -> int | None:
+    """None when ``user`` may follow this object, else the close code."""
+    if subject_type not in SUBJECTS:
+        return CLOSE_NOT_FOUND
+    model = apps.get_model(subject_type)
+    if not user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}"):
+        return CLOSE_FORBIDDEN
+    if not model._default_manager.filter(pk=int(subject_id)).exists():
+        return CLOSE_NOT_FOUND
+    return None
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -30,7 +54,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         kwargs = self.scope["url_route"]["kwargs"]
         if "subject_type" in kwargs:
-            self.group = subject_group(kwargs["subject_type"], kwargs["subject_id"])
+            subject_type, subject_id = kwargs["subject_type"], kwargs["subject_id"]
+            refusal = await _subject_refusal(user, subject_type, subject_id)
+            if refusal is not None:
+                await self.close(code=refusal)
+                return
+            self.group = subject_group(subject_type, subject_id)
         else:
             self.group = DASHBOARD_GROUP
         await self.channel_layer.group_add(self.group, self.channel_name)

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import path
 
 from portal import views
-from portal.api import api
+from portal.admin import queue_status_view
+from portal.api import api, docs_asset
 
 admin.site.site_header = "Ops Portal"
 admin.site.site_title = "Ops Portal"
@@ -12,6 +13,9 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("health", views.health, name="health"),
     path("metrics", views.metrics, name="metrics"),
+    # Before admin.site.urls, whose catch-all would answer 404.
+    path("admin/queues/", admin.site.admin_view(queue_status_view), name="queue_status"),
     path("admin/", admin.site.urls),
+    path("api/docs/assets/<str:name>", docs_asset, name="api_docs_asset"),
     path("api/", api.urls),
 ]

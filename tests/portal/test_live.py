@@ -76,20 +76,100 @@ def test_viewer_receives_committed_events_but_not_rolled_back_ones(viewer):
     async_to_sync(scenario)()
 
 
-def test_subject_page_receives_only_its_subject(viewer):
+def _action(operator) -> str:
+    from tests.pra.factories import offline_host, propose
+
+    return str(propose(operator, offline_host()).pk)
+
+
+def test_subject_page_receives_only_its_subject(viewer, operator):
     cookie = _cookie_for(viewer)
+    pk = _action(operator)
+    other = str(int(pk) + 1000)
 
     async def scenario():
-        ws = _communicator("/ws/live/pra.praaction/42/", cookie)
+        ws = _communicator(f"/ws/live/pra.praaction/{pk}/", cookie)
         connected, _ = await ws.connect()
         assert connected
-        await database_sync_to_async(_publish_committed)("41")
-        await database_sync_to_async(_publish_committed)("42")
+        await database_sync_to_async(_publish_committed)(other)
+        await database_sync_to_async(_publish_committed)(pk)
         message = await ws.receive_json_from(timeout=5)
-        assert message["event"]["subject_id"] == "42"
+        assert message["event"]["subject_id"] == pk
         await ws.disconnect()
 
     async_to_sync(scenario)()
+
+
+def _close_code(path: str, cookie: bytes | None) -> int | None:
+    """The close code a connection to ``path`` gets (None when it is accepted)."""
+
+    async def scenario():
+        ws = _communicator(path, cookie)
+        connected, code = await ws.connect()
+        if connected:
+            await ws.disconnect()
+            return None
+        return code
+
+    return async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ws/live/auth.user/1/",
+        "/ws/live/auth.group/1/",
+        "/ws/live/portal.apitoken/1/",
+        "/ws/live/portal.auditevent/1/",
+        "/ws/live/sessions.session/1/",
+        "/ws/live/no.such/1/",
+    ],
+)
+def test_groups_of_other_kinds_of_object_are_refused(admin_user, path):
+    """Only subjects the portal publishes have groups to join, whatever the role."""
+    assert _close_code(path, _cookie_for(admin_user)) == 4404
+
+
+def test_a_subject_that_does_not_exist_is_refused(viewer, operator):
+    pk = _action(operator)
+    cookie = _cookie_for(viewer)
+    assert _close_code(f"/ws/live/pra.praaction/{pk}/", cookie) is None
+    assert _close_code(f"/ws/live/pra.praaction/{int(pk) + 1000}/", cookie) == 4404
+    assert _close_code("/ws/live/incidents.incident/1/", cookie) == 4404
+
+
+def test_a_role_that_may_not_view_the_model_is_refused(operator):
+    """view_portal alone (e.g. a custom group) does not reach a model's live events."""
+    from django.contrib.auth.models import Group, Permission
+
+    from tests.conftest import make_user
+
+    pk = _action(operator)
+    group = Group.objects.create(name="dashboard-only")
+    group.permissions.add(Permission.objects.get(codename="view_portal"))
+    user = make_user("dora-dashboard", None)
+    user.groups.add(group)
+    cookie = _cookie_for(user)
+    assert _close_code("/ws/live/", cookie) is None
+    assert _close_code(f"/ws/live/pra.praaction/{pk}/", cookie) == 4403
+
+
+def test_every_published_subject_type_is_allowed():
+    """The allow-list names every subject ``publish`` is called with in the apps."""
+    import re
+    from pathlib import Path
+
+    from portal.consumers import SUBJECTS
+
+    root = Path(__file__).resolve().parents[2]
+    published = set()
+    for app in ("portal", "pra", "incidents", "backups"):
+        for path in (root / app).rglob("*.py"):
+            text = path.read_text()
+            if "LiveEvent(" in text:
+                published |= set(re.findall(r'subject_type="([a-z_]+\.[a-z_]+)"', text))
+    assert published, "no publish call found: the scan is broken"
+    assert published <= set(SUBJECTS), published - set(SUBJECTS)
 
 
 def test_anonymous_websocket_is_refused():
