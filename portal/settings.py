@@ -119,10 +119,26 @@ RQ_QUEUES = {
 RQ = {"COMMIT_MODE": "on_db_commit"}
 
 # Live events: channels-redis on REDIS_URL. Unit tests swap in the in-memory layer.
+# channels-redis waits on Redis with a 5 s blocking pop (its `brpop_timeout`), and
+# redis-py >= 8 defaults `socket_timeout` to 5 s: left alone, every idle websocket
+# dies with "Timeout reading from ..." (channels_redis issue 422). The read timeout
+# must exceed the blocking wait; a hung Redis is still noticed within it.
+CHANNEL_LAYER_BLOCKING_WAIT = 5
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "portal:live"},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": CHANNEL_LAYER_BLOCKING_WAIT + 10,
+                    "socket_connect_timeout": 5,
+                    "socket_keepalive": True,
+                    "health_check_interval": 30,
+                }
+            ],
+            "prefix": "portal:live",
+        },
     }
 }
 

@@ -121,9 +121,11 @@ def _stack_env(target: LocalTarget, var_dir: Path) -> dict[str, str]:
     }
 
 
-def _start_daphne(port: int, env: dict[str, str], log: Path) -> subprocess.Popen | None:
+def _start_daphne(
+    port: int, env: dict[str, str], log: Path, *, append: bool = False
+) -> subprocess.Popen | None:
     """daphne on ``port``, once it listens; None if it exited first (port taken)."""
-    with log.open("w") as out:
+    with log.open("a" if append else "w") as out:
         proc = subprocess.Popen(
             [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
             env=env,
@@ -173,6 +175,33 @@ class Stack:
     host: Host
     target: LocalTarget
     worker: subprocess.Popen
+    log_dir: Path
+    daphne: subprocess.Popen
+    port: int
+    env: dict[str, str]
+
+    def restart_daphne(self, while_down: Callable[[], object] | None = None) -> None:
+        """Stop daphne (every websocket drops), run ``while_down``, start it again on the
+        same port. Pages must reconnect by themselves and catch up."""
+        _stop(self.daphne)
+        if while_down is not None:
+            while_down()
+        log = self.log_dir / "daphne.log"
+        _wait_until(lambda: _bindable(self.port), STOP_TIMEOUT)
+        proc = _start_daphne(self.port, self.env, log, append=True)
+        if proc is None:
+            pytest.fail(f"daphne did not restart:\n{_tail(log)}")
+        self.daphne = proc
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def worker_paused(self) -> Iterator[None]:
@@ -205,10 +234,13 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
             break
     else:
         pytest.fail(f"daphne did not start:\n{_tail(log)}")
+    stack = Stack(
+        f"http://127.0.0.1:{port}", host, shared_ssh_target, rq_worker, stack_dir, proc, port, env
+    )
     try:
-        yield Stack(f"http://127.0.0.1:{port}", host, shared_ssh_target, rq_worker)
+        yield stack
     finally:
-        _stop(proc)
+        _stop(stack.daphne)
         print(f"--- daphne log (tail) ---\n{_tail(log)}")
 
 
