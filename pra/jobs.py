@@ -34,6 +34,13 @@ def preflight_action(action_id: int) -> str:
             output = "denied by the target's wrapper: " + output
     except ssh.SSHError as exc:
         ok, output = False, f"{exc.__class__.__name__}: {exc}"
+    except Exception as exc:
+        # Whatever went wrong, the pre-flight ends FAILED with a reason, never PENDING.
+        logger.exception("pre-flight of action %s crashed", action_id)
+        ok, output = (
+            False,
+            f"pre-flight could not run ({exc.__class__.__name__}); see the worker log",
+        )
     actions.record_preflight(action_id, ok=ok, output=output)
     return "ok" if ok else "failed"
 
@@ -90,7 +97,12 @@ def _run_claimed(action: PRAAction, job_id: str, connecting: Future) -> str:
             return _failed(action_id, FailureCause.HOST_KEY_MISMATCH, exc, attempts)
         except ssh.KeyFileError as exc:
             return _failed(action_id, FailureCause.CONFIG, exc, attempts)
-        except ssh.SSHError as exc:
+        except Exception as exc:
+            # Not an SSHError: a library error outside the classified path. Nothing was
+            # sent yet, so it counts as unreachable (and may be retried).
+            if not isinstance(exc, ssh.SSHError):
+                logger.exception("action %s: unexpected error while connecting", action_id)
+                exc = ssh.Unreachable(f"connection failed: {exc.__class__.__name__}: {exc}")
             if not isinstance(exc, ssh.AuthFailed) and attempts < settings.PRA_CONNECT_ATTEMPTS:
                 # Backoff between connection attempts; the command never started.
                 actions.heartbeat(action_id)
@@ -114,6 +126,12 @@ def _run_claimed(action: PRAAction, job_id: str, connecting: Future) -> str:
         except (ssh.SSHError, paramiko.SSHException, OSError, EOFError) as exc:
             # The command may have started: never retried.
             detail = f"connection lost after the command was sent: {exc}"
+            return _failed(action_id, FailureCause.UNREACHABLE, detail, attempts)
+        except Exception as exc:
+            logger.exception("action %s: unexpected error while running", action_id)
+            detail = (
+                f"the run failed unexpectedly after the command was sent ({exc!r}); not retried"
+            )
             return _failed(action_id, FailureCause.UNREACHABLE, detail, attempts)
 
     finished = actions.finish_execution(action_id, result=result, attempts=attempts)

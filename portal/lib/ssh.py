@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,22 +117,56 @@ def _socket(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def _start(endpoint: Endpoint, timeout: float) -> paramiko.Transport:
-    pinned = parse_host_key(endpoint.host_key)
-    sock = _socket(endpoint.address, endpoint.port, timeout)
+def _remaining(deadline: float, what: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Unreachable(f"{what}: no answer within the connect timeout")
+    return left
+
+
+def _handshake(sock: socket.socket, where: str, timeout: float, deadline: float,
+               key_types: str | None = None) -> paramiko.Transport:  # fmt: skip
+    """TCP is up: negotiate SSH before ``deadline`` or raise ``Unreachable``.
+
+    paramiko's ``start_client`` returns (it does not raise) when its timeout passes
+    with no banner, e.g. a port that accepts connections and never speaks; the
+    transport is then half-open and ``get_remote_server_key`` raises a bare
+    ``SSHException``. Both end here as a classified, timely ``Unreachable``.
+    """
     transport = paramiko.Transport(sock)
-    transport.banner_timeout = timeout
-    transport.auth_timeout = timeout
-    # Ask for the pinned key type first, so a host with several keys offers that one.
-    options = transport.get_security_options()
-    pinned_type = pinned.get_name()
-    if pinned_type in options.key_types:
-        options.key_types = [pinned_type, *(t for t in options.key_types if t != pinned_type)]
     try:
-        transport.start_client(timeout=timeout)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
+        left = _remaining(deadline, where)
+        transport.banner_timeout = left
+        transport.handshake_timeout = left
+        transport.auth_timeout = left
+        if key_types is not None:
+            # Ask for the pinned key type first, so a host with several keys offers that one.
+            options = transport.get_security_options()
+            if key_types in options.key_types:
+                options.key_types = [key_types, *(t for t in options.key_types if t != key_types)]
+        try:
+            transport.start_client(timeout=left)
+            remote = transport.get_remote_server_key()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if time.monotonic() >= deadline or "No existing session" in str(exc):
+                raise Unreachable(
+                    f"{where} accepted the connection but completed no SSH handshake within "
+                    f"{timeout:.0f}s (a hung host, or not an SSH server)"
+                ) from None
+            raise Unreachable(f"SSH handshake with {where} failed: {exc}") from None
+        if remote is None or not transport.is_active():
+            raise Unreachable(f"SSH handshake with {where} did not complete")
+    except Unreachable:
         transport.close()
-        raise Unreachable(f"SSH handshake with {endpoint.address} failed: {exc}") from None
+        raise
+    return transport
+
+
+def _start(endpoint: Endpoint, timeout: float, deadline: float) -> paramiko.Transport:
+    pinned = parse_host_key(endpoint.host_key)
+    where = f"{endpoint.address}:{endpoint.port}"
+    sock = _socket(endpoint.address, endpoint.port, _remaining(deadline, where))
+    transport = _handshake(sock, where, timeout, deadline, key_types=pinned.get_name())
     remote = transport.get_remote_server_key()
     if not hmac.compare_digest(remote.asbytes(), pinned.asbytes()):
         transport.close()
@@ -145,13 +180,12 @@ def _start(endpoint: Endpoint, timeout: float) -> paramiko.Transport:
 
 def fetch_host_key(address: str, port: int = 22, timeout: float = 10.0) -> str:
     """Read the key a host presents (to show its fingerprint before pinning)."""
+    deadline = time.monotonic() + timeout
+    where = f"{address}:{port}"
     sock = _socket(address, port, timeout)
-    transport = paramiko.Transport(sock)
+    transport = _handshake(sock, where, timeout, deadline)
     try:
-        transport.start_client(timeout=timeout)
         return key_line(transport.get_remote_server_key())
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise Unreachable(f"SSH handshake with {address}:{port} failed: {exc}") from None
     finally:
         transport.close()
 
@@ -190,18 +224,25 @@ class Session:
     def __init__(self, endpoint: Endpoint, key_file: str | Path, connect_timeout: float = 10.0):
         pkey = load_private_key(key_file)
         self.started = time.monotonic()
-        self.transport = _start(endpoint, connect_timeout)
+        # One budget for the whole connection (TCP, handshake, auth, session): a host
+        # that stalls at any step fails within ``connect_timeout``, not a multiple of it.
+        deadline = self.started + connect_timeout
+        where = f"{endpoint.address}:{endpoint.port}"
+        self.transport = _start(endpoint, connect_timeout, deadline)
         try:
             try:
+                self.transport.auth_timeout = _remaining(deadline, where)
                 self.transport.auth_publickey(endpoint.user, pkey)
-            except paramiko.AuthenticationException:
+            except paramiko.AuthenticationException as exc:
+                if time.monotonic() >= deadline or "timeout" in str(exc).lower():
+                    raise Unreachable(f"{where}: SSH authentication timed out") from None
                 raise AuthFailed(
                     f"{endpoint.user}@{endpoint.address} refused the portal's key ({key_file})"
                 ) from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise Unreachable(f"SSH authentication failed: {exc}") from None
             try:
-                self.channel = self.transport.open_session(timeout=connect_timeout)
+                self.channel = self.transport.open_session(timeout=_remaining(deadline, where))
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise Unreachable(f"cannot open an SSH session: {exc}") from None
         except SSHError:
@@ -234,9 +275,24 @@ class Session:
         channel = self.channel
         if on_start is not None:
             on_start()
-        channel.exec_command(command)
-        stdout, stderr = _Bounded(max_output), _Bounded(max_output)
         deadline = time.monotonic() + command_timeout
+        # paramiko waits for the exec reply without a timeout: a host that hangs right
+        # after authentication would hold the worker forever. The deadline closes the
+        # transport, which wakes that wait.
+        guard = threading.Timer(command_timeout, self.transport.close)
+        guard.daemon = True
+        guard.start()
+        try:
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError):
+            if time.monotonic() >= deadline:
+                raise CommandTimeout(
+                    f"the host did not answer the command request within {command_timeout:.0f}s"
+                ) from None
+            raise
+        finally:
+            guard.cancel()
+        stdout, stderr = _Bounded(max_output), _Bounded(max_output)
         while True:
             # The deadline holds even when the target never stops talking.
             remaining = deadline - time.monotonic()
