@@ -121,7 +121,7 @@ def test_preflight_on_a_hung_host_ends_failed_with_the_reason(operator, hung_hos
 
 def test_diagnostics_on_a_hung_host_record_the_failure(operator, hung_host):
     started = time.monotonic()
-    run = actions.run_diagnostic(hung_host, "service_status", {"service": "unbound"}, by=operator)
+    run = actions.run_diagnostic(hung_host, "service_status", {"unit": "unbound"}, by=operator)
     assert time.monotonic() - started < CONNECT_TIMEOUT + SLACK
     stored = DiagnosticRun.objects.get(pk=run.pk)
     assert stored.exit_code is None
