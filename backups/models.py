@@ -38,6 +38,13 @@ _kinds_validator = RegexValidator(r"^[a-z0-9.]+(,[a-z0-9.]+)*$", "comma-separate
 _list_validator = RegexValidator(
     r"^$|^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$", "comma-separated names"
 )
+_host_validator = RegexValidator(
+    r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^[0-9A-Fa-f:.]{2,45}$",
+    "a host name or an IP address",
+)
+_pg_name_validator = RegexValidator(
+    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$", "letters, digits, '_', '.', '-' (max 63)"
+)
 
 
 def split_list(value: str) -> list[str]:
@@ -205,6 +212,11 @@ class BackupRun(models.Model):
     )
     verified_at = models.DateTimeField(null=True, blank=True)
     verify_detail = models.TextField(blank=True)
+    verify_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="a re-verification asked for and not done yet"
+    )
+    verify_requested_by = models.CharField(max_length=150, blank=True)
+    verify_job_id = models.CharField(max_length=64, blank=True)
     shrink_flag = models.BooleanField(
         default=False, help_text="dramatically smaller than the previous good backup"
     )
@@ -276,19 +288,126 @@ class BackupArtifact(models.Model):
         return f"{self.run.source.name} #{self.run_id} {self.component}"
 
 
+class RestoreTarget(models.Model):
+    """A server or cluster that restores may write to, registered by an administrator.
+
+    Restores go only to the backup's own source or to one of these: no
+    preview, plan or restore ever connects to a host given free-form. Every
+    change goes through ``backups.actions.create_restore_target`` /
+    ``update_restore_target`` (audited; ``revision`` counts changes, and a
+    restore planned against an older revision is refused). Nothing secret is
+    stored: the password is named (an environment variable, or a file under
+    ``BACKUP_SECRETS_DIR``) and read only when a tool connects.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[_name_validator])
+    kind = models.CharField(max_length=12, choices=SourceKind.choices)
+    enabled = models.BooleanField(default=True)
+    description = models.CharField(max_length=300, blank=True)
+    host = models.CharField(
+        max_length=253, blank=True, validators=[_host_validator], help_text="PostgreSQL / Redis"
+    )
+    port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="blank: 5432 (PostgreSQL), 6379 (Redis)",
+    )
+    username = models.CharField(
+        max_length=63,
+        blank=True,
+        validators=[_pg_name_validator],
+        help_text="PostgreSQL role / Redis ACL user; blank: postgres / default",
+    )
+    database = models.CharField(
+        max_length=63,
+        blank=True,
+        validators=[_pg_name_validator],
+        help_text="PostgreSQL: the only database restores may write to; blank: any "
+        "database name on this server (default: the backed-up database's)",
+    )
+    password_env = models.CharField(
+        max_length=128, blank=True, validators=[_env_name_validator], help_text="env var name"
+    )
+    password_file = models.CharField(
+        max_length=500, blank=True, help_text="a file under BACKUP_SECRETS_DIR"
+    )
+    kubeconfig = models.CharField(
+        max_length=500, blank=True, help_text="a file under BACKUP_SECRETS_DIR; blank: default"
+    )
+    kube_context = models.CharField(max_length=253, blank=True)
+    revision = models.PositiveIntegerField(default=1, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    created_by = models.CharField(max_length=150, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()}: {self.where})"
+
+    @property
+    def where(self) -> str:
+        if self.kind == SourceKind.KUBERNETES:
+            return self.kube_context or "current context"
+        default = 5432 if self.kind == SourceKind.POSTGRES else 6379
+        return f"{self.host}:{self.port or default}"
+
+    def clean(self) -> None:
+        from backups.credentials import CredentialError, check_file_reference
+
+        errors: dict[str, str] = {}
+        both = "give an environment variable or a file, not both"
+        if self.password_env and self.password_file:
+            errors["password_env"] = both
+        for name in ("password_file", "kubeconfig"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    check_file_reference(value, what=name.replace("_", " "))
+                except CredentialError as exc:
+                    errors[name] = str(exc)
+        if self.kind in {SourceKind.POSTGRES, SourceKind.REDIS}:
+            if not self.host:
+                errors["host"] = "a PostgreSQL or Redis target needs a host"
+            if self.kubeconfig or self.kube_context:
+                errors["kubeconfig"] = "only Kubernetes targets have a kubeconfig/context"
+        if self.kind == SourceKind.REDIS and self.database:
+            errors["database"] = "a Redis target is the whole instance (no database)"
+        if self.kind == SourceKind.KUBERNETES:
+            for name in ("host", "port", "username", "database", "password_env", "password_file"):
+                if getattr(self, name):
+                    errors[name] = "Kubernetes targets use a kubeconfig and a context"
+        if errors:
+            raise ValidationError(errors)
+
+
 class RestoreRequest(models.Model):
     """A planned restore of one artifact into one target, through its whole life.
 
-    Overwriting a target is HIGH impact: the requester types the target's
-    name, two other people approve (each typing it too), a safety backup of
-    the target is taken, then the restore runs and is validated. A restore
-    into a new, empty scratch target overwrites nothing and needs none of
-    that; it is refused at run time if the target is no longer empty.
+    The target is the backup's own source or a registered ``RestoreTarget``.
+    Overwriting it is HIGH impact: the requester types the target's name, two
+    other people approve (each typing it too), a safety backup of the target
+    is taken, then the restore runs and is validated. A restore into a new,
+    empty scratch target overwrites nothing: one person other than the
+    requester approves it (MEDIUM); it is refused at run time if the target
+    is no longer empty.
     """
 
     artifact = models.ForeignKey(BackupArtifact, on_delete=models.PROTECT, related_name="restores")
     mode = models.CharField(max_length=10, choices=RestoreMode.choices)
-    target = models.JSONField(help_text="where to restore (no secrets: names of env vars/files)")
+    restore_target = models.ForeignKey(
+        RestoreTarget,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="restores",
+        help_text="the registered target; blank: the backup's own source",
+    )
+    target = models.JSONField(
+        help_text="what was asked and what it resolved to (no secrets: names of env vars/files)"
+    )
     target_name = models.CharField(max_length=300, help_text="what people type to confirm")
     plan = models.JSONField(default=dict, blank=True)
     requested_by = models.ForeignKey(
@@ -330,7 +449,9 @@ class RestoreRequest(models.Model):
     # --- Approvable ------------------------------------------------------------
     @property
     def approval_impact(self) -> str:
-        return Impact.HIGH if self.mode == RestoreMode.OVERWRITE else Impact.LOW
+        # A scratch restore overwrites nothing but still copies data somewhere: one other
+        # person signs (MEDIUM is never auto-approved). Overwrites are HIGH: two, typing the name.
+        return Impact.HIGH if self.mode == RestoreMode.OVERWRITE else Impact.MEDIUM
 
     @property
     def approval_requester_id(self) -> int | None:
@@ -374,6 +495,7 @@ __all__ = [
     "BackupRun",
     "BackupArtifact",
     "RestoreRequest",
+    "RestoreTarget",
     "DiskWatch",
     "Trigger",
     "RunStatus",

@@ -268,3 +268,5 @@ BACKUP_HEARTBEAT_GRACE = env_int("BACKUP_HEARTBEAT_GRACE", 120, minimum=10)
 BACKUP_PROGRESS_INTERVAL = env_int("BACKUP_PROGRESS_INTERVAL_MS", 500, minimum=50) / 1000
 BACKUP_SCHEDULE_CATCHUP_MINUTES = env_int("BACKUP_SCHEDULE_CATCHUP_MINUTES", 10, minimum=0)
 BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)
+# Restore credentials given as files must live under this directory (realpath-checked).
+BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
