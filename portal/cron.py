@@ -11,10 +11,13 @@ from incidents import jobs as incident_jobs
 from portal import jobs as portal_jobs
 from pra import jobs as pra_jobs
 
-cron.register(portal_jobs.clear_expired_sessions, queue_name="default", cron="17 3 * * *")
-cron.register(portal_jobs.resend_stuck_notifications, queue_name="default", interval=120)
+# The ticks and sweeps run on "control", a queue with its own worker and only short
+# jobs: a long backup or a dead pra worker cannot delay a slot or stop a reaper.
+cron.register(portal_jobs.resend_stuck_notifications, queue_name="control", interval=120)
+cron.register(pra_jobs.sweep, queue_name="control", interval=30)
+cron.register(incident_jobs.sweep, queue_name="control", interval=30)
+cron.register(backup_jobs.tick, queue_name="control", cron="* * * * *")
 
-cron.register(pra_jobs.sweep, queue_name="pra", interval=30)
-cron.register(incident_jobs.sweep, queue_name="default", interval=30)
+# Housekeeping that may take a while.
+cron.register(portal_jobs.clear_expired_sessions, queue_name="default", cron="17 3 * * *")
 cron.register(incident_jobs.prune, queue_name="default", cron="7 * * * *")
-cron.register(backup_jobs.tick, queue_name="default", cron="* * * * *")

@@ -60,18 +60,21 @@ def main() -> int:
     manage = str(BASE_DIR / "manage.py")
     commands = {
         "daphne": [python, "-m", "daphne", "-b", host, "-p", port, "portal.asgi:application"],
-        # No fork per job: remediations start ~30 ms sooner (bench/pra_latency.py).
+        # No fork per job: remediations start ~30 ms sooner (bench/pra_latency.py). The
+        # control queue (ticks, sweeps) comes first, so it never waits behind other work
+        # for long; backups, which take hours, have a worker of their own.
         "rqworker": [
             python,
             manage,
             "rqworker",
+            "control",
             "pra",
             "default",
-            "backups",
             "--with-scheduler",
             "--worker-class",
-            "rq.SimpleWorker",
-        ],  # fmt: skip
+            "portal.lib.worker.SimpleWorker",
+        ],
+        "rqworker-backups": [python, manage, "rqworker", "backups"],
         "rqcron": [python, manage, "rqcron", "portal.cron"],
     }
     agent_key = var_dir / "demo-agent.key"
@@ -85,7 +88,7 @@ def main() -> int:
     worker_env = {**env, "DB_CONN_MAX_AGE": env.get("DB_CONN_MAX_AGE", "60")}
     for name, argv in commands.items():
         # Own session: Ctrl-C reaches only us, and we stop the children in order.
-        child_env = worker_env if name in ("rqworker", "rqcron") else env
+        child_env = worker_env if name.startswith(("rqworker", "rqcron")) else env
         if name == "demo-agent":
             child_env = {**env, "PATH": f"{target.standins_dir}:{env.get('PATH', '')}"}
         proc = subprocess.Popen(argv, env=child_env, cwd=BASE_DIR, start_new_session=True)

@@ -112,11 +112,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = validate_redis_url(env_str("REDIS_URL") or "redis://127.0.0.1:6379/0")
 
+# Each queue needs a live worker (/health says which has none):
+#   control  the periodic ticks and sweeps (backup slots, reapers, escalation): short
+#            jobs only, its own worker, so no long job can delay a slot or a reaper
+#   pra      remediations and their pre-flights
+#   default  notifications, decisions, verifications
+#   backups  backups and restores (hours)
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": timeout}
-    for name, timeout in (("pra", 900), ("default", 300), ("backups", 6 * 3600))
+    for name, timeout in (("control", 120), ("pra", 900), ("default", 300), ("backups", 6 * 3600))
 }
-RQ = {"COMMIT_MODE": "on_db_commit"}
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "portal.lib.worker.Worker"}
+# Workers heartbeat every RQ_WORKER_TTL - 15 s when idle (rq's own default, 420 s,
+# would make an idle worker look dead to /health).
+RQ_WORKER_TTL = env_int("RQ_WORKER_TTL", 60, minimum=20)
 
 # Live events: channels-redis on REDIS_URL. Unit tests swap in the in-memory layer.
 # channels-redis waits on Redis with a 5 s blocking pop (its `brpop_timeout`), and

@@ -28,29 +28,51 @@ def _check_database() -> str:
     return "ok"
 
 
-def _check_redis_and_workers() -> tuple[str, str, int]:
-    from rq import Worker
+def _check_redis_and_queues() -> tuple[str, dict[str, dict], int]:
+    """Redis, and for every queue the product uses: live workers serving it and its depth."""
+    from rq import Queue, Worker
 
+    queues: dict[str, dict] = {}
     try:
         redis = get_redis(timeout=1.0)
         redis.ping()
     except Exception as exc:
-        return f"error: {exc.__class__.__name__}", "unknown", 0
-    try:
-        workers = Worker.all(connection=redis)
-    except Exception as exc:
-        return "ok", f"error: {exc.__class__.__name__}", 0
+        return f"error: {exc.__class__.__name__}", queues, 0
     fresh_after = datetime.now(UTC) - timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
-    alive = [w for w in workers if w.last_heartbeat and w.last_heartbeat >= fresh_after]
-    return "ok", ("ok" if alive else "error: no live RQ worker"), len(alive)
+    alive: set[str] = set()
+    try:
+        for name in settings.RQ_QUEUES:
+            queue = Queue(name, connection=redis)
+            serving = [
+                w.name
+                for w in Worker.all(queue=queue)
+                if w.last_heartbeat and w.last_heartbeat >= fresh_after
+            ]
+            alive.update(serving)
+            queues[name] = {
+                "status": "ok" if serving else "error: no live worker serves this queue",
+                "workers": len(serving),
+                "depth": queue.count,
+            }
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}", queues, len(alive)
+    return "ok", queues, len(alive)
 
 
 @never_cache
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers and `make run`: 200 only when everything answers."""
+    """Liveness for load balancers and `make run`: 200 only when everything answers,
+    including a live worker for every queue (a queue nobody serves is an outage)."""
     database = _check_database()
-    redis, worker, workers_alive = _check_redis_and_workers()
+    redis, queues, workers_alive = _check_redis_and_queues()
+    unserved = [name for name, q in queues.items() if q["status"] != "ok"]
+    if redis != "ok":
+        worker = "unknown"
+    elif unserved:
+        worker = "error: no live worker for " + ", ".join(unserved)
+    else:
+        worker = "ok"
     healthy = database == redis == worker == "ok"
     body = {
         "status": "ok" if healthy else "degraded",
@@ -58,6 +80,7 @@ def health(request: HttpRequest) -> JsonResponse:
         "redis": redis,
         "worker": worker,
         "workers_alive": workers_alive,
+        "queues": queues,
     }
     return JsonResponse(body, status=200 if healthy else 503)
 
