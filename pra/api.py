@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
 from portal import approvals
+from portal.lib.text import StorableInput
 from pra import actions
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
@@ -68,7 +69,7 @@ class HostOut(Schema):
     enabled: bool
 
 
-class ProposeIn(Schema):
+class ProposeIn(StorableInput):
     action: str = Field(max_length=64)
     host: str = Field(max_length=63)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -77,7 +78,7 @@ class ProposeIn(Schema):
     evidence_ids: list[int] = Field(default_factory=list, max_length=50)
 
 
-class ApproveIn(Schema):
+class ApproveIn(StorableInput):
     confirmation: str = Field(default="", max_length=100)
     fingerprint: str = Field(
         min_length=64,
@@ -87,11 +88,11 @@ class ApproveIn(Schema):
     comment: str = Field(default="", max_length=500)
 
 
-class RejectIn(Schema):
+class RejectIn(StorableInput):
     reason: str = Field(max_length=1000)
 
 
-class DiagnosticIn(Schema):
+class DiagnosticIn(StorableInput):
     name: str = Field(max_length=40)
     params: dict[str, Any] = Field(default_factory=dict)
 
