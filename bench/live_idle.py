@@ -12,8 +12,9 @@ whether (and how fast) the RESOLVED event reached it.
     .venv/bin/python bench/live_idle.py              # 10 minutes
     .venv/bin/python bench/live_idle.py --seconds 60
 
-Needs Redis (REDIS_URL, default redis://127.0.0.1:6379/7: a database nobody flushes) and Chromium. Uses a
-throwaway SQLite database under a temporary directory. Prints figures; not a test.
+Needs Redis (REDIS_URL, default redis://127.0.0.1:6379/7: a database no test flushes)
+and Chromium. Uses a throwaway SQLite database under a temporary directory. Prints
+figures; not a test.
 """
 
 from __future__ import annotations
