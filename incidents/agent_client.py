@@ -88,9 +88,17 @@ class Agent:
     watch_services: list[str] = field(default_factory=list)
     timeout: float = 10.0
 
+    _last_us: int = field(default=0, init=False, repr=False)
+
+    def next_timestamp(self) -> str:
+        """Microseconds, strictly increasing within this process even if the clock steps
+        back: the portal refuses a heartbeat not signed later than the last one it took."""
+        self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
+
     def _post(self, path: str, payload: dict) -> dict:
         body = json.dumps(payload).encode()
-        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+        timestamp, nonce = self.next_timestamp(), secrets.token_urlsafe(18)
         headers = {
             "Content-Type": "application/json",
             "X-Agent": self.name,
