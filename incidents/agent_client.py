@@ -8,6 +8,10 @@ Standard library only, so it can be copied to any machine with Python 3.11:
 Commands (``update``, ``rollback``, ``config``) arrive in heartbeat responses and
 go to a pluggable handler (``--handler module:function``); the default handler
 only records the new version. Every command is acked or failed with its output.
+
+Requests are signed with a microsecond timestamp that strictly increases within the
+process: the portal refuses a heartbeat not signed later than the last one it accepted
+from this agent (replay protection, see ``incidents.signing``). Run one process per agent.
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 own UPDATE), so it holds whatever happens to Redis. Real PostgreSQL and the test Redis."""
 
 import json
+import re
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from incidents import actions
 from incidents.agent_client import Agent as ReferenceAgent
@@ -135,3 +138,43 @@ def test_the_reference_agent_signs_strictly_increasing_microseconds():
     micros = [parse_timestamp(s) for s in stamps]
     assert all(b > a for a, b in zip(micros, micros[1:], strict=False))
     assert all(len(s.split(".")[1]) == 6 for s in stamps)
+
+
+def test_the_replay_check_adds_no_query_to_a_quiet_heartbeat(client, agent_and_secret):
+    """Issue 12's budget: the replay check is a condition of the UPDATE the heartbeat does
+    anyway, and Redis is not asked at all (it may be flushed, or down)."""
+    agent, secret = agent_and_secret
+    assert beat(client, agent.name, secret).status_code == 200  # rules cache warm
+    get_redis().flushdb()
+    with CaptureQueriesContext(connection) as queries:
+        assert beat(client, agent.name, secret).status_code == 200
+    statements = [  # savepoints only exist because the test runs inside a transaction
+        q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]
+    ]
+    kinds = [
+        sql.split()[0] + " " + re.search(r'(?:FROM|UPDATE|INTO) "(\w+)"', sql).group(1)
+        for sql in statements
+    ]
+    assert kinds == [
+        "SELECT incidents_agent",  # the signature check
+        "UPDATE incidents_agent",  # the write, and the replay check
+        "INSERT incidents_heartbeatsample",
+        "SELECT incidents_autopatchattempt",  # a patch in flight?
+        "SELECT incidents_incident",  # anything to clear?
+        "SELECT incidents_agentcommand",  # commands to deliver
+    ], statements
+    update = next(sql for sql in statements if sql.startswith("UPDATE"))
+    assert '"last_signed_us" <' in update.split("WHERE", 1)[1]
+    assert get_redis().dbsize() == 0
+
+
+def test_the_agent_page_shows_the_mark(client, agent_and_secret, admin_user):
+    agent, secret = agent_and_secret
+    client.force_login(admin_user)
+    url = f"/admin/incidents/agent/{agent.pk}/change/"
+    assert "last signed heartbeat" in client.get(url).content.decode().lower()
+    stamp = fresh_timestamp()
+    beat(client, agent.name, secret, timestamp=stamp, nonce="m" * 16)
+    page = client.get(url).content.decode()
+    assert f"(nonce {'m' * 16})" in page
+    assert f".{stamp.split('.')[1]}+00:00" in page  # to the microsecond
