@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from backups import actions, restore_targets
 from backups.choices import SourceKind
 from backups.models import RestoreRequest, RestoreTarget
 from tests.backups.helpers import run_jobs
 
 
-@pytest.fixture
-def secrets_dir(settings, tmp_path):
-    """BACKUP_SECRETS_DIR for the test: credential files must live here."""
+def use_secrets_dir(settings, tmp_path):
+    """BACKUP_SECRETS_DIR for the test (``settings`` is pytest-django's fixture)."""
     path = tmp_path / "secrets"
     path.mkdir()
     settings.BACKUP_SECRETS_DIR = path
