@@ -84,6 +84,10 @@ def create_agent(*, name: str, by: Actor | Any = "system:cli", **fields: Any) ->
     """Register an agent; returns it and its secret, which is shown once and stored sealed."""
     from django.core.exceptions import ValidationError
 
+    try:
+        refuse_unstorable({"name": name, **fields})
+    except UnstorableText as exc:
+        raise IncidentError("invalid", str(exc)) from None
     secret = secrets.token_urlsafe(32)
     agent = Agent(name=name, secret_sealed=seal(secret, purpose=SEAL_PURPOSE), **fields)
     try:
