@@ -1150,19 +1150,26 @@ def add_host(
     return host
 
 
-HOST_EDITABLE = ("address", "port", "ssh_user", "host_key", "tags", "enabled")
-_FIELD_WORDS = {"address": "address", "port": "port", "ssh_user": "user", "host_key": "host key"}
+HOST_EDITABLE = ("name", "address", "port", "ssh_user", "host_key", "tags", "enabled")
+_FIELD_WORDS = {
+    "name": "name",
+    "address": "address",
+    "port": "port",
+    "ssh_user": "user",
+    "host_key": "host key",
+}
 
 
 def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **changes: Any) -> Host:
     """Change a host's settings (``HOST_EDITABLE``); one audit event, nothing if unchanged.
 
-    A change of address, port, user or host key bumps the host's ``revision``, which
-    every approval's fingerprint includes, so an approval given before the edit never
-    counts again (not even once the edit is reverted). In the same transaction every
-    APPROVED action on the host ends VOIDED ("approval voided: host dns-1 changed
+    A change of name, address, port, user or host key bumps the host's ``revision``,
+    which every approval's fingerprint includes, so an approval given before the edit
+    never counts again (not even once the edit is reverted). In the same transaction
+    every APPROVED action on the host ends VOIDED ("approval voided: host dns-1 changed
     (address)") and never runs; PROPOSED ones keep waiting, their signatures void,
-    their pre-flight run again against the host as it is now.
+    their pre-flight run again against the host as it is now. Disabling a host voids
+    its APPROVED actions too.
     """
     from django.core.exceptions import ValidationError
 
@@ -1203,7 +1210,13 @@ def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **chang
         if moved:
             current.revision += 1
         current.save()
-        voided, rerun = _void_host_approvals(current, moved, actor) if moved else ([], [])
+        voided, rerun = [], []
+        if moved:
+            words = ", ".join(_FIELD_WORDS[f] for f in moved)
+            voided, rerun = _void_host_approvals(current, f"changed ({words})", actor)
+        elif "enabled" in changed and not current.enabled:
+            # Hands off: re-enabling later does not bring an approval back.
+            voided, _ = _void_host_approvals(current, "disabled", actor, rerun=False)
         details: dict[str, Any] = {
             field: {"old": str(before[field]), "new": str(getattr(current, field))}
             for field in changed
@@ -1230,10 +1243,10 @@ def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **chang
 
 
 def _void_host_approvals(
-    host: Host, fields: list[str], actor: Actor
+    host: Host, what: str, actor: Actor, *, rerun: bool = True
 ) -> tuple[list[int], list[int]]:
-    words = ", ".join(_FIELD_WORDS[f] for f in fields)
-    reason = f"approval voided: host {host.name} changed ({words})"
+    """Void the host's APPROVED actions; re-run its PROPOSED ones' pre-flight."""
+    reason = f"approval voided: host {host.name} {what}"
     voided = [
         a.pk
         for a in PRAAction.objects.select_related("host").filter(
@@ -1241,16 +1254,18 @@ def _void_host_approvals(
         )
         if _void(a, reason, actor=actor)
     ]
-    rerun = []
+    rerun_ids: list[int] = []
+    if not rerun:
+        return voided, rerun_ids
     for waiting in PRAAction.objects.select_related("host").filter(
         host=host, status=ActionStatus.PROPOSED
     ):
         if settings.PRA_PREFLIGHT:
-            _restart_preflight(waiting, actor, f"host {host.name} changed ({words})")
-            rerun.append(waiting.pk)
+            _restart_preflight(waiting, actor, f"host {host.name} {what}")
+            rerun_ids.append(waiting.pk)
         else:
-            _announce(waiting, f"host {host.name} changed ({words}): signatures void", approvals=0)
-    return voided, rerun
+            _announce(waiting, f"host {host.name} {what}: signatures void", approvals=0)
+    return voided, rerun_ids
 
 
 def pin_host_key(host: Host, host_key: str, *, by: AbstractBaseUser | Actor | str) -> Host:

@@ -30,14 +30,14 @@ class Host(models.Model):
     host_key_fingerprint = models.CharField(max_length=60)
     tags = models.CharField(max_length=200, blank=True, help_text="comma-separated")
     enabled = models.BooleanField(default=True)
-    # Bumped (never reset) by every change of address, port, user or host key, and part
+    # Bumped (never reset) by every change of name, address, port, user or key, and part
     # of every approval's fingerprint: an approval given before an edit never counts
     # again, even once the edit is reverted.
     revision = models.PositiveIntegerField(default=1, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
-    #: The fields that say which machine the portal talks to, and how.
-    CONNECTION_FIELDS = ("address", "port", "ssh_user", "host_key")
+    #: What an approval names: which machine, and how the portal reaches it.
+    CONNECTION_FIELDS = ("name", "address", "port", "ssh_user", "host_key")
 
     class Meta:
         ordering = ["name"]
