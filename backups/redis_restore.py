@@ -337,12 +337,21 @@ def _move_batch(src: redis.Redis, out: redis.Redis, keys: list[bytes]) -> tuple[
     values = read.execute()
     write = out.pipeline(transaction=False)
     count = volatile = 0
+    sent: list[bytes] = []
     for i, key in enumerate(keys):
         payload, ttl = values[2 * i], values[2 * i + 1]
         if payload is None or ttl == -2:
             continue  # expired while we read it
         write.restore(key, max(ttl, 0), payload, replace=True)
+        sent.append(key)
         count += 1
         volatile += ttl > 0
-    write.execute()
+    # Errors are read here, not raised by redis-py: its message would quote the command,
+    # payload bytes included.
+    for key, reply in zip(sent, write.execute(raise_on_error=False), strict=False):
+        if isinstance(reply, Exception):
+            reason = str(reply.args[0] if reply.args else reply).split("caused error: ")[-1]
+            raise RestoreError(
+                f"the target refused key {key[:80]!r}: {reason[:300]} ({type(reply).__name__})"
+            )
     return count, volatile
