@@ -28,7 +28,14 @@ from backups.choices import (
     Trigger,
     Verification,
 )
-from backups.models import BackupArtifact, BackupRun, BackupSource, DiskWatch, RestoreRequest
+from backups.models import (
+    BackupArtifact,
+    BackupRun,
+    BackupSource,
+    DiskWatch,
+    RestoreRequest,
+    RestoreTarget,
+)
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
@@ -406,6 +413,9 @@ def record_verification(
             verified_at=now,
             verify_detail="\n".join(lines)[:8000],
             shrink_flag=shrunk,
+            # A pending "verify again" request is answered by this verification.
+            verify_requested_at=None,
+            verify_job_id="",
         )
         run.refresh_from_db()
         record(
@@ -423,6 +433,86 @@ def record_verification(
         if not ok or shrunk:
             notify_failure(run, "verification")
     return run
+
+
+def verify_job_id(run_id: int, when) -> str:
+    return f"backup-verify-{run_id}-{int(when.timestamp() * 1000)}"
+
+
+@dataclass(frozen=True)
+class VerificationRequest:
+    run: BackupRun
+    queued: bool  # False: one was already pending, nothing new was queued
+    message: str
+
+
+def request_verification(
+    run: BackupRun | int, *, by: AbstractBaseUser | Actor | str
+) -> VerificationRequest:
+    """Queue a re-verification of a stored backup ("Verify again now"), at most one at a time.
+
+    While one is pending (its job still queued or running), a second request
+    changes nothing and returns the pending one. A request whose job vanished
+    (Redis flushed, worker crashed) is replaced. Audited (BACKUP_VERIFY_REQUESTED).
+    """
+    actor = _actor(by)
+    _require_perm(actor.user, RUN_PERMISSION, "verify backups")
+    run_id = run.pk if isinstance(run, BackupRun) else run
+    found = BackupRun.objects.select_related("source").filter(pk=run_id).first()
+    if found is None:
+        raise BackupError("not_found", f"No backup run #{run_id}.")
+    if found.status != RunStatus.SUCCEEDED or found.deleted_at is not None:
+        raise BackupError(
+            "state",
+            f"Backup #{found.pk} has no stored files to verify ({found.status}"
+            f"{', deleted' if found.deleted_at else ''}).",
+        )
+    pending_since = found.verify_requested_at
+    if pending_since is not None and found.verify_job_id and job_alive(found.verify_job_id):
+        return VerificationRequest(
+            found,
+            False,
+            f"Verification of backup #{found.pk} is already pending (requested by "
+            f"{found.verify_requested_by} at {pending_since:%Y-%m-%d %H:%M:%S} UTC); "
+            "nothing new was queued.",
+        )
+    now = timezone.now()
+    job_id = verify_job_id(found.pk, now)
+    with transaction.atomic():
+        # Compare-and-swap on the request's own columns: of two racing clicks one wins.
+        won = BackupRun.objects.filter(
+            pk=found.pk, verify_requested_at=pending_since, verify_job_id=found.verify_job_id
+        ).update(verify_requested_at=now, verify_requested_by=actor.label, verify_job_id=job_id)
+        if not won:
+            found.refresh_from_db()
+            return VerificationRequest(
+                found,
+                False,
+                f"Verification of backup #{found.pk} was just requested by "
+                f"{found.verify_requested_by}; nothing new was queued.",
+            )
+        record(
+            AuditEventType.BACKUP_VERIFY_REQUESTED,
+            actor=actor,
+            subject=found,
+            details={
+                "source": found.source.name,
+                "job_id": job_id,
+                "replaces": found.verify_job_id or None,
+            },
+        )
+        label = f"user:{actor.label}" if actor.user is not None else actor.label
+        transaction.on_commit(lambda: _enqueue_verify(found.pk, label, job_id), robust=False)
+    found.refresh_from_db()
+    return VerificationRequest(found, True, f"Verification of backup #{found.pk} queued.")
+
+
+def _enqueue_verify(run_id: int, by: str, job_id: str) -> None:
+    import django_rq
+
+    django_rq.get_queue("backups").enqueue(
+        VERIFY_JOB, run_id, by, job_id=job_id, result_ttl=86400, failure_ttl=7 * 86400
+    )
 
 
 def reap_lost_runs(now=None) -> list[int]:
@@ -575,9 +665,12 @@ def plan_restore(
 ) -> tuple[RestoreRequest | None, dict]:
     """Work out what a restore would do; unless ``dry_run``, record it as a request.
 
-    Overwriting an existing target needs the requester to type its name
+    ``target`` is a ``restore.TargetSpec`` (``{"target": NAME, "database": …,
+    "resources": […]}``; empty: the backup's own source). A host, DSN or
+    credential is refused here, before any server is contacted. Overwriting
+    an existing target needs the requester to type its name
     (``confirmation``) and then two other people's approval; a new, empty
-    scratch target needs neither and is queued at once.
+    scratch target needs one other person's approval.
     """
     from backups import restore
     from backups.storage import get_storage
@@ -594,7 +687,9 @@ def plan_restore(
             f"(run {obj.run.status}, verification {obj.verification}); verify it first.",
         )
     try:
-        typed = restore.target_for(obj, target or {})
+        spec = restore.parse_spec(target or {})
+        typed = restore.target_for(obj, spec.model_dump())
+        # Only now, with a source or a registered target, is any server contacted.
         state = restore.inspect(typed, get_storage(), obj)
     except restore.RestoreError as exc:
         raise BackupError("target", str(exc)) from None
@@ -612,6 +707,7 @@ def plan_restore(
         },
         "target": typed.model_dump(),
         "target_name": typed.name,
+        "registered_target": typed.registered or None,
         "mode": mode,
         "overwrites": state.description if state.exists else "",
         "creates": "" if state.exists else state.description,
@@ -632,7 +728,10 @@ def plan_restore(
             "restore", "validate (connect, count)",
         ]  # fmt: skip
     else:
-        plan["steps"] = ["restore into the new target", "validate (connect, count)"]
+        plan["steps"] = [
+            "one approval (not the requester)", "restore into the new target",
+            "validate (connect, count)",
+        ]  # fmt: skip
     if dry_run:
         return None, plan
     if mode == RestoreMode.OVERWRITE and (confirmation or "").strip() != typed.name:
@@ -645,7 +744,8 @@ def plan_restore(
         req = RestoreRequest.objects.create(
             artifact=obj,
             mode=mode,
-            target=typed.model_dump(),
+            restore_target=registered if typed.registered else None,
+            target=restore.stored_target(spec, typed),
             target_name=typed.name,
             plan=plan,
             requested_by=by,
@@ -666,14 +766,12 @@ def plan_restore(
                 "overwrites": plan["overwrites"],
             },
         )
-        if mode == RestoreMode.SCRATCH:
-            _approve_restore(req, actor=Actor.of(by), approvers=[], auto=True)
-        else:
-            _announce_restore(req, f"planned by {by.get_username()}: awaiting 2 approvals")
+        required = max(approvals.rule_for(req.approval_impact).required_approvals, 1)
+        _announce_restore(req, f"planned by {by.get_username()}: awaiting {required} approval(s)")
     return req, plan
 
 
-def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str], auto: bool):
+def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str]):
     now = timezone.now()
     validity = approvals.rule_for(req.approval_impact).validity_seconds
     if not _move_restore(
@@ -686,9 +784,13 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str],
         AuditEventType.RESTORE_APPROVED,
         actor=actor,
         subject=req,
-        details={"approvers": approvers, "scratch": auto, "expires_at": req.expires_at.isoformat()},
+        details={
+            "approvers": approvers,
+            "scratch": req.mode == RestoreMode.SCRATCH,
+            "expires_at": req.expires_at.isoformat(),
+        },
     )
-    _announce_restore(req, "queued (scratch target)" if auto else "approved: queued")
+    _announce_restore(req, "approved: queued")
     _enqueue_on_commit(RESTORE_JOB, req.pk, restore_job_id(req.pk))
 
 
@@ -700,12 +802,18 @@ def approve_restore(
     fingerprint: str | None = None,
     comment: str = "",
 ) -> approvals.Tally:
-    """Sign a planned overwrite as ``by``; the second valid signature approves and queues it."""
+    """Sign a planned restore as ``by``; the last signature the rule needs approves and queues it.
+
+    Refused when the target changed since the plan (a registered target edited or
+    disabled): approvals bind to what was shown.
+    """
+    from backups import restore
+
     restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
     with transaction.atomic():
         req = (
-            RestoreRequest.objects.select_for_update()
-            .select_related("artifact")
+            RestoreRequest.objects.select_for_update(of=("self",))
+            .select_related("artifact__run__source")
             .filter(pk=restore_id)
             .first()
         )
@@ -717,13 +825,17 @@ def approve_restore(
                 f"Restore #{req.pk} is {req.status}; only PLANNED restores can be approved.",
             )
         try:
+            restore.parse_target(req.artifact, req.target)
+        except restore.RestoreError as exc:
+            raise BackupError("target", str(exc)) from None
+        try:
             tally = approvals.sign(
                 req, by, fingerprint=fingerprint, confirmation=confirmation, comment=comment
             )
         except approvals.ApprovalError as exc:
             raise BackupError(exc.code, exc.message) from None
-        if tally.complete:
-            _approve_restore(req, actor=Actor.of(by), approvers=tally.approvers, auto=False)
+        if tally.complete and tally.count >= 1:
+            _approve_restore(req, actor=Actor.of(by), approvers=tally.approvers)
         else:
             _announce_restore(
                 req, f"{tally.count}/{tally.required} approvals", approvals=tally.count
@@ -782,6 +894,7 @@ def expire_restores(now=None) -> list[int]:
 def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
     """APPROVED -> RUNNING for exactly one worker, inside the approval window, still approved."""
     now = timezone.now()
+    registered = RestoreTarget.objects.filter(name=typed.registered).first()
     with transaction.atomic():
         req = (
             RestoreRequest.objects.select_related("artifact__run__source")
@@ -793,7 +906,9 @@ def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
         if req.expires_at is None or req.expires_at <= now:
             transaction.on_commit(lambda: expire_restores())
             return None
-        if req.mode == RestoreMode.OVERWRITE and not approvals.tally(req).complete:
+        signed = approvals.tally(req)
+        # Every restore needs someone other than the requester (a scratch one too).
+        if not signed.complete or signed.count < 1:
             logger.error("restore %s approved without valid signatures; refusing", restore_id)
             return None
         if not _move_restore(

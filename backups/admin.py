@@ -1,4 +1,4 @@
-"""Backups admin: sources, runs (run now, verify now), and the guarded restore page."""
+"""Backups admin: sources, runs (run now, verify now), restore targets, the guarded restore page."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from backups import actions
+from backups import actions, restore_targets
 from backups.choices import RestoreStatus, RunStatus, Verification
-from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest
+from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest, RestoreTarget
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.models import AuditEvent
 
@@ -155,15 +155,75 @@ class BackupRunAdmin(admin.ModelAdmin):
     def verify_now(self, request, queryset):
         if not request.user.has_perm(actions.RUN_PERMISSION):
             raise PermissionDenied
-        import django_rq
+        for run in queryset:
+            try:
+                result = actions.request_verification(run, by=request.user)
+            except actions.BackupError as exc:
+                messages.error(request, exc.message)
+            else:
+                (messages.success if result.queued else messages.info)(request, result.message)
 
-        queue = django_rq.get_queue("backups")
-        for run in queryset.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True):
-            queue.enqueue("backups.jobs.verify_run", run.pk, f"user:{request.user.get_username()}")
-        messages.success(request, "Verification queued.")
+
+@admin.register(RestoreTarget)
+class RestoreTargetAdmin(admin.ModelAdmin):
+    """Registered restore targets: administrators only, every change through the audited
+    actions in ``backups.restore_targets``."""
+
+    list_display = ("name", "kind", "where", "credential", "enabled", "revision", "updated")
+    list_filter = ("kind", "enabled")
+    search_fields = ("name", "host", "description")
+    readonly_fields = ("revision", "created", "updated", "created_by")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "enabled", "description")}),
+        ("PostgreSQL / Redis", {"fields": ("host", "port", "username", "database")}),
+        (
+            "Credentials (names only, never the secret)",
+            {"fields": ("password_env", "password_file")},
+        ),
+        ("Kubernetes", {"fields": ("kubeconfig", "kube_context")}),
+        ("History", {"fields": ("revision", "created", "updated", "created_by")}),
+    )
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(restore_targets.MANAGE_PERMISSION)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(restore_targets.MANAGE_PERMISSION)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # disable instead: past restores keep pointing at it
+
+    @admin.display(description="credential")
+    def credential(self, obj):
+        if obj.password_env:
+            return f"env {obj.password_env}"
+        if obj.password_file:
+            return f"file {obj.password_file}"
+        return "kubeconfig" if obj.kind == "kubernetes" else "none"
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in restore_targets.FIELDS
+                  if name in form.cleaned_data}  # fmt: skip
+        if change:
+            saved = restore_targets.update_restore_target(obj.pk, by=request.user, **fields)
+        else:
+            saved = restore_targets.create_restore_target(by=request.user, **fields)
+        obj.pk = saved.pk
+        obj.revision = saved.revision
+
+
+def _target_choices():
+    choices = [("", "— the backup's own source —")]
+    choices += [
+        (t.name, str(t)) for t in RestoreTarget.objects.filter(enabled=True).order_by("name")
+    ]
+    return choices
 
 
 class PlanForm(forms.Form):
+    """The plan page's input. The target is only ever a *name*: ``backups.restore`` checks it
+    (the same validation as ``backup_restore plan``), nothing here connects anywhere."""
+
     artifact = forms.ModelChoiceField(
         queryset=BackupArtifact.objects.filter(
             verification=Verification.VERIFIED,
@@ -171,16 +231,42 @@ class PlanForm(forms.Form):
             run__deleted_at__isnull=True,
         ).select_related("run__source"),
     )
-    target = forms.JSONField(
+    target = forms.CharField(
         required=False,
-        initial=dict,
-        help_text='blank: the source itself. PostgreSQL {"database": "shop_scratch"} '
-        '(optionally "dsn"); Redis {"url": "redis://host:6380"}; Kubernetes '
-        '{"resources": ["configmap/default/app-config"], "context": "prod"}',
+        max_length=300,
+        widget=forms.Select(choices=()),
+        help_text="a registered restore target (administrators add them), or the source itself",
+    )
+    database = forms.CharField(
+        required=False,
+        max_length=100,
+        help_text="PostgreSQL: the database to restore into (blank: the backed-up one), e.g. "
+        "shop_scratch for a drill",
+    )
+    resources = forms.CharField(
+        required=False,
+        max_length=2000,
+        help_text="Kubernetes: comma-separated KIND, KIND/NAMESPACE or KIND/NAMESPACE/NAME",
     )
     confirmation = forms.CharField(
         required=False, help_text="overwriting: type the target's name (shown in the preview)"
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["target"].widget.choices = _target_choices()
+
+    def spec(self) -> dict:
+        data = self.cleaned_data
+        spec: dict = {}
+        if data["target"]:
+            spec["target"] = data["target"]
+        if data["database"]:
+            spec["database"] = data["database"].strip()
+        resources = [r.strip() for r in data["resources"].split(",") if r.strip()]
+        if resources:
+            spec["resources"] = resources
+        return spec
 
 
 @admin.register(RestoreRequest)
@@ -228,7 +314,7 @@ class RestoreRequestAdmin(ApprovalAdminMixin, admin.ModelAdmin):
                 try:
                     req, plan = actions.plan_restore(
                         data["artifact"],
-                        target=data["target"] or {},
+                        target=form.spec(),
                         by=request.user,
                         confirmation=data["confirmation"],
                         dry_run=not create,

@@ -1,9 +1,15 @@
-"""Restore targets: inspect one (for the plan), back it up first, restore into it, validate.
+"""Restore targets: resolve one (for the plan), back it up first, restore into it, validate.
 
 This is the I/O half of a restore; ``backups.actions`` decides whether it may
-run and records what happened. Targets are reached over the network (a DSN,
-a Redis URL, a kubeconfig); restoring *into* a pod through kubectl exec is
-not supported (use ``kubectl port-forward`` and a DSN).
+run and records what happened. A restore goes to the backup's own source or
+to a registered ``RestoreTarget``, and nowhere else: what people give (admin
+form, CLI) is a ``TargetSpec`` naming one, never a host, DSN or credential,
+so no plan, preview or restore ever authenticates to a server an
+administrator did not register. Credentials are resolved by
+``backups.credentials`` (environment variables, or files under
+``BACKUP_SECRETS_DIR``). Targets are reached over the network; restoring
+*into* a pod through kubectl exec is not supported (register a target
+reachable through ``kubectl port-forward``).
 """
 
 from __future__ import annotations
@@ -11,46 +17,121 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import redis
 import yaml
 from psycopg import sql
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from backups import credentials
 from backups.choices import ArtifactFormat, RestoreMode, SourceKind, Transport
-from backups.models import BackupArtifact, BackupSource
-from backups.sources import SourceError, kubectl_base, pg_url, read_password
+from backups.models import BackupArtifact, BackupSource, RestoreTarget
+from backups.sources import kubectl_base, pg_url
 from backups.storage import Storage
 from backups.streaming import BoundedText, drain_in_thread, feed, open_decompressed
-from backups.verify import decompress_to, load_resources
+from backups.verify import load_resources
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 # Server-managed fields that must not be sent back with an apply.
 _META_DROP = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields",
               "selfLink", "ownerReferences")  # fmt: skip
+# What a restore target may *not* be given as: a free-form host, DSN or credential.
+FREE_FORM_KEYS = frozenset({"dsn", "url", "host", "port", "user", "username", "password",
+                            "password_env", "password_file", "kubeconfig", "context"})  # fmt: skip
+KIND_OF_FORMAT = {
+    ArtifactFormat.PG_CUSTOM: SourceKind.POSTGRES,
+    ArtifactFormat.RDB: SourceKind.REDIS,
+    ArtifactFormat.K8S_YAML: SourceKind.KUBERNETES,
+}
+REGISTER_HINT = (
+    "restores go only to the backup's own source or to a registered restore target "
+    "(an administrator adds them under Backups › Restore targets)"
+)
 
 
 class RestoreError(RuntimeError):
     """A restore refused or failed; the message says why, for people."""
 
 
-# --- typed targets -------------------------------------------------------------
+# --- what people ask for --------------------------------------------------------
+
+
+class TargetSpec(BaseModel):
+    """The only input a restore target is made from (admin form, CLI, stored requests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(default="", max_length=63)
+    database: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+    resources: list[str] = Field(default_factory=list, max_length=200)
+
+    @field_validator("target")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        value = value.strip()
+        if value and not all(c.isalnum() or c in "_.-" for c in value):
+            raise ValueError(f"a free-form host, DSN or URL is not accepted: {REGISTER_HINT}")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _selectors(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parts = item.split("/")
+            if not 1 <= len(parts) <= 3 or not all(parts):
+                raise ValueError(f"{item!r}: use KIND, KIND/NAMESPACE or KIND/NAMESPACE/NAME")
+        return value
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'target'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+def parse_spec(given: Any) -> TargetSpec:
+    """Validate what a person gave; a host, DSN or credential is refused here, at input."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise RestoreError('bad target: give an object such as {"target": "scratch-pg"}')
+    free = sorted(set(given) & FREE_FORM_KEYS)
+    if free:
+        raise RestoreError(f"bad target: {', '.join(free)} not accepted: {REGISTER_HINT}")
+    try:
+        return TargetSpec(**given)
+    except ValidationError as exc:
+        raise RestoreError(f"bad target: {_problems(exc)}") from None
+    except TypeError as exc:
+        raise RestoreError(f"bad target: {exc}") from None
+
+
+# --- typed targets (resolved by the portal, never typed by people) ------------------
 
 
 class Credentials(BaseModel):
     password_env: str = Field(default="", pattern=r"^$|^[A-Z_][A-Z0-9_]{0,127}$")
     password_file: str = ""
+    #: the registered target's name and revision; blank / 0: the backup's own source
+    registered: str = ""
+    revision: int = 0
 
     def password(self) -> str | None:
         try:
-            return read_password(self.password_env, self.password_file)
-        except SourceError as exc:
+            return credentials.read_password(self.password_env, self.password_file)
+        except credentials.CredentialError as exc:
+            raise RestoreError(str(exc)) from None
+
+    def check_references(self) -> None:
+        try:
+            credentials.check_references(password_file=self.password_file)
+        except credentials.CredentialError as exc:
             raise RestoreError(str(exc)) from None
 
 
@@ -96,7 +177,11 @@ class RedisTarget(Credentials):
         parts = urlsplit(self.url)
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
-    def client(self, db: int = 0) -> redis.Redis:
+    def client(self, db: int = 0, *, single: bool = False) -> redis.Redis:
+        """A client that never retries by itself: a restore decides what a lost reply means."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         parts = urlsplit(self.url)
         return redis.Redis(
             host=parts.hostname or "127.0.0.1",
@@ -106,6 +191,8 @@ class RedisTarget(Credentials):
             db=db,
             socket_timeout=60,
             socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+            single_connection_client=single,
         )
 
 
@@ -113,19 +200,21 @@ class KubeTarget(BaseModel):
     kubeconfig: str = ""
     context: str = ""
     resources: list[str] = Field(min_length=1)
-
-    @field_validator("resources")
-    @classmethod
-    def _selectors(cls, value: list[str]) -> list[str]:
-        for item in value:
-            parts = item.split("/")
-            if not 1 <= len(parts) <= 3 or not all(parts):
-                raise ValueError(f"{item!r}: use KIND, KIND/NAMESPACE or KIND/NAMESPACE/NAME")
-        return value
+    registered: str = ""
+    revision: int = 0
 
     @property
     def name(self) -> str:
         return self.context
+
+    def check_references(self) -> None:
+        try:
+            credentials.check_references(kubeconfig=self.kubeconfig)
+        except credentials.CredentialError as exc:
+            raise RestoreError(str(exc)) from None
+
+
+Target = PgTarget | RedisTarget | KubeTarget
 
 
 def current_context(kubeconfig: str) -> str:
@@ -140,54 +229,152 @@ def current_context(kubeconfig: str) -> str:
     return result.stdout.strip()
 
 
-def target_for(
-    artifact: BackupArtifact, given: dict[str, Any]
-) -> PgTarget | RedisTarget | KubeTarget:
-    """The restore target: what the user gave, completed with the source's defaults."""
-    source = artifact.run.source
-    if source.transport == Transport.KUBECTL_EXEC and not given.get("dsn") and not given.get("url"):
+def _registered(spec: TargetSpec, kind: str) -> RestoreTarget | None:
+    if not spec.target:
+        return None
+    found = RestoreTarget.objects.filter(name=spec.target).first()
+    if found is None:
         raise RestoreError(
-            "this source is read through kubectl exec; give the target's DSN/URL "
-            "(e.g. through kubectl port-forward) to restore over the network"
+            f"no registered restore target {spec.target!r}: {REGISTER_HINT}. Nothing was contacted."
         )
-    creds = {"password_env": source.password_env, "password_file": source.password_file}
+    if not found.enabled:
+        raise RestoreError(f"restore target {found.name} is disabled. Nothing was contacted.")
+    if found.kind != kind:
+        raise RestoreError(
+            f"restore target {found.name} is a {found.get_kind_display()} target; "
+            f"this backup needs a {SourceKind(kind).label} one"
+        )
+    return found
+
+
+def _pg_dsn(target: RestoreTarget) -> str:
+    user = quote(target.username or "postgres", safe="")
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"postgres://{user}@{host}:{target.port or 5432}"
+
+
+def _redis_url(target: RestoreTarget) -> str:
+    user = f"{quote(target.username, safe='')}@" if target.username else ""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"redis://{user}{host}:{target.port or 6379}"
+
+
+def target_for(artifact: BackupArtifact, given: Any) -> Target:
+    """The restore target a person asked for: the backup's own source, or a registered one.
+
+    Validates everything (spec, registered target, credential references) without
+    contacting any server or reading any secret.
+    """
+    spec = parse_spec(given)
+    kind = KIND_OF_FORMAT.get(artifact.format)
+    if kind is None:
+        raise RestoreError(
+            f"{artifact.get_format_display()} artifacts are restored by hand "
+            "(psql -f for a pg_dumpall file); the portal restores per-database dumps"
+        )
+    registered = _registered(spec, kind)
+    source = artifact.run.source
+    if registered is None and source.transport == Transport.KUBECTL_EXEC:
+        raise RestoreError(
+            "this source is read through kubectl exec; restore over the network into a "
+            "registered restore target (e.g. one reached through kubectl port-forward)"
+        )
+    if kind != SourceKind.KUBERNETES and spec.resources:
+        raise RestoreError("bad target: resources: only for Kubernetes backups")
+    if kind != SourceKind.POSTGRES and spec.database:
+        raise RestoreError("bad target: database: only for PostgreSQL backups")
+    origin: Any = registered or source
+    common = {
+        "registered": registered.name if registered else "",
+        "revision": registered.revision if registered else 0,
+    }
+    creds = {"password_env": origin.password_env, "password_file": origin.password_file}
     try:
-        if artifact.format == ArtifactFormat.PG_CUSTOM:
-            return PgTarget(**{**creds, "dsn": source.dsn, "database": artifact.component, **given})
-        if artifact.format == ArtifactFormat.RDB:
-            return RedisTarget(**{**creds, "url": source.dsn, **given})
-        if artifact.format == ArtifactFormat.K8S_YAML:
-            target = KubeTarget(
-                **{"kubeconfig": source.kubeconfig, "context": source.kube_context, **given}
+        if kind == SourceKind.POSTGRES:
+            pinned = registered.database if registered else ""
+            if pinned and spec.database and spec.database != pinned:
+                raise RestoreError(
+                    f"restore target {registered.name} accepts only database {pinned}"
+                )
+            database = pinned or spec.database or artifact.component
+            dsn = _pg_dsn(registered) if registered else source.dsn
+            typed: Target = PgTarget(**creds, **common, dsn=dsn, database=database)
+        elif kind == SourceKind.REDIS:
+            url = _redis_url(registered) if registered else source.dsn
+            typed = RedisTarget(**creds, **common, url=url)
+        else:
+            kubeconfig = registered.kubeconfig if registered else source.kubeconfig
+            context = registered.kube_context if registered else source.kube_context
+            typed = KubeTarget(
+                **common, kubeconfig=kubeconfig, context=context, resources=spec.resources
             )
-            if not target.context:
-                # Name the cluster explicitly: people confirm it, and it is what was approved.
-                target.context = current_context(target.kubeconfig)
-            return target
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RestoreError(f"bad target: {problems}") from None
-    raise RestoreError(
-        f"{artifact.get_format_display()} artifacts are restored by hand "
-        "(psql -f for a pg_dumpall file); the portal restores per-database dumps"
-    )
+        raise RestoreError(f"bad target: {_problems(exc)}") from None
+    typed.check_references()
+    if isinstance(typed, KubeTarget) and not typed.context:
+        # Name the cluster explicitly: people confirm it, and it is what was approved.
+        typed.context = current_context(typed.kubeconfig)
+    return typed
+
+
+def stored_target(spec: TargetSpec | dict, typed: Target) -> dict:
+    """What a restore request keeps: what was asked and what it resolved to (no secrets)."""
+    asked = spec.model_dump() if isinstance(spec, TargetSpec) else parse_spec(spec).model_dump()
+    return {"spec": asked, "resolved": typed.model_dump()}
+
+
+def parse_target(artifact: BackupArtifact, stored: dict) -> Target:
+    """Resolve a saved request's target again; refuse it if it changed since the plan.
+
+    Approvals bind to what was shown: a registered target edited since (another
+    host, other credentials) or disabled, or a source whose DSN changed, is
+    refused before anything is contacted.
+    """
+    if not isinstance(stored, dict) or "spec" not in stored or "resolved" not in stored:
+        raise RestoreError(
+            "this restore names its target free-form (planned before restore targets were "
+            "registered); it is refused and nothing was contacted: plan it again"
+        )
+    typed = target_for(artifact, stored["spec"])
+    if typed.model_dump() != stored["resolved"]:
+        which = f"restore target {typed.registered}" if typed.registered else "the source"
+        raise RestoreError(
+            f"{which} changed since this restore was planned and approved; "
+            "nothing was contacted: plan it again"
+        )
+    return typed
 
 
 def safety_source(artifact: BackupArtifact, target) -> tuple[BackupSource, list[str] | None]:
-    """An unsaved source describing the *target*, to back it up before overwriting it."""
+    """An unsaved source describing the *target*, to back it up before overwriting it.
+
+    Credential files are passed on as their checked real path.
+    """
     source = artifact.run.source
-    if isinstance(target, PgTarget):
-        return BackupSource(
-            name=source.name, kind=SourceKind.POSTGRES, dsn=target.dsn,
-            password_env=target.password_env, password_file=target.password_file,
-        ), [target.database]  # fmt: skip
-    if isinstance(target, RedisTarget):
+    if isinstance(target, PgTarget | RedisTarget):
+        password_file = ""
+        if target.password_file:
+            try:
+                password_file = str(credentials.check_file_reference(target.password_file))
+            except credentials.CredentialError as exc:
+                raise RestoreError(str(exc)) from None
+        if isinstance(target, PgTarget):
+            return BackupSource(
+                name=source.name, kind=SourceKind.POSTGRES, dsn=target.dsn,
+                password_env=target.password_env, password_file=password_file,
+            ), [target.database]  # fmt: skip
         return BackupSource(
             name=source.name, kind=SourceKind.REDIS, dsn=target.url,
-            password_env=target.password_env, password_file=target.password_file,
+            password_env=target.password_env, password_file=password_file,
         ), None  # fmt: skip
+    kubeconfig = ""
+    if target.kubeconfig:
+        try:
+            kubeconfig = str(credentials.check_file_reference(target.kubeconfig, what="kubeconfig"))
+        except credentials.CredentialError as exc:
+            raise RestoreError(str(exc)) from None
     return BackupSource(
-        name=source.name, kind=SourceKind.KUBERNETES, kubeconfig=target.kubeconfig,
+        name=source.name, kind=SourceKind.KUBERNETES, kubeconfig=kubeconfig,
         kube_context=target.context, kube_kinds=source.kube_kinds,
     ), None  # fmt: skip
 
@@ -214,9 +401,10 @@ def _free_at(host: str, directory: str | None) -> tuple[int | None, str]:
 
 
 def _pg_connect(target: PgTarget, database: str) -> psycopg.Connection:
+    # passfile: credentials come from the target's reference only, never ~/.pgpass.
     return psycopg.connect(
         pg_url(target.dsn, database), password=target.password(), connect_timeout=10,
-        autocommit=True,
+        autocommit=True, passfile=os.devnull,
     )  # fmt: skip
 
 
@@ -274,7 +462,8 @@ def inspect_redis(target: RedisTarget) -> TargetState:
         return TargetState(False, f"empty Redis at {target.name}", free, note, {"keys": keys})
     return TargetState(
         True,
-        f"Redis at {target.name}: {total} keys in {len(keys)} database(s) — flushed and replaced",
+        f"Redis at {target.name}: {total} keys in {len(keys)} database(s) — replaced as a "
+        "whole (staged in spare database indexes, then switched at once)",
         free,
         note,
         {"keys": keys},
@@ -388,6 +577,7 @@ def restore_pg(target: PgTarget, storage: Storage, artifact: BackupArtifact, mod
     argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
             "-d", pg_url(target.dsn, target.database)]  # fmt: skip
     env = {"PGPASSWORD": password} if password else {}
+    env["PGPASSFILE"] = os.devnull
     code, stderr = _run_with_input(argv, env, open_decompressed(storage.open(artifact.key)))
     if code != 0:
         raise RestoreError(f"pg_restore exited {code}: {stderr[-1500:]}")
@@ -418,106 +608,6 @@ def validate_pg(target: PgTarget, artifact: BackupArtifact) -> dict:
         "rows": rows,
         "total_rows": sum(rows.values()),
     }
-
-
-class _TempRedis:
-    """A private redis-server on a unix socket, loading an RDB file (to read it key by key)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.socket = directory / "redis.sock"
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", str(self.socket),
-             "--dir", str(directory), "--dbfilename", "dump.rdb", "--save", "",
-             "--appendonly", "no", "--loglevel", "notice"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        log = []
-        for line in self.proc.stdout:  # wait for the server to say it is ready (or die)
-            log.append(line)
-            if "ready to accept connections" in line.lower():
-                break
-        else:
-            self.proc.wait()
-            raise RestoreError("redis-server could not load the RDB: " + "".join(log)[-800:])
-        # Keep reading its log so the server never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), db=db)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def restore_redis(
-    target: RedisTarget, storage: Storage, artifact: BackupArtifact, mode: str
-) -> dict:
-    with tempfile.TemporaryDirectory(prefix="redis-restore-") as tmp:
-        decompress_to(storage, artifact.key, Path(tmp) / "dump.rdb")
-        loaded = _TempRedis(Path(tmp))
-        try:
-            return _copy_keys(loaded, target, mode, artifact)
-        finally:
-            loaded.stop()
-
-
-def _copy_keys(loaded: _TempRedis, target: RedisTarget, mode: str, artifact) -> dict:
-    source_keys = {int(db[2:]): n for db, n in _redis_keys(loaded.client()).items()}
-    dest = target.client()
-    try:
-        existing = sum(_redis_keys(dest).values())
-        if mode == RestoreMode.SCRATCH and existing:
-            raise RestoreError(
-                f"the scratch Redis {target.name} now holds {existing} keys; nothing was changed"
-            )
-        if mode == RestoreMode.OVERWRITE:
-            dest.flushall()
-    finally:
-        dest.close()
-    for db in source_keys:
-        src, out = loaded.client(db), target.client(db)
-        try:
-            batch: list[bytes] = []
-            for key in src.scan_iter(count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    _move_batch(src, out, batch)
-                    batch = []
-            if batch:
-                _move_batch(src, out, batch)
-        finally:
-            src.close()
-            out.close()
-    dest = target.client()
-    try:
-        restored = {int(db[2:]): n for db, n in _redis_keys(dest).items()}
-    finally:
-        dest.close()
-    return {
-        "component": artifact.component,
-        "target": target.name,
-        "ok": restored == source_keys,
-        "keys": {str(k): v for k, v in sorted(restored.items())},
-        "keys_expected": {str(k): v for k, v in sorted(source_keys.items())},
-    }
-
-
-def _move_batch(src: redis.Redis, out: redis.Redis, keys: list[bytes]) -> None:
-    read = src.pipeline(transaction=False)
-    for key in keys:
-        read.dump(key)
-        read.pttl(key)
-    values = read.execute()
-    write = out.pipeline(transaction=False)
-    for i, key in enumerate(keys):
-        payload, ttl = values[2 * i], values[2 * i + 1]
-        if payload is None or ttl == -2:
-            continue  # expired while we read it
-        write.restore(key, max(ttl, 0), payload, replace=True)
-    write.execute()
 
 
 def write_manifest(objects: list[dict], directory: Path) -> Path:
@@ -578,10 +668,7 @@ def run_restore(target, storage: Storage, artifact: BackupArtifact, mode: str) -
     if isinstance(target, PgTarget):
         return restore_pg(target, storage, artifact, mode)
     if isinstance(target, RedisTarget):
+        from backups.redis_restore import restore_redis
+
         return restore_redis(target, storage, artifact, mode)
     return restore_kube(target, storage, artifact, mode)
-
-
-def parse_target(artifact: BackupArtifact, stored: dict) -> PgTarget | RedisTarget | KubeTarget:
-    """Rebuild the typed target of a saved request."""
-    return target_for(artifact, stored)

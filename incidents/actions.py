@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from incidents import decider, rules
@@ -26,6 +26,7 @@ from incidents.choices import (
     CommandKind,
     CommandStatus,
     DecisionAction,
+    DecisionSource,
     IncidentStatus,
     Outcome,
     RuleKind,
@@ -41,19 +42,23 @@ from incidents.models import (
     Incident,
     IncidentEvent,
     OpsPolicy,
+    approval_ttl,
 )
-from incidents.signing import SEAL_PURPOSE
+from incidents.signing import SEAL_PURPOSE, Signed, StaleRequest, check_order
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.errors import RequestRefused
 from portal.lib.secretbox import seal
+from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.live import LiveEvent, publish
 from portal.notify import notify
 
 logger = logging.getLogger(__name__)
 
 SYSTEM = Actor.system("incidents")
+STAGING_GRACE = 60  # seconds past STAGING_TIMEOUT before a STAGING attempt counts as lost
+REQUEUE_AFTER = 30  # seconds a runnable PENDING attempt may wait before its job is checked
 SEVERITY_LEVEL = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIGH: "critical",
                   Severity.CRITICAL: "critical"}  # fmt: skip
 
@@ -62,11 +67,13 @@ class IncidentError(RequestRefused):
     """A refused incident request."""
 
 
-def _job(func_path: str, *args: Any, job_id: str, queue: str = "default") -> None:
+def _job(func_path: str, *args: Any, job_id: str, queue: str = "default", **options: Any) -> None:
     import django_rq
 
     transaction.on_commit(
-        lambda: django_rq.get_queue(queue).enqueue(func_path, *args, job_id=job_id, result_ttl=3600)
+        lambda: django_rq.get_queue(queue).enqueue(
+            func_path, *args, job_id=job_id, result_ttl=3600, **options
+        )
     )
 
 
@@ -77,6 +84,10 @@ def create_agent(*, name: str, by: Actor | Any = "system:cli", **fields: Any) ->
     """Register an agent; returns it and its secret, which is shown once and stored sealed."""
     from django.core.exceptions import ValidationError
 
+    try:
+        refuse_unstorable({"name": name, **fields})
+    except UnstorableText as exc:
+        raise IncidentError("invalid", str(exc)) from None
     secret = secrets.token_urlsafe(32)
     agent = Agent(name=name, secret_sealed=seal(secret, purpose=SEAL_PURPOSE), **fields)
     try:
@@ -96,9 +107,13 @@ def create_agent(*, name: str, by: Actor | Any = "system:cli", **fields: Any) ->
 
 
 def rotate_agent_secret(agent: Agent, *, by: Actor | Any) -> str:
+    """A new secret, shown once. It also clears the replay high-water mark: nothing signed
+    with the old secret passes any more, and an agent whose clock ran ahead can start over."""
     secret = secrets.token_urlsafe(32)
     with transaction.atomic():
-        Agent.objects.filter(pk=agent.pk).update(secret_sealed=seal(secret, purpose=SEAL_PURPOSE))
+        Agent.objects.filter(pk=agent.pk).update(
+            secret_sealed=seal(secret, purpose=SEAL_PURPOSE), last_signed_us=None, last_nonce=""
+        )
         record(AuditEventType.AGENT_SECRET_ROTATED, actor=by, subject=agent, details={})
     return secret
 
@@ -257,6 +272,10 @@ def acknowledge_incident(incident: Incident, *, by) -> Incident:
 
 def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False) -> bool:
     """Resolve (manually, or automatically when the condition cleared). False if already so."""
+    try:
+        refuse_unstorable(reason or "", "reason")
+    except UnstorableText as exc:
+        raise IncidentError("invalid", str(exc)) from None
     reason = " ".join((reason or "").split())[:300]
     if not auto:
         if not by.has_perm("portal.propose_action") and not by.has_perm("portal.approve_action"):
@@ -302,25 +321,41 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
 
 
 def ingest_heartbeat(
-    agent: Agent, *, version: str, environment: str, telemetry: dict
+    agent: Agent,
+    *,
+    version: str,
+    environment: str,
+    telemetry: dict,
+    signed_us: int,
+    nonce: str,
 ) -> list[dict]:
     """Record one heartbeat, evaluate the rules, and return the agent's pending commands.
 
     The hot path is one UPDATE of the agent row plus one INSERT of the sample;
-    anything more happens only when something changed.
+    anything more happens only when something changed. The UPDATE is also the replay
+    check: it applies only if ``signed_us`` is later than the agent's high-water mark
+    (see ``incidents.signing``), else ``IncidentError("stale")`` and nothing is written.
     """
     now = timezone.now()
     was_missing = agent.missing
     alert_after = now + timedelta(seconds=agent.expected_period + agent.grace)
     with transaction.atomic():
-        Agent.objects.filter(pk=agent.pk).update(
-            last_seen=now,
-            last_telemetry=telemetry,
-            version=version,
-            environment=environment or agent.environment,
-            alert_after=alert_after,
-            missing=False,
+        won = (
+            Agent.objects.filter(pk=agent.pk)
+            .filter(Q(last_signed_us__lt=signed_us) | Q(last_signed_us__isnull=True))
+            .update(
+                last_seen=now,
+                last_telemetry=telemetry,
+                version=version,
+                environment=environment or agent.environment,
+                alert_after=alert_after,
+                missing=False,
+                last_signed_us=signed_us,
+                last_nonce=nonce,
+            )
         )
+        if not won:
+            _refuse_stale(agent, signed_us, nonce)
         HeartbeatSample.objects.create(
             agent=agent, received=now, version=version, telemetry=telemetry
         )
@@ -353,6 +388,19 @@ def ingest_heartbeat(
             ):
                 resolve_incident(incident, by=None, reason="condition cleared", auto=True)
         return _deliver_commands(agent, now)
+
+
+def _refuse_stale(agent: Agent, signed_us: int, nonce: str) -> None:
+    """The compare-and-swap lost: say why (replay, out of order, or the agent is gone)."""
+    mark = Agent.objects.filter(pk=agent.pk).values("last_signed_us", "last_nonce").first()
+    if mark is None:
+        raise IncidentError("not_found", f"agent {agent.name} no longer exists")
+    try:
+        check_order(Signed(agent, signed_us, nonce), mark["last_signed_us"], mark["last_nonce"])
+    except StaleRequest as exc:
+        raise IncidentError("stale", str(exc)) from None
+    # Only reachable if the mark moved back between the UPDATE and this read (it never does).
+    raise IncidentError("stale", "heartbeat not applied (concurrent heartbeat); send it again")
 
 
 def _deliver_commands(agent: Agent, now) -> list[dict]:
@@ -558,20 +606,52 @@ def policy_verdict(policy: OpsPolicy, agent: Agent, severity: int) -> tuple[str,
 
 
 def act_on_incident(incident_id: int) -> Decision | None:
-    """Decide (service or heuristics) and act within policy. Called by a job."""
+    """Decide (service or heuristics) and act within policy. Called by a job.
+
+    The decision is always recorded: if carrying it out fails in a way nobody planned
+    for, that part is rolled back alone (a savepoint), the decision says so and the
+    incident stays with people (escalation goes on), instead of the job crashing and
+    taking the decision with it.
+    """
     incident = Incident.objects.select_related("agent", "rule").filter(pk=incident_id).first()
     if incident is None or incident.status not in INCIDENT_OPEN:
         return None
-    choice = decider.decide(incident)
+    try:
+        choice = decider.decide(incident)
+    except Exception as exc:  # noqa: BLE001 - a bug in the heuristics must not lose the incident
+        logger.exception("deciding incident %s failed", incident_id)
+        choice = decider.Choice(
+            source=DecisionSource.HEURISTIC,
+            action=DecisionAction.ESCALATE,
+            patch_version="",
+            confidence=0.0,
+            explanation="No decision could be made; a person decides.",
+            fallback_reason=f"decision error: {exc.__class__.__name__}",
+        )
     with transaction.atomic():
         decision = record_decision(incident, choice)
-        if choice.action == DecisionAction.PATCH and choice.patch_version:
-            _start_patch(incident, decision)
-        elif choice.action == DecisionAction.REMEDIATE:
-            _propose_remediation(incident, decision)
-        else:
-            _decision_outcome(decision, Outcome.SKIPPED, "escalated to people")
+        try:
+            with transaction.atomic():
+                _carry_out(incident, decision, choice)
+        except Exception as exc:  # noqa: BLE001 - recorded and shown, see the docstring
+            logger.exception("carrying out decision %s failed", decision.pk)
+            why = (
+                f"escalated: carrying out {choice.action} failed unexpectedly "
+                f"({exc.__class__.__name__}); a person decides"
+            )
+            _decision_outcome(decision, Outcome.SKIPPED, why)
+            _event(incident, "DECISION", why, decision=decision.pk)
+            _announce(incident, why)
     return decision
+
+
+def _carry_out(incident: Incident, decision: Decision, choice: decider.Choice) -> None:
+    if choice.action == DecisionAction.PATCH and choice.patch_version:
+        _start_patch(incident, decision)
+    elif choice.action == DecisionAction.REMEDIATE:
+        _propose_remediation(incident, decision)
+    else:
+        _decision_outcome(decision, Outcome.SKIPPED, "escalated to people")
 
 
 def _start_patch(incident: Incident, decision: Decision) -> AutoPatchAttempt | None:
@@ -606,20 +686,31 @@ def _start_patch(incident: Incident, decision: Decision) -> AutoPatchAttempt | N
         notify(
             NotificationKind.PATCH_AWAITING_APPROVAL,
             title=f"Patch {agent.name} → {attempt.target_version} needs approval",
-            body=f"Incident #{incident.pk}: {incident.title}. {decision.explanation}",
+            body=(
+                f"Incident #{incident.pk}: {incident.title}. {decision.explanation} "
+                f"Expires at {attempt.approval_expires_at:%Y-%m-%d %H:%M:%S %Z} unless approved."
+            ),
             subject=attempt,
             severity="warning",
             url=_admin_url(incident),
         )
     else:
-        _job("incidents.jobs.run_attempt", attempt.pk, job_id=f"autopatch-{attempt.pk}")
+        _enqueue_attempt(attempt.pk)
     return attempt
+
+
+NO_HOST = "decider asked for a host remediation but the agent has no host"
 
 
 def _propose_remediation(incident: Incident, decision: Decision) -> None:
     from pra.actions import ActionError, Proposer, propose_action
 
     agent = incident.agent
+    if agent.host_id is None:
+        # A decision service may ask for this whatever the agent is: an escalation, recorded.
+        _decision_outcome(decision, Outcome.SKIPPED, f"escalated: {NO_HOST}")
+        _event(incident, "REMEDIATION", f"no remediation proposed: {NO_HOST}; a person decides")
+        return
     action = (
         f"restart_{incident.cause.split(':', 1)[1]}"
         if incident.cause.startswith("service:")
@@ -647,7 +738,29 @@ def _propose_remediation(incident: Incident, decision: Decision) -> None:
            action=pra_action.pk)  # fmt: skip
 
 
-def _move_attempt(attempt: AutoPatchAttempt, new: str, detail: str, **fields: Any) -> bool:
+def _attempt_job_id(attempt_id: int) -> str:
+    return f"autopatch-{attempt_id}"
+
+
+def _enqueue_attempt(attempt_id: int) -> None:
+    # Staging runs inside the job: give it the staging timeout and some room.
+    _job(
+        "incidents.jobs.run_attempt",
+        attempt_id,
+        job_id=_attempt_job_id(attempt_id),
+        job_timeout=settings.STAGING_TIMEOUT + STAGING_GRACE,
+    )
+
+
+def _move_attempt(
+    attempt: AutoPatchAttempt,
+    new: str,
+    detail: str,
+    *,
+    actor: Actor | Any = SYSTEM,
+    audit: dict | None = None,
+    **fields: Any,
+) -> bool:
     allowed = [s for s, targets in ATTEMPT_TRANSITIONS.items() if new in targets]
     with transaction.atomic():
         won = AutoPatchAttempt.objects.filter(pk=attempt.pk, status__in=allowed).update(
@@ -661,12 +774,45 @@ def _move_attempt(attempt: AutoPatchAttempt, new: str, detail: str, **fields: An
         )
         record(
             AuditEventType.AUTOPATCH_CHANGED,
-            actor=SYSTEM,
+            actor=actor,
             subject=attempt,
-            details={"status": new, "detail": detail[:300]},
+            details={"status": new, "detail": detail[:300], **(audit or {})},
         )
         _announce(attempt.incident, f"auto-patch {new.lower()}")
     return True
+
+
+def _end_attempt(
+    attempt: AutoPatchAttempt,
+    new: str,
+    detail: str,
+    *,
+    outcome: str = Outcome.SKIPPED,
+    actor: Actor | Any = SYSTEM,
+    audit: dict | None = None,
+    **fields: Any,
+) -> bool:
+    """A terminal move that did not fix the incident: the decision gets its outcome and
+    the incident goes back to people (OPEN, or ACKNOWLEDGED if someone had it), so
+    escalation resumes instead of the incident sitting in MITIGATING."""
+    with transaction.atomic():
+        if not _move_attempt(
+            attempt, new, detail, actor=actor, audit=audit, finished_at=timezone.now(), **fields
+        ):
+            return False
+        _decision_outcome(attempt.decision, outcome, detail)
+        _back_to_people(attempt.incident, f"auto-patch {new.lower()}: {detail}")
+    return True
+
+
+def _back_to_people(incident: Incident, why: str) -> None:
+    incident.refresh_from_db()
+    if incident.status != IncidentStatus.MITIGATING:
+        return
+    target = IncidentStatus.ACKNOWLEDGED if incident.acknowledged_at else IncidentStatus.OPEN
+    if _move_incident(incident, target):
+        _event(incident, "HANDED_BACK", f"{target.lower()} again, a person decides: {why}")
+        _announce(incident, f"{target.lower()} again: {why}")
 
 
 def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
@@ -683,8 +829,49 @@ def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fi
             raise IncidentError(exc.code, exc.message) from None
         if tally.complete:
             _event(locked.incident, "APPROVED", f"patch approved by {', '.join(tally.approvers)}")
-            _job("incidents.jobs.run_attempt", locked.pk, job_id=f"autopatch-{locked.pk}")
+            _enqueue_attempt(locked.pk)
     return tally
+
+
+def reject_attempt(attempt: AutoPatchAttempt | int, *, by, reason: str) -> AutoPatchAttempt:
+    """An approver refuses a patch waiting for signatures: it ends REJECTED with the reason,
+    the decision is marked not carried out and the incident goes back to people."""
+    attempt_id = attempt.pk if isinstance(attempt, AutoPatchAttempt) else attempt
+    if (
+        by is None
+        or not by.is_authenticated
+        or not by.is_active
+        or not by.has_perm(approvals.APPROVE_PERMISSION)
+    ):
+        raise IncidentError("permission", "Only approvers reject patches.")
+    try:
+        refuse_unstorable(reason or "", "reason")
+    except UnstorableText as exc:
+        raise IncidentError("invalid", str(exc)) from None
+    reason = " ".join((reason or "").split())[:250]
+    if len(reason) < 5:
+        raise IncidentError("reason", "A rejection needs a reason (at least 5 characters).")
+    with transaction.atomic():
+        locked = (
+            AutoPatchAttempt.objects.select_for_update()
+            .select_related("agent", "incident", "decision")
+            .filter(pk=attempt_id)
+            .first()
+        )
+        if locked is None:
+            raise IncidentError("not_found", f"No auto-patch attempt #{attempt_id}.")
+        if locked.status != AttemptStatus.PENDING or not locked.needs_approval:
+            raise IncidentError(
+                "state", f"Attempt #{locked.pk} is {locked.status}, not waiting for approval."
+            )
+        _end_attempt(
+            locked,
+            AttemptStatus.REJECTED,
+            f"rejected by {by.get_username()}: {reason}",
+            actor=by,
+            audit={"reason": reason},
+        )
+    return locked
 
 
 def run_attempt(attempt_id: int) -> str:
@@ -695,29 +882,34 @@ def run_attempt(attempt_id: int) -> str:
     if attempt.needs_approval and not approvals.tally(attempt).complete:
         return "waiting-for-approval"
     if not OpsPolicy.current().auto_remediation_enabled:
-        _move_attempt(
-            attempt, AttemptStatus.CANCELLED, "kill switch is off", finished_at=timezone.now()
-        )
+        _end_attempt(attempt, AttemptStatus.CANCELLED, "kill switch is off")
         return "cancelled"
     if not _move_attempt(attempt, AttemptStatus.STAGING, "staging smoke test"):
         return "not-pending"
     ok, detail = staging.smoke_test(attempt)
-    AutoPatchAttempt.objects.filter(pk=attempt.pk).update(staging_result=detail[:300])
+    # Only while still STAGING: the sweep may have ended it (worker presumed lost).
+    AutoPatchAttempt.objects.filter(pk=attempt.pk, status=AttemptStatus.STAGING).update(
+        staging_result=detail[:300]
+    )
     if not ok:
-        _move_attempt(
-            attempt, AttemptStatus.FAILED, f"staging failed: {detail}", finished_at=timezone.now()
+        _end_attempt(
+            attempt, AttemptStatus.FAILED, f"staging failed: {detail}", outcome=Outcome.FAILURE
         )
-        _decision_outcome(attempt.decision, Outcome.FAILURE, f"staging failed: {detail}")
         return "staging-failed"
     with transaction.atomic():
+        # The sweep may have ended it while staging ran long: hold the row, then look.
+        still = AutoPatchAttempt.objects.select_for_update().filter(
+            pk=attempt.pk, status=AttemptStatus.STAGING
+        )
+        if not list(still.values_list("pk", flat=True)):
+            return "ended-during-staging"
         # The kill switch may have been turned off during staging: re-check under the lock.
         if (
             not OpsPolicy.objects.select_for_update()
             .get(pk=OpsPolicy.current().pk)
             .auto_remediation_enabled
         ):
-            _move_attempt(attempt, AttemptStatus.CANCELLED, "kill switch turned off during staging",
-                          finished_at=timezone.now())  # fmt: skip
+            _end_attempt(attempt, AttemptStatus.CANCELLED, "kill switch turned off during staging")
             return "cancelled"
         command = send_command(
             attempt.agent,
@@ -743,13 +935,12 @@ def roll_back(attempt: AutoPatchAttempt, reason: str) -> bool:
             {"version": attempt.from_version, "attempt": attempt.pk},
             by=SYSTEM,
         )
-        if not _move_attempt(
-            attempt, AttemptStatus.ROLLED_BACK, reason, rollback_command=command,
-            finished_at=timezone.now(),
+        if not _end_attempt(
+            attempt, AttemptStatus.ROLLED_BACK, reason, outcome=Outcome.FAILURE,
+            rollback_command=command,
         ):  # fmt: skip
             transaction.set_rollback(True)
             return False
-        _decision_outcome(attempt.decision, Outcome.FAILURE, reason)
         notify(
             NotificationKind.AUTOPATCH_ROLLED_BACK,
             title=f"Rolled back {attempt.agent.name} to {attempt.from_version or 'previous'}",
@@ -764,9 +955,11 @@ def roll_back(attempt: AutoPatchAttempt, reason: str) -> bool:
 def expire_attempts(now=None) -> list[int]:
     """Health checks past their window: roll back."""
     now = now or timezone.now()
+    window = timedelta(seconds=settings.AUTOPATCH_HEALTH_WINDOW)
     rolled = []
-    for attempt in AutoPatchAttempt.objects.select_related("agent", "incident").filter(
-        status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK], deadline__lt=now
+    for attempt in AutoPatchAttempt.objects.select_related("agent", "incident", "decision").filter(
+        Q(deadline__lt=now) | Q(deadline__isnull=True, status_changed_at__lt=now - window),
+        status__in=[AttemptStatus.APPLYING, AttemptStatus.HEALTH_CHECK],
     ):
         if roll_back(
             attempt,
@@ -775,6 +968,90 @@ def expire_attempts(now=None) -> list[int]:
         ):
             rolled.append(attempt.pk)
     return rolled
+
+
+def expire_pending_attempts(now=None) -> list[int]:
+    """PENDING attempts older than ``AUTOPATCH_APPROVAL_TTL`` end EXPIRED, with the reason."""
+    now = now or timezone.now()
+    ttl = approval_ttl()
+    expired = []
+    for attempt in AutoPatchAttempt.objects.select_related("agent", "incident", "decision").filter(
+        status=AttemptStatus.PENDING, created__lte=now - timedelta(seconds=ttl)
+    ):
+        tally = approvals.tally(attempt) if attempt.needs_approval else None
+        if tally is not None and not tally.complete:
+            why = f"not approved within {ttl}s ({tally.count}/{tally.required} signatures)"
+        else:
+            why = f"approved but not started within {ttl}s (no worker ran it)"
+        if _end_attempt(attempt, AttemptStatus.EXPIRED, why):
+            expired.append(attempt.pk)
+    return expired
+
+
+def fail_stuck_staging(now=None) -> list[int]:
+    """STAGING longer than the staging timeout (plus a grace) means the worker died there."""
+    now = now or timezone.now()
+    limit = settings.STAGING_TIMEOUT + STAGING_GRACE
+    failed = []
+    for attempt in AutoPatchAttempt.objects.select_related("agent", "incident", "decision").filter(
+        status=AttemptStatus.STAGING, status_changed_at__lt=now - timedelta(seconds=limit)
+    ):
+        if _end_attempt(
+            attempt,
+            AttemptStatus.FAILED,
+            f"staging did not finish within {limit}s (worker lost?); nothing was sent",
+            outcome=Outcome.FAILURE,
+        ):
+            failed.append(attempt.pk)
+    return failed
+
+
+def requeue_ready_attempts(now=None) -> list[int]:
+    """PENDING attempts free to run whose job is gone (Redis flushed, worker lost) go back on
+    the queue. Running twice is harmless: the PENDING → STAGING move lets one job through."""
+    now = now or timezone.now()
+    requeued = []
+    for attempt in AutoPatchAttempt.objects.select_related("agent").filter(
+        status=AttemptStatus.PENDING, status_changed_at__lt=now - timedelta(seconds=REQUEUE_AFTER)
+    ):
+        if attempt.needs_approval and not approvals.tally(attempt).complete:
+            continue
+        if _job_alive(_attempt_job_id(attempt.pk)):
+            continue
+        with transaction.atomic():
+            _enqueue_attempt(attempt.pk)
+            record(
+                AuditEventType.AUTOPATCH_CHANGED,
+                actor=Actor.system("reconciler"),
+                subject=attempt,
+                details={"status": attempt.status, "requeued": True},
+            )
+        requeued.append(attempt.pk)
+    return requeued
+
+
+def _job_alive(job_id: str) -> bool:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    from portal.lib.redis import get_redis
+
+    try:
+        status = Job.fetch(job_id, connection=get_redis()).get_status()
+    except NoSuchJobError:
+        return False
+    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def sweep_attempts(now=None) -> dict[str, list[int]]:
+    """Every non-terminal attempt state has a bounded exit; this is the sweep that enforces it."""
+    now = now or timezone.now()
+    return {
+        "rolled_back": expire_attempts(now),
+        "expired": expire_pending_attempts(now),
+        "stuck_staging": fail_stuck_staging(now),
+        "requeued": requeue_ready_attempts(now),
+    }
 
 
 def set_kill_switch(enabled: bool, *, by) -> list[int]:
@@ -791,11 +1068,10 @@ def set_kill_switch(enabled: bool, *, by) -> list[int]:
 
 def cancel_pending_attempts(reason: str) -> list[int]:
     cancelled = []
-    for attempt in AutoPatchAttempt.objects.select_related("incident", "agent").filter(
+    for attempt in AutoPatchAttempt.objects.select_related("incident", "agent", "decision").filter(
         status__in=ATTEMPT_CANCELLABLE
     ):
-        if _move_attempt(attempt, AttemptStatus.CANCELLED, reason, finished_at=timezone.now()):
-            _decision_outcome(attempt.decision, Outcome.SKIPPED, reason)
+        if _end_attempt(attempt, AttemptStatus.CANCELLED, reason):
             cancelled.append(attempt.pk)
     return cancelled
 
@@ -824,6 +1100,10 @@ def send_command(agent: Agent, kind: str, payload: dict, *, by) -> AgentCommand:
 def finish_command(command_id: int, agent: Agent, *, ok: bool, output: str) -> AgentCommand:
     """The agent reports a delivered command done (ack) or failed."""
     new = CommandStatus.ACKED if ok else CommandStatus.FAILED
+    try:
+        refuse_unstorable(output, "output")
+    except UnstorableText as exc:
+        raise IncidentError("invalid", str(exc)) from None
     with transaction.atomic():
         won = AgentCommand.objects.filter(
             pk=command_id,

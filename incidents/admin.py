@@ -22,6 +22,7 @@ from incidents.models import (
     Incident,
     OpsPolicy,
 )
+from incidents.signing import format_us
 from portal import approvals
 from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
@@ -43,8 +44,16 @@ class AgentAdmin(admin.ModelAdmin):
         "last_telemetry",
         "alert_after",
         "missing",
+        "last_signed",
         "created",
     )
+
+    @admin.display(description="last signed heartbeat")
+    def last_signed(self, obj):
+        """The replay high-water mark: a heartbeat must be signed later than this."""
+        if obj.last_signed_us is None:
+            return "never"
+        return f"{format_us(obj.last_signed_us)} (nonce {obj.last_nonce})"
 
     def has_add_permission(self, request):
         return False  # `manage.py agent_add` shows the secret once
@@ -138,6 +147,12 @@ class CommandForm(forms.Form):
     version = forms.RegexField(regex=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$", required=False)
 
 
+def _attempt_of(incident: Incident, raw: str) -> AutoPatchAttempt:
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 12):
+        raise actions.IncidentError("invalid", "No such auto-patch attempt.")
+    return get_object_or_404(AutoPatchAttempt, pk=int(raw), incident=incident)
+
+
 @admin.register(Incident)
 class IncidentAdmin(admin.ModelAdmin):
     list_display = (
@@ -194,6 +209,7 @@ class IncidentAdmin(admin.ModelAdmin):
                     "tally": approvals.tally(a),
                     "fingerprint": a.approval_fingerprint(),
                     "rule": approvals.rule_for(a.approval_impact),
+                    "expires_at": a.approval_expires_at,
                 }
                 for a in waiting
             ],  # fmt: skip
@@ -229,15 +245,16 @@ class IncidentAdmin(admin.ModelAdmin):
             elif verb == "resolve":
                 actions.resolve_incident(incident, by=user, reason=data.get("reason", ""))
             elif verb == "approve-patch":
-                attempt = get_object_or_404(
-                    AutoPatchAttempt, pk=data.get("attempt"), incident=incident
-                )
+                attempt = _attempt_of(incident, data.get("attempt", ""))
                 actions.approve_attempt(
                     attempt,
                     by=user,
                     confirmation=data.get("confirmation", ""),
                     fingerprint=data.get("fingerprint", ""),
                 )
+            elif verb == "reject-patch":
+                attempt = _attempt_of(incident, data.get("attempt", ""))
+                actions.reject_attempt(attempt, by=user, reason=data.get("reason", ""))
             elif verb == "command":
                 # A manual update/rollback bypasses the auto-patch policy: approvers only.
                 if not user.has_perm(approvals.APPROVE_PERMISSION):

@@ -8,6 +8,10 @@ Standard library only, so it can be copied to any machine with Python 3.11:
 Commands (``update``, ``rollback``, ``config``) arrive in heartbeat responses and
 go to a pluggable handler (``--handler module:function``); the default handler
 only records the new version. Every command is acked or failed with its output.
+
+Requests are signed with a microsecond timestamp that strictly increases within the
+process: the portal refuses a heartbeat not signed later than the last one it accepted
+from this agent (replay protection, see ``incidents.signing``). Run one process per agent.
 """
 
 from __future__ import annotations
@@ -88,9 +92,17 @@ class Agent:
     watch_services: list[str] = field(default_factory=list)
     timeout: float = 10.0
 
+    _last_us: int = field(default=0, init=False, repr=False)
+
+    def next_timestamp(self) -> str:
+        """Microseconds, strictly increasing within this process even if the clock steps
+        back: the portal refuses a heartbeat not signed later than the last one it took."""
+        self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
+
     def _post(self, path: str, payload: dict) -> dict:
         body = json.dumps(payload).encode()
-        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+        timestamp, nonce = self.next_timestamp(), secrets.token_urlsafe(18)
         headers = {
             "Content-Type": "application/json",
             "X-Agent": self.name,

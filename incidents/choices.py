@@ -26,7 +26,12 @@ INCIDENT_TRANSITIONS: dict[str, set[str]] = {
         IncidentStatus.RESOLVED,
     },
     IncidentStatus.ACKNOWLEDGED: {IncidentStatus.MITIGATING, IncidentStatus.RESOLVED},
-    IncidentStatus.MITIGATING: {IncidentStatus.ACKNOWLEDGED, IncidentStatus.RESOLVED},
+    # Back to OPEN (escalation resumes) when the automatic fix ended without fixing it.
+    IncidentStatus.MITIGATING: {
+        IncidentStatus.OPEN,
+        IncidentStatus.ACKNOWLEDGED,
+        IncidentStatus.RESOLVED,
+    },
 }
 INCIDENT_OPEN = frozenset(
     {IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED, IncidentStatus.MITIGATING}
@@ -70,10 +75,21 @@ class AttemptStatus(models.TextChoices):
     ROLLED_BACK = "ROLLED_BACK", "Rolled back"
     FAILED = "FAILED", "Failed"
     CANCELLED = "CANCELLED", "Cancelled"
+    REJECTED = "REJECTED", "Rejected by an approver"
+    EXPIRED = "EXPIRED", "Expired (not approved or started in time)"
 
 
+# Every non-terminal state has a bounded exit swept by ``incidents.jobs.sweep``:
+# PENDING → EXPIRED after AUTOPATCH_APPROVAL_TTL; STAGING → FAILED after
+# STAGING_TIMEOUT + a grace; APPLYING/HEALTH_CHECK → ROLLED_BACK at the deadline.
 ATTEMPT_TRANSITIONS: dict[str, set[str]] = {
-    AttemptStatus.PENDING: {AttemptStatus.STAGING, AttemptStatus.CANCELLED, AttemptStatus.FAILED},
+    AttemptStatus.PENDING: {
+        AttemptStatus.STAGING,
+        AttemptStatus.CANCELLED,
+        AttemptStatus.FAILED,
+        AttemptStatus.REJECTED,
+        AttemptStatus.EXPIRED,
+    },
     AttemptStatus.STAGING: {AttemptStatus.APPLYING, AttemptStatus.FAILED, AttemptStatus.CANCELLED},
     AttemptStatus.APPLYING: {
         AttemptStatus.HEALTH_CHECK,
@@ -88,6 +104,8 @@ ATTEMPT_TERMINAL = frozenset(
         AttemptStatus.ROLLED_BACK,
         AttemptStatus.FAILED,
         AttemptStatus.CANCELLED,
+        AttemptStatus.REJECTED,
+        AttemptStatus.EXPIRED,
     }
 )
 # Turning the kill switch off cancels attempts that have not reached APPLYING.

@@ -9,6 +9,7 @@ heuristics below decide, and the decision records why.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 from incidents.choices import DecisionAction, DecisionSource, RuleKind
 from incidents.models import Incident
 from pra.catalog import CATALOG
+
+logger = logging.getLogger(__name__)
 
 
 class DeciderAnswer(BaseModel):
@@ -126,3 +129,6 @@ def decide(incident: Incident) -> Choice:
         return ask_service(incident)
     except RuntimeError as exc:
         return heuristics(incident, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any surprise from the service path falls back
+        logger.exception("decision service call failed for incident %s", incident.pk)
+        return heuristics(incident, f"decider error: {exc.__class__.__name__}")

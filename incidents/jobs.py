@@ -15,10 +15,11 @@ def run_attempt(attempt_id: int) -> str:
 
 
 def sweep() -> dict:
-    """Every 30 s: missed heartbeats, expired health checks, due escalations."""
+    """Every 30 s: missed heartbeats, attempts past their bound (health window, approval
+    TTL, staging timeout, lost jobs), due escalations."""
     return {
         "missing": len(actions.mark_missing_agents()),
-        "rolled_back": actions.expire_attempts(),
+        **actions.sweep_attempts(),
         "escalated": actions.escalate_due(),
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -20,6 +22,15 @@ from incidents.choices import (
 )
 from portal.approvals import fingerprint_of
 from portal.choices import Impact
+
+DEFAULT_APPROVAL_TTL = 3600
+
+
+def approval_ttl() -> int:
+    """Seconds a PENDING auto-patch may wait, for signatures then for a worker
+    (``AUTOPATCH_APPROVAL_TTL``), before the sweep ends it EXPIRED."""
+    return int(getattr(settings, "AUTOPATCH_APPROVAL_TTL", DEFAULT_APPROVAL_TTL))
+
 
 _slug = RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-'")
 _version = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$", "a version like 1.4.2")
@@ -63,6 +74,16 @@ class Agent(models.Model):
     last_telemetry = models.JSONField(default=dict, blank=True)
     alert_after = models.DateTimeField(null=True, blank=True)
     missing = models.BooleanField(default=False)
+    # Replay high-water mark, kept here (not only in Redis) so a flush or restart of Redis
+    # never lets a captured heartbeat in again: each accepted heartbeat must be signed
+    # strictly later than the previous one (set in the heartbeat's own UPDATE).
+    last_signed_us = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Signed timestamp (µs since the epoch) of the last accepted heartbeat.",
+    )
+    last_nonce = models.CharField(max_length=64, blank=True, editable=False)
     secret_sealed = models.TextField(editable=False)
     enabled = models.BooleanField(default=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -293,6 +314,11 @@ class AutoPatchAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"patch {self.agent} → {self.target_version} ({self.status})"
+
+    @property
+    def approval_expires_at(self) -> datetime:
+        """When the sweep ends this attempt EXPIRED if it is still PENDING."""
+        return self.created + timedelta(seconds=approval_ttl())
 
     # --- Approvable (multi-signature patches reuse the remediation rules) ----
     @property

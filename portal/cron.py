@@ -8,6 +8,7 @@ from rq import cron
 
 from backups import jobs as backup_jobs
 from incidents import jobs as incident_jobs
+from portal import audit
 from portal import jobs as portal_jobs
 from pra import jobs as pra_jobs
 
@@ -17,6 +18,7 @@ cron.register(portal_jobs.resend_stuck_notifications, queue_name="control", inte
 cron.register(pra_jobs.sweep, queue_name="control", interval=30)
 cron.register(incident_jobs.sweep, queue_name="control", interval=30)
 cron.register(backup_jobs.tick, queue_name="control", cron="* * * * *")
+cron.register(audit.periodic_anchor, queue_name="control", interval=audit.anchor_interval())
 
 # Housekeeping that may take a while.
 cron.register(portal_jobs.clear_expired_sessions, queue_name="default", cron="17 3 * * *")

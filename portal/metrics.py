@@ -94,6 +94,74 @@ class NotificationCollector:
         yield age
 
 
+class AuditCollector:
+    """The audit chain head and the last anchor, so a scraper keeps its own record.
+
+    A Prometheus history of the head id and count is one more copy outside the
+    database: a count that goes down is a deleted tail (docs/security.md).
+    """
+
+    def describe(self):
+        # Declared without values, so registering never touches the database.
+        yield GaugeMetricFamily("portal_audit_head_id", "Newest audit event id.")
+        yield GaugeMetricFamily("portal_audit_events", "Audit events in the chain.")
+        yield GaugeMetricFamily("portal_audit_anchor_head_id", "Event id of the last anchor.")
+        yield GaugeMetricFamily("portal_audit_anchor_events", "Event count of the last anchor.")
+        yield GaugeMetricFamily("portal_audit_anchor_timestamp_seconds", "Last anchor time.")
+
+    def collect(self):
+        from django.db import connection
+
+        from portal.audit import anchor_file, last_trusted_anchor
+
+        try:
+            anchor = last_trusted_anchor(anchor_file())
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT max(id) FROM portal_auditevent")
+                head = cursor.fetchone()[0] or 0
+                # Counting only past the last anchor keeps a scrape cheap on a big log;
+                # with the anchored event gone, only a full count tells the truth.
+                if anchor and head >= anchor.event_id:
+                    cursor.execute(
+                        "SELECT count(*) FROM portal_auditevent WHERE id > %s", [anchor.event_id]
+                    )
+                    count = anchor.count + cursor.fetchone()[0]
+                else:
+                    cursor.execute("SELECT count(*) FROM portal_auditevent")
+                    count = cursor.fetchone()[0]
+        except Exception:  # the database or the anchor file is unreadable: no audit gauges
+            return
+        values = {
+            "portal_audit_head_id": ("Newest audit event id (the chain head).", head),
+            "portal_audit_events": ("Audit events in the chain.", count),
+            "portal_audit_anchor_head_id": (
+                "Event id named by the last anchor line (0: none yet).",
+                anchor.event_id if anchor else 0,
+            ),
+            "portal_audit_anchor_events": (
+                "Event count named by the last anchor line.",
+                anchor.count if anchor else 0,
+            ),
+            "portal_audit_anchor_timestamp_seconds": (
+                "Unix time of the last anchor line (0: none yet); alert when it stops moving.",
+                _timestamp(anchor.time) if anchor else 0,
+            ),
+        }
+        for name, (documentation, value) in values.items():
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], float(value))
+            yield gauge
+
+
+def _timestamp(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+REGISTRY.register(AuditCollector())
+
+
 class RequestMetricsMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response

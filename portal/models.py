@@ -53,9 +53,11 @@ class PortalPermissions(models.Model):
 class AuditEvent(models.Model):
     """One row of the append-only, hash-chained audit log.
 
-    ``hash`` is SHA-256 over this row's content and ``prev_hash``; rows are
-    written only by ``portal.audit.record`` and never changed (a trigger
-    rejects UPDATE and DELETE on PostgreSQL).
+    ``hash`` is an HMAC-SHA256 over this row's content and ``prev_hash`` with the
+    key named by ``key_id`` (keys live in settings, never in the database); rows
+    from before keyed chains have an empty ``key_id`` and a plain SHA-256. Rows
+    are written only by ``portal.audit.record`` and never changed: on PostgreSQL
+    triggers refuse UPDATE, DELETE and TRUNCATE (docs/security.md).
     """
 
     created = models.DateTimeField(db_index=True)
@@ -74,6 +76,9 @@ class AuditEvent(models.Model):
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(
+        max_length=32, blank=True, default="", help_text="HMAC key that signed it; empty: legacy"
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -8,6 +8,7 @@ events and jobs go out only on commit.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,12 +24,13 @@ from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.errors import RequestRefused
 from portal.lib import ssh
+from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 from portal.notify import notify
 from pra import transport
 from pra.catalog import CatalogError, get_spec
-from pra.choices import TRANSITIONS, ActionStatus, FailureCause, Impact, Verification
+from pra.choices import OPEN, TRANSITIONS, ActionStatus, FailureCause, Impact, Verification
 from pra.diagnostics import get_diagnostic
 from pra.models import DiagnosticRun, Host, PRAAction, PreflightStatus, Source
 
@@ -39,6 +41,14 @@ EXECUTE_PERMISSION = "portal.execute_action"
 DIAGNOSE_PERMISSION = "portal.run_diagnostics"
 MIN_RATIONALE = 20
 DENIED_EXIT = 97
+# How long a "someone is enqueueing this job" mark lives in Redis. It only has to
+# outlast the gap between "the job is not in Redis" and "the job is in Redis".
+ENQUEUE_GUARD_SECONDS = 30
+DEFAULT_PREFLIGHT_TIMEOUT = 120
+DEFAULT_CONNECTIVITY_PORTS = (22, 53, 80, 443)
+# Voiding is recorded as PRA_VOIDED once portal.choices has it, else as PRA_EXPIRED
+# (details say "voided"): an approval that no longer counts, like an expired one.
+VOIDED_EVENT = getattr(AuditEventType, "PRA_VOIDED", AuditEventType.PRA_EXPIRED)
 
 
 class ActionError(RequestRefused):
@@ -114,8 +124,55 @@ def _enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") ->
     )
 
 
-def _enqueue_on_commit(func_path: str, action_id: int, job_id: str) -> None:
-    transaction.on_commit(lambda: _enqueue(func_path, action_id, job_id))
+def _guard_key(job_id: str) -> str:
+    return f"pra:enqueue-guard:{job_id}"
+
+
+def _take_enqueue_guard(job_id: str) -> bool:
+    """True for exactly one of any number of concurrent callers (Redis SET NX)."""
+    from portal.lib.redis import get_redis
+
+    return bool(get_redis().set(_guard_key(job_id), "1", nx=True, ex=ENQUEUE_GUARD_SECONDS))
+
+
+def _release_enqueue_guard(job_id: str) -> None:
+    from portal.lib.redis import get_redis
+
+    get_redis().delete(_guard_key(job_id))
+
+
+def _enqueue_once(func_path: str, action_id: int, job_id: str) -> bool:
+    """Put ``job_id`` on the queue unless it is there or another caller is putting it there.
+
+    Checking "is the job in Redis?" and then enqueueing is a race (20 concurrent
+    "execute" calls enqueued one action 7 times): the SET NX guard lets one caller
+    through; the others see either the guard or the job.
+    """
+    if _job_alive(job_id) or not _take_enqueue_guard(job_id):
+        return False
+    _enqueue(func_path, action_id, job_id)
+    return True
+
+
+def _enqueue_on_commit(func_path: str, action_id: int, job_id: str, *, again: bool = False) -> None:
+    """Enqueue once the transaction commits. ``again``: a deliberate new run of a job
+    that has ended (a re-run pre-flight), so an earlier enqueue's guard does not count."""
+
+    def go() -> None:
+        if again:
+            _release_enqueue_guard(job_id)
+        _enqueue_once(func_path, action_id, job_id)
+
+    transaction.on_commit(go)
+
+
+def _storable(**fields: Any) -> None:
+    """Refuse text the database cannot store (NUL, lone surrogates), naming the field."""
+    try:
+        for name, value in fields.items():
+            refuse_unstorable(value, name)
+    except UnstorableText as exc:
+        raise ActionError("invalid", str(exc)) from None
 
 
 def _validate_rationale(rationale: str) -> str:
@@ -189,7 +246,16 @@ def _check_auto_approve_allowed(proposer: Proposer, auto_approve: bool) -> None:
         )
 
 
-def propose_action(
+@dataclass(frozen=True)
+class Proposal:
+    """What a proposal ended on: a new action, or the identical one already open."""
+
+    action: PRAAction
+    created: bool
+    message: str
+
+
+def submit_proposal(
     *,
     action: str,
     host: Host | str,
@@ -198,10 +264,19 @@ def propose_action(
     by: Proposer | AbstractBaseUser,
     auto_approve: bool = False,
     evidence_ids: list[int] | tuple[int, ...] = (),
-) -> PRAAction:
-    """Create a PROPOSED action after validating everything; schedule its pre-flight."""
+) -> Proposal:
+    """Create a PROPOSED action after validating everything; schedule its pre-flight.
+
+    While an identical action (same catalog action, host and parameters) is open,
+    nothing is created: the open one is returned (``created=False``) with a message
+    saying so, whoever proposed it (a rule and the AI end on the same action). The
+    host's row is locked first, so two concurrent proposals cannot both create one.
+    If the open one's pre-flight failed, proposing it again re-runs the pre-flight.
+    """
     proposer = by if isinstance(by, Proposer) else Proposer.human(by)
     _require_perm(proposer.user, PROPOSE_PERMISSION, "propose remediations")
+    _storable(action=action, host=host if isinstance(host, str) else "", params=params,
+              rationale=rationale)  # fmt: skip
     spec, clean_params, text, host = validate_proposal(
         action=action, host=host, params=params, rationale=rationale, auto_approve=auto_approve
     )
@@ -213,6 +288,16 @@ def propose_action(
 
     now = timezone.now()
     with transaction.atomic():
+        # One proposal per host at a time: the duplicate check below cannot race.
+        Host.objects.select_for_update().filter(pk=host.pk).values_list("pk").first()
+        existing = (
+            PRAAction.objects.select_related("host")
+            .filter(host=host, action=spec.name, params=clean_params, status__in=OPEN)
+            .order_by("created")
+            .first()
+        )
+        if existing is not None:
+            return Proposal(existing, False, _join_existing(existing, proposer, bool(evidence_ids)))
         evidence = list(
             DiagnosticRun.objects.select_for_update().filter(
                 pk__in=evidence_ids, host=host, action__isnull=True
@@ -238,6 +323,7 @@ def propose_action(
             preflight_status=(
                 PreflightStatus.PENDING if settings.PRA_PREFLIGHT else PreflightStatus.OK
             ),
+            preflight_requested_at=now if settings.PRA_PREFLIGHT else None,
         )
         DiagnosticRun.objects.filter(pk__in=[e.pk for e in evidence]).update(action=obj)
         record(
@@ -262,14 +348,51 @@ def propose_action(
             _enqueue_on_commit("pra.jobs.preflight_action", obj.pk, preflight_job_id(obj.pk))
         elif auto_approve:
             _auto_approve(obj)
-    return obj
+    return Proposal(obj, True, f"Proposed as action #{obj.pk}; people approve it in the portal.")
 
 
-def record_preflight(action_id: int, *, ok: bool, output: str) -> PRAAction | None:
-    """Store the dry-run result; auto-approve when asked, allowed and the dry run passed."""
+def _join_existing(existing: PRAAction, proposer: Proposer, had_evidence: bool) -> str:
+    """The message for a proposal that found its twin open (re-running a failed pre-flight)."""
+    message = (
+        f"Not proposed again: action #{existing.pk} ({existing.command_display} on "
+        f"{existing.host.name}) is already open ({existing.status}, proposed by "
+        f"{existing.proposer_label}). Nothing new was created; follow #{existing.pk}."
+    )
+    if (
+        existing.status == ActionStatus.PROPOSED
+        and existing.preflight_status == PreflightStatus.FAILED
+        and settings.PRA_PREFLIGHT
+    ):
+        _restart_preflight(existing, proposer.actor, f"proposed again by {proposer.label}")
+        message += " Its pre-flight had failed and is being run again."
+    if had_evidence:
+        message += " The evidence you gave was not attached to it."
+    return message
+
+
+def propose_action(**kwargs: Any) -> PRAAction:
+    """``submit_proposal`` for callers that only need the action (new or already open)."""
+    return submit_proposal(**kwargs).action
+
+
+def record_preflight(
+    action_id: int, *, ok: bool, output: str, host_revision: int | None = None
+) -> PRAAction | None:
+    """Store the dry-run result; auto-approve when asked, allowed and the dry run passed.
+
+    A failed pre-flight blocks approval (``approve_action`` refuses); if the action was
+    approved while its pre-flight was still running, that approval is voided. A result
+    for an older ``host_revision`` than the host's (the host was edited meanwhile) is
+    dropped: the pre-flight that the edit started decides.
+    """
     with transaction.atomic():
-        action = PRAAction.objects.select_for_update().filter(pk=action_id).first()
+        action = (
+            PRAAction.objects.select_for_update().select_related("host").filter(pk=action_id)
+        ).first()
         if action is None or action.preflight_status != PreflightStatus.PENDING:
+            return action
+        if host_revision is not None and host_revision != action.host.revision:
+            logger.info("action %s: pre-flight result for an old host revision dropped", action_id)
             return action
         action.preflight_status = PreflightStatus.OK if ok else PreflightStatus.FAILED
         action.preflight_output = output[: settings.PRA_MAX_OUTPUT]
@@ -283,11 +406,113 @@ def record_preflight(action_id: int, *, ok: bool, output: str) -> PRAAction | No
         _announce(
             action, f"pre-flight {'OK' if ok else 'FAILED'}", preflight=action.preflight_status
         )
-        if ok and action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
+        if not ok and action.status == ActionStatus.APPROVED:
+            _void(action, f"approval voided: pre-flight failed: {_first_line(output)}",
+                  actor=Actor.system("preflight"))  # fmt: skip
+        elif ok and action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
             _auto_approve(action)
         elif action.auto_approve_requested and action.status == ActionStatus.PROPOSED:
             _notify_awaiting(action, "; its pre-flight failed, so it was not auto-approved")
     return action
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "no output")
+    return line[:limit]
+
+
+def _restart_preflight(action: PRAAction, actor: Actor, why: str) -> None:
+    """Set a PROPOSED action's pre-flight back to PENDING and run it again (on commit)."""
+    now = timezone.now()
+    PRAAction.objects.filter(pk=action.pk).update(
+        preflight_status=PreflightStatus.PENDING, preflight_output="", preflight_requested_at=now
+    )
+    action.preflight_status, action.preflight_output = PreflightStatus.PENDING, ""
+    action.preflight_requested_at = now
+    record(
+        AuditEventType.PRA_PREFLIGHT,
+        actor=actor,
+        subject=action,
+        details={"rerun": True, "why": why[:300]},
+    )
+    _announce(action, f"pre-flight re-run: {why}"[:300], preflight=PreflightStatus.PENDING)
+    _enqueue_on_commit(
+        "pra.jobs.preflight_action", action.pk, preflight_job_id(action.pk), again=True
+    )
+
+
+def rerun_preflight(action: PRAAction | int, *, by: AbstractBaseUser | Actor) -> PRAAction:
+    """Run a PROPOSED action's pre-flight again, e.g. once the target has been fixed.
+
+    Operators and approvers may ask; a pre-flight that is still running is left alone.
+    """
+    actor = Actor.of(by)
+    if actor.user is not None and not (
+        actor.user.has_perm(PROPOSE_PERMISSION) or actor.user.has_perm(approvals.APPROVE_PERMISSION)
+    ):
+        raise ActionError("permission", "You are not allowed to re-run pre-flights.")
+    action_id = action.pk if isinstance(action, PRAAction) else action
+    if not settings.PRA_PREFLIGHT:
+        raise ActionError("state", "Pre-flights are turned off here (PRA_PREFLIGHT=0).")
+    with transaction.atomic():
+        obj = (
+            PRAAction.objects.select_for_update().select_related("host").filter(pk=action_id)
+        ).first()
+        if obj is None:
+            raise ActionError("not_found", f"No action #{action_id}.")
+        if obj.status != ActionStatus.PROPOSED:
+            raise ActionError(
+                "state", f"Action #{obj.pk} is {obj.status}; only a PROPOSED action's "
+                "pre-flight can be re-run.",
+            )  # fmt: skip
+        if obj.preflight_status == PreflightStatus.PENDING:
+            raise ActionError("state", f"Action #{obj.pk}'s pre-flight is still running.")
+        _restart_preflight(obj, actor, f"requested by {actor.label}")
+    return obj
+
+
+def _void(action: PRAAction, reason: str, *, actor: Actor) -> bool:
+    """APPROVED -> VOIDED for good: the approval no longer covers the action."""
+    if not _move(action.pk, ActionStatus.APPROVED, ActionStatus.VOIDED, void_reason=reason[:300]):
+        return False
+    action.refresh_from_db()
+    record(
+        VOIDED_EVENT,
+        actor=actor,
+        subject=action,
+        details={"was": ActionStatus.APPROVED, "voided": True, "reason": reason[:300]},
+    )
+    _announce(action, reason, reason=reason[:300])
+    notify(
+        NotificationKind.PRA_FAILED,
+        title=f"Approval voided: {action.command_display} on {action.host.name}",
+        body=f"{reason}. It will not run; propose it again if it is still needed.",
+        subject=action,
+        severity="warning",
+        url=_admin_url(action),
+    )
+    return True
+
+
+def reconcile_preflights(now=None) -> dict[str, list[int]]:
+    """Bound every PENDING pre-flight: re-enqueue it if its job vanished, and end it
+    FAILED once it has been pending longer than ``PRA_PREFLIGHT_TIMEOUT`` (the job
+    hung or was lost), so approval is never left waiting on it."""
+    now = now or timezone.now()
+    timeout = getattr(settings, "PRA_PREFLIGHT_TIMEOUT", DEFAULT_PREFLIGHT_TIMEOUT)
+    failed, requeued = [], []
+    pending = PRAAction.objects.filter(
+        status__in=[ActionStatus.PROPOSED, ActionStatus.APPROVED],
+        preflight_status=PreflightStatus.PENDING,
+    ).values_list("pk", "preflight_requested_at", "created")
+    for pk, requested, created in pending:
+        if (requested or created) + timedelta(seconds=timeout) <= now:
+            detail = f"pre-flight did not finish within {timeout} s (host hung or job lost)"
+            record_preflight(pk, ok=False, output=detail)
+            failed.append(pk)
+        elif _enqueue_once("pra.jobs.preflight_action", pk, preflight_job_id(pk)):
+            requeued.append(pk)
+    return {"failed": failed, "requeued": requeued}
 
 
 def _auto_approve(action: PRAAction) -> None:
@@ -304,6 +529,8 @@ def _auto_approve(action: PRAAction) -> None:
 
 
 def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str] = ()) -> None:
+    if action.preflight_status == PreflightStatus.FAILED:
+        raise _preflight_refusal(action)
     now = timezone.now()
     validity = approvals.rule_for(action.impact).validity_seconds
     expires = now + timedelta(seconds=validity)
@@ -351,9 +578,13 @@ def approve_action(
     """Sign ``action`` as ``by``; when enough people signed, approve it and enqueue it.
 
     ``fingerprint`` is what the approver was shown (the UI and API send it);
-    if the action changed since, the signature is refused.
+    if the action or its host changed since, the signature is refused. A failed
+    pre-flight refuses every signature; while the pre-flight is still running,
+    people may sign (and a complete tally approves), and if it then fails the
+    approval is voided before anything runs.
     """
     action_id = action.pk if isinstance(action, PRAAction) else action
+    _storable(confirmation=confirmation, fingerprint=fingerprint, comment=comment)
     with transaction.atomic():
         obj = (
             PRAAction.objects.select_for_update()
@@ -365,8 +596,14 @@ def approve_action(
             raise ActionError("not_found", f"No action #{action_id}.")
         if obj.status != ActionStatus.PROPOSED:
             raise ActionError(
-                "state", f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be approved."
+                "state",
+                f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be approved."
+                + (f" ({obj.void_reason})" if obj.void_reason else ""),
             )
+        # Blocking, and not overridable: approving what the target already refused
+        # only gets a failed run. Fix the target and re-run the pre-flight.
+        if obj.preflight_status == PreflightStatus.FAILED:
+            raise _preflight_refusal(obj)
         try:
             result = approvals.sign(
                 obj, by, fingerprint=fingerprint, confirmation=confirmation, comment=comment
@@ -380,10 +617,20 @@ def approve_action(
     return result
 
 
+def _preflight_refusal(action: PRAAction) -> ActionError:
+    return ActionError(
+        "preflight",
+        f"Action #{action.pk} cannot be approved: its pre-flight failed "
+        f"({_first_line(action.preflight_output)}). Fix the target, then re-run the "
+        "pre-flight (or propose the action again, which re-runs it).",
+    )
+
+
 def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str) -> PRAAction:
     """End a PROPOSED action with a reason (approvers only)."""
     action_id = action.pk if isinstance(action, PRAAction) else action
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
+    _storable(reason=reason)
     reason = " ".join((reason or "").split())
     if len(reason) < 5:
         raise ActionError("reason", "A rejection needs a reason (at least 5 characters).")
@@ -427,6 +674,8 @@ def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) 
             ActionStatus.EXECUTING: "it is already running",
             ActionStatus.COMPLETED: "it already ran",
             ActionStatus.FAILED: "it already ran and failed",
+            ActionStatus.VOIDED: f"{obj.void_reason or 'its approval was voided'}; "
+            "propose it again",
         }[obj.status]
         raise ActionError("state", f"Action #{obj.pk} is {obj.status}: {hint}.")
     _ensure_enqueued(obj)
@@ -475,6 +724,8 @@ def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
         obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
         if obj is None or obj.status != ActionStatus.APPROVED or not obj.host.enabled:
             return None
+        if obj.preflight_status == PreflightStatus.FAILED:
+            return None  # record_preflight voids it
         if obj.expires_at is None or obj.expires_at <= now:
             transaction.on_commit(lambda: expire_action(action_id))
             return None
@@ -532,8 +783,22 @@ def heartbeat(action_id: int) -> None:
     )
 
 
+OUTPUT_SIZE_EVERY = 1.0  # seconds between writes of the streamed output size
+
+
 def publish_output(action: PRAAction, chunk: str) -> None:
-    """Stream a chunk of stdout to the action's page (outside any transaction)."""
+    """Stream a chunk of stdout to the action's page (outside any transaction).
+
+    Also keeps ``output_bytes`` current (at most one write a second), which the MCP
+    execute tool reports in its progress notifications.
+    """
+    streamed = getattr(action, "_streamed_bytes", 0) + len(chunk.encode())
+    action._streamed_bytes = streamed
+    if time.monotonic() - getattr(action, "_streamed_saved", float("-inf")) >= OUTPUT_SIZE_EVERY:
+        action._streamed_saved = time.monotonic()
+        PRAAction.objects.filter(pk=action.pk, status=ActionStatus.EXECUTING).update(
+            output_bytes=streamed
+        )
     publish(
         LiveEvent(
             kind=LiveEventKind.PRA_OUTPUT,
@@ -574,9 +839,12 @@ def finish_execution(
         if result is not None and result.exit_code == 0
         else ActionStatus.FAILED
     )
+    if result is not None:
+        fields["output_bytes"] = len(result.stdout.encode()) + len(result.stderr.encode())
     if new == ActionStatus.FAILED:
         fields.update(
-            failure_cause=cause or FailureCause.COMMAND_ERROR, failure_detail=detail[:4000]
+            failure_cause=cause or FailureCause.COMMAND_ERROR,
+            failure_detail=detail[:4000],
         )
     with transaction.atomic():
         if not _move(action_id, ActionStatus.EXECUTING, new, **fields):
@@ -692,17 +960,26 @@ def _job_alive(job_id: str) -> bool:
 
 
 def _ensure_enqueued(obj: PRAAction) -> bool:
+    """Re-enqueue an APPROVED action's job if it vanished; exactly once however many
+    callers (sweeps, "execute" calls) ask at the same moment."""
     job_id = execution_job_id(obj.pk)
-    if _job_alive(job_id):
+    if _job_alive(job_id) or not _take_enqueue_guard(job_id):
         return False
-    _enqueue("pra.jobs.execute_action", obj.pk, job_id)
     with transaction.atomic():
+        still = PRAAction.objects.filter(
+            pk=obj.pk, status=ActionStatus.APPROVED, expires_at__gt=timezone.now()
+        ).exists()
+        if not still:  # claimed or expired since the caller looked
+            transaction.on_commit(lambda: _release_enqueue_guard(job_id))
+            return False
         record(
             AuditEventType.PRA_REENQUEUED,
             actor=Actor.system("reconciler"),
             subject=obj,
             details={"job_id": job_id},
         )
+        # django_rq enqueues on commit: the audit row and the job go together.
+        _enqueue("pra.jobs.execute_action", obj.pk, job_id)
     return True
 
 
@@ -740,6 +1017,7 @@ def run_diagnostic(
     """Run one read-only diagnostic over SSH and keep its result (usable as evidence)."""
     actor = Actor.of(by)
     _require_perm(actor.user, DIAGNOSE_PERMISSION, "run diagnostics")
+    _storable(host=host if isinstance(host, str) else "", name=name, params=params)
     try:
         argv = get_diagnostic(name).argv(params)
     except CatalogError as exc:
@@ -749,6 +1027,8 @@ def run_diagnostic(
         if found is None:
             raise ActionError("invalid", f"unknown host {host!r}")
         host = found
+    if name == "test_connectivity":
+        argv = _connectivity_argv(host, argv, actor)
     exit_code, output, error = None, "", ""
     try:
         result = transport.run_diag(host, argv)
@@ -776,6 +1056,53 @@ def run_diagnostic(
             },
         )
     return run
+
+
+def connectivity_ports() -> tuple[int, ...]:
+    """Ports ``test_connectivity`` may probe, besides each registered host's SSH port."""
+    return tuple(getattr(settings, "PRA_CONNECTIVITY_PORTS", DEFAULT_CONNECTIVITY_PORTS))
+
+
+def _connectivity_argv(host: Host, argv: list[str], actor: Actor) -> list[str]:
+    """Only registered hosts, on allowed ports: a target is not a port scanner.
+
+    The destination is a registered host's name or address (a name is sent as its
+    address); the port is one of ``PRA_CONNECTIVITY_PORTS`` or that host's SSH port.
+    A refusal is audited like a run.
+    """
+    verb, destination, port = argv[0], argv[1], int(argv[2])
+    target = Host.objects.filter(name=destination).first() or (
+        Host.objects.filter(address=destination).order_by("pk").first()
+    )
+    allowed = set(connectivity_ports())
+    if target is not None:
+        allowed |= set(Host.objects.filter(address=target.address).values_list("port", flat=True))
+    if target is not None and port in allowed:
+        return [verb, target.address, str(port)]
+    if target is None:
+        why = f"{destination} is not a registered host's name or address"
+    else:
+        why = (
+            f"port {port} is not allowed for {destination} (allowed: "
+            + ", ".join(str(p) for p in sorted(allowed))
+            + ")"
+        )
+    with transaction.atomic():
+        record(
+            AuditEventType.DIAGNOSTIC_RUN,
+            actor=actor,
+            subject=host,
+            details={
+                "host": host.name,
+                "command": " ".join(argv),
+                "refused": why,
+            },
+        )
+    raise ActionError(
+        "invalid",
+        f"test_connectivity refused: {why}. It reaches only registered hosts, on their SSH "
+        "port or the ports the admin allows (PRA_CONNECTIVITY_PORTS).",
+    )
 
 
 # --- hosts -------------------------------------------------------------------------
@@ -823,20 +1150,124 @@ def add_host(
     return host
 
 
-def pin_host_key(host: Host, host_key: str, *, by: AbstractBaseUser | Actor | str) -> Host:
-    """Replace a host's pinned key (after a known re-install); pending approvals go stale."""
-    try:
-        fp = ssh.fingerprint(host_key)
-    except ValueError as exc:
-        raise ActionError("invalid", f"host key: {exc}") from None
+HOST_EDITABLE = ("name", "address", "port", "ssh_user", "host_key", "tags", "enabled")
+_FIELD_WORDS = {
+    "name": "name",
+    "address": "address",
+    "port": "port",
+    "ssh_user": "user",
+    "host_key": "host key",
+}
+
+
+def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **changes: Any) -> Host:
+    """Change a host's settings (``HOST_EDITABLE``); one audit event, nothing if unchanged.
+
+    A change of name, address, port, user or host key bumps the host's ``revision``,
+    which every approval's fingerprint includes, so an approval given before the edit
+    never counts again (not even once the edit is reverted). In the same transaction
+    every APPROVED action on the host ends VOIDED ("approval voided: host dns-1 changed
+    (address)") and never runs; PROPOSED ones keep waiting, their signatures void,
+    their pre-flight run again against the host as it is now. Disabling a host voids
+    its APPROVED actions too.
+    """
+    from django.core.exceptions import ValidationError
+
+    actor = Actor.of(by)
+    unknown = sorted(set(changes) - set(HOST_EDITABLE))
+    if unknown:
+        raise ActionError("invalid", f"a host has no editable field {', '.join(unknown)}")
+    _storable(**{k: v for k, v in changes.items() if isinstance(v, str)})
+    fingerprint = None
+    if "host_key" in changes:
+        try:
+            fingerprint = ssh.fingerprint(changes["host_key"])
+        except ValueError as exc:
+            raise ActionError("invalid", f"host key: {exc}") from None
+        changes["host_key"] = changes["host_key"].strip()
+    host_id = host.pk if isinstance(host, Host) else host
     with transaction.atomic():
-        old = host.host_key_fingerprint
-        Host.objects.filter(pk=host.pk).update(host_key=host_key.strip(), host_key_fingerprint=fp)
-        host.refresh_from_db()
+        current = Host.objects.select_for_update().filter(pk=host_id).first()
+        if current is None:
+            raise ActionError("not_found", f"No host #{host_id}.")
+        before = {field: getattr(current, field) for field in changes}
+        old_fingerprint = current.host_key_fingerprint
+        for field, value in changes.items():
+            setattr(current, field, value)
+        if fingerprint is not None:
+            current.host_key_fingerprint = fingerprint
+        try:
+            current.full_clean()
+        except ValidationError as exc:
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+            raise ActionError("invalid", problems) from None
+        changed = [f for f in changes if getattr(current, f) != before[f]]
+        if not changed:
+            if isinstance(host, Host):
+                host.refresh_from_db()
+            return current
+        moved = [f for f in Host.CONNECTION_FIELDS if f in changed]
+        if moved:
+            current.revision += 1
+        current.save()
+        voided, rerun = [], []
+        if moved:
+            words = ", ".join(_FIELD_WORDS[f] for f in moved)
+            voided, rerun = _void_host_approvals(current, f"changed ({words})", actor)
+        elif "enabled" in changed and not current.enabled:
+            # Hands off: re-enabling later does not bring an approval back.
+            voided, _ = _void_host_approvals(current, "disabled", actor, rerun=False)
+        details: dict[str, Any] = {
+            field: {"old": str(before[field]), "new": str(getattr(current, field))}
+            for field in changed
+            if field != "host_key"
+        }
+        if "host_key" in changed:
+            details["host_key"] = {"old": old_fingerprint, "new": current.host_key_fingerprint}
         record(
-            AuditEventType.HOST_KEY_PINNED,
-            actor=by,
-            subject=host,
-            details={"old": old, "new": fp},
+            AuditEventType.HOST_KEY_PINNED
+            if changed == ["host_key"]
+            else AuditEventType.HOST_UPDATED,
+            actor=actor,
+            subject=current,
+            details={
+                "changes": details,
+                "revision": current.revision,
+                "voided": voided,
+                "preflight_rerun": rerun,
+            },
         )
-    return host
+    if isinstance(host, Host):
+        host.refresh_from_db()
+    return current
+
+
+def _void_host_approvals(
+    host: Host, what: str, actor: Actor, *, rerun: bool = True
+) -> tuple[list[int], list[int]]:
+    """Void the host's APPROVED actions; re-run its PROPOSED ones' pre-flight."""
+    reason = f"approval voided: host {host.name} {what}"
+    voided = [
+        a.pk
+        for a in PRAAction.objects.select_related("host").filter(
+            host=host, status=ActionStatus.APPROVED
+        )
+        if _void(a, reason, actor=actor)
+    ]
+    rerun_ids: list[int] = []
+    if not rerun:
+        return voided, rerun_ids
+    for waiting in PRAAction.objects.select_related("host").filter(
+        host=host, status=ActionStatus.PROPOSED
+    ):
+        if settings.PRA_PREFLIGHT:
+            _restart_preflight(waiting, actor, f"host {host.name} {what}")
+            rerun_ids.append(waiting.pk)
+        else:
+            _announce(waiting, f"host {host.name} {what}: signatures void", approvals=0)
+    return voided, rerun_ids
+
+
+def pin_host_key(host: Host, host_key: str, *, by: AbstractBaseUser | Actor | str) -> Host:
+    """Replace a host's pinned key (after a known re-install): ``update_host`` rules apply."""
+    return update_host(host, by=by, host_key=host_key)

@@ -6,7 +6,6 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -18,14 +17,12 @@ from django.views.decorators.http import require_POST
 from portal import approvals
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import ReadOnlyAdmin
-from portal.audit import record
-from portal.choices import AuditEventType
 from portal.models import AuditEvent
 from pra import actions
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.diagnostics import DIAGNOSTICS
-from pra.models import DiagnosticRun, Host, PRAAction
+from pra.models import DiagnosticRun, Host, PRAAction, PreflightStatus
 
 BADGE = {
     ActionStatus.PROPOSED: "warn",
@@ -35,6 +32,7 @@ BADGE = {
     ActionStatus.FAILED: "bad",
     ActionStatus.REJECTED: "bad",
     ActionStatus.EXPIRED: "",
+    ActionStatus.VOIDED: "bad",
 }
 
 
@@ -70,15 +68,28 @@ class HostAdmin(admin.ModelAdmin):
     change_form_template = "admin/pra/host/change_form.html"
 
     def save_model(self, request, obj, form, change):
-        # Edits change what approvals are bound to (the fingerprint); they are audited.
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            record(
-                AuditEventType.HOST_UPDATED,
-                actor=request.user,
-                subject=obj,
-                details={f: str(form.cleaned_data.get(f)) for f in form.changed_data},
+        # One audited write path: an edit of what approvals name voids them (update_host).
+        changes = {f: form.cleaned_data[f] for f in form.changed_data if f in actions.HOST_EDITABLE}
+        approved = list(
+            PRAAction.objects.filter(host_id=obj.pk, status=ActionStatus.APPROVED).values_list(
+                "pk", flat=True
             )
+        )
+        try:
+            actions.update_host(obj.pk, by=request.user, **changes)
+        except actions.ActionError as exc:
+            messages.error(request, f"Not saved: {exc.message}")
+        obj.refresh_from_db()
+        voided = PRAAction.objects.filter(pk__in=approved, status=ActionStatus.VOIDED).count()
+        if voided:
+            messages.warning(
+                request,
+                f"{voided} approved action(s) on this host were voided by this change: they "
+                "will not run and must be proposed again.",
+            )
+
+    def log_change(self, request, obj, message):
+        return None  # the audit log has HOST_UPDATED / HOST_KEY_PINNED
 
     def get_urls(self):
         wrap = self.admin_site.admin_view
@@ -209,7 +220,9 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="verification")
     def verified(self, obj):
-        return obj.get_verification_display() if obj.status == ActionStatus.COMPLETED else "—"
+        if obj.status in (ActionStatus.COMPLETED, ActionStatus.FAILED):
+            return obj.get_verification_display()
+        return "—"
 
     # Status and results are never edited by hand: existing actions are read-only.
     def has_change_permission(self, request, obj=None):
@@ -236,12 +249,39 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
         return None  # the audit log has PRA_PROPOSED
 
     def get_urls(self):
-        return [*self.approval_urls(), *super().get_urls()]
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/preflight/", wrap(require_POST(self._rerun_preflight)),
+                 name="pra_praaction_preflight"),
+            *self.approval_urls(),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def _rerun_preflight(self, request, pk):
+        try:
+            actions.rerun_preflight(pk, by=request.user)
+        except actions.ActionError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Pre-flight started again.")
+        return HttpResponseRedirect(reverse("admin:pra_praaction_change", args=[pk]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = get_object_or_404(PRAAction.objects.select_related("host"), pk=object_id)
+        approval = self.approval_context(request, obj)
+        blocked = obj.preflight_status == PreflightStatus.FAILED
+        user = request.user
         context = {
-            **self.approval_context(request, obj),
+            **approval,
+            # A failed pre-flight blocks approval (approve_action refuses it anyway).
+            "can_sign": approval["can_sign"] and not blocked,
+            "preflight_blocks": blocked and obj.status == ActionStatus.PROPOSED,
+            "can_rerun_preflight": obj.status == ActionStatus.PROPOSED
+            and obj.preflight_status != PreflightStatus.PENDING
+            and (
+                user.has_perm(actions.PROPOSE_PERMISSION)
+                or user.has_perm(approvals.APPROVE_PERMISSION)
+            ),
             "action_obj": obj,
             "params_json": json.dumps(obj.params),
             "evidence": obj.evidence.all(),

@@ -15,16 +15,25 @@ class ActionStatus(models.TextChoices):
     EXECUTING = "EXECUTING", "Executing"
     COMPLETED = "COMPLETED", "Completed"
     FAILED = "FAILED", "Failed"
+    # Its approval no longer covers it (the host was edited, or the pre-flight failed
+    # after approval): ended for good, ``void_reason`` says why; propose it again.
+    VOIDED = "VOIDED", "Approval voided"
 
 
 # The only moves a status may make. Everything else is a bug or a race lost.
 TRANSITIONS: dict[str, set[str]] = {
     ActionStatus.PROPOSED: {ActionStatus.APPROVED, ActionStatus.REJECTED, ActionStatus.EXPIRED},
-    ActionStatus.APPROVED: {ActionStatus.EXECUTING, ActionStatus.EXPIRED},
+    ActionStatus.APPROVED: {ActionStatus.EXECUTING, ActionStatus.EXPIRED, ActionStatus.VOIDED},
     ActionStatus.EXECUTING: {ActionStatus.COMPLETED, ActionStatus.FAILED},
 }
 TERMINAL = frozenset(
-    {ActionStatus.REJECTED, ActionStatus.EXPIRED, ActionStatus.COMPLETED, ActionStatus.FAILED}
+    {
+        ActionStatus.REJECTED,
+        ActionStatus.EXPIRED,
+        ActionStatus.COMPLETED,
+        ActionStatus.FAILED,
+        ActionStatus.VOIDED,
+    }
 )
 OPEN = frozenset({ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.EXECUTING})
 

@@ -15,7 +15,9 @@ and refused calls included.
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,20 +26,25 @@ from typing import Annotated, Any
 import anyio
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from mcp import MCPError
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from portal.audit import Actor, record, subject_of
 from portal.choices import AuditEventType
+from portal.lib.text import REASON, UNSTORABLE, find_unstorable
 from portal.mcp_http import user_from_scope
 from portal.tokens import authenticate_token
 from pra import actions
 from pra.api import ActionOut, CatalogEntryOut, HostOut, action_out, catalog_out, host_out
 from pra.choices import OPEN, TERMINAL, ActionStatus, Verification
 from pra.models import DiagnosticRun, Host, PRAAction
+
+logger = logging.getLogger(__name__)
 
 VIEW_PERMISSION = "portal.view_portal"
 MAX_WAIT_SECONDS = 300
@@ -56,10 +63,11 @@ Workflow:
    action to fix) and the ids of the diagnostics that support it in
    evidence_ids. The action is shown to people as proposed by an AI assistant.
 4. Tell the user that a person must approve action #N in the portal. Check with
-   get_pra_action or list_pending_actions; do not retry proposing.
-5. Once it is APPROVED, call execute_pra_action: it runs on the target and
-   returns the outcome and the verification (VERIFIED means the catalog's probe
-   confirmed the fix).
+   get_pra_action or list_pending_actions; do not retry proposing (an identical
+   open action is returned with created=false instead of a new one).
+5. Once it is APPROVED, call execute_pra_action: it runs on the target (or waits
+   for the run the portal already started) and returns the outcome and the
+   verification (VERIFIED means the catalog's probe confirmed the fix).
 6. Verify yourself with the same diagnostic you started from.
 """
 
@@ -77,10 +85,13 @@ _stdio_token: ContextVar[str | None] = ContextVar("pra_mcp_stdio_token", default
 
 @dataclass
 class _Call:
-    """The tool call in progress: its caller and what it touched (for the audit)."""
+    """The tool call in progress: its caller, what it touched, and whether it is audited."""
 
     user: AbstractBaseUser | None
+    tool: str = ""
+    arguments: Any = None
     subject: tuple[str, str] | None = None
+    audited: bool = False
 
     @property
     def actor(self) -> Actor:
@@ -113,22 +124,30 @@ _SECRET_KEYS = re.compile(r"token|secret|password|passwd|authorization|api[_-]?k
 _TOKEN_LIKE = re.compile(r"opp_[A-Za-z0-9_-]{8,}")
 
 
+def _storable(text: str) -> str:
+    """``text`` with what the database cannot store replaced, so it can be audited."""
+    return UNSTORABLE.sub("\ufffd", text)
+
+
 def scrub(value: Any, depth: int = 0) -> Any:
-    """Arguments as they may be stored: secrets masked, sizes bounded."""
+    """Arguments as they may be stored: secrets masked, sizes bounded, unstorable
+    characters replaced (the call itself is refused; its audit row must still fit)."""
     if depth > 4:
         return "[nested too deep]"
     if isinstance(value, dict):
         return {
-            str(k)[:100]: "[redacted]" if _SECRET_KEYS.search(str(k)) else scrub(v, depth + 1)
+            _storable(str(k)[:100]): "[redacted]"
+            if _SECRET_KEYS.search(str(k))
+            else scrub(v, depth + 1)
             for k, v in list(value.items())[:50]
         }
     if isinstance(value, list | tuple):
         return [scrub(v, depth + 1) for v in value[:50]]
     if isinstance(value, str):
-        return _TOKEN_LIKE.sub("opp_[redacted]", value[:2000])
+        return _storable(_TOKEN_LIKE.sub("opp_[redacted]", value[:2000]))
     if value is None or isinstance(value, bool | int | float):
         return value
-    return repr(value)[:200]
+    return _storable(repr(value)[:200])
 
 
 def _error_text(result: dict) -> str:
@@ -136,40 +155,75 @@ def _error_text(result: dict) -> str:
     return " ".join(t for t in texts if t)[:1000]
 
 
-def _audit(call: _Call, tool: str, arguments: Any, outcome: str, error: str) -> None:
-    details: dict[str, Any] = {"tool": tool, "arguments": arguments, "outcome": outcome}
+def _error_result(message: str) -> dict:
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+def _internal_error(exc: BaseException, call: _Call | None) -> str:
+    """Log an unexpected failure with a reference; what the client sees names only that."""
+    ref = secrets.token_hex(4)
+    tool = call.tool if call is not None else "?"
+    logger.error("MCP tool %s failed unexpectedly (ref %s)", tool, ref, exc_info=exc)
+    return f"Internal error, see the portal log (ref {ref}). Nothing was done."
+
+
+def _audit(call: _Call, outcome: str, error: str) -> None:
+    details: dict[str, Any] = {"tool": call.tool, "arguments": call.arguments, "outcome": outcome}
     if error:
-        details["error"] = _TOKEN_LIKE.sub("opp_[redacted]", error)
-    # record() opens its own transaction: the event is kept whatever the tool did.
+        details["error"] = _storable(_TOKEN_LIKE.sub("opp_[redacted]", error))[:1000]
     record(AuditEventType.MCP_TOOL_CALL, actor=call.actor, subject=call.subject, details=details)
 
 
 async def audit_tool_calls(
     ctx: ServerRequestContext[Any, Any], call_next: CallNext
 ) -> HandlerResult:
-    """Server middleware: identify the caller, run the call, write one audit event."""
+    """Server middleware, the one boundary of every tool call.
+
+    Identifies the caller; refuses arguments the database cannot store (isError naming
+    the field, nothing done); turns any unexpected failure into a generic error with a
+    log reference (never SQL or a traceback); and writes exactly one ``MCP_TOOL_CALL``
+    audit event. A tool that changes state writes that event in its own transaction
+    (``_run(..., acts=True)``); every other call, refused ones included, is audited here
+    before its result is returned: a call whose audit cannot be written returns an error.
+    """
     if ctx.method != "tools/call":
         return await call_next(ctx)
     params = ctx.params or {}
-    tool = str(params.get("name", ""))[:100]
-    arguments = scrub(params.get("arguments") or {})
-    call = _Call(user=await _identify(ctx.request))
+    raw_name = params.get("name", "")
+    raw_arguments = params.get("arguments") or {}
+    call = _Call(user=None, tool=_storable(str(raw_name))[:100], arguments=scrub(raw_arguments))
     reset = _call.set(call)
     outcome, error = "error", ""
     try:
-        result = await call_next(ctx)
+        try:
+            call.user = await _identify(ctx.request)
+            bad = find_unstorable(raw_name, "name") or find_unstorable(raw_arguments)
+            if bad is not None:
+                result: HandlerResult = _error_result(
+                    f"Refused: argument {bad} {REASON}. Nothing was done."
+                )
+            else:
+                result = await call_next(ctx)
+        except (MCPError, ValidationError):
+            raise  # protocol errors (unknown method, malformed params): the SDK answers
+        except Exception as exc:
+            result = _error_result(_internal_error(exc, call))
         if isinstance(result, dict) and result.get("isError"):
             error = _error_text(result)
         else:
             outcome = "ok"
-        return result
     except BaseException as exc:  # cancellation too: the attempt is still audited
         error = str(exc)[:1000] or exc.__class__.__name__
         raise
     finally:
         _call.reset(reset)
-        with anyio.CancelScope(shield=True):
-            await _db(_audit)(call, tool, arguments, outcome, error)
+        if not call.audited:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await _db(_audit)(call, outcome, error)
+                except Exception as exc:
+                    result = _error_result(_internal_error(exc, call))
+    return result
 
 
 server.middleware.append(audit_tool_calls)
@@ -185,13 +239,42 @@ def _caller() -> _Call:
     return call
 
 
-async def _run(fn, *args: Any) -> Any:
-    """``fn(call, *args)`` in a worker thread; refusals become tool errors for the model."""
+@dataclass
+class _ActedButFailed:
+    """A tool's work was done and must be kept (e.g. a diagnostic that could not reach its
+    host is recorded), but the model is told it failed."""
+
+    message: str
+
+
+def _invoke(call: _Call, fn, args: tuple, acts: bool) -> Any:
+    if not acts:
+        return fn(call, *args)
+    # What the tool changes and its audit event commit together, or not at all.
+    with transaction.atomic():
+        result = fn(call, *args)
+        failed = isinstance(result, _ActedButFailed)
+        _audit(call, "error" if failed else "ok", result.message if failed else "")
+    call.audited = True
+    if failed:
+        raise ToolError(result.message)
+    return result
+
+
+async def _run(fn, *args: Any, acts: bool = False) -> Any:
+    """``fn(call, *args)`` in a worker thread; refusals become tool errors for the model.
+
+    ``acts``: ``fn`` changes state, so it runs in one transaction with the call's audit.
+    """
     call = _caller()
     try:
-        return await _db(fn)(call, *args)
+        return await _db(_invoke)(call, fn, args, acts)
     except actions.ActionError as exc:
         raise ToolError(exc.message) from None
+    except ToolError:
+        raise
+    except Exception as exc:
+        raise ToolError(_internal_error(exc, call)) from None
 
 
 def _require_view(call: _Call) -> None:
@@ -269,11 +352,11 @@ Unit = Annotated[
 ]
 
 
-def _diagnose(call: _Call, host: str, name: str, params: dict[str, Any]) -> dict:
+def _diagnose(call: _Call, host: str, name: str, params: dict[str, Any]) -> dict | _ActedButFailed:
     run = actions.run_diagnostic(host, name, params, by=call.actor)
     call.subject = subject_of(run)
     if run.error:
-        raise ToolError(
+        return _ActedButFailed(
             f"Could not run {name} on {run.host.name}: {run.error} "
             f"(recorded as diagnostic #{run.pk}). Check the host with test_connectivity "
             "from another host, or tell a person the host is unreachable."
@@ -300,7 +383,7 @@ async def get_service_status(host: HostName, unit: Unit) -> DiagnosticResult:
     The first output line is the state: active, inactive, failed, activating...
     A non-zero exit code just means "not active"; it is not a tool failure.
     """
-    return await _run(_diagnose, host, "service_status", {"unit": unit})
+    return await _run(_diagnose, host, "service_status", {"unit": unit}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
@@ -310,7 +393,7 @@ async def get_service_logs(
     lines: Annotated[int, Field(ge=1, le=5000, description="How many journal lines.")] = 100,
 ) -> DiagnosticResult:
     """The last LINES lines of a unit's journal."""
-    return await _run(_diagnose, host, "service_logs", {"unit": unit, "lines": lines})
+    return await _run(_diagnose, host, "service_logs", {"unit": unit, "lines": lines}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
@@ -320,31 +403,33 @@ async def analyze_errors(
     minutes: Annotated[int, Field(ge=1, le=1440, description="Time window in minutes.")] = 60,
 ) -> DiagnosticResult:
     """Error-level journal lines of a unit over the last MINUTES minutes."""
-    return await _run(_diagnose, host, "analyze_errors", {"unit": unit, "minutes": minutes})
+    return await _run(
+        _diagnose, host, "analyze_errors", {"unit": unit, "minutes": minutes}, acts=True
+    )
 
 
 @server.tool(annotations=DIAGNOSTIC)
 async def check_service_health(host: HostName, unit: Unit) -> DiagnosticResult:
     """HEALTHY or UNHEALTHY for a unit, with the reasons (active state, recent errors)."""
-    return await _run(_diagnose, host, "service_health", {"unit": unit})
+    return await _run(_diagnose, host, "service_health", {"unit": unit}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
 async def get_system_info(host: HostName) -> DiagnosticResult:
     """Hostname, kernel, uptime and load of a host."""
-    return await _run(_diagnose, host, "system_info", {})
+    return await _run(_diagnose, host, "system_info", {}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
 async def get_memory_info(host: HostName) -> DiagnosticResult:
     """Memory and swap use of a host."""
-    return await _run(_diagnose, host, "memory_info", {})
+    return await _run(_diagnose, host, "memory_info", {}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
 async def get_disk_usage(host: HostName) -> DiagnosticResult:
     """Filesystem usage of a host (df)."""
-    return await _run(_diagnose, host, "disk_usage", {})
+    return await _run(_diagnose, host, "disk_usage", {}, acts=True)
 
 
 @server.tool(annotations=DIAGNOSTIC)
@@ -353,7 +438,7 @@ async def get_container_status(
     name: Annotated[str, Field(min_length=1, max_length=128, description="Container name.")],
 ) -> DiagnosticResult:
     """State of a podman container (running, exited, ...)."""
-    return await _run(_diagnose, host, "container_status", {"name": name})
+    return await _run(_diagnose, host, "container_status", {"name": name}, acts=True)
 
 
 @server.tool(name="test_connectivity", annotations=DIAGNOSTIC)
@@ -366,7 +451,9 @@ async def check_connectivity(
     port: Annotated[int, Field(ge=1, le=65535, description="TCP port.")] = 443,
 ) -> DiagnosticResult:
     """Can HOST open a TCP connection to TARGET:PORT? (from the host, not from the portal)."""
-    return await _run(_diagnose, host, "test_connectivity", {"target": target, "port": port})
+    return await _run(
+        _diagnose, host, "test_connectivity", {"target": target, "port": port}, acts=True
+    )
 
 
 # --- proposals and their state --------------------------------------------------------
@@ -381,7 +468,7 @@ def _propose(
     auto_approve: bool,
     evidence_ids: tuple[int, ...],
 ) -> dict:
-    obj = actions.propose_action(
+    proposal = actions.submit_proposal(
         action=action,
         host=host,
         params=params,
@@ -390,8 +477,18 @@ def _propose(
         auto_approve=auto_approve,
         evidence_ids=evidence_ids,
     )
-    call.subject = subject_of(obj)
-    return action_out(obj)
+    call.subject = subject_of(proposal.action)
+    return {**action_out(proposal.action), "created": proposal.created, "note": proposal.message}
+
+
+class ProposalResult(ActionOut):
+    """The action a proposal ended on."""
+
+    created: bool = Field(
+        description="False when an identical action (same action, host and params) was "
+        "already open: this is that action, nothing new was created."
+    )
+    note: str
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
@@ -424,15 +521,19 @@ async def propose_pra_action(
         tuple[Annotated[int, Field(ge=1)], ...],
         Field(max_length=50, description="Ids of diagnostics on this host that support it."),
     ] = (),
-) -> ActionOut:
+) -> ProposalResult:
     """Propose a catalog action on a host. It does NOT run it.
 
     The proposal is PROPOSED until people approve it in the portal (you cannot
     approve). It is shown as proposed by an AI assistant under your identity.
     Parameters are checked against the catalog; anything outside it is refused
-    and nothing is created.
+    and nothing is created. If the same action on the same host with the same
+    parameters is already open (proposed by anyone, e.g. a detection rule), you get
+    that action back with created=false: follow it instead of proposing again.
     """
-    return await _run(_propose, action, host, params, rationale, auto_approve, evidence_ids)
+    return await _run(
+        _propose, action, host, params, rationale, auto_approve, evidence_ids, acts=True
+    )
 
 
 def _get_action(call: _Call, action_id: int) -> dict:
@@ -476,22 +577,33 @@ async def list_pending_actions(
 # --- execution ----------------------------------------------------------------------------
 
 
-def _request_execution(call: _Call, action_id: int) -> dict:
+#: Statuses in which the run has already started (the worker claims it once approval
+#: enqueues it): execute waits for that run instead of refusing.
+_STARTED = frozenset({ActionStatus.EXECUTING, ActionStatus.COMPLETED, ActionStatus.FAILED})
+PROGRESS_SECONDS = 5.0  # a progress notification at least this often while waiting
+
+
+def _request_execution(call: _Call, action_id: int) -> dict | _ActedButFailed:
+    """Ask for the run; ``started_by_worker`` when it was already running or over."""
     call.subject = ("pra.praaction", str(action_id))
     try:
         obj = actions.request_execution(action_id, by=call.actor)
     except actions.ActionError as exc:
         if exc.code != "state":
             raise
-        # Approval enqueues the run, so a live worker may have started it already.
-        raise ToolError(
-            f"{exc.message} get_pra_action({action_id}) shows its status and outcome."
-        ) from None
-    return action_out(obj)
+        current = PRAAction.objects.select_related("host").filter(pk=action_id).first()
+        if current is None or current.status not in _STARTED:
+            # Refused, but keep what the request did (an approval found past its window
+            # is expired on the way).
+            return _ActedButFailed(
+                f"{exc.message} get_pra_action({action_id}) shows its status and outcome."
+            )
+        return {**action_out(current), "started_by_worker": True}
+    return {**action_out(obj), "started_by_worker": False}
 
 
-def _state(call: _Call, action_id: int) -> tuple[str, str]:
-    return PRAAction.objects.values_list("status", "verification").get(pk=action_id)
+def _state(call: _Call, action_id: int) -> tuple[str, str, int]:
+    return PRAAction.objects.values_list("status", "verification", "output_bytes").get(pk=action_id)
 
 
 def _current(call: _Call, action_id: int) -> dict:
@@ -518,19 +630,30 @@ async def execute_pra_action(
 ) -> ExecutionResult:
     """Run an action that people APPROVED (and whose approval has not expired).
 
-    Anything else is refused with its current state: a PROPOSED action still
-    needs human approval in the portal. Waits up to wait_seconds for the run and
-    its verification; if it is not finished by then, poll get_pra_action.
+    Approval already queues the run, so the portal may have started it before you
+    call this: then this waits for that same run (it never runs twice). A PROPOSED
+    action still needs human approval in the portal; other states are refused.
+    Waits up to wait_seconds for the run and its verification, with a progress
+    notification every few seconds; if it is not finished by then, poll
+    get_pra_action.
     """
     wait = min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
-    out = await _run(_request_execution, action_id)
-    state, reported = (out["status"], out["verification"]), None
+    out = await _run(_request_execution, action_id, acts=True)
+    by_worker = out.pop("started_by_worker")
+    state: tuple[str, str, int] = (out["status"], out["verification"], 0)
+    reported: tuple[str, str] | None = None
     started = anyio.current_time()
+    last_report = float("-inf")
     waited = 0.0
-    while not _settled(*state) and waited < wait:
-        if state != reported:
-            reported = state
-            await ctx.report_progress(waited, wait, f"action #{action_id} is {state[0]}")
+    while not _settled(state[0], state[1]) and waited < wait:
+        now = anyio.current_time()
+        if state[:2] != reported or now - last_report >= PROGRESS_SECONDS:
+            reported, last_report = state[:2], now
+            await ctx.report_progress(
+                waited,
+                wait,
+                f"action #{action_id} is {state[0]}; {state[2]} bytes of output so far",
+            )
         await anyio.sleep(POLL_SECONDS)
         state = await _run(_state, action_id)
         waited = anyio.current_time() - started
@@ -542,6 +665,11 @@ async def execute_pra_action(
         note = (
             f"Still {out['status']} after {waited:.0f}s; call get_pra_action({action_id}) "
             "later for the outcome. Do not execute it again."
+        )
+    if by_worker:
+        note = (
+            f"The portal had already started action #{action_id} after its approval; "
+            f"this is that run (it runs once). {note}"
         )
     return {**out, "finished": finished, "waited_seconds": round(waited, 1), "note": note}
 

@@ -30,7 +30,14 @@ class Host(models.Model):
     host_key_fingerprint = models.CharField(max_length=60)
     tags = models.CharField(max_length=200, blank=True, help_text="comma-separated")
     enabled = models.BooleanField(default=True)
+    # Bumped (never reset) by every change of name, address, port, user or key, and part
+    # of every approval's fingerprint: an approval given before an edit never counts
+    # again, even once the edit is reverted.
+    revision = models.PositiveIntegerField(default=1, editable=False)
     created = models.DateTimeField(auto_now_add=True)
+
+    #: What an approval names: which machine, and how the portal reaches it.
+    CONNECTION_FIELDS = ("name", "address", "port", "ssh_user", "host_key")
 
     class Meta:
         ordering = ["name"]
@@ -53,6 +60,9 @@ class PreflightStatus(models.TextChoices):
     PENDING = "PENDING", "Running"
     OK = "OK", "OK"
     FAILED = "FAILED", "Failed"
+
+
+_NEVER_RAN = frozenset({ActionStatus.REJECTED, ActionStatus.EXPIRED, ActionStatus.VOIDED})
 
 
 class PRAAction(models.Model):
@@ -90,6 +100,7 @@ class PRAAction(models.Model):
         max_length=10, choices=PreflightStatus.choices, default=PreflightStatus.PENDING
     )
     preflight_output = models.TextField(blank=True)
+    preflight_requested_at = models.DateTimeField(null=True, blank=True)
 
     job_id = models.CharField(max_length=64, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -101,6 +112,9 @@ class PRAAction(models.Model):
     stderr = models.TextField(blank=True)
     failure_cause = models.CharField(max_length=20, choices=FailureCause.choices, blank=True)
     failure_detail = models.TextField(blank=True)
+    void_reason = models.CharField(max_length=300, blank=True)
+    # Bytes of output streamed so far while EXECUTING (written at most once a second).
+    output_bytes = models.PositiveIntegerField(default=0)
 
     verification = models.CharField(
         max_length=12, choices=Verification.choices, default=Verification.PENDING
@@ -115,6 +129,14 @@ class PRAAction(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.command_display} on {self.host.name}"
+
+    def get_verification_display(self) -> str:
+        # Django only adds get_FOO_display when the class does not define it.
+        if self.verification == Verification.PENDING and self.status == ActionStatus.FAILED:
+            return "Not run (execution failed)"
+        if self.verification == Verification.PENDING and self.status in _NEVER_RAN:
+            return "Not run (never executed)"
+        return Verification(self.verification).label
 
     @property
     def spec(self):
@@ -145,6 +167,7 @@ class PRAAction(models.Model):
             host=self.host.name,
             address=f"{self.host.ssh_user}@{self.host.address}:{self.host.port}",
             host_key=self.host.host_key_fingerprint,
+            host_revision=self.host.revision,
             params=self.params,
         )
 

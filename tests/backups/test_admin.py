@@ -44,8 +44,9 @@ def test_run_now_queues_a_backup_and_the_dashboard_shows_it(
 
 
 def test_plan_page_previews_then_approvers_sign_on_the_restore_page(
-    kube_api, tmp_path, operator, approver, approver2, viewer, capture
+    kube_api, tmp_path, operator, approver, approver2, viewer, capture, settings
 ):
+    settings.BACKUP_SECRETS_DIR = tmp_path  # the kubeconfig is a credential file
     source = make_source(
         "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
     )
@@ -53,7 +54,7 @@ def test_plan_page_previews_then_approvers_sign_on_the_restore_page(
     plan_url = reverse("admin:backups_restorerequest_plan")
     listing = _login(operator).get(reverse("admin:backups_restorerequest_changelist"))
     assert b"plan-restore-link" in listing.content
-    data = {"artifact": artifact.pk, "target": '{"resources": ["configmap"]}', "confirmation": ""}
+    data = {"artifact": artifact.pk, "target": "", "resources": "configmap", "confirmation": ""}
     assert _login(viewer).post(plan_url, {**data, "preview": "1"}).status_code == 403
     preview = _login(operator).post(plan_url, {**data, "preview": "1"})
     assert b"Preview" in preview.content and b"Will overwrite" in preview.content

@@ -7,7 +7,8 @@ import pytest
 
 from backups.choices import RestoreStatus, SourceKind, Transport, Verification
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, make_source, plan_now, run_jobs
+from tests.backups.helpers import backup_now, make_source, plan_now
+from tests.backups.restoring import approve_and_run, pg_target
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +23,7 @@ def pod_api(kube_api, tmp_path):
 
 
 def test_postgres_in_a_pod_is_dumped_through_kubectl_exec(
-    pod_api, pg_cluster, pg_database, operator, capture, tmp_path
+    pod_api, pg_cluster, pg_database, operator, approver, admin_user, capture, tmp_path
 ):
     api, kubeconfig = pod_api
     api.exec_env = {"PGHOST": pg_cluster.host, "PGPORT": str(pg_cluster.port)}
@@ -39,15 +40,15 @@ def test_postgres_in_a_pod_is_dumped_through_kubectl_exec(
     assert api.execs and all("pod-pg-secret" not in " ".join(argv) for argv in api.execs)
     assert api.execs[0][:3] == ["sh", "-c", 'IFS= read -r PGPASSWORD; export PGPASSWORD; exec "$@"']
 
-    # Restores go over the network: give the DSN (as through kubectl port-forward).
+    # Restores go over the network, into a registered target (as through kubectl port-forward).
+    pg_target(admin_user, pg_cluster, name="pod-db-forward")
     scratch = f"{name}_copy"
     try:
         req, _ = plan_now(
             capture, run.artifacts.get(), by=operator,
-            target={"dsn": pg_cluster.dsn, "database": scratch, "password_file": ""},
+            target={"target": "pod-db-forward", "database": scratch},
         )  # fmt: skip
-        run_jobs()
-        req.refresh_from_db()
+        req = approve_and_run(capture, req, approver)
         assert req.status == RestoreStatus.SUCCEEDED, req.error
         assert pg_snapshot(pg_cluster, scratch) == before
     finally:

@@ -9,14 +9,15 @@ kubeconfig, ``kubectl get -A -o yaml``, ``kubectl apply --server-side
 import pytest
 
 from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, SourceKind, Verification
-from tests.backups.helpers import backup_now, make_source, plan_now, run_jobs
+from tests.backups.helpers import backup_now, make_source, plan_now
 from tests.backups.kubeapi import FakeKubeAPI
+from tests.backups.restoring import approve_and_run, register
 
 pytestmark = pytest.mark.django_db
 
 
 def test_resources_are_backed_up_counted_and_restored_into_another_cluster(
-    kube_api, tmp_path, operator, capture
+    kube_api, tmp_path, operator, approver, admin_user, capture, settings
 ):
     source = make_source(
         "prod-cluster",
@@ -38,18 +39,17 @@ def test_resources_are_backed_up_counted_and_restored_into_another_cluster(
 
     other = FakeKubeAPI().start()
     try:
+        settings.BACKUP_SECRETS_DIR = tmp_path  # a kubeconfig is a credential file
         kubeconfig = str(other.write_kubeconfig(tmp_path / "dr.kubeconfig", context="dr"))
+        register(admin_user, name="dr", kind=SourceKind.KUBERNETES, kubeconfig=kubeconfig,
+                 kube_context="dr")  # fmt: skip
         chosen = ["configmap/default/app-config", "deployment/shop", "service", "replicaset"]
         req, plan = plan_now(
-            capture,
-            artifact,
-            target={"kubeconfig": kubeconfig, "context": "dr", "resources": chosen},
-            by=operator,
+            capture, artifact, target={"target": "dr", "resources": chosen}, by=operator
         )
         assert plan["mode"] == RestoreMode.SCRATCH  # nothing of it exists there yet
         assert plan["target_name"] == "dr"
-        run_jobs()
-        req.refresh_from_db()
+        req = approve_and_run(capture, req, approver)
         assert req.status == RestoreStatus.SUCCEEDED, req.error
         # Owned objects (the ReplicaSet) are left to their controller; the rest is applied.
         assert sorted(other.objects) == [

@@ -7,13 +7,14 @@ from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatu
 from backups.models import RestoreRequest
 from backups.storage import get_storage
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, pg_source, plan_now, run_jobs, trail
+from tests.backups.helpers import backup_now, pg_source, plan_now, trail
+from tests.backups.restoring import approve_and_run
 
 pytestmark = pytest.mark.django_db
 
 
 def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
-    pg_cluster, pg_database, operator, capture
+    pg_cluster, pg_database, operator, approver, capture
 ):
     name = pg_database("shop")
     before = pg_snapshot(pg_cluster, name)
@@ -33,12 +34,11 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
     assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_SUCCEEDED", "BACKUP_VERIFIED"]
 
     pg_cluster.drop(name)
-    # The database is gone: restoring it is a scratch restore (no overwrite, no approvals).
+    # The database is gone: restoring it is a scratch restore (no overwrite: one approval).
     req, plan = plan_now(capture, artifact, by=operator)
     assert plan["mode"] == RestoreMode.SCRATCH and plan["creates"]
-    assert req.status == RestoreStatus.APPROVED
-    run_jobs()
-    req.refresh_from_db()
+    assert req.status == RestoreStatus.PLANNED
+    req = approve_and_run(capture, req, approver)
     assert req.status == RestoreStatus.SUCCEEDED, req.error
     assert req.report["ok"] and req.report["tables"] == 2
     assert req.report["rows"] == {"public.customers": 1500, "public.orders": 4000}
@@ -47,7 +47,7 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
 
 
 def test_restore_into_a_new_scratch_database_leaves_the_original_alone(
-    pg_cluster, pg_database, operator, capture
+    pg_cluster, pg_database, operator, approver, capture
 ):
     name = pg_database("src")
     before = pg_snapshot(pg_cluster, name)
@@ -58,8 +58,7 @@ def test_restore_into_a_new_scratch_database_leaves_the_original_alone(
             capture, run.artifacts.get(), target={"database": scratch}, by=operator
         )
         assert plan["mode"] == RestoreMode.SCRATCH
-        run_jobs()
-        req.refresh_from_db()
+        req = approve_and_run(capture, req, approver)
         assert req.status == RestoreStatus.SUCCEEDED, req.error
         assert pg_snapshot(pg_cluster, scratch) == before
         assert pg_snapshot(pg_cluster, name) == before

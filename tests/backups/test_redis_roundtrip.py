@@ -5,7 +5,8 @@ then a restore into a fresh server that must hold exactly the same data."""
 import pytest
 
 from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, SourceKind, Verification
-from tests.backups.helpers import backup_now, make_source, plan_now, run_jobs
+from tests.backups.helpers import backup_now, make_source, plan_now
+from tests.backups.restoring import approve_and_run, redis_target
 
 pytestmark = pytest.mark.django_db
 
@@ -50,7 +51,7 @@ def content(server) -> dict:
 
 
 def test_rdb_backup_restores_into_a_fresh_server_identically(
-    redis_server, operator, capture, monkeypatch
+    redis_server, operator, approver, admin_user, capture, monkeypatch
 ):
     monkeypatch.setenv("TEST_REDIS_SOURCE_PASSWORD", "s3cret-redis")
     live = redis_server(password="s3cret-redis")
@@ -69,12 +70,10 @@ def test_rdb_backup_restores_into_a_fresh_server_identically(
     assert "s3cret-redis" not in run.stderr + run.verify_detail
 
     fresh = redis_server()
-    req, plan = plan_now(
-        capture, artifact, target={"url": fresh.url, "password_env": ""}, by=operator
-    )
+    redis_target(admin_user, fresh, name="fresh")
+    req, plan = plan_now(capture, artifact, target={"target": "fresh"}, by=operator)
     assert plan["mode"] == RestoreMode.SCRATCH
-    run_jobs()
-    req.refresh_from_db()
+    req = approve_and_run(capture, req, approver)
     assert req.status == RestoreStatus.SUCCEEDED, req.error
     assert req.report["keys"] == {"0": len(before) - 1, "1": 1}
     assert content(fresh) == before

@@ -1,5 +1,6 @@
 """Overwriting restores: refused without the typed confirmation or two approvals, and
-a verified safety backup of the target is taken before anything is overwritten."""
+a verified safety backup of the target is taken before anything is overwritten.
+Scratch restores (nothing overwritten) still need one approver other than the requester."""
 
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from backups.jobs import run_restore
 from backups.models import BackupRun, RestoreRequest
 from tests.backups.conftest import pg_snapshot
 from tests.backups.helpers import backup_now, pg_source, plan_now, run_jobs, trail
+from tests.backups.restoring import approve_and_run, pg_target
 
 pytestmark = pytest.mark.django_db
 
@@ -107,8 +109,7 @@ def test_a_safety_backup_of_the_target_exists_before_the_overwrite(
         back, _ = plan_now(
             capture, safety.artifacts.get(), target={"database": scratch}, by=operator
         )
-        run_jobs()
-        back.refresh_from_db()
+        back = approve_and_run(capture, back, approver)
         assert back.status == RestoreStatus.SUCCEEDED, back.error
         assert pg_snapshot(pg_cluster, scratch) == damaged
     finally:
@@ -117,24 +118,52 @@ def test_a_safety_backup_of_the_target_exists_before_the_overwrite(
 
 
 def test_a_failed_safety_backup_stops_the_restore_before_any_change(
-    damaged_db, pg_cluster, operator, approver, approver2, capture, monkeypatch
+    damaged_db, pg_cluster, operator, approver, approver2, admin_user, capture, monkeypatch
 ):
     name, _, damaged, artifact = damaged_db
-    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
-    # The target's credentials vanish: the safety backup cannot be taken.
-    RestoreRequest.objects.filter(pk=req.pk).update(
-        target={**req.target, "password_env": "TEST_MISSING_PG_PASSWORD"}
-    )
-    monkeypatch.delenv("TEST_MISSING_PG_PASSWORD", raising=False)
-    req.refresh_from_db()
-    actions.approve_restore(req, by=approver, confirmation=name)
-    with capture(execute=True):
-        actions.approve_restore(req, by=approver2, confirmation=name)
-    run_jobs()
-    req.refresh_from_db()
+    monkeypatch.setenv("TEST_PG_RESTORE_PASSWORD", "unused-under-trust")
+    pg_target(admin_user, pg_cluster, name="prod-pg", password_env="TEST_PG_RESTORE_PASSWORD")
+    req, plan = plan_now(capture, artifact, target={"target": "prod-pg"}, by=operator,
+                         confirmation=name)  # fmt: skip
+    assert plan["mode"] == RestoreMode.OVERWRITE and req.restore_target.name == "prod-pg"
+    # The target's credentials vanish before the worker runs: no safety backup can be taken.
+    monkeypatch.delenv("TEST_PG_RESTORE_PASSWORD")
+    req = approve_and_run(capture, req, approver, approver2, confirmation=name)
     assert req.status == RestoreStatus.FAILED
-    assert "nothing was changed" in req.error
+    assert "nothing was changed" in req.error and "TEST_PG_RESTORE_PASSWORD" in req.error
     assert pg_snapshot(pg_cluster, name) == damaged
+
+
+def test_a_scratch_restore_needs_one_approver_other_than_the_requester(
+    damaged_db, pg_cluster, operator, operator2, approver, capture
+):
+    name, good, damaged, artifact = damaged_db
+    scratch = f"{name}_drill"
+    req, plan = plan_now(capture, artifact, target={"database": scratch}, by=operator)
+    assert plan["mode"] == RestoreMode.SCRATCH and plan["steps"][0].startswith("one approval")
+    assert req.status == RestoreStatus.PLANNED and req.approval_impact == "MEDIUM"
+    assert run_restore(req.pk) == "not-claimed"  # nobody approved it yet
+    with pytest.raises(actions.BackupError) as own:
+        actions.approve_restore(req, by=operator)
+    assert own.value.code in {"permission", "self_approval"}
+    with pytest.raises(actions.BackupError) as not_an_approver:
+        actions.approve_restore(req, by=operator2)
+    assert not_an_approver.value.code == "permission"
+    with pg_cluster.connect("postgres") as conn:
+        assert not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [scratch]
+        ).fetchone()
+    try:
+        req = approve_and_run(capture, req, approver)
+        assert req.status == RestoreStatus.SUCCEEDED, req.error
+        assert pg_snapshot(pg_cluster, scratch) == good
+    finally:
+        pg_cluster.drop(scratch)
+    assert pg_snapshot(pg_cluster, name) == damaged
+    assert trail(req) == [
+        "RESTORE_PLANNED", "APPROVAL_SIGNED", "RESTORE_APPROVED", "RESTORE_STARTED",
+        "RESTORE_SUCCEEDED",
+    ]  # fmt: skip
 
 
 def test_rejection_ends_the_request(damaged_db, operator, approver, capture):

@@ -13,8 +13,18 @@ from incidents.agent_client import sign
 HEARTBEAT = "/api/agents/heartbeat"
 
 
+_last_us = 0
+
+
+def fresh_timestamp() -> str:
+    """Microseconds, strictly increasing, as the reference agent signs them."""
+    global _last_us
+    _last_us = max(time.time_ns() // 1000, _last_us + 1)
+    return f"{_last_us // 1_000_000}.{_last_us % 1_000_000:06d}"
+
+
 def signed_headers(name: str, secret: str, body: bytes, path: str = HEARTBEAT, **overrides):
-    timestamp = str(overrides.pop("timestamp", int(time.time())))
+    timestamp = str(overrides.pop("timestamp", None) or fresh_timestamp())
     nonce = overrides.pop("nonce", secrets.token_urlsafe(18))
     headers = {
         "HTTP_X_AGENT": name,
@@ -31,9 +41,17 @@ def beat(client, name: str, secret: str, payload: dict | None = None, **override
         payload
         or {"errors_last_24h": 0, "webhook_fail_rate": 0.0, "version": "1.0.0", "env": "production"}
     ).encode()
+    return post_signed(client, name, secret, body, **overrides)
+
+
+def post_signed(
+    client, name: str, secret: str, body: bytes, path: str = HEARTBEAT,
+    content_type: str = "application/json", **overrides,
+):  # fmt: skip
+    """POST ``body`` (bytes, sent as is) signed for ``path``."""
     return client.post(
-        HEARTBEAT, data=body, content_type="application/json",
-        **signed_headers(name, secret, body, **overrides),
+        path, data=body, content_type=content_type,
+        **signed_headers(name, secret, body, path=path, **overrides),
     )  # fmt: skip
 
 
@@ -46,8 +64,15 @@ class JSONService:
     """A tiny real HTTP server on loopback answering POSTs with a programmable JSON reply
     (stand-in for the decision service and the staging runner, which are external)."""
 
-    def __init__(self, reply: dict | None = None, status: int = 200, delay: float = 0.0):
-        self.reply, self.status, self.delay = reply or {}, status, delay
+    def __init__(
+        self,
+        reply: dict | None = None,
+        status: int = 200,
+        delay: float = 0.0,
+        hold: threading.Event | None = None,
+    ):
+        """``hold``: each request waits until it is set (a runner stuck mid-request)."""
+        self.reply, self.status, self.delay, self.hold = reply or {}, status, delay, hold
         self.requests: list[dict] = []
         service = self
 
@@ -57,6 +82,8 @@ class JSONService:
                 service.requests.append(json.loads(self.rfile.read(length) or b"{}"))
                 if service.delay:
                     threading.Event().wait(service.delay)
+                if service.hold is not None:
+                    service.hold.wait(60)
                 body = json.dumps(service.reply).encode()
                 self.send_response(service.status)
                 self.send_header("Content-Type", "application/json")
@@ -73,5 +100,42 @@ class JSONService:
         self.thread.start()
 
     def stop(self):
+        if self.hold is not None:
+            self.hold.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class RawService:
+    """A loopback TCP server answering every connection with fixed raw bytes (a broken HTTP
+    peer: a garbage status line, a truncated body), then closing."""
+
+    def __init__(self, answer: bytes):
+        import socket
+
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()

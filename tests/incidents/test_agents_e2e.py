@@ -5,6 +5,7 @@ HTTP stand-in on loopback. The decision service is not configured (heuristics de
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 
@@ -85,8 +86,15 @@ def test_agent_never_on_the_new_version_is_rolled_back_within_the_window(stack, 
             lambda: _status({"agent": agent}) == AttemptStatus.HEALTH_CHECK, 40, "the update ack"
         )
         attempt = AutoPatchAttempt.objects.get(agent=agent)
-        # The periodic sweep (rqcron in production) runs once the window has passed.
-        wait_for(lambda: bool(actions.expire_attempts()), HEALTH_WINDOW + 10, "the rollback")
+        update = AgentCommand.objects.get(pk=attempt.update_command_id)
+        # The worker applied the stack's configured window...
+        window = (attempt.deadline - update.created).total_seconds()
+        assert HEALTH_WINDOW <= window < HEALTH_WINDOW + 1
+        # ...and the sweep (rqcron in production) rolls back exactly when it has passed: the
+        # sweep is given the time instead of the test sleeping through the window.
+        assert actions.expire_attempts(now=attempt.deadline) == []
+        late = attempt.deadline + timedelta(milliseconds=1)
+        assert actions.expire_attempts(now=late) == [attempt.pk]
         wait_for(
             lambda: AgentCommand.objects.filter(
                 agent=agent, kind="rollback", status="ACKED"
@@ -103,4 +111,5 @@ def test_agent_never_on_the_new_version_is_rolled_back_within_the_window(stack, 
     assert attempt.decision.outcome == "FAILURE"
     agent.refresh_from_db()
     assert agent.version == "1.0.0"
-    assert Incident.objects.get(agent=agent, cause="webhooks").status != IncidentStatus.RESOLVED
+    # Still failing on the old version: back with people, not resolved.
+    assert Incident.objects.get(agent=agent, cause="webhooks").status == IncidentStatus.OPEN

@@ -80,8 +80,15 @@ def test_no_healthy_heartbeat_in_the_window_rolls_back(client, whitelisted, stag
     rollback = AgentCommand.objects.get(pk=attempt.rollback_command_id)
     assert (rollback.kind, rollback.payload["version"]) == ("rollback", "1.0.0")
     assert attempt.decision.outcome == Outcome.FAILURE
-    # Terminal attempts never move again.
-    assert not actions._move_attempt(attempt, AttemptStatus.SUCCEEDED, "late")
+    # Terminal attempts never move again: not by a second sweep, a second rollback, a late
+    # healthy heartbeat on the new version, nor a late ack of the update.
+    assert actions.expire_attempts(now=later) == []
+    assert not actions.roll_back(attempt, "again")
+    beat(client, agent.name, secret, payload(version="1.1.0"))
+    actions.finish_command(attempt.update_command_id, agent, ok=True, output="done late")
+    attempt.refresh_from_db()
+    assert attempt.status == AttemptStatus.ROLLED_BACK
+    assert AgentCommand.objects.filter(kind="rollback").count() == 1
 
 
 def test_staging_failure_stops_before_anything_is_sent(client, whitelisted, settings):

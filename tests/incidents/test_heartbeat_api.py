@@ -45,7 +45,8 @@ def test_a_replayed_heartbeat_is_refused(client, agent_and_secret):
     first = client.post(HEARTBEAT, data=body, content_type="application/json", **headers)
     assert first.status_code == 200
     again = client.post(HEARTBEAT, data=body, content_type="application/json", **headers)
-    assert again.status_code == 401
+    assert again.status_code == 409
+    assert again.json()["error"] == "stale"
     assert "replayed" in again.json()["message"]
     assert HeartbeatSample.objects.count() == 1
 

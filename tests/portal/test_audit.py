@@ -13,6 +13,12 @@ from portal.models import AuditEvent
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _own_anchor_dir(settings, tmp_path):
+    """audit_verify appends anchors; each test gets its own, as each has its own rows."""
+    settings.AUDIT_ANCHOR_DIR = tmp_path / "anchors"
+
+
 def _three_events(user):
     """Three events after whatever creating the personas recorded."""
     before = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0

@@ -112,7 +112,7 @@ def test_waiting_for_my_approval_lists_only_what_i_can_sign(client, operator, ap
     mine = propose(approver, host, "restart_caddy")
     signed = propose(operator, host, "reboot_system")
     approve_action(signed, by=approver, confirmation="dns-1")
-    waiting = propose(operator, host, "restart_caddy")
+    waiting = propose(operator, host, "restart_unbound")
     client.force_login(approver)
     page = client.get("/admin/pra/praaction/?awaiting=me").content.decode()
     assert f"/admin/pra/praaction/{waiting.pk}/change/" in page

@@ -156,7 +156,7 @@ def test_remediation_kpis_are_in_metrics(client, operator, approver, host):
     from tests.pra.factories import propose
 
     first = propose(operator, host, "restart_caddy")
-    second = propose(operator, host, "restart_caddy")
+    second = propose(operator, host, "restart_unbound")
     actions.approve_action(first, by=approver)
     actions.reject_action(second, by=approver, reason="not needed right now")
     text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()

@@ -1,12 +1,17 @@
 """Read-only diagnostics through pra-diag on the real loopback sshd (stand-in systemctl,
 journalctl and podman, because this machine has no systemd)."""
 
+import socket
+from contextlib import closing
+
 import pytest
 
+from portal.choices import AuditEventType
+from portal.models import AuditEvent
 from pra import actions
 from pra.diagnostics import DIAGNOSTICS
 from pra.models import DiagnosticRun
-from tests.pra.factories import propose
+from tests.pra.factories import OFFLINE_HOST_KEY, propose
 
 pytestmark = pytest.mark.django_db
 
@@ -39,10 +44,59 @@ def test_logs_errors_system_memory_and_connectivity(operator, target_host, share
         by=operator,
     )
     assert reach.output.startswith("OK")
-    closed = actions.run_diagnostic(
-        target_host, "test_connectivity", {"target": "127.0.0.1", "port": 1}, by=operator
+    # A registered host whose SSH port nothing listens on: allowed, and it fails.
+    offline = actions.add_host(
+        name="gone-1", address="127.0.0.1", port=_closed_port(), host_key=OFFLINE_HOST_KEY
     )
+    closed = actions.run_diagnostic(
+        target_host, "test_connectivity", {"target": "gone-1", "port": offline.port}, by=operator
+    )
+    assert closed.command == f"connectivity 127.0.0.1 {offline.port}"  # the name as its address
     assert closed.output.startswith("FAIL")
+
+
+def _closed_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("target", "port", "why"),
+    [
+        ("127.0.0.1", 5432, "port 5432 is not allowed for 127.0.0.1"),  # the portal's database
+        ("127.0.0.1", 6379, "port 6379 is not allowed"),
+        ("10.0.0.1", 22, "10.0.0.1 is not a registered host's name or address"),
+        ("localhost", 443, "localhost is not a registered host's name or address"),
+    ],
+)
+def test_connectivity_reaches_only_registered_hosts_on_allowed_ports(
+    operator, target_host, shared_ssh_target, target, port, why
+):
+    with pytest.raises(actions.ActionError, match=why):
+        actions.run_diagnostic(
+            target_host, "test_connectivity", {"target": target, "port": port}, by=operator
+        )
+    assert not DiagnosticRun.objects.exists()
+    assert shared_ssh_target.calls() == []
+    refused = AuditEvent.objects.get(event_type=AuditEventType.DIAGNOSTIC_RUN)
+    assert refused.actor == operator.username
+    assert why in refused.details["refused"]
+    assert refused.details["command"] == f"connectivity {target} {port}"
+
+
+def test_the_admin_chooses_the_connectivity_ports(operator, target_host, settings):
+    settings.PRA_CONNECTIVITY_PORTS = (8443,)
+    allowed = ", ".join(str(p) for p in sorted({8443, target_host.port}))
+    with pytest.raises(actions.ActionError, match=rf"\(allowed: {allowed}\)"):
+        actions.run_diagnostic(
+            target_host, "test_connectivity", {"target": "dns-1", "port": 443}, by=operator
+        )
+    run = actions.run_diagnostic(
+        target_host, "test_connectivity", {"target": "dns-1", "port": 8443}, by=operator
+    )
+    assert run.command == "connectivity 127.0.0.1 8443"
+    assert AuditEvent.objects.filter(event_type=AuditEventType.DIAGNOSTIC_RUN).count() == 2
 
 
 @pytest.mark.parametrize(
@@ -78,7 +132,7 @@ def test_a_diagnosis_is_attached_to_a_proposal_as_evidence(
     action = propose(operator, target_host, "restart_unbound", evidence_ids=[run.pk])
     assert list(action.evidence.all()) == [run]
     with pytest.raises(actions.ActionError, match="evidence_ids"):
-        propose(operator, target_host, "restart_unbound", evidence_ids=[run.pk])  # already used
+        propose(operator, target_host, "restart_caddy", evidence_ids=[run.pk])  # already used
 
 
 def test_the_host_page_runs_a_diagnostic(client, operator, target_host):

@@ -1,8 +1,13 @@
 """`manage.py backup_restore`: plan (--dry-run first), confirm, follow a restore.
 
-backup_restore plan ARTIFACT_ID --as alice [--target '{"database": "x"}'] --dry-run
+backup_restore plan ARTIFACT_ID --as alice [--target NAME] [--database DB] --dry-run
 backup_restore plan ARTIFACT_ID --as alice --confirm shop
+backup_restore plan ARTIFACT_ID --as alice --target dr-cluster --resources configmap/default
+backup_restore targets
 backup_restore status REQUEST_ID
+
+The target is the backup's own source or a registered restore target, named;
+a host, DSN or credential is refused (the same validation as the admin's plan page).
 
 Approving (and rejecting) is not here: it is a person's act in the portal, signed
 in as themselves, on the restore's page (the same approval UI as remediations).
@@ -16,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups import actions
 from backups.management.commands.backup_run import _actor
-from backups.models import BackupArtifact, RestoreRequest
+from backups.models import BackupArtifact, RestoreRequest, RestoreTarget
 
 
 class Command(BaseCommand):
@@ -26,13 +31,20 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="verb", required=True)
         plan = sub.add_parser("plan", help="plan a restore of one artifact")
         plan.add_argument("artifact", type=int, help="artifact id (see the run's page)")
-        plan.add_argument("--target", default="{}", help="JSON: database/dsn, url, resources…")
+        plan.add_argument(
+            "--target", default="", help="a registered restore target's name (blank: the source)"
+        )
+        plan.add_argument("--database", default="", help="PostgreSQL: the database to restore into")
+        plan.add_argument(
+            "--resources", default="", help="Kubernetes: comma-separated KIND[/NAMESPACE[/NAME]]"
+        )
         plan.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
         plan.add_argument("--confirm", default="", help="the target's name (overwrites)")
         plan.add_argument("--as", dest="user", required=True)
         status = sub.add_parser("status", help="show a restore request")
         status.add_argument("request", type=int)
         sub.add_parser("list", help="list artifacts one can restore from")
+        sub.add_parser("targets", help="list registered restore targets")
 
     def handle(self, *args, verb, **options):
         try:
@@ -46,13 +58,17 @@ class Command(BaseCommand):
             raise CommandError("--as needs a portal user")
         return user
 
-    def _plan(self, artifact, target, dry_run, confirm, user, **options):
-        try:
-            given = json.loads(target)
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--target is not JSON: {exc}") from None
+    def _plan(self, artifact, target, database, resources, dry_run, confirm, user, **options):
+        given: dict = {}
+        if target:
+            given["target"] = target.strip()
+        if database:
+            given["database"] = database.strip()
+        if resources:
+            given["resources"] = [r.strip() for r in resources.split(",") if r.strip()]
+        by = self._user(user)
         req, plan = actions.plan_restore(
-            artifact, target=given, by=self._user(user), confirmation=confirm, dry_run=dry_run
+            artifact, target=given, by=by, confirmation=confirm, dry_run=dry_run
         )
         self._show_plan(plan)
         if req is None:
@@ -62,16 +78,21 @@ class Command(BaseCommand):
             return
         self.stdout.write(self.style.SUCCESS(f"Restore #{req.pk} planned: {req.status}."))
         if req.status == "PLANNED":
-            self.stdout.write(
-                f"Two approvers (not you) now approve it on its page in the portal: "
-                f"/admin/backups/restorerequest/{req.pk}/change/ (typing {req.target_name})."
-            )
+            page = f"/admin/backups/restorerequest/{req.pk}/change/"
+            if req.mode == "overwrite":
+                self.stdout.write(
+                    f"Two approvers (not you) now approve it on its page in the portal: "
+                    f"{page} (typing {req.target_name})."
+                )
+            else:
+                self.stdout.write(f"An approver (not you) now approves it in the portal: {page}.")
 
     def _show_plan(self, plan: dict) -> None:
         a = plan["artifact"]
         self.stdout.write(f"From:       artifact #{a['id']} of {a['source']} ({a['component']}, "
                           f"{a['created']}, sha256 {a['sha256'][:16]}…)")  # fmt: skip
-        self.stdout.write(f"Target:     {plan['target_name']} ({plan['mode']})")
+        where = plan.get("registered_target") or "the backup's own source"
+        self.stdout.write(f"Target:     {plan['target_name']} ({plan['mode']}; {where})")
         if plan["overwrites"]:
             self.stdout.write(self.style.WARNING(f"OVERWRITES: {plan['overwrites']}"))
         if plan["creates"]:
@@ -95,6 +116,13 @@ class Command(BaseCommand):
             self.stdout.write(req.error)
         if req.report:
             self.stdout.write(json.dumps(req.report, indent=2))
+
+    def _targets(self, **options):
+        for target in RestoreTarget.objects.order_by("name"):
+            state = "" if target.enabled else "  (disabled)"
+            self.stdout.write(
+                f"{target.name:<24} {target.get_kind_display():<22} {target.where}{state}"
+            )
 
     def _list(self, **options):
         for artifact in (

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from incidents import actions
 from incidents.models import Agent
+from portal.lib.text import UnstorableText, refuse_unstorable
 from pra.models import Host
 
 
@@ -20,6 +21,13 @@ class Command(BaseCommand):
         parser.add_argument("--rotate", action="store_true", help="new secret for this agent")
 
     def handle(self, *args, name, kind, owner, env, period, grace, host, rotate, **options):
+        texts = {"name": name, "--owner": owner, "--env": env, "--host": host or "",
+                 "--available-version": options["available_version"]}  # fmt: skip
+        try:
+            for option, value in texts.items():
+                refuse_unstorable(value, option)
+        except UnstorableText as exc:
+            raise CommandError(str(exc)) from None
         if rotate:
             agent = Agent.objects.filter(name=name).first()
             if agent is None:
