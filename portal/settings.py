@@ -242,6 +242,7 @@ DECIDER_TIMEOUT = env_int("DECIDER_TIMEOUT_MS", 2000, minimum=100, maximum=30000
 STAGING_RUNNER_URL = env_http_url("STAGING_RUNNER_URL")
 STAGING_TIMEOUT = env_int("STAGING_TIMEOUT", 60, minimum=1, maximum=3600)
 AUTOPATCH_HEALTH_WINDOW = env_int("AUTOPATCH_HEALTH_WINDOW", 90, minimum=2, maximum=3600)
+AUTOPATCH_APPROVAL_TTL = env_int("AUTOPATCH_APPROVAL_TTL", 3600, minimum=60, maximum=7 * 86400)
 ESCALATION_DELAY_MINUTES = env_int("ESCALATION_DELAY_MINUTES", 10, minimum=1)
 
 # --- Notifications -------------------------------------------------------------------
