@@ -815,6 +815,29 @@ def _back_to_people(incident: Incident, why: str) -> None:
         _announce(incident, f"{target.lower()} again: {why}")
 
 
+def hand_back_failed_remediations() -> list[int]:
+    """MITIGATING incidents whose host remediation ended without fixing anything
+    (rejected, expired, voided, failed, or ran but did not verify) go back to people,
+    so escalation resumes instead of the incident waiting forever. Returns their ids."""
+    from pra.choices import ActionStatus, Verification
+
+    ended = Q(remediation__status__in=[
+        ActionStatus.REJECTED, ActionStatus.EXPIRED, ActionStatus.VOIDED, ActionStatus.FAILED,
+    ]) | Q(remediation__status=ActionStatus.COMPLETED,
+           remediation__verification=Verification.NOT_VERIFIED)  # fmt: skip
+    handed: list[int] = []
+    stuck = Incident.objects.filter(ended, status=IncidentStatus.MITIGATING)
+    for incident in stuck.select_related("remediation"):
+        action = incident.remediation
+        why = f"remediation #{action.pk} ({action.action}) ended {action.status}"
+        if action.status == ActionStatus.COMPLETED:
+            why = f"remediation #{action.pk} ({action.action}) ran but did not verify"
+        with transaction.atomic():
+            _back_to_people(incident, why)
+        handed.append(incident.pk)
+    return handed
+
+
 def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
     """A human signature on a patch that policy put behind multi-signature."""
     with transaction.atomic():

@@ -43,3 +43,24 @@ def test_without_a_host_or_catalog_action_it_escalates(client):
     assert incident.status == IncidentStatus.OPEN
     assert not PRAAction.objects.exists()
     assert incident.decisions.get().action == "ESCALATE"
+
+
+def test_a_rejected_remediation_hands_the_incident_back(client, approver):
+    """The linked action is rejected: the sweep moves the incident from MITIGATING back to
+    OPEN (escalation resumes) and says why on its timeline; a second sweep does nothing."""
+    from pra import actions as pra_actions
+
+    host = offline_host("dns-1")
+    agent, secret = actions.create_agent(name="dns-1-agent", kind="host", host=host)
+    beat(client, agent.name, secret, payload(services={"unbound": "inactive"}))
+    run_jobs()
+    incident = Incident.objects.get(cause="service:unbound")
+    assert incident.status == IncidentStatus.MITIGATING
+    assert actions.hand_back_failed_remediations() == []  # still PROPOSED: people decide
+    pra_actions.reject_action(incident.remediation, by=approver, reason="not this one, no")
+    assert actions.hand_back_failed_remediations() == [incident.pk]
+    incident.refresh_from_db()
+    assert incident.status == IncidentStatus.OPEN
+    last = incident.events.order_by("-id").first()
+    assert last.kind == "HANDED_BACK" and "ended REJECTED" in last.message
+    assert actions.hand_back_failed_remediations() == []
