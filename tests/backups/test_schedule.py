@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import django_rq
 import pytest
 from django.db import connection
+from django.template.loader import render_to_string
 from django.test import RequestFactory
 
 from backups import actions
@@ -125,6 +126,8 @@ def test_a_late_tick_creates_only_the_newest_slot_and_reports_the_skipped_ones(
     source.save(update_fields=["missed_at"])
     context = backups_panel(request)
     assert [row["source"].name for row in context["missed"]] == ["cache"]
+    html = render_to_string("backups/panel.html", {"panel": context})
+    assert "missed slot" in html and "9 slot(s) of cache (* * * * *) were skipped" in html
 
 
 @pytest.mark.django_db

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.template.loader import render_to_string
+from django.test import RequestFactory
 
 from backups import actions
 from backups.choices import RunStatus, SourceKind
+from backups.dashboard import backups_panel
 from backups.faults import FailureCause
 from backups.jobs import _Heartbeat
 from backups.models import BackupRun
@@ -93,6 +96,11 @@ def test_a_redis_that_never_answers_fails_within_the_connect_timeout(
     )
     assert blackhole.accepted
     assert 2 <= elapsed < 6, elapsed
+    # The dashboard says why the last run failed.
+    request = RequestFactory().get("/")
+    request.user = operator
+    html = render_to_string("backups/panel.html", {"panel": backups_panel(request)})
+    assert "last run FAILED: Server did not answer (connect timeout)" in html
 
 
 @pytest.mark.django_db
@@ -257,6 +265,23 @@ def test_run_tool_ends_a_restore_waiting_on_a_lock_and_leaves_the_target_as_it_w
         holder.rollback()
         holder.close()
     assert pg_snapshot(pg_cluster, name) == before  # one transaction, rolled back
+
+
+@pytest.mark.django_db
+def test_a_busy_server_counts_as_progress_a_silent_tool_does_not(pg_cluster, tmp_path):
+    """Six statements of 0.3 s with their output discarded: no byte for 1.8 s, but the
+    server moves from one statement to the next, which the watch sees."""
+    script = tmp_path / "busy.sql"
+    script.write_text("SELECT pg_sleep(0.3);\n" * 6)
+    argv = ["psql", "-X", "-q", "-o", "/dev/null", "-f", str(script), "-d",
+            pg_url(pg_cluster.dsn, "postgres")]  # fmt: skip
+    silent = run_tool(argv, stall_timeout=1)
+    assert silent.cause == FailureCause.STALLED and silent.message.startswith(
+        "no progress for 1 s: psql"
+    )
+    watch = PgLockWatch(pg_url(pg_cluster.dsn, "postgres"), lock_timeout=1)
+    busy = run_tool(argv, stall_timeout=1, lock_watch=watch)
+    assert busy.ok, busy
 
 
 def test_a_heartbeat_stops_beating_when_the_work_stops_moving(monkeypatch):
