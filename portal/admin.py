@@ -7,10 +7,13 @@ from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
+from django.views.decorators.http import require_GET
 from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
+from rq.exceptions import NoSuchJobError
 
 from portal import notify
 from portal.admin_base import ReadOnlyAdmin
@@ -348,6 +351,33 @@ def admin_role_required(view):
     return wrapped
 
 
+def _rq_page(view):
+    """One of django_rq's pages: 404, not a crash, for an unknown queue, job or worker."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        index = kwargs.get("queue_index", kwargs.get("connection_index", 0))
+        if not 0 <= index < len(settings.RQ_QUEUES):
+            raise Http404("No such queue.")
+        if "key" in kwargs:
+            from django_rq.queues import get_queue_by_index
+            from rq import Worker
+
+            connection = get_queue_by_index(index).connection
+            try:
+                worker = Worker.find_by_key(kwargs["key"], connection=connection)
+            except ValueError:  # not even shaped like a worker key
+                worker = None
+            if worker is None:
+                raise Http404("No such worker.")
+        try:
+            return view(request, *args, **kwargs)
+        except NoSuchJobError:
+            raise Http404("No such job (it may have finished or been deleted).") from None
+
+    return wrapped
+
+
 class PortalQueueAdmin(QueueAdmin):
     """django_rq's dashboard, visible to and usable by the admin role only."""
 
@@ -363,16 +393,22 @@ class PortalQueueAdmin(QueueAdmin):
     def get_urls(self):
         # Every one of django_rq's URLs, including stats.json and metrics (which it leaves
         # open to any staff user or its own API token), goes through the login page and
-        # the admin-role check.
+        # the admin-role check. The model has no table: of the standard ModelAdmin pages
+        # only the list (django_rq's dashboard) means anything, the others could only fail.
+        # The schedulers page needs rq-scheduler, which the portal does not use (rq's own
+        # scheduler and cron run its periodic work).
         site_view = self.admin_site.admin_view
+        dropped = {f"django_rq_dashboard_{v}" for v in ("add", "change", "delete", "history")}
+        dropped.add("django_rq_scheduler_jobs")
         return [
             URLPattern(
                 p.pattern,
-                site_view(admin_role_required(p.callback)),
+                site_view(admin_role_required(_rq_page(p.callback))),
                 p.default_args,
                 p.name,
             )
             for p in super().get_urls()
+            if p.name and p.name not in dropped
         ]
 
 
@@ -410,6 +446,7 @@ def queue_rows() -> list[dict]:
     return rows
 
 
+@require_GET
 def queue_status_view(request):
     """``/admin/queues/``: read-only queue depths for every role that may view the portal."""
     if not request.user.has_perm("portal.view_portal"):

@@ -13,11 +13,17 @@ from pathlib import Path
 
 import ninja
 from django.contrib.auth.views import redirect_to_login
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    JsonResponse,
+)
 from django.middleware.csrf import get_token
 from django.urls import reverse
 from django.utils.html import escape
-from django.views.decorators.http import require_GET
 from ninja import NinjaAPI
 from ninja.openapi.docs import Swagger
 from ninja.security import HttpBearer, django_auth
@@ -52,6 +58,8 @@ def docs_login_required(view):
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs):
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         user = _docs_user(request)
         if user is None:
             if request.path.endswith(".json"):
@@ -127,7 +135,6 @@ class LocalSwagger(Swagger):
         return HttpResponse(html)
 
 
-@require_GET
 @docs_login_required
 def docs_asset(request: HttpRequest, name: str) -> FileResponse:
     """One of the docs page's files, from django-ninja's package (fixed list of names)."""

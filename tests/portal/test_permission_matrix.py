@@ -1,0 +1,827 @@
+"""The permission matrix: every route × every identity × every method it accepts.
+
+Generated, never hand-listed. The routes come from Django's URL resolver (walked
+recursively: the admin site with every ModelAdmin of its registry, django_rq's pages,
+the API), the OpenAPI schema (the methods of each API path), the ASGI app's ``/mcp``
+endpoint and the websocket routes (``portal.routing``). What each identity may do is
+declared once, below (``MODEL_POLICY`` for the standard pages of each registered model,
+``POLICY`` for everything else). A route no rule covers fails
+``test_every_route_has_a_declared_policy``: a new view without a declared check.
+
+Outcomes, per route × identity × method:
+- allowed: not 401/403, not a redirect to the login page, not a 5xx;
+- refused: not 2xx, not a 5xx, no database write (PostgreSQL's row counters of the
+  test's own transaction, ``pg_stat_xact_user_tables``) and no Redis change. A 404
+  counts as a refusal only where 403 is impossible: the route's object does not exist
+  (a dummy id) or the rule says so (Django's app index answers 404 to a user who may
+  see none of its models).
+
+Real PostgreSQL, Redis, channels-redis and the ASGI app; nothing is mocked. Hosts are
+registered on a closed loopback port, so diagnostics an operator may run fail fast
+instead of waiting for an SSH timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import django_rq
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django_rq.settings import get_queues_map
+
+from portal.consumers import SUBJECTS
+from portal.lib.localservices import free_port
+from portal.mcp_http import MCP_PATH
+from portal.models import ApiToken
+from portal.routing import websocket_urlpatterns
+from portal.tokens import create_token, revoke_token
+from tests.conftest import make_user
+from tests.pra.factories import OFFLINE_HOST_KEY, RATIONALE
+
+# --- identities ----------------------------------------------------------------------
+
+SESSION_ROLES = ("viewer", "operator", "approver", "admin")
+IDENTITIES = (
+    "anonymous",
+    "nobody",  # logged in, no role (not staff)
+    *SESSION_ROLES,
+    "api_token",  # a viewer's REST API token
+    "mcp_token",  # an admin's MCP-scope token
+    "revoked_token",  # an admin's REST API token, revoked
+)
+
+# What an identity counts as on each surface: tokens work only where their scope does.
+ANON, NOROLE, MCP = "anonymous", "nobody", "mcp"
+VR, OP, AP, AD = SESSION_ROLES
+
+
+def effective_role(identity: str, surface: str) -> str:
+    if identity in SESSION_ROLES or identity == NOROLE:
+        return identity if surface != "mcp" else ANON
+    if identity == "api_token":
+        return VR if surface == "api" else ANON
+    if identity == "mcp_token":
+        return MCP if surface == "mcp" else ANON
+    return ANON
+
+
+EVERYONE = frozenset({ANON, NOROLE, VR, OP, AP, AD, MCP})
+STAFF = frozenset({VR, OP, AP, AD})  # every role is staff: the admin is the main UI
+VIEW = STAFF  # portal.view_portal and view_* of the portal's models
+OPERATE = frozenset({OP, AD})  # propose, diagnose, execute, back up, plan restores
+APPROVE = frozenset({AP, AD})
+ACK = frozenset({OP, AP, AD})  # acknowledge and resolve incidents
+ADMIN = frozenset({AD})
+NONE = frozenset()
+
+# --- policy ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    allow: dict[str, frozenset[str]]  # method -> effective roles allowed
+    why: str = ""
+    refusal_404: bool = False  # Django answers 404 here where it could not say 403
+    ok_5xx: frozenset[int] = frozenset()  # e.g. /health's 503 when no worker is alive
+
+
+def rule(get=NONE, post=NONE, why="", refusal_404=False, ok_5xx=(), **methods) -> Rule:
+    allow = {"GET": frozenset(get), "POST": frozenset(post)}
+    allow.update({m.upper(): frozenset(r) for m, r in methods.items()})
+    return Rule(allow, why, refusal_404, frozenset(ok_5xx))
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """Who may use each standard admin page of a registered model."""
+
+    view: frozenset[str]
+    add: frozenset[str] = NONE
+    change: frozenset[str] = NONE
+    delete: frozenset[str] = NONE
+
+
+MODEL_POLICY = {
+    "auth.group": ModelPolicy(ADMIN, ADMIN, ADMIN, ADMIN),
+    "auth.user": ModelPolicy(ADMIN, ADMIN, ADMIN, ADMIN),
+    "portal.auditevent": ModelPolicy(VIEW),
+    "portal.apitoken": ModelPolicy(VIEW),
+    "portal.approvalrule": ModelPolicy(VIEW, change=ADMIN),
+    "portal.notificationchannel": ModelPolicy(VIEW, ADMIN, ADMIN, ADMIN),
+    "portal.escalationlevel": ModelPolicy(VIEW, ADMIN, ADMIN),
+    "portal.notification": ModelPolicy(VIEW),
+    "pra.host": ModelPolicy(VIEW, change=ADMIN),
+    "pra.praaction": ModelPolicy(VIEW, add=OPERATE),
+    "pra.diagnosticrun": ModelPolicy(VIEW),
+    "incidents.agent": ModelPolicy(VIEW, change=ADMIN),
+    "incidents.detectionrule": ModelPolicy(VIEW, ADMIN, ADMIN),
+    "incidents.opspolicy": ModelPolicy(VIEW, change=ADMIN),
+    "incidents.autopatchattempt": ModelPolicy(VIEW),
+    "incidents.decision": ModelPolicy(VIEW),
+    "incidents.agentcommand": ModelPolicy(VIEW),
+    "incidents.incident": ModelPolicy(VIEW),
+    "backups.backupsource": ModelPolicy(VIEW, ADMIN, ADMIN),
+    "backups.backuprun": ModelPolicy(VIEW),
+    "backups.restorerequest": ModelPolicy(VIEW),
+    "backups.restoretarget": ModelPolicy(VIEW, ADMIN, ADMIN),  # disabled, never deleted
+}
+# django_rq's pseudo-model: its pages are declared one by one below (admin role only).
+NOT_STANDARD = {"django_rq.dashboard"}
+
+
+def model_rules(label: str, policy: ModelPolicy) -> dict[str, Rule]:
+    app, model = label.split(".")
+    base = f"admin/{app}/{model}/"
+    see = policy.view | policy.change
+    return {
+        # POST on a list runs admin actions; each action checks its own permission.
+        base: rule(policy.view, policy.view, "list"),
+        f"{base}add/": rule(policy.add, policy.add, "add form"),
+        f"{base}<path:object_id>/change/": rule(see, policy.change, "change form"),
+        f"{base}<path:object_id>/delete/": rule(policy.delete, policy.delete, "delete"),
+        f"{base}<path:object_id>/history/": rule(see, see, "history"),
+        # A bare redirect to the change page (which checks), for any staff user.
+        f"{base}<path:object_id>/": rule(STAFF, STAFF, "redirect to the change page"),
+    }
+
+
+RQ = "admin/django_rq/dashboard/"
+RQ_PAGES = (
+    "", "queues/<int:queue_index>/", "queues/<int:queue_index>/details/",
+    "queues/<int:queue_index>/finished/", "queues/<int:queue_index>/failed/",
+    "queues/<int:queue_index>/failed/clear/", "queues/<int:queue_index>/scheduled/",
+    "queues/<int:queue_index>/started/", "queues/<int:queue_index>/deferred/",
+    "queues/<int:queue_index>/empty/", "queues/<int:queue_index>/requeue-all/",
+    "queues/<int:queue_index>/<str:job_id>/",
+    "queues/<int:queue_index>/<str:job_id>/results/<str:result_id>/",
+    "queues/<int:queue_index>/<str:job_id>/delete/",
+    "queues/<int:queue_index>/<str:job_id>/requeue/",
+    "queues/<int:queue_index>/<str:job_id>/enqueue/",
+    "queues/<int:queue_index>/<str:job_id>/stop/",
+    "queues/confirm-action/<int:queue_index>/", "queues/actions/<int:queue_index>/",
+    "workers/<int:queue_index>/", "workers/<int:queue_index>/<str:key>/",
+    "cron-schedulers/<int:connection_index>/<str:scheduler_name>/",
+    "cron-schedulers/<int:connection_index>/<str:scheduler_name>/jobs/<path:cron_job_name>/",
+    r"^stats.json/?$", r"^stats.json/(?P<token>[\w]+)?/?$", r"^metrics/?$",
+)  # fmt: skip
+
+
+def _walk(patterns, prefix="") -> list[tuple[str, object]]:
+    found = []
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            found += _walk(p.url_patterns, prefix + str(p.pattern))
+        else:
+            assert isinstance(p, URLPattern)
+            found.append((prefix + str(p.pattern), p.callback))
+    return found
+
+
+# Who may open each app's index page (Django lists the labels in registry order).
+APP_INDEX = {"auth": ADMIN, "django_rq": ADMIN, "portal": VIEW, "pra": VIEW,
+             "incidents": VIEW, "backups": VIEW}  # fmt: skip
+
+
+def _app_index_route() -> tuple[str, tuple[str, ...]]:
+    """The admin's app index route and the app labels its regex accepts."""
+    for key, _ in _walk(get_resolver().url_patterns):
+        found = re.fullmatch(r"admin/\^\(\?P<app_label>([\w|]+)\)/\$", key)
+        if found:
+            return key, tuple(found[1].split("|"))
+    raise AssertionError("no app index route in the admin site")
+
+
+POLICY: dict[str, Rule] = {
+    # Portal pages
+    "": rule(VIEW, VIEW, "dashboard"),
+    "health": rule(EVERYONE, NONE, "load balancers; GET only", ok_5xx={503}),
+    # METRICS_ALLOWED_IPS is emptied below: without the metrics token nobody gets in.
+    "metrics": rule(NONE, NONE, "bearer METRICS_TOKEN only"),
+    "admin/queues/": rule(VIEW, NONE, "read-only queue depths"),
+    # The admin site itself
+    "admin/": rule(STAFF, STAFF, "admin index"),
+    "admin/login/": rule(EVERYONE, EVERYONE, "login form"),
+    "admin/logout/": rule(NONE, EVERYONE, "POST logs out whoever asks"),
+    "admin/password_change/": rule(STAFF, STAFF, "own password"),
+    "admin/password_change/done/": rule(STAFF, STAFF),
+    "admin/autocomplete/#host": rule(VIEW, VIEW, "hosts, for the propose form"),
+    "admin/autocomplete/#user": rule(ADMIN, ADMIN, "users: admin only"),
+    "admin/jsi18n/": rule(STAFF, STAFF),
+    "admin/r/<path:content_type_id>/<path:object_id>/": rule(STAFF, STAFF, "view on site"),
+    **{
+        f"{_app_index_route()[0]}#{label}": rule(roles, roles, "app index", refusal_404=True)
+        for label, roles in APP_INDEX.items()
+    },
+    "admin/(?P<url>.*)$": rule(NONE, NONE, "catch-all: 404", refusal_404=True),
+    "admin/auth/user/<id>/password/": rule(ADMIN, ADMIN, "set a user's password"),
+    # Custom admin views of the apps
+    "admin/pra/host/<int:pk>/diagnose/": rule(NONE, OPERATE, "run a diagnostic"),
+    "admin/pra/praaction/<int:pk>/approve/": rule(NONE, APPROVE),
+    "admin/pra/praaction/<int:pk>/reject/": rule(NONE, APPROVE),
+    "admin/pra/praaction/<int:pk>/preflight/": rule(NONE, ACK, "re-run the pre-flight"),
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#acknowledge": rule(NONE, ACK),
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#resolve": rule(NONE, ACK),
+    # The world has no auto-patch attempt: the view answers 404 for it before any check.
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#approve-patch": rule(
+        NONE, APPROVE, refusal_404=True
+    ),
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#command": rule(NONE, APPROVE),
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#bogus": rule(NONE, NONE),
+    "admin/backups/restorerequest/plan/": rule(OPERATE, OPERATE, "plan a restore"),
+    "admin/backups/restorerequest/<int:pk>/approve/": rule(NONE, APPROVE),
+    "admin/backups/restorerequest/<int:pk>/reject/": rule(NONE, APPROVE),
+    # django_rq: job arguments, tracebacks and queue surgery are the admin role's alone.
+    **{RQ + page: rule(ADMIN, ADMIN, "django_rq") for page in RQ_PAGES},
+    # The API (its documentation too; the methods come from the OpenAPI schema)
+    "api/": rule(NONE, NONE, "ninja's root: always 404", refusal_404=True),
+    "api/openapi.json": rule(VIEW, NONE),
+    "api/docs": rule(VIEW, NONE),
+    "api/docs/assets/<str:name>": rule(VIEW, NONE, "Swagger UI files"),
+    "api/pra/catalog": rule(VIEW),
+    "api/pra/hosts": rule(VIEW),
+    "api/pra/actions": rule(VIEW, OPERATE),
+    "api/pra/actions/<action_id>": rule(VIEW),
+    "api/pra/actions/<action_id>/approve": rule(post=APPROVE),
+    "api/pra/actions/<action_id>/reject": rule(post=APPROVE),
+    "api/pra/actions/<action_id>/execute": rule(post=OPERATE),
+    "api/pra/diagnostics": rule(VIEW),
+    "api/pra/hosts/<host>/diagnostics": rule(post=OPERATE),
+    # Agents sign their requests with their own secret: no user or token gets in.
+    "api/agents/heartbeat": rule(post=NONE, why="agent signature"),
+    "api/agents/commands/<command_id>/ack": rule(post=NONE, why="agent signature"),
+    "api/agents/commands/<command_id>/fail": rule(post=NONE, why="agent signature"),
+    # MCP: a bearer token of scope mcp, nothing else (stateless: POST only).
+    MCP_PATH: rule({MCP}, {MCP}, delete=NONE, why="GET: the server's event stream"),
+    # Websockets: the dashboard, and one object's page for the subjects published.
+    "^ws/live/$": rule(VIEW),
+    **{
+        f"{websocket_urlpatterns[1].pattern}#{subject}": rule(VIEW if subject in SUBJECTS else NONE)
+        for subject in (*SUBJECTS, "auth.user", "missing")
+    },
+}
+for _label, _policy in MODEL_POLICY.items():
+    POLICY.update(model_rules(_label, _policy))
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    key: str  # the route as Django (or the ASGI app) spells it
+    surface: str  # "django", "api", "mcp" or "ws"
+    methods: tuple[str, ...]
+    variants: tuple[str, ...] = ("",)
+
+    def rule_keys(self) -> list[str]:
+        return [f"{self.key}#{v}" if v else self.key for v in self.variants]
+
+
+def _api_methods() -> dict[str, tuple[str, ...]]:
+    """Methods per path, from the OpenAPI schema, keyed as the resolver spells the path."""
+    from portal.api import api
+
+    methods = {}
+    for path, operations in api.get_openapi_schema()["paths"].items():
+        key = re.sub(r"\{(\w+)\}", r"<\1>", path.lstrip("/"))
+        methods[key] = tuple(sorted(m.upper() for m in operations))
+    return methods
+
+
+VARIANTS = {
+    _app_index_route()[0]: _app_index_route()[1],
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/": (
+        "acknowledge", "resolve", "approve-patch", "command", "bogus",
+    ),
+    "admin/autocomplete/": ("host", "user"),
+    str(websocket_urlpatterns[1].pattern): (*SUBJECTS, "auth.user", "missing"),
+}  # fmt: skip
+
+
+def collect_routes() -> list[Route]:
+    api_methods = _api_methods()
+    routes, seen = [], set()
+    for key, callback in _walk(get_resolver().url_patterns):
+        if key in seen:  # ninja lists a path once per operation
+            continue
+        seen.add(key)
+        if getattr(callback, "__module__", "") == "ninja.operation":
+            assert key in api_methods, f"{key} is routed but not in the OpenAPI schema"
+            routes.append(Route(key, "api", api_methods.pop(key)))
+        else:
+            surface = "api" if key.startswith("api/") else "django"
+            routes.append(Route(key, surface, ("GET", "POST"), VARIANTS.get(key, ("",))))
+    assert not api_methods, f"in the OpenAPI schema but not routed: {sorted(api_methods)}"
+    routes.append(Route(MCP_PATH, "mcp", ("GET", "POST", "DELETE")))
+    for p in websocket_urlpatterns:
+        key = str(p.pattern)
+        routes.append(Route(key, "ws", ("GET",), VARIANTS.get(key, ("",))))
+    return routes
+
+
+def test_every_route_has_a_declared_policy():
+    """A new URL, API operation, admin model, method or websocket route needs a rule."""
+    routes = collect_routes()
+    assert len(routes) > 150, "the walk found too few routes: it is broken"
+    missing = []
+    for route in routes:
+        for key in route.rule_keys():
+            found = POLICY.get(key)
+            if found is None:
+                missing.append(key)
+                continue
+            missing += [f"{key} {m}" for m in route.methods if m not in found.allow]
+    assert not missing, "routes without a declared policy:\n" + "\n".join(missing)
+    declared = {k for r in routes for k in r.rule_keys()}
+    stale = sorted(set(POLICY) - declared)
+    assert not stale, f"policy for routes that no longer exist: {stale}"
+
+
+def test_every_registered_model_has_a_model_policy():
+    registered = {m._meta.label_lower for m in admin.site._registry}
+    assert registered - NOT_STANDARD == set(MODEL_POLICY), registered - NOT_STANDARD ^ set(
+        MODEL_POLICY
+    )
+
+
+# --- the world the requests run against -------------------------------------------------
+
+DUMMY = "987654321"
+
+
+@dataclass
+class World:
+    users: dict[str, object]
+    raw_tokens: dict[str, str]
+    objects: dict[str, object] = field(default_factory=dict)  # model label -> instance
+    job_id: str = ""
+
+    def pk(self, label: str) -> str | None:
+        obj = self.objects.get(label)
+        if obj is None:
+            from django.apps import apps
+
+            obj = apps.get_model(label)._default_manager.order_by("pk").first()
+        return str(obj.pk) if obj is not None else None
+
+
+def build_world(*, http: bool = True) -> World:
+    from incidents import actions as incidents
+    from portal import notify
+    from portal.choices import ChannelKind
+    from portal.models import NotificationChannel
+    from pra import actions as pra
+
+    users = {
+        "viewer": make_user("vera-viewer", "viewer"),
+        "operator": make_user("otto-operator", "operator"),
+        "approver": make_user("anna-approver", "approver"),
+        "admin": make_user("ada-admin", "admin"),
+        "nobody": make_user("ned-norole", None),
+        "proposer": make_user("olga-operator", "operator"),
+    }
+    raw = {}
+    _, raw["api_token"] = create_token(users["viewer"], "matrix api")
+    _, raw["mcp_token"] = create_token(users["admin"], "matrix mcp", scope=ApiToken.Scope.MCP)
+    revoked, raw["revoked_token"] = create_token(users["admin"], "matrix revoked")
+    revoke_token(revoked, by="system:test")
+    world = World(users, raw)
+
+    host = pra.add_host(
+        name="matrix-host", address="127.0.0.1", port=free_port(), ssh_user="pra",
+        host_key=OFFLINE_HOST_KEY,
+    )  # fmt: skip
+    action = pra.propose_action(
+        action="restart_unbound", host=host, params={}, rationale=RATIONALE,
+        by=users["proposer"],
+    )  # fmt: skip
+    agent, _ = incidents.create_agent(
+        name="matrix-agent", kind="plugin", environment="production", available_version="1.1.0"
+    )
+    from django.utils import timezone
+
+    incident, _ = incidents.open_or_update_incident(
+        agent, cause="matrix", rule_id=None, severity=2, title="matrix incident",
+        telemetry={}, detected_at=timezone.now(),
+    )  # fmt: skip
+    world.objects.update(
+        {"pra.host": host, "pra.praaction": action, "incidents.incident": incident}
+    )
+    if http:
+        world.objects["pra.diagnosticrun"] = pra.run_diagnostic(
+            host, "system_info", {}, by=users["proposer"]
+        )
+        world.objects["incidents.agentcommand"] = incidents.send_command(
+            agent, "config", {}, by=users["admin"]
+        )
+        channel = NotificationChannel.objects.create(
+            name="matrix-mail", kind=ChannelKind.EMAIL, recipients="ops@example.com"
+        )
+        world.objects["portal.notification"] = notify.send_test(channel, by=users["admin"])
+        queue = django_rq.get_queue("pra", commit_mode="auto")
+        world.job_id = queue.enqueue("builtins.len", "matrix").id
+    from tests.backups.helpers import make_source
+
+    source = make_source("matrix-redis", "redis", dsn="redis://127.0.0.1:1/0")
+    from backups import actions as backups
+
+    world.objects["backups.backuprun"] = backups.request_run(source, by=users["admin"])
+    return world
+
+
+FIXED = {
+    "queue_index": lambda w: str(get_queues_map()["pra"]),
+    "job_id": lambda w: w.job_id or DUMMY,
+    "result_id": lambda w: "no-such-result",
+    "key": lambda w: "no-such-worker",
+    "scheduler_index": lambda w: "0",
+    "connection_index": lambda w: "0",
+    "scheduler_name": lambda w: "no-such-scheduler",
+    "cron_job_name": lambda w: "no-such-job",
+    "token": lambda w: "notthetoken",
+    "url": lambda w: "no-such-page/",
+    "name": lambda w: "swagger-ui-init.js",
+    "action_id": lambda w: w.pk("pra.praaction"),
+    "host": lambda w: "matrix-host",
+    "command_id": lambda w: w.pk("incidents.agentcommand"),
+    "id": lambda w: str(w.users["viewer"].pk),
+    "content_type_id": lambda w: str(ContentType.objects.get_for_model(w.objects["pra.host"]).pk),
+}
+MODEL_PARAMS = {"object_id", "pk", "subject_id"}
+
+
+def fill(route: Route, variant: str, world: World) -> tuple[str, bool]:
+    """A concrete path for ``route`` (and whether it names an object that does not exist)."""
+    model = re.match(r"admin/(\w+)/(\w+)/", route.key)
+    dummy = False
+
+    def value(name: str) -> str:
+        nonlocal dummy
+        if name in ("app_label", "verb", "subject_type"):
+            return variant
+        if name in MODEL_PARAMS:
+            # The route's own model; "view on site" and websockets name theirs elsewhere.
+            if name == "subject_id":
+                label = variant
+            else:
+                label = f"{model[1]}.{model[2]}" if model else "pra.host"
+            found = world.pk(label)
+            if found is None:
+                dummy = True
+                return DUMMY
+            return found
+        if name not in FIXED:
+            raise AssertionError(f"{route.key}: no value for <{name}>: add one to FIXED")
+        found = FIXED[name](world)
+        if found is None:
+            dummy = True
+            return DUMMY
+        return found
+
+    # Regex groups first: "(?P<token>...)" also looks like a "<token>" converter.
+    path = re.sub(r"\(\?P<(\w+)>[^()]*\)\??", lambda m: value(m[1]), route.key)
+    path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: value(m[1]), path)
+    path = path.replace("^", "").replace("$", "").replace("/?", "/")
+    if route.surface in ("django", "api"):
+        path = "/" + path
+        match = resolve(path)
+        # Django drops the "^" of included regex patterns from ResolverMatch.route.
+        assert match.route.replace("^", "") == route.key.replace("^", ""), (
+            f"{path} resolved to {match.route}, not {route.key}"
+        )
+    else:
+        path = "/" + path if not path.startswith("/") else path
+    if route.key == "admin/autocomplete/":
+        field_of = {"host": "app_label=pra&model_name=praaction&field_name=host",
+                    "user": "app_label=portal&model_name=apitoken&field_name=user"}  # fmt: skip
+        path += "?" + field_of[variant]
+    return path, dummy
+
+
+def bodies(world: World) -> dict[str, dict]:
+    action = world.objects["pra.praaction"]
+    return {
+        "/api/pra/actions": {
+            "action": "restart_unbound", "host": "matrix-host", "params": {},
+            "rationale": RATIONALE,
+        },
+        "approve": {"fingerprint": action.approval_fingerprint(), "confirmation": "",
+                    "comment": "matrix"},
+        "reject": {"reason": "the matrix rejects this"},
+        "diagnostics": {"name": "system_info", "params": {}},
+        "diagnose": {"name": "system_info", "params": "{}"},
+        "resolve": {"reason": "fixed by hand in the matrix"},
+        "command": {"kind": "config", "version": ""},
+        "approve-patch": {"attempt": DUMMY, "confirmation": "", "fingerprint": ""},
+        "ack": {"output": "done"},
+        "fail": {"output": "failed"},
+    }  # fmt: skip
+
+
+def body_for(path: str, variant: str, world: World) -> dict:
+    table = bodies(world)
+    if path in table:
+        return table[path]
+    last = variant or path.rstrip("/").rsplit("/", 1)[-1]
+    return table.get(last, {})
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+def _db_writes() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)"
+            " FROM pg_stat_xact_user_tables"
+        )
+        return cursor.fetchone()[0]
+
+
+def _redis_probe():
+    """One round trip: the key count, and the length of every queue and failed registry."""
+    from rq.registry import FailedJobRegistry
+
+    queues = [django_rq.get_queue(name) for name in settings.RQ_QUEUES]
+    redis = queues[0].connection
+    keys = [(q.key, FailedJobRegistry(queue=q).key) for q in queues]
+
+    def state() -> tuple:
+        pipe = redis.pipeline(transaction=False)
+        pipe.dbsize()
+        for queue_key, failed_key in keys:
+            pipe.llen(queue_key)
+            pipe.zcard(failed_key)
+        return tuple(pipe.execute())
+
+    return state
+
+
+def judge(status: int, location: str, allowed: bool, rule_: Rule, dummy: bool) -> str | None:
+    """None when the response is what the policy says, else what is wrong."""
+    to_login = status in (301, 302) and "/admin/login/" in location
+    if status >= 500 and status not in rule_.ok_5xx:
+        return f"server error {status}"
+    if allowed:
+        if status in (401, 403) or to_login:
+            return f"refused ({status} {location}) but the policy allows it"
+        return None
+    if 200 <= status < 300:
+        return f"{status}: allowed but the policy refuses it"
+    if status == 404 and not (dummy or rule_.refusal_404):
+        return "404 where a 403 was possible"
+    return None
+
+
+def _client(identity: str, world: World) -> Client:
+    headers = {}
+    if identity in world.raw_tokens:
+        headers["Authorization"] = f"Bearer {world.raw_tokens[identity]}"
+    # A crash is a finding like any other: see it as a 500, not as an exception.
+    client = Client(headers=headers, raise_request_exception=False)
+    if identity in SESSION_ROLES or identity == NOROLE:
+        client.force_login(world.users[identity])
+    return client
+
+
+def _logged_in(client: Client) -> bool:
+    """From the cookie jar (``client.session`` would cost a query per request)."""
+    cookie = client.cookies.get(settings.SESSION_COOKIE_NAME)
+    return bool(cookie and cookie.value)
+
+
+@pytest.mark.django_db
+def test_the_state_probes_see_a_write_and_ignore_a_read(viewer):
+    """The refusal check is only as good as its probes: they must move on any write."""
+    from portal.models import AuditEvent
+
+    redis_state = _redis_probe()
+    before = (_db_writes(), redis_state())
+    list(AuditEvent.objects.all()[:5])
+    assert (_db_writes(), redis_state()) == before
+    viewer.first_name = "Vera"
+    viewer.save(update_fields=["first_name"])
+    assert _db_writes() > before[0]
+    django_rq.get_queue("pra", commit_mode="auto").enqueue("builtins.len", "x")
+    assert redis_state() != before[1]
+
+
+@pytest.fixture
+def quiet_request_log():
+    """Thousands of refusals would each log a warning with its traceback (slow, noisy);
+    server errors are still logged, and reported by the matrix itself."""
+    logger = logging.getLogger("django.request")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_http_matrix(identity, settings, quiet_request_log):
+    """Every Django and API route × this identity × each method it accepts."""
+    settings.METRICS_ALLOWED_IPS = []
+    settings.PRA_CONNECT_ATTEMPTS = 1
+    settings.PRA_CONNECT_TIMEOUT = 1
+    settings.PRA_RETRY_BACKOFF = 0
+    world = build_world()
+    client = _client(identity, world)
+    redis_state = _redis_probe()
+    session = identity in SESSION_ROLES or identity == NOROLE
+    failures, count, started, known = [], 0, time.monotonic(), None
+    # Log out last: it ends the session the other requests use.
+    routes = sorted(
+        (r for r in collect_routes() if r.surface in ("django", "api")),
+        key=lambda r: r.key == "admin/logout/",
+    )
+    for route in routes:
+        for variant, key in zip(route.variants, route.rule_keys(), strict=True):
+            rule_ = POLICY.get(key)
+            if rule_ is None:
+                failures.append(f"{key}: no declared policy")
+                continue
+            path, dummy = fill(route, variant, world)
+            for method in route.methods:
+                if session and not _logged_in(client):
+                    client.force_login(world.users[identity])
+                    known = None
+                allowed = effective_role(identity, route.surface) in rule_.allow[method]
+                # The state after a refused request is the state before the next one.
+                before = None if allowed else (known or (_db_writes(), redis_state()))
+                known = None
+                if method == "GET":
+                    response = client.get(path)
+                elif route.surface == "api" and route.key != "api/docs/assets/<str:name>":
+                    body = json.dumps(body_for(path, variant, world))
+                    response = client.post(path, body, content_type="application/json")
+                else:
+                    response = client.post(path, body_for(path, variant, world))
+                count += 1
+                wrong = judge(
+                    response.status_code, response.get("Location", ""), allowed, rule_, dummy
+                )
+                if before:
+                    known = (_db_writes(), redis_state())
+                    if wrong is None and known != before:
+                        wrong = f"{response.status_code} but state changed"
+                if wrong:
+                    failures.append(f"{method} {path} [{key}]: {wrong}")
+    elapsed = time.monotonic() - started
+    print(f"{identity}: {count} requests in {elapsed:.1f} s")
+    assert count > 300
+    assert not failures, f"{identity}:\n" + "\n".join(failures)
+
+
+# --- websockets and /mcp (separate processes' view: committed data) ----------------------
+
+
+def _ws_headers(identity: str, world: World, cookie: bytes | None) -> list:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    if identity in world.raw_tokens:
+        headers.append((b"authorization", f"Bearer {world.raw_tokens[identity]}".encode()))
+    return headers
+
+
+def _cookie(identity: str, world: World) -> bytes | None:
+    if identity not in SESSION_ROLES and identity != NOROLE:
+        return None
+    client = Client()
+    client.force_login(world.users[identity])
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}".encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_websocket_matrix():
+    """Every websocket route (and subject type) × every identity."""
+    from portal.asgi import application
+
+    world = build_world(http=False)
+    routes = [r for r in collect_routes() if r.surface == "ws"]
+    cases = []
+    for identity in IDENTITIES:
+        cookie = _cookie(identity, world)
+        for route in routes:
+            for variant, key in zip(route.variants, route.rule_keys(), strict=True):
+                if variant == "missing":
+                    path = f"/ws/live/{SUBJECTS[0]}/{DUMMY}/"
+                    dummy = True
+                elif variant == "auth.user":
+                    path, dummy = f"/ws/live/auth.user/{world.users['admin'].pk}/", False
+                else:
+                    path, dummy = fill(route, variant, world)
+                # A subject page for an object that does not exist has nothing to follow.
+                allowed = not dummy and effective_role(identity, "ws") in POLICY[key].allow["GET"]
+                cases.append((identity, path, key, allowed, _ws_headers(identity, world, cookie)))
+
+    async def run_all() -> list[str]:
+        failures = []
+        for identity, path, key, allowed, headers in cases:
+            ws = WebsocketCommunicator(application, path, headers=headers)
+            connected, code = await ws.connect(timeout=5)
+            if connected:
+                await ws.disconnect()
+            if connected != allowed:
+                failures.append(f"{identity} {path} [{key}]: connected={connected} code={code}")
+            elif not connected and code not in (4401, 4403, 4404):
+                failures.append(f"{identity} {path}: closed with {code}, not a 44xx reason")
+        return failures
+
+    failures = async_to_sync(run_all)()
+    assert len(cases) >= 50
+    assert not failures, "\n".join(failures)
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "matrix", "version": "1"}},
+}  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_mcp_matrix():
+    """``/mcp`` × every identity × its methods: only an MCP-scope token gets in.
+
+    The app is built as ``portal.asgi`` builds it, with an endpoint of its own: the SDK's
+    session manager lives in the event loop of its first request, and this test's loop
+    ends with the test.
+    """
+    from portal.asgi import django_asgi_app
+    from portal.mcp_http import MCPEndpoint, route_mcp
+    from pra.mcp import server as mcp_server
+
+    endpoint = MCPEndpoint(mcp_server)
+    application = route_mcp(endpoint, django_asgi_app)
+    world = build_world(http=False)
+    [route] = [r for r in collect_routes() if r.surface == "mcp"]
+    rule_ = POLICY[route.key]
+    cases = []
+    for identity in IDENTITIES:
+        cookie = _cookie(identity, world)
+        for method in route.methods:
+            headers = [
+                (b"host", b"localhost"),
+                (b"content-type", b"application/json"),
+                (b"accept", b"application/json, text/event-stream"),
+            ]
+            if cookie:
+                headers.append((b"cookie", cookie))
+            if identity in world.raw_tokens:
+                headers.append((b"authorization", f"Bearer {world.raw_tokens[identity]}".encode()))
+            body = json.dumps(INITIALIZE).encode() if method == "POST" else b""
+            allowed = effective_role(identity, "mcp") in rule_.allow[method]
+            cases.append((identity, method, headers, body, allowed))
+
+    async def request(method: str, headers: list, body: bytes) -> tuple[int, bytes]:
+        """Status and the body's first chunk. A GET answered with an event stream stays
+        open until the server has something to say: its body is not read."""
+        comm = ApplicationCommunicator(
+            application,
+            {"type": "http", "http_version": "1.1", "method": method, "scheme": "http",
+             "path": MCP_PATH, "raw_path": MCP_PATH.encode(), "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
+             "server": ("localhost", 80)},
+        )  # fmt: skip
+        await comm.send_input({"type": "http.request", "body": body, "more_body": False})
+        start = await comm.receive_output(timeout=10)
+        chunk = {}
+        if method != "GET" or start["status"] != 200:
+            chunk = await comm.receive_output(timeout=10)
+        await comm.send_input({"type": "http.disconnect"})
+        with contextlib.suppress(Exception):
+            await comm.wait(timeout=1)
+        return start["status"], chunk.get("body", b"")
+
+    async def run_all() -> list[str]:
+        # One event loop for every request: the MCP session manager lives in it.
+        failures = []
+        for identity, method, headers, body, allowed in cases:
+            status, first = await request(method, headers, body)
+            wrong = judge(status, "", allowed, rule_, dummy=False)
+            if wrong:
+                failures.append(f"{identity} {method} {MCP_PATH}: {wrong}")
+            elif allowed and method == "POST" and b'"serverInfo"' not in first:
+                failures.append(f"{identity} {method}: no initialize result {first!r}")
+        if endpoint._runner is not None:
+            endpoint._runner.cancel()
+        return failures
+
+    failures = async_to_sync(run_all)()
+    assert not failures, "\n".join(failures)
