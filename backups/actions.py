@@ -18,7 +18,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from backups import retention
+from backups import faults, retention
 from backups.choices import (
     RESTORE_TRANSITIONS,
     RUN_TRANSITIONS,
@@ -166,45 +166,170 @@ def request_run(
     return run
 
 
-def _slots(cron: str, start, end) -> list:
-    """Every minute in (start, end] that the cron expression fires on."""
-    slots = []
-    it = croniter(cron, start)
-    while True:
-        slot = it.get_next(type(start))
-        if slot > end:
-            return slots
-        slots.append(slot)
+# Listed by name in a missed-slot report; beyond this only counted.
+MISSED_LISTED = 5
+# Counting skipped slots stops here (a per-minute schedule off for weeks).
+MISSED_COUNTED = 10000
+
+
+def _due(cron: str, since, now) -> tuple[Any, list, int]:
+    """(newest slot in (since, now] or None, the older skipped ones listed, how many skipped)."""
+    base = now.replace(microsecond=0) + timedelta(seconds=1)
+    newest = croniter(cron, base).get_prev(type(now))
+    if newest <= since or newest > now:
+        return None, [], 0
+    listed, count = [], 0
+    it = croniter(cron, since)
+    while count < MISSED_COUNTED:
+        slot = it.get_next(type(now))
+        if slot >= newest:
+            break
+        count += 1
+        if len(listed) < MISSED_LISTED:
+            listed.append(slot)
+    return newest, listed, count
+
+
+def _missed_kind() -> str:
+    # BACKUP_MISSED once the portal's notification kinds list it; until then the
+    # failure kind, so the alert reaches whoever watches backups either way.
+    missed = "BACKUP_MISSED"
+    return missed if missed in NotificationKind.values else NotificationKind.BACKUP_FAILED
+
+
+def _record_missed(source: BackupSource, now, title: str, detail: str, subject) -> None:
+    """Show a missed slot on the source (dashboard) and notify (inside the transaction)."""
+    BackupSource.objects.filter(pk=source.pk).update(missed_at=now, missed_detail=detail[:500])
+    _notify(_missed_kind(), title=title, body=detail, subject=subject, severity="warning")
 
 
 def schedule_due(now=None) -> list[int]:
-    """The per-minute tick: create (once) and enqueue every slot due in the catch-up window.
+    """The per-minute tick: create (once) and enqueue each source's newest due slot.
 
-    A slot is one row, unique on (source, slot): a second scheduler, a
-    restart or a retried tick loses the insert and enqueues nothing.
+    Slots start at the source's creation. Each source keeps a horizon: every
+    slot up to it was created or reported. A tick creates only the newest
+    slot past the horizon (a late tick never starts a burst of runs for the
+    minutes it missed) and reports the older ones it skipped as missed. The
+    horizon moves by compare-and-swap and the slot's row is unique on
+    (source, slot), so a second scheduler, a restart or a retried tick
+    creates nothing twice. Nothing here waits on a backup: runs go to the
+    ``backups`` queue.
     """
-    now = (now or timezone.now()).replace(second=0, microsecond=0)
-    start = now - timedelta(minutes=settings.BACKUP_SCHEDULE_CATCHUP_MINUTES)
+    now = now or timezone.now()
+    # A disabled source skips its slots on purpose: its horizon follows the clock, so
+    # enabling it later does not report the time it was off as missed.
+    BackupSource.objects.filter(enabled=False).update(schedule_horizon=now)
     created = []
     for source in BackupSource.objects.filter(enabled=True):
-        for slot in _slots(source.cron, start, now):
-            try:
-                with transaction.atomic():
-                    run = BackupRun.objects.create(
-                        source=source,
-                        trigger=Trigger.SCHEDULE,
-                        scheduled_for=slot,
-                        requested_by="system:scheduler",
-                        status=RunStatus.QUEUED,
-                        status_changed_at=now,
-                        created=timezone.now(),
-                    )
-                    _announce_run(run, f"scheduled for {slot:%H:%M}")
-                    _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))
-            except IntegrityError:
-                continue  # someone else already holds this slot
+        run = _schedule_source(source, now)
+        if run is not None:
             created.append(run.pk)
     return created
+
+
+def _schedule_source(source: BackupSource, now) -> BackupRun | None:
+    horizon = source.schedule_horizon
+    since = max(horizon, source.created) if horizon else source.created
+    slot, skipped, count = _due(source.cron, since, now)
+    if slot is None:
+        return None
+    with transaction.atomic():
+        won = BackupSource.objects.filter(
+            pk=source.pk,
+            **({"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}),
+        ).update(schedule_horizon=now)
+        if not won:
+            return None  # another tick moved the horizon first: it does this slot
+        if count:
+            names = ", ".join(f"{s:%Y-%m-%d %H:%M:%S}" for s in skipped)
+            more = f" and {count - len(skipped)} more" if count > len(skipped) else ""
+            _record_missed(
+                source,
+                now,
+                title=f"Backup of {source.name}: {count} scheduled slot(s) MISSED",
+                detail=f"{count} slot(s) of {source.name} ({source.cron}) were skipped: {names}"
+                f"{more} UTC. The scheduler did not tick in time (is `rqcron` and the control "
+                f"worker running?); only the newest slot, {slot:%Y-%m-%d %H:%M:%S} UTC, is run.",
+                subject=source,
+            )
+        try:
+            with transaction.atomic():
+                run = BackupRun.objects.create(
+                    source=source,
+                    trigger=Trigger.SCHEDULE,
+                    scheduled_for=slot,
+                    requested_by="system:scheduler",
+                    status=RunStatus.QUEUED,
+                    status_changed_at=now,
+                    created=timezone.now(),
+                )
+        except IntegrityError:
+            return None  # this slot already has its run
+        _announce_run(run, f"scheduled for {slot:%H:%M}")
+        _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))
+    return run
+
+
+def _busy_workers() -> str:
+    """What the backups workers are doing, for a missed-slot report."""
+    from rq import Queue, Worker
+
+    from portal.lib.redis import get_redis
+
+    running = [
+        f"#{r.pk} {r.source.name} (since {r.started_at:%H:%M:%S} UTC, "
+        f"{r.progress_bytes / 1e6:.1f} MB so far)"
+        for r in BackupRun.objects.select_related("source")
+        .filter(status=RunStatus.RUNNING)
+        .order_by("started_at")[:5]
+    ]
+    try:
+        workers = len(Worker.all(queue=Queue("backups", connection=get_redis())))
+    except Exception:  # Redis down: say so rather than fail the report
+        workers = None
+    serving = "unknown (Redis unreachable)" if workers is None else str(workers)
+    doing = "; ".join(running) if running else "nothing"
+    return f"Workers serving the backups queue: {serving}; running: {doing}."
+
+
+def report_missed(now=None) -> list[int]:
+    """Notify once per scheduled run still QUEUED ``BACKUP_MISSED_AFTER`` s after its slot.
+
+    It stays queued and runs when a worker is free; the report (and the
+    dashboard) says it is late and what keeps the workers busy.
+    """
+    now = now or timezone.now()
+    delay = faults.missed_after()
+    reported = []
+    late = BackupRun.objects.select_related("source").filter(
+        trigger=Trigger.SCHEDULE,
+        status=RunStatus.QUEUED,
+        missed_at__isnull=True,
+        scheduled_for__lte=now - timedelta(seconds=delay),
+    )
+    for run in late:
+        with transaction.atomic():
+            if not BackupRun.objects.filter(
+                pk=run.pk, status=RunStatus.QUEUED, missed_at__isnull=True
+            ).update(missed_at=now):
+                continue
+            run.missed_at = now
+            waited = (now - run.scheduled_for).total_seconds()
+            detail = (
+                f"The {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC slot of {run.source.name} "
+                f"(run #{run.pk}) has not started after {waited:.0f} s (limit "
+                f"{delay} s); it is still queued. {_busy_workers()}"
+            )
+            _record_missed(
+                run.source,
+                now,
+                title=f"Backup of {run.source.name} MISSED its slot (run #{run.pk} not started)",
+                detail=detail,
+                subject=run,
+            )
+            _announce_run(run, f"MISSED: not started {waited:.0f} s after its slot")
+        reported.append(run.pk)
+    return reported
 
 
 def claim_run(run_id: int, *, job_id: str) -> BackupRun | None:
@@ -248,10 +373,15 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
         "error": outcome.error[:4000],
         "bytes_raw": outcome.bytes_raw,
         "bytes_stored": outcome.bytes_stored,
-        "progress_bytes": outcome.bytes_raw,
     }
     if outcome.ok:
-        fields.update(checksum=outcome.manifest_sha256, artifact_path=outcome.run_key)
+        fields.update(
+            checksum=outcome.manifest_sha256,
+            artifact_path=outcome.run_key,
+            progress_bytes=outcome.bytes_raw,
+        )
+    else:  # progress_bytes stays: how far it got
+        fields["failure_cause"] = outcome.cause or faults.FailureCause.TOOL_ERROR
     new = RunStatus.SUCCEEDED if outcome.ok else RunStatus.FAILED
     with transaction.atomic():
         if not _move_run(run_id, RunStatus.RUNNING, new, **fields):
@@ -279,6 +409,7 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
                 "duration_s": run.duration_s,
                 "components": [a.component for a in outcome.artifacts],
                 "error": run.error[:1000],
+                "cause": run.failure_cause,
             },
         )
         summary = (
@@ -347,12 +478,14 @@ def check_freshness(now=None) -> dict[str, list[str]]:
 
 
 def notify_failure(run: BackupRun, what: str = "backup") -> None:
-    """Tell people a backup (or its verification) failed; call inside the transaction."""
+    """Tell people a backup (or its verification) failed, and why; call inside the transaction."""
+    cause = f": {run.get_failure_cause_display()}" if run.failure_cause else ""
     _notify(
         "BACKUP_FAILED",
-        title=f"{what} of {run.source.name} FAILED (run #{run.pk})",
+        title=f"{what} of {run.source.name} FAILED (run #{run.pk}){cause}",
         body=(
-            f"Source {run.source.name}, run #{run.pk}, trigger {run.trigger}: "
+            f"Source {run.source.name}, run #{run.pk}, trigger {run.trigger}"
+            f"{f', cause {run.failure_cause}' if run.failure_cause else ''}: "
             f"{(run.error or run.verify_detail or 'see the run')[:2000]}"
         ),
         subject=run,
@@ -527,6 +660,7 @@ def reap_lost_runs(now=None) -> list[int]:
             if not _move_run(
                 pk, RunStatus.RUNNING, RunStatus.FAILED,
                 finished_at=now, error="worker lost: no progress reported",
+                failure_cause=faults.FailureCause.WORKER_LOST,
             ):  # fmt: skip
                 continue
             run = BackupRun.objects.select_related("source").get(pk=pk)

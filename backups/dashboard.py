@@ -1,4 +1,4 @@
-"""The backups panel of the dashboard: each source's last backup, runs in progress."""
+"""The backups panel of the dashboard: each source's last backup, missed slots, runs in progress."""
 
 from datetime import timedelta
 
@@ -24,6 +24,12 @@ def backups_panel(request) -> dict:
             .order_by("-created")
             .first()
         )
+        latest = (
+            BackupRun.objects.filter(source=source, restore__isnull=True)
+            .exclude(status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
+            .order_by("-created")
+            .first()
+        )
         rows.append(
             {
                 "source": source,
@@ -34,6 +40,10 @@ def backups_panel(request) -> dict:
                     and last.created >= fresh
                     and not last.shrink_flag
                 ),
+                # The newest finished run failed: say why (cause, as classified).
+                "failed": latest if latest and latest.status == RunStatus.FAILED else None,
+                # A slot missed within the freshness window stays visible.
+                "missed": bool(source.missed_at and source.missed_at >= fresh),
             }
         )
     running = list(
@@ -44,6 +54,7 @@ def backups_panel(request) -> dict:
     return {
         "template": "backups/panel.html",
         "sources": rows,
+        "missed": [row for row in rows if row["missed"]],
         "running": running,
         "restores": list(RestoreRequest.objects.exclude(status__in=["REJECTED", "EXPIRED"])[:5]),
         "runs_url": reverse("admin:backups_backuprun_changelist"),

@@ -1,8 +1,11 @@
 """RQ entry points for backups. Thin: they take ids and call backups.actions.
 
 The tick (``tick``) is registered once in ``portal.cron`` and runs every
-minute: it creates due schedule slots (once each), reaps lost runs, expires
-restores, sweeps crashed staging, watches disks and applies retention hourly.
+minute on the ``control`` queue, whose worker serves nothing long: it only
+does quick database work (creates due schedule slots once each, reports
+missed ones, reaps lost runs and restores, expires restores, checks
+freshness and disk usage) and enqueues runs and the slower housekeeping
+(sweeping crashed staging, hourly retention) on the ``backups`` queue.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from django.db import connection
 from django.utils import timezone
 from rq import get_current_job
 
-from backups import actions, restore, runner, verify
+from backups import actions, faults, restore, runner, verify
 from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger
 from backups.disk import largest_consumers, usage
 from backups.models import BackupRun, BackupSource, RestoreRequest
@@ -38,17 +41,23 @@ HEARTBEAT_EVERY = 10.0
 
 
 class _Heartbeat:
-    """Beats a run's heartbeat from a thread while its tool runs (even when it prints nothing)."""
+    """Beats a run's heartbeat from a thread while its tool runs (even when it prints nothing).
 
-    def __init__(self, beat: Callable[[], None]) -> None:
+    With ``alive``, only while ``alive()`` says the work is moving: a stalled
+    tool stops the beats, so if its watchdog could not end it the reaper will.
+    """
+
+    def __init__(self, beat: Callable[[], None], alive: Callable[[], bool] | None = None) -> None:
         self._beat = beat
+        self._alive = alive
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         try:
             while not self._stop.wait(HEARTBEAT_EVERY):
-                self._beat()
+                if self._alive is None or self._alive():
+                    self._beat()
         finally:
             connection.close()  # this thread's own database connection
 
@@ -98,17 +107,28 @@ def perform(
             heartbeat_at=timezone.now()
         )
 
+    activity = runner.Activity()
+    stall = faults.stall_timeout(run.source)
+
+    def moving() -> bool:
+        return activity.idle() < stall + HEARTBEAT_EVERY
+
     try:
         transport = make_transport() if make_transport else transport_for(run.source)
     except SourceError as exc:
-        outcome = runner.RunOutcome(ok=False, error=str(exc))
+        outcome = runner.RunOutcome(ok=False, error=str(exc), cause=exc.cause)
     else:
-        with _Heartbeat(beat):
+        with _Heartbeat(beat, moving):
             try:
-                outcome = runner.execute(run.storage_key, transport, storage, on_progress=progress)
+                outcome = runner.execute(
+                    run.storage_key, transport, storage, on_progress=progress,
+                    activity=activity, stall_timeout=stall,
+                )  # fmt: skip
             except Exception as exc:  # a bug, not a tool failure: still end the run visibly
                 logger.exception("backup run %s crashed", run.pk)
-                outcome = runner.RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+                outcome = runner.RunOutcome(
+                    ok=False, error=f"{type(exc).__name__}: {exc}", cause=faults.FailureCause.CRASH
+                )
     finished = actions.finish_run(run.pk, outcome)
     if finished is None:
         if outcome.ok:
@@ -226,28 +246,57 @@ def watch_disks() -> list[str]:
     return alerted
 
 
-def tick(now=None) -> dict:
-    """Every minute: schedule, reap, expire, sweep, watch disks; retention once an hour."""
-    now = now or timezone.now()
+HOUSEKEEPING_JOB = "backups-housekeeping"
+RETENTION_JOB = "backups-retention"
+
+
+def _enqueue_once(func, job_id: str) -> bool:
+    """Put ``func`` on the backups queue unless its job is already waiting or running."""
+    import django_rq
+
+    if actions.job_alive(job_id):
+        return False
+    django_rq.get_queue("backups").enqueue(func, job_id=job_id, result_ttl=3600)
+    return True
+
+
+def housekeeping() -> list[str]:
+    """Sweep staging left by crashed runs (files: slower than the tick's database work)."""
     running = {
         r.storage_key
         for r in BackupRun.objects.select_related("source").filter(status=RunStatus.RUNNING)
     }
+    return get_storage().sweep_incomplete(older_than=settings.BACKUP_HEARTBEAT_GRACE, keep=running)
+
+
+def retention_all(now=None) -> dict[str, list[int]]:
+    """Hourly retention of every enabled source."""
+    now = now or timezone.now()
+    return {
+        s.name: actions.apply_retention(s, now=now).delete
+        for s in BackupSource.objects.filter(enabled=True)
+    }
+
+
+def tick(now=None) -> dict:
+    """Every minute, on the control queue: quick database work only; files go to workers.
+
+    Schedule (newest due slot per source), report missed slots, reap, expire,
+    check freshness and disk usage; sweeping and hourly retention are
+    enqueued on the backups queue (once: a second copy is never queued).
+    """
+    now = now or timezone.now()
     result = {
         "scheduled": actions.schedule_due(now),
+        "missed": actions.report_missed(now),
         "reaped": actions.reap_lost_runs(now),
         "requeued": actions.reconcile_queued(now),
         "expired_restores": actions.expire_restores(now),
         "lost_restores": reap_lost_restores(now),
-        "swept": get_storage().sweep_incomplete(
-            older_than=settings.BACKUP_HEARTBEAT_GRACE, keep=running
-        ),
         "disk_alerts": watch_disks(),
         "freshness": actions.check_freshness(now),
+        "housekeeping": _enqueue_once(housekeeping, HOUSEKEEPING_JOB),
     }
     if now.minute == 5:
-        result["retention"] = {
-            s.name: actions.apply_retention(s, now=now).delete
-            for s in BackupSource.objects.filter(enabled=True)
-        }
+        result["retention"] = _enqueue_once(retention_all, RETENTION_JOB)
     return result

@@ -25,6 +25,7 @@ from backups.choices import (
     Trigger,
     Verification,
 )
+from backups.faults import FailureCause
 from portal.approvals import fingerprint_of
 
 _name_validator = RegexValidator(
@@ -121,6 +122,23 @@ class BackupSource(models.Model):
     keep_monthly = models.PositiveSmallIntegerField(
         default=0, help_text="also keep the newest backup of each of the last N months"
     )
+    stall_timeout = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(86400)],
+        help_text="seconds without a byte from the tool before it is killed and the run "
+        "FAILED; blank: BACKUP_STALL_TIMEOUT",
+    )
+    schedule_horizon = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="every slot up to here was created or reported missed",
+    )
+    missed_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="when a slot was last reported missed"
+    )
+    missed_detail = models.CharField(max_length=500, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -207,6 +225,12 @@ class BackupRun(models.Model):
     artifact_path = models.CharField(max_length=500, blank=True)
     stderr = models.TextField(blank=True)
     error = models.TextField(blank=True)
+    failure_cause = models.CharField(
+        max_length=20, choices=FailureCause.choices, blank=True, help_text="why it failed"
+    )
+    missed_at = models.DateTimeField(
+        null=True, blank=True, help_text="reported missed: not started in BACKUP_MISSED_AFTER"
+    )
     verification = models.CharField(
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )

@@ -101,12 +101,14 @@ def compress_stream(
     holdback: int = 0,
     finish_tail: Callable[[bytes], bytes] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> StreamResult:
     """Compress everything read from ``source`` into ``out``.
 
     ``holdback`` keeps the last N bytes back until the end, when
     ``finish_tail(tail)`` decides what of them to keep (redis-cli appends a
-    transfer marker to a diskless RDB on stdout).
+    transfer marker to a diskless RDB on stdout). ``on_read(n)`` hears of
+    every read, however small (the stall watchdog's sign of life).
     """
     hashing = _HashingWriter(out)
     params = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
@@ -118,6 +120,8 @@ def compress_stream(
         data = os.read(fd, CHUNK)
         if not data:
             break
+        if on_read is not None:
+            on_read(len(data))
         if holdback:
             data = pending + data
             data, pending = data[:-holdback], data[-holdback:]

@@ -9,7 +9,8 @@ from django.db import connection
 
 from backups import actions
 from backups.choices import RunStatus
-from backups.jobs import tick
+from backups.faults import FailureCause
+from backups.jobs import housekeeping, tick
 from backups.models import BackupArtifact, BackupRun
 from backups.sources import PostgresTransport
 from backups.storage import get_storage
@@ -26,6 +27,7 @@ def test_a_failing_tool_fails_the_run_keeps_its_stderr_and_leaves_no_file(
     run = backup_now(source, operator, capture)
     assert run.status == RunStatus.FAILED
     assert "pg_dump for no_such_database exited 1" in run.error
+    assert run.failure_cause == FailureCause.TOOL_ERROR
     assert "no_such_database" in run.stderr and "does not exist" in run.stderr
     assert get_storage().list_runs() == [] and not BackupArtifact.objects.exists()
     assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_FAILED"]
@@ -47,7 +49,7 @@ def test_missing_credentials_fail_clearly_and_passwords_never_reach_argv(
     source.password_env, source.password_file = "", str(secret_file)
     command = PostgresTransport(source).command(PostgresTransport(source).components()[0])
     assert "hunter2-secret" not in " ".join(command.argv)
-    assert command.env == {"PGPASSWORD": "hunter2-secret"}
+    assert command.env == {"PGPASSWORD": "hunter2-secret", "PGCONNECT_TIMEOUT": "10"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -103,9 +105,12 @@ def test_a_worker_killed_mid_backup_leaves_nothing_listed(
     assert actions.reap_lost_runs(now=later) == [run.pk]
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED and "worker lost" in run.error
-    # The sweeper removes the staging once its run is no longer running.
+    assert run.failure_cause == FailureCause.WORKER_LOST
+    # The sweeper (housekeeping, enqueued by the tick) removes the staging once its run
+    # is no longer running.
     settings.BACKUP_HEARTBEAT_GRACE = 0
-    assert tick(now=later)["swept"] == [run.storage_key]
+    assert tick(now=later)["housekeeping"] is True
+    assert housekeeping() == [run.storage_key]
     assert not list(settings.BACKUP_STORAGE_DIR.glob("two-dbs/.incomplete/*"))
     run_jobs()  # nothing brings it back
     run.refresh_from_db()
