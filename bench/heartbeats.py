@@ -75,7 +75,7 @@ class ProtocolError(Exception):
 # --- load generator (standard library only; runs in spawned processes) -----------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimAgent:
     """A simulated agent: who it is, its secret, and the telemetry it sends."""
 
@@ -83,6 +83,9 @@ class SimAgent:
     name: str
     secret: str
     body: bytes
+    # The portal refuses a heartbeat not signed later than the agent's last one
+    # (microseconds, like incidents.agent_client): each agent stays on one connection.
+    last_us: int = 0
 
 
 def heartbeat_body(rng: random.Random) -> bytes:
@@ -165,7 +168,9 @@ class KeepAlive:
 
 def signed_request(kind: str, port: int, agent: SimAgent, sign: Callable[..., str]) -> bytes:
     """A heartbeat POST signed like incidents.agent_client does; only the target path differs."""
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+    agent.last_us = max(time.time_ns() // 1000, agent.last_us + 1)
+    timestamp = f"{agent.last_us // 1_000_000}.{agent.last_us % 1_000_000:06d}"
+    nonce = secrets.token_urlsafe(18)
     signature = sign(agent.secret, timestamp, nonce, "POST", HEARTBEAT_PATH, agent.body)
     path = f"/bare/{agent.pk}" if kind == "bare" else HEARTBEAT_PATH
     head = (

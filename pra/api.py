@@ -214,10 +214,19 @@ def list_hosts(request):
     return [host_out(h) for h in Host.objects.all()]
 
 
-@router.post("/actions", response={201: ActionOut, 400: ErrorOut, 403: ErrorOut})
+class ProposalOut(ActionOut):
+    created: bool = Field(description="false: an identical action was already open")
+    message: str
+
+
+@router.post(
+    "/actions", response={200: ProposalOut, 201: ProposalOut, 400: ErrorOut, 403: ErrorOut}
+)
 def propose(request, body: ProposeIn):
+    """201 with the new action, or 200 with the identical action already open (same
+    catalog action, host and parameters) and a message saying so: nothing is created."""
     try:
-        obj = actions.propose_action(
+        proposal = actions.submit_proposal(
             action=body.action,
             host=body.host,
             params=body.params,
@@ -228,7 +237,11 @@ def propose(request, body: ProposeIn):
         )
     except actions.ActionError as exc:
         return _error(exc)
-    return Status(201, action_out(obj))
+    out = action_out(proposal.action) | {
+        "created": proposal.created,
+        "message": proposal.message or f"Proposed as #{proposal.action.pk}.",
+    }
+    return Status(201 if proposal.created else 200, out)
 
 
 @router.get("/actions", response=list[ActionOut])

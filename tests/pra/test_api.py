@@ -171,3 +171,18 @@ def test_mcp_scoped_tokens_cannot_use_the_rest_api(client, approver, host):
     _, raw = create_token(approver, "assistant", scope="mcp")
     response = client.get("/api/pra/actions", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 401
+
+
+def test_an_identical_open_proposal_returns_the_existing_action(client, operator, operator2, host):
+    """The second identical proposal (another operator, same action, host and params)
+    creates nothing: 200, the same id, created false and a message naming it."""
+    first = _post(client, "/api/pra/actions", _proposal(), _bearer(operator))
+    assert first.status_code == 201 and first.json()["created"] is True
+    second = _post(client, "/api/pra/actions", _proposal(), _bearer(operator2))
+    assert second.status_code == 200, second.content
+    body = second.json()
+    assert body["id"] == first.json()["id"] and body["created"] is False
+    assert f"#{body['id']}" in body["message"] and "already open" in body["message"]
+    assert PRAAction.objects.count() == 1
+    other = _post(client, "/api/pra/actions", _proposal(action="reload_caddy"), _bearer(operator))
+    assert other.status_code == 201 and other.json()["id"] != body["id"]
