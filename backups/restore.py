@@ -25,7 +25,6 @@ from urllib.parse import quote, urlsplit
 import psycopg
 import redis
 import yaml
-from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backups import credentials
@@ -33,7 +32,7 @@ from backups.choices import ArtifactFormat, RestoreMode, SourceKind, Transport
 from backups.models import BackupArtifact, BackupSource, RestoreTarget
 from backups.sources import kubectl_base, pg_url
 from backups.storage import Storage
-from backups.streaming import BoundedText, drain_in_thread, feed, open_decompressed
+from backups.streaming import BoundedText, drain_in_thread, feed
 from backups.verify import load_resources
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
@@ -433,7 +432,8 @@ def inspect_pg(target: PgTarget) -> TargetState:
     return TargetState(
         True,
         f"database {target.database} on {target.where}: {tables} tables, "
-        f"{row[0] / 1e6:.1f} MB — dropped and replaced",
+        f"{row[0] / 1e6:.1f} MB — replaced as a whole (restored into a new database, then "
+        "swapped in: room for a second copy is needed)",
         free,
         note,
         {"tables": tables, "bytes": row[0]},
@@ -564,52 +564,6 @@ def _run_with_input(argv: list[str], env: dict[str, str], reader) -> tuple[int, 
     return code, errors.text().strip()
 
 
-def restore_pg(target: PgTarget, storage: Storage, artifact: BackupArtifact, mode: str) -> dict:
-    password = target.password()
-    if mode == RestoreMode.SCRATCH:
-        try:
-            with _pg_connect(target, "postgres") as conn:
-                # Fails if the database appeared since the plan: a scratch restore never overwrites.
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
-        except psycopg.Error as exc:
-            raise RestoreError(f"cannot create scratch database {target.database}: {exc}") from None
-    # One transaction: if anything fails, the target is left exactly as it was.
-    argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
-            "-d", pg_url(target.dsn, target.database)]  # fmt: skip
-    env = {"PGPASSWORD": password} if password else {}
-    env["PGPASSFILE"] = os.devnull
-    code, stderr = _run_with_input(argv, env, open_decompressed(storage.open(artifact.key)))
-    if code != 0:
-        raise RestoreError(f"pg_restore exited {code}: {stderr[-1500:]}")
-    return validate_pg(target, artifact)
-
-
-def validate_pg(target: PgTarget, artifact: BackupArtifact) -> dict:
-    with _pg_connect(target, target.database) as conn:
-        tables = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
-        ).fetchall()
-        rows = {}
-        for schema, table in tables:
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            rows[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]
-    expected = (artifact.facts or {}).get("tables")
-    ok = expected is None or expected == len(tables)
-    return {
-        "component": artifact.component,
-        "target": f"{target.database} on {target.where}",
-        "ok": ok,
-        "tables": len(tables),
-        "tables_expected": expected,
-        "rows": rows,
-        "total_rows": sum(rows.values()),
-    }
-
-
 def write_manifest(objects: list[dict], directory: Path) -> Path:
     """Objects cleaned of server-managed fields, as a private YAML file (it may hold secrets)."""
     cleaned = []
@@ -666,6 +620,8 @@ def restore_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact,
 
 def run_restore(target, storage: Storage, artifact: BackupArtifact, mode: str) -> dict:
     if isinstance(target, PgTarget):
+        from backups.postgres_restore import restore_pg
+
         return restore_pg(target, storage, artifact, mode)
     if isinstance(target, RedisTarget):
         from backups.redis_restore import restore_redis

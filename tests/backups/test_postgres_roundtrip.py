@@ -1,6 +1,7 @@
 """PostgreSQL end to end with the real tools: pg_dump → zstd → storage → verify
 (pg_restore --list) → drop → pg_restore → the same content, row for row."""
 
+import psycopg
 import pytest
 
 from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatus, Verification
@@ -65,3 +66,88 @@ def test_restore_into_a_new_scratch_database_leaves_the_original_alone(
     finally:
         pg_cluster.drop(scratch)
     assert RestoreRequest.objects.count() == 1
+
+
+def _objects(cluster, dbname: str) -> dict:
+    """Every schema and relation (tables, views, sequences, indexes) and database setting."""
+    with cluster.connect(dbname) as conn:
+        relations = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2"
+        ).fetchall()
+        schemas = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' "
+            "AND nspname <> 'information_schema' ORDER BY 1"
+        ).fetchall()
+        database = conn.execute(
+            "SELECT s.setconfig, shobj_description(d.oid, 'pg_database'), "
+            "ARRAY(SELECT unnest(d.datacl)::text ORDER BY 1) "
+            "FROM pg_database d LEFT JOIN pg_db_role_setting s ON s.setdatabase = d.oid "
+            "WHERE d.datname = current_database()"
+        ).fetchone()
+    return {"relations": relations, "schemas": schemas, "database": database}
+
+
+def _leftovers(cluster, name: str) -> list:
+    with cluster.connect("postgres") as conn:
+        return conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{name[:40]}\\_\\_%"]
+        ).fetchall()
+
+
+def test_an_overwrite_gives_back_exactly_the_backed_up_database(
+    pg_cluster, pg_database, operator, approver, approver2, capture
+):
+    """Objects created since the backup do not survive (pg_restore --clean would keep them or
+    fail on their dependencies); an open session is closed; database properties are kept."""
+    name = pg_database("exact")
+    with pg_cluster.connect(name) as conn:
+        conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '42s'")
+        conn.execute(f'ALTER DATABASE "{name}" SET search_path = public, "$user"')
+        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'the shop'")
+        conn.execute(f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+    good, good_objects = pg_snapshot(pg_cluster, name), _objects(pg_cluster, name)
+    run = backup_now(pg_source("exact-db", pg_cluster.dsn, name), operator, capture)
+    with pg_cluster.connect(name) as conn:
+        conn.execute(
+            "CREATE TABLE public.added (x int); CREATE SCHEMA extra; "
+            "CREATE TABLE extra.t (x int); CREATE VIEW public.names AS SELECT name FROM customers; "
+            "DELETE FROM orders WHERE id > 10; UPDATE customers SET name = 'oops'"
+        )
+    idle = pg_cluster.connect(name)  # an application's session, left open
+
+    req, plan = plan_now(capture, run.artifacts.get(), by=operator, confirmation=name)
+    assert plan["mode"] == RestoreMode.OVERWRITE and "replaced as a whole" in plan["overwrites"]
+    req = approve_and_run(capture, req, approver, approver2, confirmation=name)
+
+    assert req.status == RestoreStatus.SUCCEEDED, req.error
+    assert pg_snapshot(pg_cluster, name) == good
+    assert _objects(pg_cluster, name) == good_objects  # no "added", no "extra", no "names"
+    assert "swapped names" in req.report["method"] and req.report["sessions_closed"] >= 1
+    assert req.report["ok"] and req.report["warnings"] == []
+    assert _leftovers(pg_cluster, name) == []
+    with pytest.raises(psycopg.OperationalError):
+        idle.execute("SELECT 1")
+    idle.close()
+
+
+def test_a_failed_overwrite_changes_nothing_and_leaves_no_copy(
+    pg_cluster, pg_database, operator, approver, approver2, capture, settings
+):
+    name = pg_database("half")
+    run = backup_now(pg_source("half-db", pg_cluster.dsn, name), operator, capture)
+    artifact = run.artifacts.get()
+    with pg_cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE public.added (x int); DELETE FROM orders WHERE id > 10")
+    changed = pg_snapshot(pg_cluster, name), _objects(pg_cluster, name)
+    req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
+    # The stored file loses its second half after verification: pg_restore fails midway.
+    path = settings.BACKUP_STORAGE_DIR / artifact.key
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    req = approve_and_run(capture, req, approver, approver2, confirmation=name)
+    assert req.status == RestoreStatus.FAILED
+    assert "pg_restore exited" in req.error and "nothing was changed" in req.error
+    assert (pg_snapshot(pg_cluster, name), _objects(pg_cluster, name)) == changed
+    assert _leftovers(pg_cluster, name) == []
