@@ -31,7 +31,7 @@ from mcp import MCPError
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from portal.audit import Actor, record, subject_of
@@ -150,13 +150,23 @@ def scrub(value: Any, depth: int = 0) -> Any:
     return _storable(repr(value)[:200])
 
 
-def _error_text(result: dict) -> str:
-    texts = [c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)]
+def _is_error(result: Any) -> bool:
+    if isinstance(result, CallToolResult):
+        return bool(result.is_error)
+    return isinstance(result, dict) and bool(result.get("isError"))
+
+
+def _error_text(result: Any) -> str:
+    if isinstance(result, CallToolResult):
+        texts = [getattr(c, "text", "") for c in result.content]
+    else:
+        texts = [c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)]
     return " ".join(t for t in texts if t)[:1000]
 
 
-def _error_result(message: str) -> dict:
-    return {"content": [{"type": "text", "text": message}], "isError": True}
+def _error_result(message: str) -> CallToolResult:
+    # The SDK's own model: the runner serialises it for whichever protocol was agreed.
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
 def _internal_error(exc: BaseException, call: _Call | None) -> str:
@@ -208,7 +218,7 @@ async def audit_tool_calls(
             raise  # protocol errors (unknown method, malformed params): the SDK answers
         except Exception as exc:
             result = _error_result(_internal_error(exc, call))
-        if isinstance(result, dict) and result.get("isError"):
+        if _is_error(result):
             error = _error_text(result)
         else:
             outcome = "ok"

@@ -536,3 +536,207 @@ def test_backup_status_reports_freshness(daphne, operator, token_of):
              "size_bytes": None, "verification": None, "fresh": False, "last_run_status": None}
         ]  # fmt: skip
         assert "No enabled backup source 'nope'" in mcp.error("backup_status", {"source": "nope"})
+
+
+# --- execute when the portal already started the run ------------------------------------------
+
+
+def _approve_in_portal(approver, action_id: int) -> None:
+    action = PRAAction.objects.get(pk=action_id)
+    actions.approve_action(action, by=approver, fingerprint=action.approval_fingerprint())
+
+
+def test_execute_waits_for_the_run_the_worker_already_started(
+    daphne, operator, approver, target_host, shared_ssh_target, token_of, tmp_path
+):
+    """Approval enqueues the run; a live worker claims it before the assistant asks. The
+    tool waits for that run, reports progress at least every 5 s, and returns the outcome."""
+    shared_ssh_target.set_unit("caddy", "inactive")
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        proposed = mcp.ok(
+            "propose_pra_action",
+            {"action": "restart_caddy", "host": "dns-1", "params": {}, "rationale": RATIONALE},
+        )
+        run_jobs()  # the pre-flight
+        shared_ssh_target.delay_command("systemctl", 12)  # the restart takes 12 s
+        _approve_in_portal(approver, proposed["id"])
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            [PYTHON, "manage.py", "rqworker", "pra", "--burst"],
+            env=child_env(shared_ssh_target), cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert _wait_until(
+                lambda: restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1, 60
+            ), "the worker never started the restart"
+            assert PRAAction.objects.get(pk=proposed["id"]).status == ActionStatus.EXECUTING
+            shared_ssh_target.delay_command("systemctl", 0)  # only the restart is slow
+            progress: list[tuple[float, str]] = []
+
+            async def on_progress(done, total, message):
+                progress.append((time.monotonic(), message))
+
+            pending = mcp.start(
+                "execute_pra_action", {"action_id": proposed["id"], "wait_seconds": 90}, on_progress
+            )
+            result = pending.result(timeout=TIMEOUT + 10)
+        finally:
+            _stop(worker)
+            log.close()
+        assert not result.is_error, text(result)
+        done = result.structured_content
+        assert (done["status"], done["verification"], done["finished"]) == (
+            "COMPLETED",
+            "VERIFIED",
+            True,
+        )
+        assert "had already started" in done["note"] and "runs once" in done["note"]
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1
+    messages = [m for _, m in progress]
+    executing = [m for m in messages if m.startswith(f"action #{proposed['id']} is EXECUTING; ")]
+    assert len(executing) >= 2, messages
+    assert all(m.endswith(" bytes of output so far") for m in messages), messages
+    gaps = [b - a for (a, _), (b, _) in zip(progress, progress[1:], strict=False)]
+    assert max(gaps) < 5 + 2, gaps  # periodic, not only on changes of state
+    assert_audited(mcp, operator, raw)
+
+
+def test_execute_returns_the_outcome_of_a_run_that_already_ended(
+    daphne, operator, approver, target_host, shared_ssh_target, token_of
+):
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        proposed = mcp.ok(
+            "propose_pra_action",
+            {"action": "restart_caddy", "host": "dns-1", "params": {}, "rationale": RATIONALE},
+        )
+        _approve_in_portal(approver, proposed["id"])
+        run_jobs()  # pre-flight, run and verification, before the assistant asks
+        done = mcp.ok("execute_pra_action", {"action_id": proposed["id"], "wait_seconds": 5})
+        assert (done["status"], done["finished"]) == ("COMPLETED", True)
+        assert "had already started" in done["note"]
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1
+    assert_audited(mcp, operator, raw)
+
+
+# --- the boundary: arguments, duplicates, internal errors ------------------------------------
+
+
+def test_unstorable_text_in_any_argument_is_refused_named_and_audited(
+    daphne, operator, target_host, shared_ssh_target, token_of
+):
+    _, raw = token_of(operator)
+    good = {"action": "restart_unbound", "host": "dns-1", "params": {}, "rationale": RATIONALE}
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        cases = [
+            ("propose_pra_action", {**good, "extra": "x\x00y"}, "extra"),
+            ("propose_pra_action", {**good, "rationale": RATIONALE + "\x00"}, "rationale"),
+            ("propose_pra_action", {**good, "params": {"unit\x00": "x"}}, "params"),
+            ("get_service_status", {"host": "dns-1", "unit": "unbound\x00"}, "unit"),
+        ]
+        for tool, arguments, field_name in cases:
+            refused = mcp.error(tool, arguments)
+            assert f"argument {field_name}" in refused, refused
+            assert "cannot be stored" in refused and "Nothing was done" in refused
+            for leak in ("SELECT", "INSERT", "psycopg", "Traceback", "\x00"):
+                assert leak not in refused
+    with mcp_session(http_transport(daphne, raw), mode="legacy") as legacy:
+        assert "argument extra" in legacy.error("list_hosts", {"extra": "\x00"})
+    mcp.calls += legacy.calls
+    assert not PRAAction.objects.exists()
+    assert not DiagnosticRun.objects.exists()
+    assert shared_ssh_target.calls() == []
+    assert_audited(mcp, operator, raw)
+    events = AuditEvent.objects.filter(event_type=AuditEventType.MCP_TOOL_CALL).order_by("id")
+    assert events[0].details["arguments"]["extra"] == "x\ufffdy"
+    assert "argument extra" in events[0].details["error"]
+
+
+def test_an_identical_open_action_is_returned_instead_of_a_second_one(
+    daphne, operator, target_host, token_of
+):
+    rule = actions.propose_action(
+        action="restart_unbound", host="dns-1", params={}, rationale=RATIONALE,
+        by=actions.Proposer.rule("service:unbound"),
+    )  # fmt: skip
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        proposal = {"action": "restart_unbound", "host": "dns-1", "params": {}}
+        again = mcp.ok("propose_pra_action", {**proposal, "rationale": RATIONALE})
+        assert (again["id"], again["created"], again["proposer"]) == (
+            rule.pk,
+            False,
+            "rule:service:unbound",
+        )
+        assert again["note"].startswith(f"Not proposed again: action #{rule.pk} ")
+        other = mcp.ok("propose_pra_action", {**proposal, "action": "restart_caddy",
+                                              "rationale": RATIONALE})  # fmt: skip
+        assert other["created"] is True and other["id"] != rule.pk
+    assert PRAAction.objects.count() == 2
+    assert_audited(mcp, operator, raw)
+
+
+def test_an_unexpected_failure_shows_a_reference_never_its_text(
+    operator, target_host, monkeypatch, caplog
+):
+    """In-process (the SDK's in-memory client) so the failure can be injected: the
+    identity lookup is swapped for the operator (no token transport in memory)."""
+    from pra import mcp as pra_mcp
+
+    async def identify(request):
+        return operator
+
+    def broken(**kwargs):
+        raise RuntimeError('relation "x" violates: INSERT INTO pra_praaction VALUES (...)')
+
+    monkeypatch.setattr(pra_mcp, "_identify", identify)
+    monkeypatch.setattr(actions, "submit_proposal", broken)
+    with start_blocking_portal() as portal:
+        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        with portal.wrap_async_context_manager(client):
+            result = portal.call(
+                client.call_tool,
+                "propose_pra_action",
+                {"action": "restart_unbound", "host": "dns-1", "params": {},
+                 "rationale": RATIONALE},
+            )  # fmt: skip
+    assert result.is_error
+    message = text(result)
+    assert "Internal error, see the portal log (ref " in message
+    assert "INSERT" not in message and "relation" not in message
+    ref = message.split("(ref ")[1].split(")")[0]
+    assert any(ref in r.getMessage() and r.exc_info for r in caplog.records)
+    event = AuditEvent.objects.get(event_type=AuditEventType.MCP_TOOL_CALL)
+    assert (event.details["outcome"], event.actor) == ("error", "mcp:otto-operator")
+    assert ref in event.details["error"]
+    assert not PRAAction.objects.exists()
+
+
+def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_host, monkeypatch):
+    """In-process, to make the audit write fail: the proposal it would have audited is
+    rolled back with it, and the client gets the generic error."""
+    from pra import mcp as pra_mcp
+
+    async def identify(request):
+        return operator
+
+    def audit_fails(call, outcome, error):
+        raise RuntimeError("audit table unavailable: INSERT INTO portal_auditevent ...")
+
+    monkeypatch.setattr(pra_mcp, "_identify", identify)
+    monkeypatch.setattr(pra_mcp, "_audit", audit_fails)
+    with start_blocking_portal() as portal:
+        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        with portal.wrap_async_context_manager(client):
+            result = portal.call(
+                client.call_tool,
+                "propose_pra_action",
+                {"action": "restart_unbound", "host": "dns-1", "params": {},
+                 "rationale": RATIONALE},
+            )  # fmt: skip
+    assert result.is_error
+    assert "Internal error, see the portal log (ref " in text(result)
+    assert "INSERT" not in text(result)
+    assert not PRAAction.objects.exists()  # no unaudited action

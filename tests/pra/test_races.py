@@ -201,3 +201,73 @@ def test_disabling_a_host_stops_approved_actions(
     action.refresh_from_db()
     assert action.status == ActionStatus.APPROVED  # not run; it expires in its window
     assert restarts(shared_ssh_target, "systemctl", "restart") == 0
+
+
+def _in_threads(count, fn):
+    """Run ``fn(i)`` in ``count`` threads released together; returns results (or errors)."""
+    barrier = threading.Barrier(count)
+    results = [None] * count
+
+    def run(i):
+        try:
+            barrier.wait(30)
+            results[i] = fn(i)
+        except Exception as exc:  # collected, asserted by the caller
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_twenty_concurrent_executes_of_a_vanished_job_enqueue_it_once(
+    operator, approver, target_host, shared_ssh_target
+):
+    import django_rq
+
+    from portal.models import AuditEvent
+
+    action = _approved(operator, approver, target_host)
+    get_redis().flushdb()  # Redis lost the job
+    results = _in_threads(20, lambda i: actions.request_execution(action.pk, by=operator))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    events = AuditEvent.objects.filter(
+        subject_type="pra.praaction", subject_id=str(action.pk), event_type="PRA_REENQUEUED"
+    )
+    assert events.count() == 1
+    assert django_rq.get_queue("pra").job_ids == [actions.execution_job_id(action.pk)]
+    run_jobs()
+    action.refresh_from_db()
+    assert action.status == ActionStatus.COMPLETED
+    assert restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1
+
+
+def test_concurrent_identical_proposals_end_on_one_action(operator, target_host):
+    from portal.models import AuditEvent
+    from pra.actions import Proposer
+
+    proposers = [Proposer.rule("service:unbound"), Proposer.ai(operator), operator] * 4
+
+    def propose_it(i):
+        return actions.submit_proposal(
+            action="restart_unbound", host="dns-1", params={}, by=proposers[i],
+            rationale=f"unbound is inactive and clients time out on DNS lookups ({i})",
+        )  # fmt: skip
+
+    results = _in_threads(len(proposers), propose_it)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len({r.action.pk for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert PRAAction.objects.count() == 1
+    assert AuditEvent.objects.filter(event_type="PRA_PROPOSED").count() == 1
+    joined = next(r for r in results if not r.created)
+    assert joined.message.startswith(f"Not proposed again: action #{joined.action.pk} ")
+    # Other parameters or another action are another proposal.
+    other = propose(operator, target_host, "restart_container", {"name": "web-1"})
+    assert propose(operator, target_host, "restart_container", {"name": "web-2"}).pk != other.pk
+    assert propose(operator, target_host, "restart_container", {"name": "web-1"}).pk == other.pk

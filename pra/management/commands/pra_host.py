@@ -91,8 +91,16 @@ class Command(BaseCommand):
         if yes and not matched:
             raise CommandError("A changed key is only re-pinned unattended with --fingerprint.")
         self._confirm("The key CHANGED. Only continue if you know why. Pin the new key?", matched)
-        actions.pin_host_key(host, key, by="system:cli")
+        voiding = host.actions.filter(status="APPROVED").count()
+        try:
+            actions.update_host(host, by="system:cli", host_key=key)
+        except actions.ActionError as exc:
+            raise CommandError(exc.message) from None
         self.stdout.write(self.style.SUCCESS(f"Pinned {new} for {name}."))
+        if voiding:
+            self.stdout.write(
+                f"{voiding} approved action(s) on {name} were voided: propose them again."
+            )
 
     def _list(self, **options):
         for host in Host.objects.all():
