@@ -273,7 +273,7 @@ class PlanForm(forms.Form):
 class RestoreRequestAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     list_display = ("id", "status_badge", "mode", "artifact", "target_name", "requester_label",
                     "created")  # fmt: skip
-    list_filter = ("status", "mode")
+    list_filter = ("status", "mode", "restore_target")
     change_form_template = "admin/backups/restorerequest/change_form.html"
     sign_request = staticmethod(actions.approve_restore)
     reject_request = staticmethod(actions.reject_restore)

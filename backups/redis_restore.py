@@ -147,7 +147,7 @@ class _StagedRestore:
             self.staging = self._pick_staging(databases, set(source), set(live))
             drop = sorted(set(live) - set(source))
             try:
-                written = self._stage(source)
+                written = self._stage()
                 self._check_staged(admin, written)
                 if self.mode == RestoreMode.SCRATCH:
                     now = keyspace(admin)
@@ -217,7 +217,7 @@ class _StagedRestore:
             )
         return dict(zip(sorted(source), spare, strict=False))
 
-    def _stage(self, source: dict[int, int]) -> dict[int, int]:
+    def _stage(self) -> dict[int, int]:
         written: dict[int, int] = {}
         for db, stage in self.staging.items():
             src, out = self.loaded.client(db), self.target.client(stage)

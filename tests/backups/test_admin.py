@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from backups.choices import RestoreStatus, SourceKind
 from backups.models import BackupRun, RestoreRequest
-from tests.backups.helpers import backup_now, make_source, run_jobs
+from tests.backups.helpers import backup_now, make_source, pg_source, run_jobs
 from tests.conftest import TEST_PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -82,3 +82,34 @@ def test_plan_page_previews_then_approvers_sign_on_the_restore_page(
     req.refresh_from_db()
     assert req.status == RestoreStatus.SUCCEEDED, req.error
     assert req.safety_run.status == "SUCCEEDED"
+
+
+def test_a_scratch_restore_is_approved_by_one_other_person_on_its_page(
+    pg_cluster, pg_database, operator, approver, capture
+):
+    name = pg_database("page")
+    artifact = backup_now(pg_source("page-db", pg_cluster.dsn, name), operator, capture)
+    artifact = artifact.artifacts.get()
+    plan_url = reverse("admin:backups_restorerequest_plan")
+    page = _login(operator).get(plan_url + f"?artifact={artifact.pk}")
+    assert b"the backup&#x27;s own source" in page.content  # the target is chosen, not typed
+    scratch = f"{name}_drill"
+    data = {"artifact": artifact.pk, "target": "", "database": scratch, "create": "1"}
+    _login(operator).post(plan_url, data)
+    req = RestoreRequest.objects.get()
+    assert (req.mode, req.status) == ("scratch", RestoreStatus.PLANNED)
+    change = reverse("admin:backups_restorerequest_change", args=[req.pk])
+    assert b"approve-button" not in _login(operator).get(change).content  # the requester
+    page = _login(approver).get(change).content
+    assert b"approve-button" in page and b'name="confirmation"' not in page  # MEDIUM: no typing
+    approve = reverse("admin:backups_restorerequest_approve", args=[req.pk])
+    try:
+        with capture(execute=True):
+            _login(approver).post(approve, {"fingerprint": req.approval_fingerprint()})
+        req.refresh_from_db()
+        assert req.status == RestoreStatus.APPROVED
+        run_jobs()
+        req.refresh_from_db()
+        assert req.status == RestoreStatus.SUCCEEDED, req.error
+    finally:
+        pg_cluster.drop(scratch)
