@@ -294,10 +294,13 @@ class ToolProcess:
         if self.fired is not None:
             result.cause, result.message = self.fired
             said = faults.classify(stderr)
-            if result.cause == FailureCause.STALLED and not self.bytes_out and said in {
-                FailureCause.CONNECT_TIMEOUT,
-                FailureCause.UNREACHABLE,
-            }:  # silent because it never got through (kubectl retrying): say that
+            never_through = {FailureCause.CONNECT_TIMEOUT, FailureCause.UNREACHABLE}
+            if (
+                result.cause == FailureCause.STALLED
+                and not self.bytes_out
+                and said in never_through
+            ):
+                # Silent because it never got through (kubectl retrying): say that.
                 result.cause = said
                 result.message += f"; it said: {_last_line(stderr)[:300]}"
         elif self._feed_error:
