@@ -27,6 +27,7 @@ import hashlib
 import re
 import shlex
 import string
+from collections.abc import Iterable
 from pathlib import Path
 
 from pra.catalog import CATALOG, SAFE_WORD, ActionSpec, catalog_fingerprint
@@ -90,8 +91,13 @@ def render_target(
     exec_pubkey: str | None = None,
     diag_pubkey: str | None = None,
     use_sudo: bool = True,
+    connectivity_ports: Iterable[int] | None = None,
 ) -> list[Path]:
     """Write the target-side files into ``outdir`` and return their paths.
+
+    ``connectivity_ports``: the only ports ``pra-diag connectivity`` may probe (the
+    portal already limits it to registered hosts and PRA_CONNECTIVITY_PORTS; this
+    holds even against a stolen diag key). None: any port.
 
     Raises :class:`TargetRenderError` for an option that would not be safe to
     embed in a script, a sudoers file or an authorized_keys line.
@@ -105,6 +111,7 @@ def render_target(
     exec_line = parse_public_key(exec_pubkey, "exec") if exec_pubkey else None
     diag_line = parse_public_key(diag_pubkey, "diag") if diag_pubkey else None
     _check_catalog()
+    ports = _check_ports(connectivity_ports)
 
     fingerprint = catalog_fingerprint()
     common = {
@@ -122,7 +129,9 @@ def render_target(
     files = {
         "pra-exec": _fill(PRA_EXEC, **common, EXEC_CASES=_exec_cases(), RUN_VIA=run_via),
         "pra-run": pra_run,
-        "pra-diag": _fill(PRA_DIAG, **common, RUN_VIA=run_via),
+        "pra-diag": _fill(
+            PRA_DIAG, **common, RUN_VIA=run_via, CONNECTIVITY_PORTS=shlex.quote(ports)
+        ),
         "sudoers-pra": _sudoers(prefix, run_user, pra_run, fingerprint),
         "authorized_keys": _authorized_keys(prefix, exec_line, diag_line, fingerprint),
         "install.sh": _fill(
@@ -145,6 +154,19 @@ def render_target(
         target.chmod(_MODES.get(name, 0o644))
         written.append(target)
     return written
+
+
+def _check_ports(ports: Iterable[int] | None) -> str:
+    if ports is None:
+        return ""
+    checked = []
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise TargetRenderError(f"connectivity port {port!r} is not a TCP port (1-65535)")
+        checked.append(port)
+    if not checked:
+        raise TargetRenderError("connectivity ports: give at least one, or None for any")
+    return " ".join(str(p) for p in sorted(set(checked)))
 
 
 def parse_public_key(text: str, label: str = "public") -> str:
@@ -587,6 +609,8 @@ readonly USE_SUDO=@@USE_SUDO@@
 readonly MAX_BYTES=@@MAX_BYTES@@
 readonly ALLOWED_CHARS=@@ALLOWED_CHARS@@
 readonly SAFE_WORD=@@SAFE_WORD@@
+# Ports `connectivity` may probe, space-separated; empty: any port.
+readonly CONNECTIVITY_PORTS=@@CONNECTIVITY_PORTS@@
 
 deny() {
     printf 'DENIED: %s\n' "$1" >&2
@@ -738,7 +762,11 @@ case $verb in
         need_args 2
         check_word "${args[0]}" host
         check_int "${args[1]}" 1 65535 port
-        diag_connectivity "${args[0]}" "$((10#${args[1]}))"
+        port=$((10#${args[1]}))
+        if [[ -n $CONNECTIVITY_PORTS && " $CONNECTIVITY_PORTS " != *" $port "* ]]; then
+            deny "port $port is not allowed here (allowed: $CONNECTIVITY_PORTS)"
+        fi
+        diag_connectivity "${args[0]}" "$port"
         ;;
     catalog) need_args 0; printf '%s\n' "$CATALOG_FINGERPRINT" ;;
     *) deny "unknown diagnostic: $verb" ;;

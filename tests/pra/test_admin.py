@@ -148,3 +148,25 @@ def test_remediation_permission_matrix(client, request, persona, url, expected):
         401 if url.startswith("/api/") and persona == ANON else 302 if persona == ANON else 403
     )
     assert status == expected.get(persona, default), (persona, url)
+
+
+def test_a_failed_action_says_its_verification_did_not_run(client, operator, approver, host):
+    from pra import actions
+    from pra.choices import FailureCause
+
+    failed = propose(operator, host, "restart_caddy")
+    actions.approve_action(failed, by=approver)
+    actions.claim_action(failed.pk, job_id="job-1")
+    actions.finish_execution(failed.pk, cause=FailureCause.UNREACHABLE, detail="no route")
+    waiting = propose(operator, host, "restart_unbound")
+    client.force_login(operator)
+    page = client.get(f"/admin/pra/praaction/{failed.pk}/change/").content.decode()
+    assert "Not run (execution failed)" in page
+    assert "Not checked yet" not in page
+    listing = client.get("/admin/pra/praaction/").content.decode()
+    assert listing.count("Not run (execution failed)") == 1  # the waiting one shows "—"
+    api = client.get(f"/api/pra/actions/{failed.pk}").json()
+    assert api["verification_label"] == "Not run (execution failed)"
+    assert client.get(f"/api/pra/actions/{waiting.pk}").json()["verification_label"] == (
+        "Not checked yet"
+    )

@@ -159,3 +159,35 @@ def test_the_command_refuses_a_bogus_pubkey_file(tmp_path, pubkey):
         with pytest.raises(CommandError, match=message):
             call_command("pra_render_target", str(tmp_path / "out"), f"--exec-pubkey={keyfile}")
     assert not (tmp_path / "out").exists()
+
+
+def _diag(script: Path, command: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "SSH_ORIGINAL_COMMAND": command}
+    return subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_the_target_can_limit_connectivity_ports_itself(tmp_path):
+    """pra-diag run directly (no SSH needed for an argument check)."""
+    import socket
+    from contextlib import closing
+
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    call_command("pra_render_target", str(tmp_path), "--connectivity-ports", f"22,{closed}",
+                 stdout=io.StringIO())  # fmt: skip
+    script = tmp_path / "pra-diag"
+    refused = _diag(script, "connectivity 127.0.0.1 5432")
+    assert refused.returncode == 97
+    assert refused.stderr == f"DENIED: port 5432 is not allowed here (allowed: 22 {closed})\n"
+    allowed = _diag(script, f"connectivity 127.0.0.1 {closed}")
+    assert (allowed.returncode, allowed.stdout) == (1, f"FAIL 127.0.0.1:{closed}\n")
+    render_target(tmp_path / "any")  # the default: any port, as before
+    assert _diag(tmp_path / "any" / "pra-diag", "connectivity 127.0.0.1 5432").returncode != 97
+    for bad in ([0], [70000], [], ["22"]):
+        with pytest.raises(TargetRenderError, match="connectivity port"):
+            render_target(tmp_path / "bad", connectivity_ports=bad)
+    with pytest.raises(CommandError, match="takes numbers"):
+        call_command("pra_render_target", str(tmp_path), "--connectivity-ports", "ssh")

@@ -24,12 +24,26 @@ class Command(BaseCommand):
         parser.add_argument("--exec-pubkey", metavar="FILE", help="Public key of the exec key.")
         parser.add_argument("--diag-pubkey", metavar="FILE", help="Public key of the diag key.")
         parser.add_argument(
+            "--connectivity-ports",
+            metavar="PORTS",
+            help="Comma-separated ports pra-diag's connectivity check may probe, e.g. "
+            "22,53,80,443 (default: any; the portal still allows only PRA_CONNECTIVITY_PORTS).",
+        )
+        parser.add_argument(
             "--no-sudo",
             action="store_true",
             help="pra-exec runs pra-run directly, as the SSH user (no sudoers needed).",
         )
 
     def handle(self, *args, outdir, prefix, log_file, path, user, no_sudo, **options):
+        ports = None
+        if options.get("connectivity_ports"):
+            try:
+                ports = [int(p) for p in options["connectivity_ports"].split(",") if p.strip()]
+            except ValueError:
+                raise CommandError(
+                    "--connectivity-ports takes numbers, e.g. 22,53,80,443"
+                ) from None
         keys = {
             label: self._read_key(options[f"{label}_pubkey"], label) for label in ("exec", "diag")
         }
@@ -43,6 +57,7 @@ class Command(BaseCommand):
                 exec_pubkey=keys["exec"],
                 diag_pubkey=keys["diag"],
                 use_sudo=not no_sudo,
+                connectivity_ports=ports,
             )
         except TargetRenderError as exc:
             raise CommandError(str(exc)) from None
