@@ -745,6 +745,7 @@ def test_websocket_matrix():
 
     failures = async_to_sync(run_all)()
     assert len(cases) >= 50
+    assert 10 < sum(allowed for *_, allowed, _ in cases) < len(cases) - 10
     assert not failures, "\n".join(failures)
 
 
@@ -824,4 +825,8 @@ def test_mcp_matrix():
         return failures
 
     failures = async_to_sync(run_all)()
+    assert [(i, m) for i, m, *_, allowed in cases if allowed] == [
+        ("mcp_token", "GET"),
+        ("mcp_token", "POST"),
+    ]
     assert not failures, "\n".join(failures)
