@@ -16,8 +16,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from portal.lib.env import env_int
-
 
 class FailureCause(models.TextChoices):
     """Why a run (or one of its tools) failed; shown on the run and in the notification."""
@@ -37,26 +35,11 @@ class FailureCause(models.TextChoices):
 # Seconds a tool gets to exit after SIGTERM before its process group is SIGKILLed.
 KILL_GRACE = 3.0
 
-# (default, minimum) of each timeout, in seconds.
-_TIMEOUTS = {
-    "BACKUP_CONNECT_TIMEOUT": (10, 1),
-    "BACKUP_KUBECTL_TIMEOUT": (60, 1),
-    "BACKUP_LOCK_TIMEOUT": (30, 1),
-    "BACKUP_STALL_TIMEOUT": (300, 1),
-    "BACKUP_MISSED_AFTER": (900, 1),
-}
-
 
 def timeout(name: str) -> int:
-    """A backups timeout in seconds: ``settings.NAME`` when defined, else the environment.
-
-    Read on each use (tests and long-lived workers see a change at once).
-    """
-    default, minimum = _TIMEOUTS[name]
-    value = getattr(settings, name, None)
-    if value is None:
-        value = env_int(name, default, minimum=minimum)
-    return int(value)
+    """A backups timeout in seconds, from settings (read on each use, so tests and
+    long-lived workers see a change at once)."""
+    return int(getattr(settings, name))
 
 
 def connect_timeout() -> int:

@@ -277,7 +277,12 @@ BACKUP_SHRINK_ALERT_PERCENT = env_int("BACKUP_SHRINK_ALERT_PERCENT", 50, minimum
 BACKUP_STDERR_MAX = env_int("BACKUP_STDERR_MAX", 16 * 1024, minimum=1024, maximum=1024 * 1024)
 BACKUP_HEARTBEAT_GRACE = env_int("BACKUP_HEARTBEAT_GRACE", 120, minimum=10)
 BACKUP_PROGRESS_INTERVAL = env_int("BACKUP_PROGRESS_INTERVAL_MS", 500, minimum=50) / 1000
-BACKUP_SCHEDULE_CATCHUP_MINUTES = env_int("BACKUP_SCHEDULE_CATCHUP_MINUTES", 10, minimum=0)
+# Nothing a backup or restore tool does may hang: connect, lock and stall bounds.
+BACKUP_CONNECT_TIMEOUT = env_int("BACKUP_CONNECT_TIMEOUT", 10, minimum=1)
+BACKUP_KUBECTL_TIMEOUT = env_int("BACKUP_KUBECTL_TIMEOUT", 60, minimum=1)
+BACKUP_LOCK_TIMEOUT = env_int("BACKUP_LOCK_TIMEOUT", 30, minimum=1)
+BACKUP_STALL_TIMEOUT = env_int("BACKUP_STALL_TIMEOUT", 300, minimum=1)
+BACKUP_MISSED_AFTER = env_int("BACKUP_MISSED_AFTER", 900, minimum=1)
 BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)
 # Restore credentials given as files must live under this directory (realpath-checked).
 BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
