@@ -72,6 +72,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs) -> None:
         # The stream is one-way; a client "ping" gets a "pong" so it can detect dead sockets.
         if isinstance(content, dict) and content.get("type") == "ping":
+            # Join the group again (an idempotent ZADD): after a Redis flush or restart
+            # the membership is gone and the socket would stay open but silent.
+            await self.channel_layer.group_add(self.group, self.channel_name)
             await self.send_json({"type": "pong"})
 
     async def live_event(self, message: dict) -> None:

@@ -76,6 +76,30 @@ def test_viewer_receives_committed_events_but_not_rolled_back_ones(viewer):
     async_to_sync(scenario)()
 
 
+def test_a_ping_rejoins_the_group_after_a_redis_flush(viewer):
+    """FLUSHDB wipes the group memberships: the socket stays open but hears nothing. The
+    client's next ping (live.js sends one every 25 s) joins the group again."""
+    from portal.lib.redis import get_redis
+
+    cookie = _cookie_for(viewer)
+
+    async def scenario():
+        ws = _communicator("/ws/live/", cookie)
+        connected, _ = await ws.connect()
+        assert connected
+        await database_sync_to_async(lambda: get_redis().flushdb())()
+        await database_sync_to_async(_publish_committed)("41")
+        assert await ws.receive_nothing(timeout=0.5)  # membership gone with the flush
+        await ws.send_json_to({"type": "ping"})
+        assert (await ws.receive_json_from(timeout=5)) == {"type": "pong"}
+        await database_sync_to_async(_publish_committed)("42")
+        message = await ws.receive_json_from(timeout=5)
+        assert message["event"]["subject_id"] == "42"
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
 def _action(operator) -> str:
     from tests.pra.factories import offline_host, propose
 
