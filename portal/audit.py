@@ -30,7 +30,9 @@ import json
 import logging
 import math
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -615,7 +617,7 @@ class ChainReport:
         return not self.problems
 
 
-_CHUNK = 10_000
+_CHUNK = 2_000  # measured: smaller batches overlap better with the fetch thread
 _MAX_PROBLEMS = 100
 
 
@@ -624,9 +626,11 @@ def _sql_parts() -> tuple[str, str]:
     if connection.vendor == "postgresql":
         created = "(extract(epoch FROM created) * 1000000)::bigint"
         s = "chr(31)"
+        # || rather than concat(): several times faster per row (concat is variadic "any").
         keyed = (
-            f"concat(prev_hash, {s}, key_id, {s}, {created}, {s}, event_type, {s}, actor, {s}, "
-            f"actor_user_id, {s}, subject_type, {s}, subject_id, chr(10), details::text)"
+            f"prev_hash || {s} || key_id || {s} || {created}::text || {s} || event_type || {s} "
+            f"|| actor || {s} || coalesce(actor_user_id::text, '') || {s} || subject_type || {s} "
+            "|| subject_id || chr(10) || details::text"
         )
         legacy = (
             f"json_build_array(prev_hash, {created}, event_type, actor, actor_user_id, "
@@ -719,24 +723,68 @@ def scan_chain(
     return report
 
 
+def _batches(cursor, size: int) -> Iterator[list]:
+    """Rows in batches; on PostgreSQL the next batch is fetched while this one is hashed.
+
+    psycopg waits for the server without the GIL, so the server building rows and
+    Python hashing them overlap: the two cores both work.
+    """
+    if connection.vendor != "postgresql":
+        while rows := cursor.fetchmany(size):
+            yield rows
+        return
+    raw = getattr(cursor, "cursor", cursor)  # psycopg's own cursor, used by one thread only
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                rows = raw.fetchmany(size)
+                batches.put(rows)
+                if not rows:
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            batches.put(exc)
+
+    thread = threading.Thread(target=pump, name="audit-verify-fetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = batches.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a pump waiting to put, then let it finish
+            try:
+                batches.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 def _stream(cursor, report, ring, pending, expected_prev, position, batch_size, max_problems):
-    """The hot loop: one HMAC and two comparisons per keyed row."""
+    """The hot loop: per keyed row, one HMAC (pads pre-hashed, inlined) and two comparisons."""
     problems = report.problems
     anchor_index, next_anchor = 0, (pending[0].event_id if pending else math.inf)
-    current_kid, key = None, None
+    current_kid, inner, outer = None, None, None
     keyed_started = False
     head_id, head_hash = None, None
-    prefix = None if expected_prev is None else (expected_prev + SEP).encode()
+    sep = SEP.encode()
+    prefix = None if expected_prev is None else expected_prev.encode() + sep
     legacy = 0
-    while len(problems) < max_problems:
-        rows = cursor.fetchmany(batch_size)
-        if not rows:
-            break
+    for rows in _batches(cursor, batch_size):
         for event_id, key_id, stored_hash, content in rows:
             position += 1
             if key_id:
                 if key_id != current_kid:
-                    current_kid, key = key_id, ring.by_id.get(key_id)
+                    current_kid = key_id
+                    key = ring.by_id.get(key_id)
+                    inner, outer = (key._inner.copy, key._outer.copy) if key else (None, None)
                     report.key_ids.add(key_id)
                 keyed_started = True
                 data = content.encode()
@@ -744,16 +792,21 @@ def _stream(cursor, report, ring, pending, expected_prev, position, batch_size, 
                     problems.append(ChainProblem(
                         event_id, "link to the previous row broken (row removed or reordered)"
                     ))  # fmt: skip
-                elif key is None:
+                elif inner is None:
                     problems.append(ChainProblem(
                         event_id, f"signed with key id {key_id!r}, which is not configured "
                         "(AUDIT_HMAC_KEYS must keep every key that signed rows)",
                     ))  # fmt: skip
-                elif key.mac(data) != stored_hash:
-                    problems.append(ChainProblem(
-                        event_id, "content does not match its MAC (row modified, or rewritten "
-                        "without the key)",
-                    ))  # fmt: skip
+                else:
+                    mac = inner()
+                    mac.update(data)
+                    out = outer()
+                    out.update(mac.digest())
+                    if out.hexdigest() != stored_hash:
+                        problems.append(ChainProblem(
+                            event_id, "content does not match its MAC (row modified, or "
+                            "rewritten without the key)",
+                        ))  # fmt: skip
             else:
                 legacy += 1
                 if keyed_started:
@@ -765,17 +818,20 @@ def _stream(cursor, report, ring, pending, expected_prev, position, batch_size, 
                     reason = _legacy_problem(content, stored_hash, expected_prev)
                     if reason:
                         problems.append(ChainProblem(event_id, reason))
-            expected_prev = stored_hash
-            prefix = (stored_hash + SEP).encode()
-            head_id, head_hash = event_id, stored_hash
-            while event_id >= next_anchor:
-                _check_anchor(pending[anchor_index], event_id, stored_hash, position, report)
-                anchor_index += 1
-                next_anchor = (
-                    pending[anchor_index].event_id if anchor_index < len(pending) else math.inf
-                )
-            if len(problems) >= max_problems:
-                break
+                expected_prev = stored_hash
+            prefix = stored_hash.encode() + sep
+            head_id = event_id
+            if event_id >= next_anchor:
+                while event_id >= next_anchor:
+                    _check_anchor(pending[anchor_index], event_id, stored_hash, position, report)
+                    anchor_index += 1
+                    next_anchor = (
+                        pending[anchor_index].event_id if anchor_index < len(pending) else math.inf
+                    )
+        if len(problems) >= max_problems:
+            break
+    if head_id is not None:
+        head_hash = stored_hash
     report.count, report.legacy = position, legacy
     report.head_id, report.head_hash = head_id, head_hash
     if len(problems) < max_problems:
@@ -788,6 +844,7 @@ def _stream(cursor, report, ring, pending, expected_prev, position, batch_size, 
                 None, f"it names {anchor.describe()}; {where}: events deleted from the end, "
                 "or the table truncated", anchor=f"{report.anchor_path}:{anchor.line}",
             ))  # fmt: skip
+    del problems[max_problems:]
 
 
 def _check_anchor(anchor, event_id, stored_hash, position, report):

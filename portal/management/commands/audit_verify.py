@@ -13,6 +13,10 @@ class Command(BaseCommand):
         "On success, append the verified head to the anchor file."
     )
 
+    # Verification depends on nothing the system checks look at (audit keys are checked
+    # here, explicitly); skipping them saves ~0.2 s and a Redis ping.
+    requires_system_checks = []
+
     def add_arguments(self, parser):
         parser.add_argument(
             "--from-anchor",
