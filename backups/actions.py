@@ -874,6 +874,7 @@ def plan_restore(
             f"This restore overwrites {typed.name}. Type its name ({typed.name}) to confirm.",
         )
     now = timezone.now()
+    registered = RestoreTarget.objects.filter(name=typed.registered).first()
     with transaction.atomic():
         req = RestoreRequest.objects.create(
             artifact=obj,
@@ -1028,7 +1029,6 @@ def expire_restores(now=None) -> list[int]:
 def claim_restore(restore_id: int, *, job_id: str) -> RestoreRequest | None:
     """APPROVED -> RUNNING for exactly one worker, inside the approval window, still approved."""
     now = timezone.now()
-    registered = RestoreTarget.objects.filter(name=typed.registered).first()
     with transaction.atomic():
         req = (
             RestoreRequest.objects.select_related("artifact__run__source")
