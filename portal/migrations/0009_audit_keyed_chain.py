@@ -39,9 +39,20 @@ ALTER FUNCTION portal_auditevent_append_only() RESET search_path;
 """
 
 
+# SQLite (local demo only): adding the column rebuilt the table and with it dropped
+# 0002's UPDATE guard; put it back.
+SQLITE_FORBID_UPDATE = """
+CREATE TRIGGER IF NOT EXISTS portal_auditevent_no_update
+BEFORE UPDATE ON portal_auditevent
+BEGIN SELECT RAISE(ABORT, 'portal_auditevent is append-only (UPDATE refused)'); END;
+"""
+
+
 def forbid_truncate(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(PG_FORBID_TRUNCATE, params=None)
+    elif schema_editor.connection.vendor == "sqlite":
+        schema_editor.execute(SQLITE_FORBID_UPDATE, params=None)
 
 
 def allow_truncate(apps, schema_editor):
