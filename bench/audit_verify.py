@@ -92,11 +92,12 @@ def seed(n: int) -> float:
     from django.db import connection, transaction
 
     from portal import audit
+    from portal.audit import chain
 
     started = time.perf_counter()
     key = audit.keyring().signing
     step = int(365 * 86400 * 1e6 // n)  # a year of events
-    keyed, _ = audit._sql_parts()
+    keyed, _ = chain._sql_parts()
     head = "prev_hash || chr(31) || "
     assert keyed.startswith(head)
     rest = keyed[len(head) :]  # the MAC input after "prev_hash SEP"
