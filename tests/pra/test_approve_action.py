@@ -171,3 +171,16 @@ def test_viewers_and_approvers_cannot_propose(viewer, approver, host):
         with pytest.raises(ActionError) as exc:
             propose(person, host)
         assert exc.value.code == "permission"
+
+
+def test_text_the_database_cannot_store_is_refused_by_name(operator, approver, host):
+    action = propose(operator, host, "restart_caddy")
+    with pytest.raises(ActionError, match=r"^comment: contains a character"):
+        actions.approve_action(action, by=approver, comment="ok\x00")
+    with pytest.raises(ActionError, match=r"^reason: contains a character"):
+        actions.reject_action(action, by=approver, reason="not now \ud800")
+    with pytest.raises(ActionError, match=r"^rationale: contains a character"):
+        propose(operator, host, "restart_unbound", rationale="unbound is down \x00 " * 3)
+    action.refresh_from_db()
+    assert action.status == ActionStatus.PROPOSED and tally(action).count == 0
+    assert PRAAction.objects.count() == 1
