@@ -235,7 +235,7 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        created = actions.propose_action(
+        proposal = actions.submit_proposal(
             action=form.cleaned_data["action"],
             host=form.cleaned_data["host"],
             params=form.cleaned_data.get("params") or {},
@@ -243,7 +243,15 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             by=request.user,
             auto_approve=form.cleaned_data.get("auto_approve_requested", False),
         )
-        obj.pk = created.pk
+        obj.pk = proposal.action.pk
+        obj._joined_message = "" if proposal.created else proposal.message
+
+    def response_add(self, request, obj, post_url_continue=None):
+        if getattr(obj, "_joined_message", ""):
+            # An identical action was already open: show that one, say so, add nothing.
+            messages.warning(request, obj._joined_message)
+            return HttpResponseRedirect(reverse("admin:pra_praaction_change", args=[obj.pk]))
+        return super().response_add(request, obj, post_url_continue)
 
     def log_addition(self, request, obj, message):
         return None  # the audit log has PRA_PROPOSED

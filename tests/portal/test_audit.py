@@ -92,6 +92,7 @@ def test_audit_export_writes_json_lines_that_jq_reads(operator, capsys):
     call_command("audit_export")
     out = capsys.readouterr().out
     lines = [json.loads(line) for line in out.splitlines()]
+    assert all(line["key_id"] and len(line["hash"]) == 64 for line in lines)
     assert [e["event_type"] for e in lines] == [
         "USER_CREATED",
         "HOST_ADDED",

@@ -18,7 +18,7 @@ from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 
 from portal import audit
-from portal.audit import Actor, record, scan_chain, write_anchor
+from portal.audit import Actor, anchors, record, scan_chain, write_anchor
 from portal.choices import AuditEventType
 from portal.models import AuditEvent
 
@@ -189,7 +189,7 @@ def test_a_quiet_log_still_gets_an_hourly_anchor(monkeypatch):
     assert len(_lines()) == 1
     write_anchor()
     assert len(_lines()) == 1
-    monkeypatch.setattr(audit, "ANCHOR_HEARTBEAT", timedelta(0))
+    monkeypatch.setattr(anchors, "ANCHOR_HEARTBEAT", timedelta(0))
     write_anchor()
     first, second = _lines()
     assert (second["id"], second["count"]) == (first["id"], first["count"])

@@ -19,7 +19,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from portal import audit
-from portal.audit import GENESIS_HASH, SEP, Actor, compute_hash, record, scan_chain
+from portal.audit import GENESIS_HASH, SEP, Actor, chain, compute_hash, keys, record, scan_chain
 from portal.choices import AuditEventType
 from portal.models import AuditEvent
 
@@ -64,7 +64,7 @@ def _first_problem() -> str:
 
 def _rewrite_from(event_id: int, mac) -> None:
     """Edit row ``event_id`` and recompute the chain from it on, with ``mac(content)``."""
-    keyed, _ = audit._sql_parts()
+    keyed, _ = chain._sql_parts()
     prev = AuditEvent.objects.filter(id__lt=event_id).order_by("-id").first()
     prev_hash = prev.hash if prev else GENESIS_HASH
     _sql("UPDATE portal_auditevent SET details = '{\"n\": 999}' WHERE id = %s", [event_id])
@@ -174,7 +174,7 @@ def test_without_a_configured_key_it_signs_with_one_derived_from_secret_key(sett
     settings.AUDIT_HMAC_KEYS = None
     settings.AUDIT_HMAC_KEY = None
     os.environ.pop("AUDIT_HMAC_KEYS", None)
-    audit._env_keys.cache_clear()
+    keys._env_keys.cache_clear()
     (event,) = _events(1)
     ring = audit.keyring()
     assert ring.signing.source == "SECRET_KEY" and event.key_id.startswith("sk-")

@@ -87,6 +87,24 @@ def test_operator_proposes_through_the_admin_form(client, operator, host):
     assert created.params == {"name": "web-1"} and created.proposed_by == operator
 
 
+def test_proposing_an_open_action_again_in_the_admin_shows_the_open_one(
+    client, operator, operator2, host
+):
+    first = propose(operator, host, "restart_container", {"name": "web-1"})
+    client.force_login(operator2)
+    response = client.post(
+        "/admin/pra/praaction/add/",
+        {"action": "restart_container", "host": host.pk, "params": '{"name": "web-1"}',
+         "rationale": RATIONALE},
+        follow=True,
+    )  # fmt: skip
+    assert response.redirect_chain[-1][0] == f"/admin/pra/praaction/{first.pk}/change/"
+    page = response.content.decode()
+    assert f"Not proposed again: action #{first.pk} (restart_container web-1 on dns-1)" in page
+    assert "was added successfully" not in page
+    assert PRAAction.objects.count() == 1
+
+
 def test_bad_admin_proposal_shows_the_error_and_creates_nothing(client, operator, host):
     client.force_login(operator)
     response = client.post(

@@ -22,17 +22,10 @@ class Command(BaseCommand):
             if is_naive(moment):
                 moment = make_aware(moment)
             events = events.filter(created__gte=moment)
-        for event in events.iterator(chunk_size=2000):
-            line = {
-                "id": event.pk,
-                "created": event.created.isoformat(),
-                "event_type": event.event_type,
-                "actor": event.actor,
-                "actor_user_id": event.actor_user_id,
-                "subject_type": event.subject_type,
-                "subject_id": event.subject_id,
-                "details": event.details,
-                "prev_hash": event.prev_hash,
-                "hash": event.hash,
-            }
-            self.stdout.write(json.dumps(line, ensure_ascii=False, sort_keys=True))
+        fields = ("id", "created", "event_type", "actor", "actor_user_id", "subject_type")
+        fields += ("subject_id", "details", "prev_hash", "hash", "key_id")
+        # Plain rows, not model instances: an export of the whole log stays fast.
+        write = self.stdout.write
+        for line in events.values(*fields).iterator(chunk_size=2000):
+            line["created"] = line["created"].isoformat()
+            write(json.dumps(line, ensure_ascii=False, sort_keys=True))
