@@ -170,6 +170,14 @@ class BackupSource(models.Model):
         both = "give an environment variable or a file, not both"
         if self.password_env and self.password_file:
             errors["password_env"] = both
+        from backups import credentials  # models stay importable without the app loaded
+
+        for name, what in (("password_file", "password file"), ("kubeconfig", "kubeconfig")):
+            if getattr(self, name):
+                try:
+                    credentials.check_file_reference(getattr(self, name), what=what)
+                except credentials.CredentialError as exc:
+                    errors[name] = str(exc)
         if self.dsn:
             parts = urlsplit(self.dsn)
             expected = {

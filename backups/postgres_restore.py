@@ -37,9 +37,12 @@ import time
 import psycopg
 from psycopg import sql
 
+from backups import faults
 from backups.choices import RestoreMode
 from backups.models import BackupArtifact
-from backups.restore import PgTarget, RestoreError, _pg_connect, _run_with_input
+from backups.pgwatch import PgLockWatch
+from backups.restore import PgTarget, RestoreError, _pg_connect
+from backups.runner import run_tool
 from backups.sources import pg_url
 from backups.storage import Storage
 from backups.streaming import open_decompressed
@@ -162,9 +165,17 @@ def _pg_restore(target: PgTarget, database: str, storage: Storage, artifact) -> 
     password = target.password()
     env = {"PGPASSWORD": password} if password else {}
     env["PGPASSFILE"] = os.devnull
-    code, stderr = _run_with_input(argv, env, open_decompressed(storage.open(artifact.key)))
-    if code != 0:
-        raise RestoreError(f"pg_restore exited {code}: {stderr[-1500:]}")
+    env["PGCONNECT_TIMEOUT"] = str(faults.connect_timeout())
+    # Bounded like a backup: no byte read and the server idle for the stall timeout
+    # kills it; waiting on another session's lock past BACKUP_LOCK_TIMEOUT cancels it,
+    # naming the holder. The single transaction then rolls back.
+    watch = PgLockWatch(pg_url(target.dsn, database), password=password, label="portal-restore")
+    with open_decompressed(storage.open(artifact.key)) as reader:
+        result = run_tool(argv, env, stdin=reader, lock_watch=watch, what="pg_restore")
+    if not result.ok:
+        what = result.message or f"pg_restore exited {result.code}"
+        said = result.stderr.strip()[-1500:]
+        raise RestoreError(f"{what}: {said}" if said else what)
 
 
 def _copy_properties(target: PgTarget, database: str, like: dict) -> None:

@@ -32,7 +32,6 @@ from backups.choices import ArtifactFormat, RestoreMode, SourceKind, Transport
 from backups.models import BackupArtifact, BackupSource, RestoreTarget
 from backups.sources import kubectl_base, pg_url
 from backups.storage import Storage
-from backups.streaming import BoundedText, drain_in_thread, feed
 from backups.verify import load_resources
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
@@ -542,26 +541,6 @@ def mode_for(state: TargetState) -> str:
 
 
 # --- restore + validation ------------------------------------------------------------
-
-
-def _run_with_input(argv: list[str], env: dict[str, str], reader) -> tuple[int, str]:
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    errors = BoundedText(16384)
-    drainer = drain_in_thread(proc.stderr, errors)
-    failures: list[BaseException] = []
-    feeder = feed(reader, proc, failures)
-    code = proc.wait()
-    feeder.join()
-    drainer.join()
-    if failures:
-        return 1, f"reading the backup failed: {failures[0]}"
-    return code, errors.text().strip()
 
 
 def write_manifest(objects: list[dict], directory: Path) -> Path:

@@ -16,9 +16,7 @@ within the connect timeout (``preflight``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,18 +67,14 @@ class RedisRdbCommand(ToolCommand):
 
 
 def read_password(password_env: str, password_file: str) -> str | None:
-    """The secret a source names, read now (never stored, never logged)."""
-    if password_env:
-        value = os.environ.get(password_env)
-        if value is None:
-            raise SourceError(f"environment variable {password_env} (the password) is not set")
-        return value
-    if password_file:
-        try:
-            return Path(password_file).read_text().rstrip("\n")
-        except OSError as exc:
-            raise SourceError(f"password file {password_file} unreadable: {exc.strerror}") from None
-    return None
+    """The secret a source names, read now (never stored, never logged): an environment
+    variable, or a file under ``BACKUP_SECRETS_DIR`` (any other path is refused unread)."""
+    from backups import credentials
+
+    try:
+        return credentials.read_password(password_env, password_file)
+    except credentials.CredentialError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def kubectl_base(kubeconfig: str, context: str) -> list[str]:

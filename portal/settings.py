@@ -199,6 +199,13 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# Audit log: HMAC keys ("id:secret,..."; the first signs, the others verify), never in
+# the database; anchors (id, hash, count) appended outside it. See docs/security.md.
+AUDIT_HMAC_KEYS = env_secret("AUDIT_HMAC_KEYS")
+AUDIT_HMAC_KEY = env_secret("AUDIT_HMAC_KEY")
+AUDIT_ANCHOR_DIR = env_path("AUDIT_ANCHOR_DIR", VAR_DIR / "audit-anchors")
+AUDIT_ANCHOR_INTERVAL = env_int("AUDIT_ANCHOR_INTERVAL", 300, minimum=30, maximum=86400)
+
 # /metrics: reachable with a bearer token, or from these client addresses.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])

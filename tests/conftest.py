@@ -16,6 +16,12 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _own_audit_anchors(settings, tmp_path):
+    """Audit anchors are files: written in one test, they would outlive its rollback."""
+    settings.AUDIT_ANCHOR_DIR = tmp_path / "audit-anchors"
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis():
     """Each test starts with an empty test Redis database (only the runner's own DB)."""
     if os.environ.get("PORTAL_TEST_REDIS_FLUSH") == "1":

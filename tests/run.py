@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
             REDIS_URL=redis_url,
             DEBUG="0",
             SECRET_KEY="test-only-" + "x" * 60,
+            AUDIT_HMAC_KEYS="test:" + "k" * 64,
             SECURE_SSL_REDIRECT="0",
             STATIC_MANIFEST="0",
             DB_CONN_MAX_AGE="0",  # threads in tests must not keep the test database open

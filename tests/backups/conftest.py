@@ -22,8 +22,11 @@ from tests.backups.kubeapi import FakeKubeAPI
 
 @pytest.fixture(autouse=True)
 def backup_settings(settings, tmp_path):
-    """Each test gets its own storage directory; progress is pushed often."""
+    """Each test gets its own storage directory; progress is pushed often. Credential
+    files (password files, kubeconfigs) are accepted only under BACKUP_SECRETS_DIR: the
+    test's own directory."""
     settings.BACKUP_STORAGE_DIR = tmp_path / "storage"
+    settings.BACKUP_SECRETS_DIR = tmp_path
     settings.BACKUP_DISK_WATCH_PATHS = [str(tmp_path / "storage")]
     settings.BACKUP_PROGRESS_INTERVAL = 0.05
     return settings

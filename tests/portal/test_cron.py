@@ -21,6 +21,7 @@ CONTROL_JOBS = {
     "portal.jobs.resend_stuck_notifications",
     "pra.jobs.sweep",
     "incidents.jobs.sweep",
+    "portal.audit.anchors.periodic_anchor",
 }
 
 
