@@ -1233,7 +1233,7 @@ def timed_sweep(now) -> tuple[float, list[int], Stopwatch]:
 
     watch = Stopwatch()
     with (
-        timing(watch, actions, "open_or_update_incident", "incidents"),
+        timing(watch, actions, "open_incidents", "incidents"),
         timing(watch, live, "_send", "live"),
         timing(watch, rq.queue.Queue, "enqueue", "enqueue"),
     ):
@@ -1285,9 +1285,9 @@ def run_sweep(args, workdir: Path) -> bool:
         f"{1000 * elapsed / max(len(flagged), 1):.2f} ms per flagged agent)"
     )
     parts = [
-        ("open_or_update_incident (incident, event, audit, notify)", "incidents"),
+        ("open_incidents (incidents, events, audit, notifications; per batch)", "incidents"),
         ("after commit: live events (portal.live._send)", "live"),
-        ("after commit: RQ enqueues (decider jobs)", "enqueue"),
+        ("after commit: RQ enqueues (decision and notification batch jobs)", "enqueue"),
     ]
     accounted = sum(watch.seconds.values())
     for label, key in parts:

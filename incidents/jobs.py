@@ -10,6 +10,11 @@ def decide(incident_id: int) -> str:
     return decision.action if decision else "nothing"
 
 
+def decide_many(incident_ids: list[int]) -> dict:
+    """One job per sweep batch (see ``actions.open_incidents``)."""
+    return actions.decide_many(incident_ids)
+
+
 def run_attempt(attempt_id: int) -> str:
     return actions.run_attempt(attempt_id)
 

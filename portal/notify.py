@@ -31,6 +31,7 @@ from portal.choices import (
     NotificationSeverity,
     NotificationStatus,
 )
+from portal.lib.bulk import insert_rows
 from portal.lib.env import env_secret
 from portal.lib.webhooks import WebhookError, post_json, redact
 from portal.models import EscalationLevel, Notification, NotificationChannel
@@ -149,6 +150,154 @@ def notify(
     for pk in ids:
         _enqueue_on_commit(pk)
     return ids
+
+
+class Message(TypedDict):
+    """One message of a ``notify_many`` call (its subject, its words, its page)."""
+
+    title: str
+    body: str
+    subject: models.Model | tuple[str, str] | None
+    url: str
+
+
+def notify_many(
+    kind: NotificationKind | str,
+    messages: list[Message],
+    *,
+    severity: str = "info",
+    escalation_level: int | None = None,
+) -> list[int]:
+    """``notify`` for many subjects of one kind, severity and level (a sweep's batch).
+
+    The same routing and rows as calling ``notify`` once per message, written with one
+    routing lookup and one multi-row INSERT. On commit one job, ``deliver_many``, makes
+    the first attempt of them all (one Redis round trip instead of one job per row);
+    a row whose first attempt fails gets its own job with the usual retries.
+    """
+    kind = NotificationKind(kind)
+    severity = NotificationSeverity(str(severity).lower())
+    if not messages:
+        return []
+    try:
+        with transaction.atomic():
+            channels = channels_for(kind, severity, escalation_level)
+            pairs = [(m, channel.pk) for m in messages for channel in channels]
+            subjects = [subject_of(m["subject"]) for m, _ in pairs]
+            ids = [
+                pk
+                for (pk,) in insert_rows(
+                    Notification,
+                    {
+                        "channel": [channel for _, channel in pairs],
+                        "title": [" ".join(m["title"].split())[:200] for m, _ in pairs],
+                        "body": [m["body"][:10000] for m, _ in pairs],
+                        "subject_type": [t for t, _ in subjects],
+                        "subject_id": [i for _, i in subjects],
+                        "link": [m["url"][:500] for m, _ in pairs],
+                    },
+                    {
+                        "kind": kind.value,
+                        "severity": severity.value,
+                        "escalation_level": escalation_level,
+                        "attempts": 0,
+                        "last_error": "",
+                        "status": NotificationStatus.PENDING.value,
+                        "created": timezone.now(),
+                    },
+                )  # fmt: skip
+            ]
+    except DatabaseError:
+        logger.exception("could not record %s %s notification(s)", len(messages), kind)
+        return []
+    if not ids:
+        logger.info(
+            "no notification channel for %s (%s messages); nothing sent", kind, len(messages)
+        )
+        return []
+    transaction.on_commit(partial(_enqueue_batch_quietly, ids))
+    return ids
+
+
+# A batch job stops starting first attempts after this many seconds and hands the rest to
+# their own jobs, so it ends well before ``resend_stuck`` (STUCK_AFTER) would look at them.
+BATCH_BUDGET = 60.0
+
+
+def batch_job_id(ids: list[int]) -> str:
+    return f"notify-batch-{ids[0]}-{ids[-1]}-{len(ids)}"
+
+
+def _enqueue_batch_quietly(ids: list[int]) -> None:
+    import django_rq
+
+    try:
+        django_rq.get_queue(QUEUE, commit_mode="auto").enqueue(
+            "portal.notify.deliver_many",
+            ids,
+            job_id=batch_job_id(ids),
+            job_timeout=int(BATCH_BUDGET + 4 * SEND_TIMEOUT + 60),
+            result_ttl=86400,
+            failure_ttl=7 * 86400,
+        )
+    except Exception as exc:
+        logger.warning(
+            "%s notification(s) not enqueued (%s); resend_stuck will retry them",
+            len(ids),
+            exc.__class__.__name__,
+        )
+
+
+def deliver_many(notification_ids: list[int], budget: float = BATCH_BUDGET) -> dict[str, int]:
+    """First attempts of a ``notify_many`` batch, one after the other (an RQ job).
+
+    Each row goes through ``deliver`` (claim, send, record), so nothing is sent twice
+    even if this job and a row's own job meet. A failed first attempt hands the row to
+    its own job (``enqueue``), which retries on the usual schedule; past ``budget``
+    seconds the rows not tried yet get their own jobs too, in one pipeline.
+    """
+    import time
+
+    started = time.monotonic()
+    tally = {"sent": 0, "retrying": 0, "handed_on": 0, "other": 0}
+    for position, pk in enumerate(notification_ids):
+        if time.monotonic() - started > budget:
+            rest = notification_ids[position:]
+            _enqueue_each(rest)
+            tally["handed_on"] += len(rest)
+            break
+        try:
+            outcome = deliver(pk)
+        except DeliveryError:
+            enqueue(pk)  # its own job from here on, with the retry schedule
+            tally["retrying"] += 1
+            continue
+        tally["sent" if outcome == "sent" else "other"] += 1
+    return tally
+
+
+def _enqueue_each(ids: list[int]) -> None:
+    """One send job per row, in one Redis pipeline (rows whose job may not exist yet)."""
+    import django_rq
+    from rq import Retry
+
+    queue = django_rq.get_queue(QUEUE, commit_mode="auto")
+    retry = Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS))
+    for start in range(0, len(ids), 500):
+        queue.enqueue_many(
+            [
+                queue.prepare_data(
+                    "portal.jobs.send_notification",
+                    (pk,),
+                    job_id=job_id(pk),
+                    retry=retry,
+                    result_ttl=86400,
+                    failure_ttl=7 * 86400,
+                )
+                for pk in ids[start : start + 500]
+                if not _job_state(job_id(pk))[1]
+            ]
+        )
 
 
 def _enqueue_on_commit(notification_id: int) -> None:
