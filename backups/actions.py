@@ -190,17 +190,16 @@ def _due(cron: str, since, now) -> tuple[Any, list, int]:
     return newest, listed, count
 
 
-def _missed_kind() -> str:
-    # BACKUP_MISSED once the portal's notification kinds list it; until then the
-    # failure kind, so the alert reaches whoever watches backups either way.
-    missed = "BACKUP_MISSED"
-    return missed if missed in NotificationKind.values else NotificationKind.BACKUP_FAILED
-
-
 def _record_missed(source: BackupSource, now, title: str, detail: str, subject) -> None:
     """Show a missed slot on the source (dashboard) and notify (inside the transaction)."""
     BackupSource.objects.filter(pk=source.pk).update(missed_at=now, missed_detail=detail[:500])
-    _notify(_missed_kind(), title=title, body=detail, subject=subject, severity="warning")
+    _notify(
+        NotificationKind.BACKUP_MISSED,
+        title=title,
+        body=detail,
+        subject=subject,
+        severity="warning",
+    )
 
 
 def schedule_due(now=None) -> list[int]:

@@ -95,6 +95,7 @@ class NotificationKind(models.TextChoices):
     PRA_NOT_VERIFIED = "PRA_NOT_VERIFIED", "Remediation not verified"
     BACKUP_FAILED = "BACKUP_FAILED", "Backup failed"
     BACKUP_STALE = "BACKUP_STALE", "No fresh backup"
+    BACKUP_MISSED = "BACKUP_MISSED", "Backup slot missed"
     DISK_SPACE = "DISK_SPACE", "Disk space"
     TEST = "TEST", "Test notification"
 
