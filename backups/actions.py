@@ -27,6 +27,7 @@ from backups.choices import (
     RunStatus,
     Trigger,
     Verification,
+    VerifyLevel,
 )
 from backups.models import (
     BackupArtifact,
@@ -395,6 +396,7 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
                 bytes_raw=item.stream.bytes_raw,
                 bytes_stored=item.stream.bytes_stored,
                 sha256=item.stream.sha256,
+                **item.stream.recorded(),
             )
         record(
             AuditEventType.BACKUP_RUN_SUCCEEDED if outcome.ok else AuditEventType.BACKUP_RUN_FAILED,
@@ -508,22 +510,57 @@ def _previous_good(run: BackupRun) -> BackupRun | None:
 
 
 def record_verification(
-    run_id: int, checks: dict[int, Any], *, by: AbstractBaseUser | Actor | str = "system:verifier"
+    run_id: int,
+    checks: dict[int, Any],
+    *,
+    by: AbstractBaseUser | Actor | str = "system:verifier",
+    level: str = VerifyLevel.FULL,
 ) -> BackupRun:
-    """Store each artifact's verdict and the run's; flag one much smaller than the last good."""
+    """Store each artifact's verdict and the run's; flag one much smaller than the last good.
+
+    A full verification that passed makes the run VERIFIED; any failed check
+    makes it FAILED. A quick check that passed changes no state (it read too
+    little to vouch for the backup): it is audited, nothing more.
+    """
     now = timezone.now()
+    ok = bool(checks) and all(c.ok for c in checks.values())
+    seconds = round(sum(c.seconds for c in checks.values()), 3)
     with transaction.atomic():
         run = BackupRun.objects.select_for_update().select_related("source").get(pk=run_id)
+        lines = [
+            f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks
+        ]
+        if ok and level == VerifyLevel.QUICK:
+            BackupRun.objects.filter(pk=run.pk).update(verify_requested_at=None, verify_job_id="")
+            run.refresh_from_db()
+            record(
+                AuditEventType.BACKUP_VERIFIED,
+                actor=by,
+                subject=run,
+                details={
+                    "source": run.source.name,
+                    "level": level,
+                    "seconds": seconds,
+                    "state": run.verification,
+                    "detail": "\n".join(lines)[:1000],
+                },
+            )
+            return run
         for artifact in run.artifacts.all():
             check = checks.get(artifact.pk)
             if check is None:
                 continue
             artifact.verification = Verification.VERIFIED if check.ok else Verification.FAILED
             artifact.verified_at = now
+            artifact.verify_level = level
+            artifact.verify_seconds = check.seconds
             artifact.verify_detail = check.detail[:4000]
-            artifact.facts = check.facts
-            artifact.save(update_fields=["verification", "verified_at", "verify_detail", "facts"])
-        ok = bool(checks) and all(c.ok for c in checks.values())
+            if check.ok or not artifact.facts:
+                artifact.facts = check.facts
+            artifact.save(
+                update_fields=["verification", "verified_at", "verify_level", "verify_seconds",
+                               "verify_detail", "facts"]
+            )  # fmt: skip
         previous = _previous_good(run)
         ratio = settings.BACKUP_SHRINK_ALERT_PERCENT / 100
         shrunk = bool(
@@ -532,9 +569,6 @@ def record_verification(
             and previous.bytes_raw > 0
             and run.bytes_raw < previous.bytes_raw * ratio
         )
-        lines = [
-            f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks
-        ]
         if shrunk:
             lines.append(
                 f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
@@ -543,6 +577,8 @@ def record_verification(
         BackupRun.objects.filter(pk=run.pk).update(
             verification=Verification.VERIFIED if ok else Verification.FAILED,
             verified_at=now,
+            verify_level=level,
+            verify_seconds=seconds,
             verify_detail="\n".join(lines)[:8000],
             shrink_flag=shrunk,
             # A pending "verify again" request is answered by this verification.
@@ -556,6 +592,8 @@ def record_verification(
             subject=run,
             details={
                 "source": run.source.name,
+                "level": level,
+                "seconds": seconds,
                 "artifacts": {str(k): v.ok for k, v in checks.items()},
                 "detail": run.verify_detail[:1000],
                 "shrink_flag": shrunk,

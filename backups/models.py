@@ -24,6 +24,7 @@ from backups.choices import (
     Transport,
     Trigger,
     Verification,
+    VerifyLevel,
 )
 from backups.faults import FailureCause
 from portal.approvals import fingerprint_of
@@ -243,6 +244,15 @@ class BackupRun(models.Model):
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )
     verified_at = models.DateTimeField(null=True, blank=True)
+    verify_level = models.CharField(
+        max_length=5,
+        choices=VerifyLevel.choices,
+        blank=True,
+        help_text="how much the verification that decided the state read (VERIFIED: full)",
+    )
+    verify_seconds = models.FloatField(
+        null=True, blank=True, help_text="how long that verification took"
+    )
     verify_detail = models.TextField(blank=True)
     verify_requested_at = models.DateTimeField(
         null=True, blank=True, help_text="a re-verification asked for and not done yet"
@@ -309,6 +319,8 @@ class BackupArtifact(models.Model):
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )
     verified_at = models.DateTimeField(null=True, blank=True)
+    verify_level = models.CharField(max_length=5, choices=VerifyLevel.choices, blank=True)
+    verify_seconds = models.FloatField(null=True, blank=True)
     verify_detail = models.TextField(blank=True)
     facts = models.JSONField(default=dict, blank=True, help_text="counts found by verification")
     created = models.DateTimeField(auto_now_add=True)

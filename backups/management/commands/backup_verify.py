@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from backups import jobs
-from backups.choices import RunStatus, Verification
+from backups.choices import RunStatus, Verification, VerifyLevel
 from backups.models import BackupRun, BackupSource
 
 
@@ -23,8 +23,14 @@ class Command(BaseCommand):
         parser.add_argument("sources", nargs="*", help="source names (default: all enabled)")
         parser.add_argument("--all", action="store_true", help="verify every stored backup")
         parser.add_argument("--no-verify", action="store_true", help="only report what is recorded")
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="checksum and table of contents only (never makes a backup VERIFIED)",
+        )
 
-    def handle(self, *args, sources, all, no_verify, **options):
+    def handle(self, *args, sources, all, no_verify, quick, **options):
+        level = VerifyLevel.QUICK if quick else VerifyLevel.FULL
         queryset = (
             BackupSource.objects.all() if sources else BackupSource.objects.filter(enabled=True)
         )
@@ -44,7 +50,7 @@ class Command(BaseCommand):
             ).order_by("-created")  # fmt: skip
             if not no_verify:
                 for run in stored if all else stored[:1]:
-                    jobs.verify_run(run.pk, by="system:backup_verify")
+                    jobs.verify_run(run.pk, by="system:backup_verify", level=level)
             last = stored.first()
             if last is None:
                 self.stdout.write(f"{source.name:<24} {'never':<20} {'-':>7} {'-':>10}  -")
@@ -54,6 +60,8 @@ class Command(BaseCommand):
             age = timezone.now() - last.created
             hours = age.total_seconds() / 3600
             verdict = last.verification + (" (SHRANK)" if last.shrink_flag else "")
+            if last.verify_level:
+                verdict += f" ({last.verify_level}, {last.verify_seconds or 0:.1f} s)"
             self.stdout.write(
                 f"{source.name:<24} {last.created:%Y-%m-%d %H:%M:%S}  {hours:6.1f}h "
                 f"{last.bytes_stored / 1e6:9.1f}M  {verdict}"
