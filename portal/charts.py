@@ -25,6 +25,11 @@ from django.utils.safestring import SafeString, mark_safe
 
 from portal.templatetags.portal_format import human_bytes, human_duration
 
+
+def _short(seconds: float) -> str:
+    return human_duration(seconds, compact=True)
+
+
 WINDOWS = (7, 14, 30, 90)
 DEFAULT_DAYS = 14
 MAX_POINTS = 3000
@@ -242,6 +247,7 @@ def lines(
     targets: Iterable[tuple[float, str]] = (),
     connect: bool = True,
     steps: Iterable[float] | None = None,
+    top: float | None = None,
 ) -> SafeString:
     """Points (x in epoch seconds) per series, joined unless ``connect`` is off, over the
     window of ``days``, with dashed target lines."""
@@ -249,10 +255,12 @@ def lines(
     values = [y for s in series for _, y, _ in s.points]
     if not values:
         return _empty_svg(label)
-    top = max([*values, *(t * 1.15 for t, _ in targets)])
-    frame = Frame(
-        _day_start(days[0]), _day_start(days[-1]) + 86400, nice_ticks(top, steps=steps), fmt
+    ticks = (
+        nice_ticks(top, steps=steps)
+        if top is not None
+        else nice_ticks(max([*values, *(t * 1.15 for t, _ in targets)]), steps=steps)
     )
+    frame = Frame(_day_start(days[0]), _day_start(days[-1]) + 86400, ticks, fmt)
     parts = frame.axes(days)
     for value, text in targets:
         parts.append(frame.target(value, text))
@@ -371,7 +379,7 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
             for row in found
             if row[key] is not None
         ]
-        label = f"{name} per day (mean) against its {human_duration(target)} target"
+        label = f"{name} per day (mean) against its {_short(target)} target"
         words = "detect (detected → opened)" if key == "mttd" else "resolve (opened → resolved)"
         charts.append(
             Chart(
@@ -382,11 +390,11 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
                     days,
                     [Series(name, PALETTE[0], points)],
                     label,
-                    fmt=human_duration,
-                    targets=[(target, f"target {human_duration(target)}")],
+                    fmt=_short,
+                    targets=[(target, f"target {_short(target)}")],
                     steps=DURATION_STEPS,
                 ),
-                [(name, PALETTE[0]), (f"target {human_duration(target)}", "#b3261e")],
+                [(name, PALETTE[0]), (f"target {_short(target)}", "#b3261e")],
                 ["day", name, "incidents"],
                 [
                     [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[key]), str(r[count_key])]
@@ -434,6 +442,7 @@ def autopatch_rates(days: list[date]) -> Chart:
             [success, rollback],
             title,
             fmt=lambda v: f"{_num(v)} %",
+            top=100.0,
             targets=[
                 (SUCCESS_TARGET, "success target 95 %"),
                 (ROLLBACK_TARGET, "rollback target 2 %"),
@@ -488,7 +497,7 @@ def time_to_approval(days: list[date]) -> Chart:
         "time-to-approval",
         title,
         "How long do requests wait for people?",
-        lines(days, shown, title, fmt=human_duration, connect=False, steps=DURATION_STEPS),
+        lines(days, shown, title, fmt=_short, connect=False, steps=DURATION_STEPS),
         [(s.name, s.colour) for s in series.values()],
         ["approved", "request", "impact", "waited"],
         rows[-200:],
@@ -542,7 +551,7 @@ def backup_runs(days: list[date]) -> list[Chart]:
                     steps=[2**k for k in range(10, 50)]),
               legend, header, rows[-200:]),
         Chart("backup-duration", took_title, "Are backups getting slower?",
-              lines(days, list(took.values()), took_title, fmt=human_duration,
+              lines(days, list(took.values()), took_title, fmt=_short,
                     steps=DURATION_STEPS),
               legend, header, rows[-200:]),
     ]  # fmt: skip

@@ -128,32 +128,33 @@ def main() -> int:
     return exit_code
 
 
-def _install_sshd() -> str:
+def _install_sshd(install=None, *, wait: float | None = None, sleep=time.sleep) -> str:
     """Install openssh-server, waiting out another apt/dpkg holding the lock; returns ""
-    or why it could not."""
-    deadline = time.monotonic() + APT_LOCK_WAIT
+    or why it could not. (``install``/``sleep``: apt and the clock, for tests.)"""
+    install = install or (lambda: apt_install("openssh-server"))
+    wait = APT_LOCK_WAIT if wait is None else wait
+    deadline = time.monotonic() + wait
     pause = 5.0
     while True:
         try:
-            apt_install("openssh-server")
+            install()
             return ""
         except ServiceError as exc:
             text = str(exc)
-            locked = any(word in text.lower() for word in _LOCK_WORDS)
             left = deadline - time.monotonic()
-            if not locked:
+            if not any(word in text.lower() for word in _LOCK_WORDS):
                 return f"openssh-server could not be installed: {text.strip()[-600:]}"
             if left <= 0:
                 return (
                     "openssh-server could not be installed: another apt/dpkg process held the "
-                    f"dpkg lock for {APT_LOCK_WAIT:.0f} s (PORTAL_DEMO_APT_WAIT)"
+                    f"dpkg lock for {wait:.0f} s (PORTAL_DEMO_APT_WAIT)"
                 )
             print(
                 f"Another apt/dpkg holds the dpkg lock; retrying the openssh-server install in "
                 f"{min(pause, left):.0f} s (giving up in {left:.0f} s)…",
                 file=sys.stderr,
             )
-            time.sleep(min(pause, left))
+            sleep(min(pause, left))
             pause = min(pause * 2, 30.0)
 
 

@@ -37,11 +37,15 @@ def _seconds(value) -> float | None:
         return None
 
 
-def human_duration(value) -> str:
-    """50 ms, 3.2 s, 2 min 0 s, 1 h 5 min, 3 d 4 h (two units at most, never a float)."""
+def human_duration(value, *, compact: bool = False) -> str:
+    """50 ms, 3.2 s, 2 min 0 s, 1 h 5 min, 3 d 4 h (two units at most, never a float).
+
+    ``compact`` (chart axes): a zero second unit is left out ("2 min"), zero is "0"."""
     seconds = _seconds(value)
     if seconds is None:
         return NONE
+    if compact and seconds == 0:
+        return "0"
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
     if seconds < 1:
@@ -57,7 +61,10 @@ def human_duration(value) -> str:
         ("min", 60, "s", 1),
     ):
         if whole >= size:
-            return f"{sign}{whole // size} {unit} {(whole % size) // sub_size} {sub}"
+            rest = (whole % size) // sub_size
+            if compact and not rest:
+                return f"{sign}{whole // size} {unit}"
+            return f"{sign}{whole // size} {unit} {rest} {sub}"
     return f"{sign}{whole} s"  # pragma: no cover (unreachable)
 
 

@@ -16,8 +16,8 @@ from backups.choices import Verification as BackupVerification
 from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest
 from incidents import actions as incidents
 from incidents.choices import AttemptStatus, DecisionAction, DecisionSource, Severity
-from incidents.models import AutoPatchAttempt, Decision
-from pra.models import Host
+from incidents.models import AutoPatchAttempt, Decision, Incident
+from pra.models import Host, PRAAction
 from tests.pra.factories import offline_host, propose
 
 LONG_NAME = "a-" + "very-long-name-" * 6 + "end"
@@ -123,3 +123,29 @@ def build(n: int, *, operator, tag: str = "w") -> dict:
         _, runs = backup_source(f"{tag}-cache-{i}", runs=2, failed=i % 2 == 1)
         made["restores"].append(restore_request(runs[0], operator, overwrite=i % 2 == 0))
     return made
+
+
+def history(operator, *, days: int, tag: str) -> None:
+    """Incidents, patches, approvals and backups spread over the last ``days`` days."""
+    now = timezone.now()
+    for day in range(days):
+        agent, _ = incidents.create_agent(name=f"{tag}-agent-{day}", kind="service")
+        incident, _ = incidents.open_or_update_incident(
+            agent, cause="errors", rule_id=None, severity=day % 4 + 1, title="errors",
+            telemetry={}, detected_at=now,
+        )  # fmt: skip
+        opened = now - timedelta(days=day, hours=1)
+        Incident.objects.filter(pk=incident.pk).update(
+            detected_at=opened - timedelta(seconds=40 + day * 10), opened_at=opened,
+            resolved_at=opened + timedelta(minutes=3 + day), status="RESOLVED",
+        )  # fmt: skip
+        attempt = patch_attempt(agent)
+        AutoPatchAttempt.objects.filter(pk=attempt.pk).update(
+            status=AttemptStatus.ROLLED_BACK if day % 3 == 0 else AttemptStatus.SUCCEEDED,
+            finished_at=opened + timedelta(minutes=2),
+        )
+    for action in proposals(operator, offline_host(f"{tag}-host"), days):
+        PRAAction.objects.filter(pk=action.pk).update(
+            status="APPROVED", approved_at=action.created + timedelta(seconds=95)
+        )
+    backup_source(f"{tag}-cache", runs=days * 2)
