@@ -88,6 +88,7 @@ class NotificationKind(models.TextChoices):
     INCIDENT_OPENED = "INCIDENT_OPENED", "Incident opened"
     INCIDENT_ESCALATED = "INCIDENT_ESCALATED", "Incident escalated"
     INCIDENT_RESOLVED = "INCIDENT_RESOLVED", "Incident resolved"
+    INCIDENT_DIGEST = "INCIDENT_DIGEST", "Incident storm digest"
     AUTOPATCH_ROLLED_BACK = "AUTOPATCH_ROLLED_BACK", "Auto-patch rolled back"
     PATCH_AWAITING_APPROVAL = "PATCH_AWAITING_APPROVAL", "Patch awaiting approval"
     PRA_AWAITING_APPROVAL = "PRA_AWAITING_APPROVAL", "Remediation awaiting approval"
