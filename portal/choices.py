@@ -46,6 +46,7 @@ class AuditEventType(models.TextChoices):
     RESTORE_TARGET_CREATED = "RESTORE_TARGET_CREATED", "Restore target registered"
     RESTORE_TARGET_UPDATED = "RESTORE_TARGET_UPDATED", "Restore target changed"
     BACKUP_VERIFY_REQUESTED = "BACKUP_VERIFY_REQUESTED", "Backup re-verification requested"
+    BACKUP_ACCEPTED = "BACKUP_ACCEPTED", "Suspiciously small backup accepted"
     DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
     AGENT_CREATED = "AGENT_CREATED", "Agent created"
     AGENT_SECRET_ROTATED = "AGENT_SECRET_ROTATED", "Agent secret rotated"

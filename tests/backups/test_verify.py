@@ -142,7 +142,11 @@ def test_a_backup_far_smaller_than_the_previous_good_one_is_flagged(
     assert second.verification == Verification.VERIFIED  # still a readable backup…
     assert second.shrink_flag  # …but a suspicious one
     assert "under 50% of the previous good backup" in second.verify_detail
-    assert any("FAILED" in r.message and "k8s" in r.message for r in caplog.records)
+    assert second.awaiting_acceptance and not second.usable  # not a good backup (yet)
+    assert any(
+        "suspiciously small" in r.message and "NOT counted until accepted" in r.message
+        for r in caplog.records
+    )
     assert get_storage().list_runs() == [first.artifact_path, second.artifact_path]
 
 
