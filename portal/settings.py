@@ -257,6 +257,10 @@ INCIDENT_DIGEST_INTERVAL = env_int("INCIDENT_DIGEST_INTERVAL", 300, minimum=30, 
 INCIDENT_SUPPRESS_DEPENDENTS = env_bool("INCIDENT_SUPPRESS_DEPENDENTS", True)
 # Agents per transaction in the missed-heartbeat sweep.
 INCIDENT_SWEEP_BATCH = env_int("INCIDENT_SWEEP_BATCH", 1000, minimum=10, maximum=10000)
+# The lean heartbeat path (incidents.fastpath): quiet heartbeats written in batches.
+HEARTBEAT_FAST_PATH = env_bool("HEARTBEAT_FAST_PATH", True)
+HEARTBEAT_BATCH_MAX = env_int("HEARTBEAT_BATCH_MAX", 200, minimum=1, maximum=5000)
+HEARTBEAT_BATCH_WAIT_MS = env_int("HEARTBEAT_BATCH_WAIT_MS", 2, minimum=0, maximum=1000)
 
 # --- Notifications -------------------------------------------------------------------
 # Email channels send through Django's mail (SMTP by default). Webhook URLs that are
@@ -297,5 +301,7 @@ BACKUP_LOCK_TIMEOUT = env_int("BACKUP_LOCK_TIMEOUT", 30, minimum=1)
 BACKUP_STALL_TIMEOUT = env_int("BACKUP_STALL_TIMEOUT", 300, minimum=1)
 BACKUP_MISSED_AFTER = env_int("BACKUP_MISSED_AFTER", 900, minimum=1)
 BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)
+# A backup needs free space for the last stored size × this (percent) or fails at once; 0: off.
+BACKUP_SPACE_MARGIN_PERCENT = env_int("BACKUP_SPACE_MARGIN_PERCENT", 150, minimum=0, maximum=1000)
 # Restore credentials given as files must live under this directory (realpath-checked).
 BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
