@@ -36,6 +36,7 @@ def test_every_admin_page_has_the_compact_header(client, viewer):
     assert 'id="admin-live"' in page and 'id="portal-nav"' in page
     assert f'<form id="logout-form" method="post" action="{reverse("admin:logout")}">' in page
     assert "<title>" in page and "| Ops Portal</title>" in page
+    assert "Api tokens" not in page and 'id="nav-sidebar"' not in page
     client.logout()
     login = client.get(reverse("admin:login")).content.decode()
     assert "Ops Portal" in login and 'id="admin-live"' not in login
