@@ -37,6 +37,7 @@ from backups.models import (
     RestoreRequest,
     RestoreTarget,
 )
+from backups.scrub import last_lines, scrub
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
@@ -470,17 +471,28 @@ def check_freshness(now=None) -> dict[str, list[str]]:
     return changed
 
 
+ALERT_STDERR_LINES = 10
+
+
 def notify_failure(run: BackupRun, what: str = "backup") -> None:
-    """Tell people a backup (or its verification) failed, and why; call inside the transaction."""
+    """Tell people a backup (or its verification) failed, and why; call inside the transaction.
+
+    The body names the classified cause and ends with the tool's last stderr lines,
+    scrubbed of secrets (``backups.scrub``).
+    """
     cause = f": {run.get_failure_cause_display()}" if run.failure_cause else ""
+    said = last_lines(run.stderr, ALERT_STDERR_LINES) if what == "backup" else []
+    body = (
+        f"Source {run.source.name}, run #{run.pk}, trigger {run.trigger}"
+        + (f", cause {run.failure_cause} ({run.get_failure_cause_display()})" if cause else "")
+        + f": {scrub(run.error or run.verify_detail or 'see the run')[:2000]}"
+    )
+    if said:
+        body += "\n\nLast lines the tool wrote to stderr:\n" + "\n".join(said)
     _notify(
         "BACKUP_FAILED",
         title=f"{what} of {run.source.name} FAILED (run #{run.pk}){cause}",
-        body=(
-            f"Source {run.source.name}, run #{run.pk}, trigger {run.trigger}"
-            f"{f', cause {run.failure_cause}' if run.failure_cause else ''}: "
-            f"{(run.error or run.verify_detail or 'see the run')[:2000]}"
-        ),
+        body=body,
         subject=run,
         severity="critical",
     )
@@ -1260,6 +1272,7 @@ def finish_restore(
     new = RestoreStatus.SUCCEEDED if ok else RestoreStatus.FAILED
     now = timezone.now()
     with transaction.atomic():
+        error = scrub(error)
         if not _move_restore(
             restore_id, RestoreStatus.RUNNING, new,
             finished_at=now, report=report, error=error[:8000], phase="done",
@@ -1277,7 +1290,7 @@ def finish_restore(
             _notify(
                 "BACKUP_FAILED",
                 title=f"restore #{req.pk} into {req.target_name} FAILED",
-                body=error[:2000],
+                body=scrub(error)[:2000],
                 subject=req,
                 severity="critical",
             )

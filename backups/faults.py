@@ -28,6 +28,7 @@ class FailureCause(models.TextChoices):
     TOOL_ERROR = "tool_error", "Tool failed"
     CONFIG = "config", "Misconfigured source"
     STORAGE = "storage", "Storage error"
+    NO_SPACE = "no_space", "Not enough free space (checked before starting)"
     WORKER_LOST = "worker_lost", "Worker lost"
     CRASH = "crash", "Internal error"
 

@@ -109,6 +109,7 @@ def perform(
 
     activity = runner.Activity()
     stall = faults.stall_timeout(run.source)
+    space = space_needed(run)
 
     def moving() -> bool:
         return activity.idle() < stall + HEARTBEAT_EVERY
@@ -122,7 +123,7 @@ def perform(
             try:
                 outcome = runner.execute(
                     run.storage_key, transport, storage, on_progress=progress,
-                    activity=activity, stall_timeout=stall,
+                    activity=activity, stall_timeout=stall, space_needed=space,
                 )  # fmt: skip
             except Exception as exc:  # a bug, not a tool failure: still end the run visibly
                 logger.exception("backup run %s crashed", run.pk)
@@ -140,6 +141,25 @@ def perform(
     if run.trigger != Trigger.SAFETY:
         actions.apply_retention(run.source)
     return "succeeded"
+
+
+def space_needed(run: BackupRun) -> runner.SpaceNeeded | None:
+    """What a run will need on the storage: the source's last stored size × the margin."""
+    margin = settings.BACKUP_SPACE_MARGIN_PERCENT
+    if not margin:
+        return None
+    last = (
+        BackupRun.objects.filter(source=run.source_id, status=RunStatus.SUCCEEDED)
+        .exclude(pk=run.pk)
+        .order_by("-created")
+        .first()
+    )
+    if last is None or not last.bytes_stored:
+        return None
+    return runner.SpaceNeeded(
+        last.bytes_stored * margin // 100,
+        f"backup #{last.pk} stored {runner.human_bytes(last.bytes_stored)}, × {margin}%",
+    )
 
 
 def verify_run(run_id: int, by: str = "system:verifier", level: str = VerifyLevel.FULL) -> str:

@@ -15,6 +15,7 @@ discarded (restores, listing databases, a Redis PING).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -31,6 +32,7 @@ from django.conf import settings
 from backups import faults
 from backups.faults import FailureCause
 from backups.pgwatch import PgLockWatch
+from backups.scrub import scrub
 from backups.sources import SourceError, SourceTransport, ToolCommand
 from backups.storage import Storage
 from backups.streaming import (
@@ -402,6 +404,35 @@ class RunOutcome:
         return sum(a.stream.bytes_stored for a in self.artifacts)
 
 
+@dataclass(frozen=True)
+class SpaceNeeded:
+    """About how much a backup will store, and from what that estimate comes."""
+
+    bytes: int
+    basis: str
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"  # pragma: no cover
+
+
+def check_space(storage: Storage, needed: SpaceNeeded | None) -> None:
+    """Fail early, naming the path, when the storage has less room than the estimate."""
+    if needed is None or needed.bytes <= 0:
+        return
+    free = storage.free_bytes()
+    if free is not None and free < needed.bytes:
+        raise ToolFailed(
+            f"not enough free space in {storage.location}: {human_bytes(free)} free, about "
+            f"{human_bytes(needed.bytes)} needed ({needed.basis}); nothing was started",
+            FailureCause.NO_SPACE,
+        )
+
+
 def execute(
     run_key: str,
     transport: SourceTransport,
@@ -410,8 +441,13 @@ def execute(
     on_progress: Callable[[int], None] | None = None,
     activity: Activity | None = None,
     stall_timeout: float | None = None,
+    space_needed: SpaceNeeded | None = None,
 ) -> RunOutcome:
-    """Back up every component of ``transport`` into ``run_key``; never raises for tool errors."""
+    """Back up every component of ``transport`` into ``run_key``; never raises for tool errors.
+
+    What is kept of the tools' stderr and errors is scrubbed of secrets (the source's
+    password, credentials in DSNs, tokens: ``backups.scrub``).
+    """
     started = time.monotonic()
     activity = activity or Activity()
     stall_timeout = stall_timeout or faults.stall_timeout(getattr(transport, "source", None))
@@ -419,6 +455,7 @@ def execute(
     stderr_parts: list[str] = []
     staging = None
     try:
+        check_space(storage, space_needed)
         for check in transport.preflight() if hasattr(transport, "preflight") else []:
             result = run_command(check, activity=activity, stall_timeout=stall_timeout)
             if not result.ok:
@@ -492,6 +529,9 @@ def execute(
         outcome.cause = getattr(exc, "cause", "") or (
             FailureCause.STORAGE if isinstance(exc, OSError) else FailureCause.TOOL_ERROR
         )
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            outcome.cause = FailureCause.NO_SPACE
+            outcome.error = f"the storage ran out of space in {storage.location}: {exc}"
         if staging is not None:
             staging.abort()
     except BaseException:
@@ -500,5 +540,7 @@ def execute(
         raise
     finally:
         outcome.duration_s = time.monotonic() - started
-        outcome.stderr = "\n".join(stderr_parts)[-settings.BACKUP_STDERR_MAX :]
+        known = [getattr(transport, "password", None)]
+        outcome.stderr = scrub("\n".join(stderr_parts), known)[-settings.BACKUP_STDERR_MAX :]
+        outcome.error = scrub(outcome.error, known)
     return outcome

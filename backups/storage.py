@@ -39,6 +39,9 @@ class Staging(Protocol):
 
 
 class Storage(Protocol):
+    #: where it is, for people (a directory, a bucket)
+    location: str
+
     def begin(self, run_key: str) -> Staging: ...
 
     def open(self, key: str) -> BinaryIO: ...
@@ -149,6 +152,7 @@ class LocalStorage:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self.location = str(self.root)
 
     def _path(self, key: str) -> Path:
         _check_key(key)

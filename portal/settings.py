@@ -301,5 +301,7 @@ BACKUP_LOCK_TIMEOUT = env_int("BACKUP_LOCK_TIMEOUT", 30, minimum=1)
 BACKUP_STALL_TIMEOUT = env_int("BACKUP_STALL_TIMEOUT", 300, minimum=1)
 BACKUP_MISSED_AFTER = env_int("BACKUP_MISSED_AFTER", 900, minimum=1)
 BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)
+# A backup needs free space for the last stored size × this (percent) or fails at once; 0: off.
+BACKUP_SPACE_MARGIN_PERCENT = env_int("BACKUP_SPACE_MARGIN_PERCENT", 150, minimum=0, maximum=1000)
 # Restore credentials given as files must live under this directory (realpath-checked).
 BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")

@@ -71,6 +71,9 @@ class FakePostgres:
             _recv_exact(conn, 1, sink)
             length = struct.unpack("!i", _recv_exact(conn, 4, sink))[0]
             _recv_exact(conn, length - 4, sink)
+            with self._lock:  # recorded before the refusal: a client told "no" sees it here
+                self.received.extend(sink)
+                sink.clear()
             fields = b"SFATAL\0C28P01\0Mpassword authentication failed\0\0"
             conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
         except (OSError, ConnectionError, struct.error):
