@@ -55,28 +55,30 @@ def restore_approvals(request) -> list[ApprovalItem]:
     return approval_items(request, waiting, build=build)
 
 
-def _newest(**filters) -> Subquery:
-    runs = BackupRun.objects.filter(source=OuterRef("pk"), restore__isnull=True, **filters)
+def _newest(runs) -> Subquery:
+    runs = runs.filter(source=OuterRef("pk"), restore__isnull=True)
     return Subquery(runs.order_by("-created").values("pk")[:1])
 
 
 def _problem(row: dict, fresh) -> tuple[str, str]:
     """(badge kind, words) of what is wrong with a source, or ("", "") when nothing is."""
-    last, failed = row["last"], row["failed"]
-    if failed:
-        return "bad", f"last run FAILED: {failed.get_failure_cause_display() or 'failed'}"
-    if last is None:
-        return "bad", "never backed up"
-    if last.verification == Verification.FAILED:
+    last, latest = row["last"], row["latest"]
+    if row["failed"]:
+        return "bad", f"last run FAILED: {row['failed'].get_failure_cause_display() or 'failed'}"
+    if latest is not None and latest.verification == Verification.FAILED:
         return "bad", "last backup failed verification"
-    if last.shrink_flag:
-        return "bad", "last backup shrank dramatically"
+    if latest is not None and latest.awaiting_acceptance:
+        return "bad", "much smaller than the last good one: accept or investigate"
+    if last is None:
+        if latest is not None and latest.verification == Verification.PENDING:
+            return "warn", "first backup not verified yet"
+        return "bad", "no good backup yet"
     if last.created < fresh:
-        return "bad", f"stale: no backup in {settings.BACKUP_FRESH_HOURS} h"
+        return "bad", f"stale: no good backup in {settings.BACKUP_FRESH_HOURS} h"
     if row["missed"]:
         return "warn", "missed slot"
-    if last.verification == Verification.PENDING:
-        return "warn", "not verified yet"
+    if latest is not None and latest.verification == Verification.PENDING:
+        return "warn", "newest not verified yet"
     return "", ""
 
 
@@ -84,10 +86,12 @@ def _problem(row: dict, fresh) -> tuple[str, str]:
 def backups_panel(request) -> dict:
     now = timezone.now()
     fresh = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    finished = BackupRun.objects.filter(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED])
     sources = list(
         BackupSource.objects.annotate(
-            last_ok_id=_newest(status=RunStatus.SUCCEEDED),
-            latest_done_id=_newest(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED]),
+            # The good backup (BackupRun.objects.usable: the rule freshness and restores use).
+            last_ok_id=_newest(BackupRun.objects.usable()),
+            latest_done_id=_newest(finished),
         )
     )
     ids = {s.last_ok_id for s in sources} | {s.latest_done_id for s in sources}
@@ -99,12 +103,8 @@ def backups_panel(request) -> dict:
         row = {
             "source": source,
             "last": last,
-            "ok": bool(
-                last
-                and last.verification == Verification.VERIFIED
-                and last.created >= fresh
-                and not last.shrink_flag
-            ),
+            "latest": latest,
+            "ok": bool(last and last.created >= fresh),
             # The newest finished run failed: say why (cause, as classified).
             "failed": latest if latest and latest.status == RunStatus.FAILED else None,
             # A slot missed within the freshness window stays visible.

@@ -15,7 +15,7 @@ from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
-from backups.models import RestoreRequest
+from backups.models import BackupRun, BackupSource, RestoreRequest
 from incidents import actions as incidents
 from incidents.models import Incident
 from portal.dashboard import collect_approvals
@@ -240,3 +240,24 @@ def test_long_proposer_names_are_clipped_and_the_page_has_a_logout(client, appro
     assert f'class="who clip" title="{long_user.username}"' in item
     assert 'action="/admin/logout/" id="logout-form"' in html
     assert 'href="/charts/"' in html
+
+
+def test_backups_that_need_attention_say_why(client, viewer, settings):
+    settings.BACKUP_FRESH_HOURS = 26
+    world.backup_source("fresh")
+    world.backup_source("failing", failed=True)
+    world.backup_source("stale", age_hours=30)
+    _, runs = world.backup_source("shrunk")
+    BackupRun.objects.filter(pk=runs[0].pk).update(shrink_flag=True)
+    never = BackupSource(name="never", kind="redis", dsn="redis://192.0.2.1:6379")
+    never.save()
+    client.force_login(viewer)
+    html = client.get("/").content.decode()
+    rows = dict(re.findall(r'<li data-source="([\w-]+)"(.*?)</li>', html, re.S))
+    assert 'class="attention"' not in rows["fresh"] and "verified" in rows["fresh"]
+    assert "last run FAILED: Server unreachable" in rows["failing"]
+    assert "stale: no good backup in 26 h" in rows["stale"]
+    assert "much smaller than the last good one" in rows["shrunk"]
+    assert "no good backup yet" in rows["never"] or "never backed up" in rows["never"]
+    assert all('class="attention"' in rows[name] for name in ("failing", "stale", "shrunk"))
+    assert "4 need attention" in html
