@@ -445,10 +445,11 @@ class ServerSpec:
         options = dict(part.partition("=")[::2] for part in rest)
         age, log = options.pop("age", "60"), options.pop("log", "on")
         app = options.pop("app", "portal")
-        valid = kind in ("daphne", "uvicorn") and age.isdigit() and log in ("on", "off")
+        valid = kind in ("daphne", "uvicorn", "gateway") and age.isdigit() and log in ("on", "off")
+        app = "fast" if kind == "gateway" else app  # the gateway serves the lean path
         if options or not valid or app not in ("portal", "fast"):
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected daphne|uvicorn[:N][:age=SECONDS][:log=on|off]"
+                f"{text!r}: expected daphne|uvicorn|gateway[:N][:age=SECONDS][:log=on|off]"
                 "[:app=portal|fast]"
             )
         return cls(kind, max(1, int(count)), int(age), log == "on", app == "fast")
@@ -494,6 +495,10 @@ class Servers:
                         ],  # fmt: skip
                         port,
                     )
+            elif self.spec.kind == "gateway":  # manage.py agent_gateway: N workers, one port
+                port = free_port()
+                argv = ["manage.py", "agent_gateway", "--host", "127.0.0.1", "--port", str(port)]
+                self._start([*argv, "--workers", str(self.spec.processes), "--app", FAST_APP], port)
             else:
                 port = free_port()
                 argv = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]

@@ -270,31 +270,43 @@ def _raw_post(port: int, name: str, secret: str, body: bytes, timeout: float = 1
     return int(answer.split(b" ", 2)[1]) if answer else 0
 
 
-def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(settings):
-    """uvicorn with the lean path and a long batch wait (400 ms): heartbeats from 40 agents
-    arrive, the server is SIGKILLed while a batch is open, is started again, and every
-    agent sends one more. Every heartbeat that got 200 is in the database; none is in
-    twice; each unacknowledged one is either absent or present once."""
+SERVERS = {
+    "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
+                             str(port), "--lifespan", "off", "--no-access-log",
+                             "bench.fast_asgi:application"],
+    "gateway": lambda port: [sys.executable, "manage.py", "agent_gateway", "--port", str(port),
+                             "--workers", "2"],
+}  # fmt: skip
+
+
+def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        SERVERS[kind](port), cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"{kind} did not start")
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(kind):
+    """A server (uvicorn, or the agents' gateway) with the lean path and a long batch wait
+    (400 ms): heartbeats from 40 agents arrive, the server is SIGKILLed while a batch is
+    open, is started again, and every agent sends one more. Every heartbeat that got 200
+    is in the database; none is in twice; each unacknowledged one is absent or in once."""
     agents = [actions.create_agent(name=f"killed-{i}") for i in range(40)]
     port = _free_port()
     env = _server_env()
 
     def start():
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-             "--lifespan", "off", "--no-access-log", "bench.fast_asgi:application"],
-            cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc
-            except OSError:
-                time.sleep(0.1)
-        proc.kill()
-        raise AssertionError("uvicorn did not start")
+        return start_server(kind, port, env)
 
     outcomes: dict[int, int] = {}  # marker -> status (0: no answer)
 
@@ -344,3 +356,34 @@ def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(settings):
     assert acknowledged <= set(markers), acknowledged - set(markers)
     assert not any(outcomes[100 + i] == 200 for i in range(40)), "answered before the kill?"
     assert all(outcomes[200 + i] == 200 for i in range(40)), outcomes
+
+
+def test_the_gateway_serves_the_reference_agent_and_refuses_what_it_does_not_speak():
+    from incidents.agent_client import Agent as ReferenceAgent
+
+    agent, secret = actions.create_agent(name="through-gateway")
+    command = actions.send_command(agent, "config", {"level": "debug"}, by="system:test")
+    port = _free_port()
+    proc = start_server("gateway", port, _server_env())
+    try:
+        client = ReferenceAgent(url=f"http://127.0.0.1:{port}", name=agent.name, secret=secret,
+                                version="1.0.0")  # fmt: skip
+        assert [c["id"] for c in client.beat()] == [command.pk]  # heartbeat, then the ack
+        assert client.beat() == []
+        # Two requests on one keep-alive connection, sent back to back.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            seen = b""
+            while seen.count(b"HTTP/1.1 ") < 2:
+                seen += sock.recv(65536)
+        assert seen.count(b"content-length:") == 2
+        chunked = (b"POST /api/agents/heartbeat HTTP/1.1\r\nHost: x\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(chunked)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 411 ")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    assert AgentCommand.objects.get().status == "ACKED"
+    assert HeartbeatSample.objects.filter(agent=agent).count() == 2
