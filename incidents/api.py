@@ -152,26 +152,32 @@ class HeartbeatIn(StorableInput, Schema):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        for key, number in value.items():
-            if not _KEY.match(key):
-                raise ValueError(f"metric name {_safe(key)!r} must match [a-z][a-z0-9_]*")
-            if not math.isfinite(number) or number < 0 or number > 1e12:
-                raise ValueError(f"metric {key} must be a finite number >= 0")
-            if key in _PERCENT and number > 100:
-                raise ValueError(f"{key} is a percentage (0-100)")
-        return value
+        return check_metrics(value)
 
     @field_validator("services")
     @classmethod
     def _services(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, state in value.items():
-            if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.@-]{0,63}$", name):
-                raise ValueError(f"service name {_safe(name)!r} is not a unit name")
-            if state not in _SERVICE_STATES:
-                raise ValueError(
-                    f"service state {_safe(state)!r} not one of {sorted(_SERVICE_STATES)}"
-                )
-        return value
+        return check_services(value)
+
+
+def check_metrics(value: dict[str, float]) -> dict[str, float]:
+    for key, number in value.items():
+        if not _KEY.match(key):
+            raise ValueError(f"metric name {_safe(key)!r} must match [a-z][a-z0-9_]*")
+        if not math.isfinite(number) or number < 0 or number > 1e12:
+            raise ValueError(f"metric {key} must be a finite number >= 0")
+        if key in _PERCENT and number > 100:
+            raise ValueError(f"{key} is a percentage (0-100)")
+    return value
+
+
+def check_services(value: dict[str, str]) -> dict[str, str]:
+    for name, state in value.items():
+        if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.@-]{0,63}$", name):
+            raise ValueError(f"service name {_safe(name)!r} is not a unit name")
+        if state not in _SERVICE_STATES:
+            raise ValueError(f"service state {_safe(state)!r} not one of {sorted(_SERVICE_STATES)}")
+    return value
 
 
 class CommandOut(Schema):

@@ -34,9 +34,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from pydantic import ConfigDict, ValidationError, create_model, field_validator
 
-from incidents import rules, signing
-from incidents.api import BodyRefused, HeartbeatIn, parse_body
+from incidents import api, rules, signing
+from incidents.api import HeartbeatIn
 from incidents.models import DetectionRule
 from portal.lib.secretbox import unseal
 from portal.metrics import LATENCY, REQUESTS
@@ -297,6 +298,50 @@ def batcher() -> Batcher:
     return _batcher
 
 
+def _twin():
+    """``HeartbeatIn``'s fields, constraints and checks on a plain pydantic model: the ninja
+    Schema base and the whole-body text walk cost ~80 µs a heartbeat, most of the lean
+    path's own work. The text walk is replaced by refusing any ``\\u`` escape (the only
+    way NUL or a lone surrogate gets into valid UTF-8 JSON): those go the full way."""
+
+    def metrics(cls, value):
+        return api.check_metrics(value)
+
+    def services(cls, value):
+        return api.check_services(value)
+
+    config = HeartbeatIn.model_config
+    return create_model(
+        "QuietHeartbeat",
+        __config__=ConfigDict(extra=config["extra"], allow_inf_nan=config["allow_inf_nan"],
+                              strict=config["strict"]),
+        __validators__={"check_metrics": field_validator("metrics")(metrics),
+                        "check_services": field_validator("services")(services)},
+        **{name: (f.annotation, f) for name, f in HeartbeatIn.model_fields.items()},
+    )  # fmt: skip
+
+
+QUIET = _twin()
+
+
+def quiet_body(body: bytes):
+    """The body as ``parse_body(body, HeartbeatIn)`` reads it, or None where that would
+    refuse it or where this cannot tell (the full path then answers)."""
+    if b"\\u" in body:
+        return None
+    try:
+        text = body.decode("utf-8")  # as parse_body: never json's UTF-16/32 guessing
+        data = json.loads(text, object_pairs_hook=api._unique_keys, parse_constant=api._no_constant)
+    except ValueError:  # bad UTF-8, bad JSON, a duplicate key
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return QUIET.model_validate(data)
+    except ValidationError:
+        return None
+
+
 def _header(scope, name: bytes) -> str:
     for key, value in scope["headers"]:
         if key == name:
@@ -347,9 +392,8 @@ async def _quiet_beat(scope, body: bytes) -> Beat | None:
     expected = signing.signature(agent.secret, timestamp, nonce, "POST", PATH, body)
     if not hmac.compare_digest(expected, given):
         return None
-    try:
-        parsed = parse_body(body, HeartbeatIn)
-    except BodyRefused:
+    parsed = quiet_body(body)
+    if parsed is None:
         return None
     telemetry = {
         "errors_last_24h": parsed.errors_last_24h,

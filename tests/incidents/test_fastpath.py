@@ -387,3 +387,60 @@ def test_the_gateway_serves_the_reference_agent_and_refuses_what_it_does_not_spe
         proc.wait(20)
     assert AgentCommand.objects.get().status == "ACKED"
     assert HeartbeatSample.objects.filter(agent=agent).count() == 2
+
+
+def _bodies():
+    """Valid heartbeats and many near misses (types, names, ranges, encodings, escapes)."""
+    import random
+
+    rng = random.Random(12)
+    base = payload(metrics={"cpu_pct": 12.5, "load1": 0.4}, services={"nginx": "active"})
+    yield json.dumps(base).encode()
+    values = [True, False, None, 0, -1, 1.5, 1e13, "3", "", [], {}, "x" * 50, 101, 100,
+              float("nan"), "a\u0000b", "\ud800"]  # fmt: skip
+    keys = ["errors_last_24h", "webhook_fail_rate", "version", "env", "metrics", "services",
+            "extra", "Metrics"]  # fmt: skip
+    for _ in range(400):
+        data = json.loads(json.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(keys)
+            where = rng.random()
+            if where < 0.4:
+                data[key] = rng.choice(values)
+            elif where < 0.7 and isinstance(data.get("metrics"), dict):
+                data["metrics"][
+                    rng.choice(["cpu_pct", "mem_pct", "Bad-Name", "x" * 41, "ok_1"])
+                ] = rng.choice(values)
+            elif isinstance(data.get("services"), dict):
+                data["services"][rng.choice(["nginx", "bad name", "a@b.service", "-x"])] = (
+                    rng.choice(["active", "failed", "weird", 1, None])
+                )
+        try:
+            text = json.dumps(data, allow_nan=True, ensure_ascii=rng.random() < 0.5)
+        except (TypeError, ValueError):
+            continue
+        body = text.encode("utf-8", "surrogatepass")
+        yield body
+        if rng.random() < 0.1:
+            yield text.encode("utf-16", "surrogatepass")
+        if rng.random() < 0.1:
+            yield body.replace(b'"env"', b'"env": "x", "env"', 1)
+
+
+def test_the_lean_parser_accepts_only_what_the_strict_one_accepts():
+    from incidents.api import BodyRefused, HeartbeatIn, parse_body
+
+    accepted = refused = 0
+    for body in _bodies():
+        fast = fastpath.quiet_body(body)
+        try:
+            strict = parse_body(body, HeartbeatIn)
+        except BodyRefused:
+            strict = None
+        if fast is not None:
+            assert strict is not None, body
+            assert fast.model_dump() == strict.model_dump(), body
+            accepted += 1
+        else:
+            refused += 1
+    assert accepted > 10 and refused > 100  # the corpus exercises both sides
