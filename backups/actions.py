@@ -1009,6 +1009,7 @@ def plan_restore(
         "free_bytes": state.free_bytes,
         "free_note": state.free_note,
         "facts": state.facts,
+        "creates_roles": state.facts.get("roles_to_create", []),
         "warnings": [],
     }
     if state.free_bytes is not None and state.free_bytes < obj.bytes_raw * 1.2:
@@ -1019,12 +1020,14 @@ def plan_restore(
         plan["steps"] = [
             "two approvals (not the requester), each typing the target's name",
             f"safety backup of {typed.name} as it is now",
+            *(["create the roles the target lacks"] if plan["creates_roles"] else []),
             "restore", "validate (connect, count)",
         ]  # fmt: skip
     else:
         plan["steps"] = [
-            "one approval (not the requester)", "restore into the new target",
-            "validate (connect, count)",
+            "one approval (not the requester)",
+            *(["create the roles the target lacks"] if plan["creates_roles"] else []),
+            "restore into the new target", "validate (connect, count)",
         ]  # fmt: skip
     if dry_run:
         return None, plan

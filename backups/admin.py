@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from backups import actions, restore_targets
-from backups.choices import RestoreStatus, RunStatus, Verification
+from backups.choices import ArtifactFormat, RestoreStatus, RunStatus, Verification
 from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest, RestoreTarget
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.models import AuditEvent
@@ -45,7 +45,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
     actions = ["run_now"]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled", "schedule", "transport")}),
-        ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases")}),
+        ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases", "pg_role_passwords")}),
         (
             "Credentials (names only, never the secret)",
             {"fields": ("password_env", "password_file")},
@@ -121,6 +121,8 @@ class ArtifactInline(admin.TabularInline):
 
     @admin.display(description="restore")
     def restore_link(self, obj):
+        if obj.format == ArtifactFormat.PG_GLOBALS:
+            return "with each database"
         if obj.verification != Verification.VERIFIED or not obj.run.usable:
             return "—"
         url = reverse("admin:backups_restorerequest_plan") + f"?artifact={obj.pk}"

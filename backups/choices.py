@@ -72,6 +72,7 @@ RUN_OPEN = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 class ArtifactFormat(models.TextChoices):
     PG_CUSTOM = "pg_custom", "pg_dump custom format"
     PG_SQL = "pg_sql", "pg_dumpall SQL"
+    PG_GLOBALS = "pg_globals", "pg_dumpall --globals-only SQL (roles, memberships)"
     RDB = "rdb", "Redis RDB"
     K8S_YAML = "k8s_yaml", "Kubernetes YAML"
 

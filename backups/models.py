@@ -89,6 +89,11 @@ class BackupSource(models.Model):
         validators=[_list_validator],
         help_text="comma-separated; blank: every database that accepts connections",
     )
+    pg_role_passwords = models.BooleanField(
+        default=False,
+        help_text="per-database backups also dump the roles (pg_dumpall --globals-only); tick "
+        "to include their password hashes (needs a superuser; default --no-role-passwords)",
+    )
     password_env = models.CharField(
         max_length=128, blank=True, validators=[_env_name_validator], help_text="env var name"
     )

@@ -26,6 +26,10 @@ for a second copy of the database while it runs.
 
 A scratch restore creates the database and restores into it; if that fails,
 the database it created is dropped again.
+
+Before either, the roles the backup has and the target lacks are created from
+the backup's globals (``backups.pg_globals``; existing roles are never
+altered), and dropped again if the restore fails.
 """
 
 from __future__ import annotations
@@ -33,19 +37,20 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from backups import faults
+from backups import faults, pg_globals
 from backups.choices import RestoreMode
 from backups.models import BackupArtifact
 from backups.pgwatch import PgLockWatch
 from backups.restore import PgTarget, RestoreError, _pg_connect
 from backups.runner import run_tool
 from backups.sources import pg_url
-from backups.storage import Storage
-from backups.streaming import open_plain
+from backups.storage import Storage, StorageError
+from backups.streaming import UNREADABLE, open_plain
 
 # How long the swap may wait for the target's sessions to close.
 SWAP_TIMEOUT = 15.0
@@ -56,18 +61,80 @@ _PRIVILEGES = {"C": "CREATE", "T": "TEMPORARY", "c": "CONNECT"}
 
 
 def restore_pg(target: PgTarget, storage: Storage, artifact: BackupArtifact, mode: str) -> dict:
-    if mode == RestoreMode.SCRATCH:
-        _create(target, target.database, like=None)
-        try:
-            _pg_restore(target, target.database, storage, artifact)
-        except RestoreError as exc:
-            dropped = _drop(target, target.database)
-            note = "the new database was dropped again" if dropped else (
-                f"the new database {target.database} could not be dropped: drop it by hand"
-            )  # fmt: skip
-            raise RestoreError(f"{exc} ({note})") from None
-        return validate_pg(target, target.database, artifact)
-    return _overwrite(target, storage, artifact)
+    """Create the roles the target lacks (from the backup's globals), then restore; a failure
+    drops what this restore created (the database, the roles)."""
+    created = _ensure_roles(target, storage, artifact)
+    try:
+        if mode == RestoreMode.SCRATCH:
+            report = _scratch(target, storage, artifact)
+        else:
+            report = _overwrite(target, storage, artifact)
+    except RestoreError as exc:
+        if not created.roles:
+            raise
+        warnings = _drop_roles(target, created.roles)
+        names = ", ".join(created.roles)
+        note = (
+            f"; the roles it created ({names}) were dropped again"
+            if not warnings
+            else f"; {'; '.join(warnings)}: drop them by hand"
+        )
+        raise RestoreError(f"{exc}{note}") from None
+    report.update(
+        roles_created=created.roles,
+        memberships_granted=created.memberships,
+        globals_skipped=created.skipped[:20],
+    )
+    if created.note:
+        report.setdefault("warnings", []).append(created.note)
+    return report
+
+
+def _scratch(target: PgTarget, storage: Storage, artifact: BackupArtifact) -> dict:
+    _create(target, target.database, like=None)
+    try:
+        _pg_restore(target, target.database, storage, artifact)
+    except RestoreError as exc:
+        dropped = _drop(target, target.database)
+        note = "the new database was dropped again" if dropped else (
+            f"the new database {target.database} could not be dropped: drop it by hand"
+        )  # fmt: skip
+        raise RestoreError(f"{exc} ({note})") from None
+    return validate_pg(target, target.database, artifact)
+
+
+@dataclass
+class _Roles:
+    roles: list[str] = field(default_factory=list)
+    memberships: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def _ensure_roles(target: PgTarget, storage: Storage, artifact: BackupArtifact) -> _Roles:
+    stored = pg_globals.globals_of(artifact)
+    if stored is None:
+        return _Roles(note="this backup has no globals (taken before they were backed up): "
+                      "roles the target lacks are not created")  # fmt: skip
+    try:
+        found = pg_globals.load(storage, stored)
+        with _pg_connect(target, "postgres") as conn:
+            created = pg_globals.create_missing(conn, found)
+    except pg_globals.GlobalsError as exc:
+        raise RestoreError(f"{exc}; nothing was changed") from None
+    except (psycopg.Error, StorageError, *UNREADABLE) as exc:
+        raise RestoreError(
+            f"cannot read the backup's globals: {exc}; nothing was changed"
+        ) from None
+    return _Roles(created.roles, created.memberships, created.skipped)
+
+
+def _drop_roles(target: PgTarget, names: list[str]) -> list[str]:
+    try:
+        with _pg_connect(target, "postgres") as conn:
+            return pg_globals.drop_roles(conn, names)
+    except (psycopg.Error, RestoreError) as exc:
+        return [f"roles {', '.join(names)} (created by this restore) are left: {exc}"]
 
 
 def _overwrite(target: PgTarget, storage: Storage, artifact: BackupArtifact) -> dict:

@@ -265,6 +265,11 @@ def target_for(artifact: BackupArtifact, given: Any) -> Target:
     """
     spec = parse_spec(given)
     kind = KIND_OF_FORMAT.get(artifact.format)
+    if artifact.format == ArtifactFormat.PG_GLOBALS:
+        raise RestoreError(
+            "the globals (roles) are restored with each database of the same backup: "
+            "restore a database, and the roles it lacks are created first"
+        )
     if kind is None:
         raise RestoreError(
             f"{artifact.get_format_display()} artifacts are restored by hand "
@@ -406,7 +411,23 @@ def _pg_connect(target: PgTarget, database: str) -> psycopg.Connection:
     )  # fmt: skip
 
 
-def inspect_pg(target: PgTarget) -> TargetState:
+def _roles_to_create(conn, storage: Storage | None, artifact: BackupArtifact | None) -> list[str]:
+    """The roles of the backup's globals the target lacks, as people read them."""
+    from backups import pg_globals
+
+    stored = pg_globals.globals_of(artifact) if artifact is not None else None
+    if stored is None or storage is None:
+        return []
+    try:
+        found = pg_globals.load(storage, stored)
+    except pg_globals.GlobalsError as exc:
+        raise RestoreError(str(exc)) from None
+    return pg_globals.describe(found, pg_globals.missing(found, pg_globals.existing_roles(conn)))
+
+
+def inspect_pg(
+    target: PgTarget, storage: Storage | None = None, artifact: BackupArtifact | None = None
+) -> TargetState:
     try:
         with _pg_connect(target, "postgres") as conn:
             row = conn.execute(
@@ -417,11 +438,19 @@ def inspect_pg(target: PgTarget) -> TargetState:
                 directory = conn.execute("SHOW data_directory").fetchone()[0]
             except psycopg.Error:
                 directory = None
+            roles = _roles_to_create(conn, storage, artifact)
     except psycopg.Error as exc:
         raise RestoreError(f"cannot reach PostgreSQL at {target.where}: {exc}") from None
     free, note = _free_at(urlsplit(target.dsn).hostname or "", directory)
+    creates = f"; creates the roles it lacks: {', '.join(roles)}" if roles else ""
     if row is None:
-        return TargetState(False, f"new database {target.database} on {target.where}", free, note)
+        return TargetState(
+            False,
+            f"new database {target.database} on {target.where}{creates}",
+            free,
+            note,
+            {"roles_to_create": roles},
+        )
     with _pg_connect(target, target.database) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -432,10 +461,10 @@ def inspect_pg(target: PgTarget) -> TargetState:
         True,
         f"database {target.database} on {target.where}: {tables} tables, "
         f"{row[0] / 1e6:.1f} MB — replaced as a whole (restored into a new database, then "
-        "swapped in: room for a second copy is needed)",
+        f"swapped in: room for a second copy is needed){creates}",
         free,
         note,
-        {"tables": tables, "bytes": row[0]},
+        {"tables": tables, "bytes": row[0], "roles_to_create": roles},
     )
 
 
@@ -530,7 +559,7 @@ def inspect_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact)
 
 def inspect(target, storage: Storage, artifact: BackupArtifact) -> TargetState:
     if isinstance(target, PgTarget):
-        return inspect_pg(target)
+        return inspect_pg(target, storage, artifact)
     if isinstance(target, RedisTarget):
         return inspect_redis(target)
     return inspect_kube(target, storage, artifact)

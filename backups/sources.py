@@ -26,6 +26,8 @@ from backups.faults import FailureCause
 from backups.models import BackupSource
 from backups.pgwatch import PgLockWatch
 
+# The per-database backup's second artifact: pg_dumpall --globals-only.
+GLOBALS_COMPONENT = "globals"
 # redis-cli --rdb - writes a diskless transfer's 40-byte EOF marker after the RDB.
 RDB_EOF_MARK = 40
 
@@ -135,10 +137,13 @@ class PostgresTransport:
     def _user(self) -> str:
         return urlsplit(self.source.dsn).username or "postgres"
 
-    def _pod_target(self, database: str) -> list[str]:
-        """pg_dump's target inside the pod: its local server unless the DSN names a host."""
+    def _pod_target(self, database: str, *, dumpall: bool = False) -> list[str]:
+        """pg_dump's target inside the pod: its local server unless the DSN names a host.
+
+        (pg_dumpall's ``-d`` is a connection string: its database is ``-l``.)
+        """
         parts = urlsplit(self.source.dsn)
-        argv = ["-U", self._user(), "-d", database]
+        argv = ["-U", self._user(), "-l" if dumpall else "-d", database]
         if parts.hostname:
             argv += ["-h", parts.hostname, "-p", str(parts.port or 5432)]
         return argv
@@ -197,18 +202,28 @@ class PostgresTransport:
         return f"--lock-wait-timeout={seconds * 1000}"
 
     def components(self) -> list[Component]:
+        """One dump per database, and the cluster's globals (roles, memberships) with them:
+        a database restored to another server needs the roles that own its objects."""
         if self.source.pg_mode == PgMode.DUMPALL and self.databases is None:
             return [Component("cluster", ArtifactFormat.PG_SQL, "cluster.sql.zst")]
         names = self.databases or self.source.database_list or self._discover()
-        return [Component(db, ArtifactFormat.PG_CUSTOM, f"{db}.pgdump.zst") for db in names]
+        globals_ = Component(GLOBALS_COMPONENT, ArtifactFormat.PG_GLOBALS, "globals.sql.zst")
+        return [globals_] + [
+            Component(db, ArtifactFormat.PG_CUSTOM, f"{db}.pgdump.zst") for db in names
+        ]
 
     def command(self, component: Component) -> ToolCommand:
         exec_pod = self.source.transport == Transport.KUBECTL_EXEC
-        if component.format == ArtifactFormat.PG_SQL:
-            inner = ["pg_dumpall", "--clean", "--if-exists", self._lock_wait(not exec_pod)]
+        if component.format in (ArtifactFormat.PG_SQL, ArtifactFormat.PG_GLOBALS):
+            if component.format == ArtifactFormat.PG_GLOBALS:
+                inner = ["pg_dumpall", "--globals-only"]
+                if not self.source.pg_role_passwords:
+                    inner.append("--no-role-passwords")  # readable without a superuser, too
+            else:
+                inner = ["pg_dumpall", "--clean", "--if-exists", self._lock_wait(not exec_pod)]
             database = "postgres"
             target = (
-                self._pod_target(database)
+                self._pod_target(database, dumpall=True)
                 if exec_pod
                 else ["-d", pg_url(self.source.dsn, database)]
             )

@@ -20,6 +20,8 @@ from typing import BinaryIO
 import zstandard
 
 CHUNK = 1 << 20
+# What reading a stored artifact back can raise when its bytes are bad (not a bug).
+UNREADABLE: tuple[type[BaseException], ...] = (zstandard.ZstdError, OSError, ValueError)
 
 
 @dataclass

@@ -38,12 +38,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import yaml
-import zstandard
 
 from backups.choices import ArtifactFormat, VerifyLevel
 from backups.models import BackupArtifact
 from backups.storage import Storage, StorageError
-from backups.streaming import CHUNK, open_plain
+from backups.streaming import CHUNK, UNREADABLE, open_plain
 
 try:  # libyaml's parser when present: ~10x faster on big resource dumps
     from yaml import CSafeLoader as YamlLoader
@@ -132,7 +131,7 @@ def verify_artifact(
 
         try:
             check = FORMAT_CHECKS[artifact.format](open_plain(hashing, artifact), reopen, level)
-        except (zstandard.ZstdError, OSError, StorageError, ValueError) as exc:
+        except (*UNREADABLE, StorageError) as exc:
             check = Check(False, f"unreadable: {exc}")
         hashing.drain()  # what the tool did not need is still checksummed
     finally:
@@ -339,6 +338,7 @@ def decompress_to(storage: Storage, artifact: BackupArtifact, path) -> int:
 FORMAT_CHECKS = {
     ArtifactFormat.PG_CUSTOM: _pg_custom,
     ArtifactFormat.PG_SQL: _pg_sql,
+    ArtifactFormat.PG_GLOBALS: _pg_sql,
     ArtifactFormat.RDB: _rdb,
     ArtifactFormat.K8S_YAML: _k8s_yaml,
 }

@@ -84,3 +84,8 @@ def store_plain(artifact, tmp_path, data: bytes) -> None:
     BackupArtifact.objects.filter(pk=artifact.pk).update(
         sha256=result.sha256, bytes_stored=result.bytes_stored, **result.recorded()
     )
+
+
+def dump_of(run):
+    """The per-database dump of a PostgreSQL run (the other artifact holds its globals)."""
+    return run.artifacts.get(format="pg_custom")

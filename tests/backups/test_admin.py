@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from backups.choices import RestoreStatus, SourceKind
 from backups.models import BackupRun, RestoreRequest
-from tests.backups.helpers import backup_now, make_source, pg_source, run_jobs
+from tests.backups.helpers import backup_now, dump_of, make_source, pg_source, run_jobs
 from tests.conftest import TEST_PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -89,7 +89,7 @@ def test_a_scratch_restore_is_approved_by_one_other_person_on_its_page(
 ):
     name = pg_database("page")
     artifact = backup_now(pg_source("page-db", pg_cluster.dsn, name), operator, capture)
-    artifact = artifact.artifacts.get()
+    artifact = dump_of(artifact)
     plan_url = reverse("admin:backups_restorerequest_plan")
     page = _login(operator).get(plan_url + f"?artifact={artifact.pk}")
     assert b"the backup&#x27;s own source" in page.content  # the target is chosen, not typed

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from backups.choices import RestoreStatus, SourceKind
 from backups.models import BackupRun, RestoreRequest
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import make_source, pg_source, run_jobs
+from tests.backups.helpers import dump_of, make_source, pg_source, run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +48,7 @@ def test_backup_restore_plans_from_the_cli_and_people_approve_in_the_portal(
     pg_source("db", pg_cluster.dsn, name)
     call_command("backup_run", "db")
     run = BackupRun.objects.get()
-    artifact = run.artifacts.get()
+    artifact = dump_of(run)
     with pg_cluster.connect(name) as conn:
         conn.execute("TRUNCATE orders")
 

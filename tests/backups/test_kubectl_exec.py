@@ -7,7 +7,7 @@ import pytest
 
 from backups.choices import RestoreStatus, SourceKind, Transport, Verification
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, make_source, plan_now
+from tests.backups.helpers import backup_now, dump_of, make_source, plan_now
 from tests.backups.restoring import approve_and_run, pg_target
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +45,7 @@ def test_postgres_in_a_pod_is_dumped_through_kubectl_exec(
     scratch = f"{name}_copy"
     try:
         req, _ = plan_now(
-            capture, run.artifacts.get(), by=operator,
+            capture, dump_of(run), by=operator,
             target={"target": "pod-db-forward", "database": scratch},
         )  # fmt: skip
         req = approve_and_run(capture, req, approver)

@@ -8,7 +8,7 @@ from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatu
 from backups.models import RestoreRequest
 from backups.storage import get_storage
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, pg_source, plan_now, trail
+from tests.backups.helpers import backup_now, dump_of, pg_source, plan_now, trail
 from tests.backups.restoring import approve_and_run
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
     assert run.verification == Verification.VERIFIED, run.verify_detail
     assert run.bytes_raw > 100_000 and 0 < run.bytes_stored < run.bytes_raw
     assert len(run.checksum) == 64 and run.duration_s is not None
-    artifact = run.artifacts.get()
+    artifact = dump_of(run)
     assert artifact.format == ArtifactFormat.PG_CUSTOM
     assert artifact.facts["tables"] == 2 and artifact.facts["table_data"] == 2
     assert get_storage().list_runs() == [run.artifact_path]
@@ -55,9 +55,7 @@ def test_restore_into_a_new_scratch_database_leaves_the_original_alone(
     run = backup_now(pg_source("src-db", pg_cluster.dsn, name), operator, capture)
     scratch = f"{name}_drill"
     try:
-        req, plan = plan_now(
-            capture, run.artifacts.get(), target={"database": scratch}, by=operator
-        )
+        req, plan = plan_now(capture, dump_of(run), target={"database": scratch}, by=operator)
         assert plan["mode"] == RestoreMode.SCRATCH
         req = approve_and_run(capture, req, approver)
         assert req.status == RestoreStatus.SUCCEEDED, req.error
@@ -118,7 +116,7 @@ def test_an_overwrite_gives_back_exactly_the_backed_up_database(
         )
     idle = pg_cluster.connect(name)  # an application's session, left open
 
-    req, plan = plan_now(capture, run.artifacts.get(), by=operator, confirmation=name)
+    req, plan = plan_now(capture, dump_of(run), by=operator, confirmation=name)
     assert plan["mode"] == RestoreMode.OVERWRITE and "replaced as a whole" in plan["overwrites"]
     req = approve_and_run(capture, req, approver, approver2, confirmation=name)
 
@@ -138,7 +136,7 @@ def test_a_failed_overwrite_changes_nothing_and_leaves_no_copy(
 ):
     name = pg_database("half")
     run = backup_now(pg_source("half-db", pg_cluster.dsn, name), operator, capture)
-    artifact = run.artifacts.get()
+    artifact = dump_of(run)
     with pg_cluster.connect(name) as conn:
         conn.execute("CREATE TABLE public.added (x int); DELETE FROM orders WHERE id > 10")
     changed = pg_snapshot(pg_cluster, name), _objects(pg_cluster, name)

@@ -11,7 +11,7 @@ from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger, Veri
 from backups.jobs import run_restore
 from backups.models import BackupRun, RestoreRequest
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, pg_source, plan_now, run_jobs, trail
+from tests.backups.helpers import backup_now, dump_of, pg_source, plan_now, run_jobs, trail
 from tests.backups.restoring import approve_and_run, pg_target
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +26,7 @@ def damaged_db(pg_cluster, pg_database, operator, capture):
     assert run.verification == Verification.VERIFIED
     with pg_cluster.connect(name) as conn:
         conn.execute("DELETE FROM orders WHERE id > 100; UPDATE customers SET name = 'oops'")
-    return name, good, pg_snapshot(pg_cluster, name), run.artifacts.get()
+    return name, good, pg_snapshot(pg_cluster, name), dump_of(run)
 
 
 def test_overwrite_needs_the_typed_target_name(damaged_db, operator):
@@ -106,9 +106,7 @@ def test_a_safety_backup_of_the_target_exists_before_the_overwrite(
     # The safety backup holds the target as it was just before: restore it to a scratch db.
     scratch = f"{name}_before"
     try:
-        back, _ = plan_now(
-            capture, safety.artifacts.get(), target={"database": scratch}, by=operator
-        )
+        back, _ = plan_now(capture, dump_of(safety), target={"database": scratch}, by=operator)
         back = approve_and_run(capture, back, approver)
         assert back.status == RestoreStatus.SUCCEEDED, back.error
         assert pg_snapshot(pg_cluster, scratch) == damaged

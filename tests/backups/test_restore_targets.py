@@ -26,7 +26,7 @@ from portal import approvals
 from portal.models import AuditEvent
 from tests.backups.conftest import pg_snapshot
 from tests.backups.faults import FakePostgres, OpenWatch
-from tests.backups.helpers import backup_now, pg_source, plan_now
+from tests.backups.helpers import backup_now, dump_of, pg_source, plan_now
 from tests.backups.restoring import approve_and_run, pg_target, register, use_secrets_dir
 from tests.conftest import TEST_PASSWORD
 
@@ -51,7 +51,7 @@ def artifact(pg_cluster, pg_database, operator, capture):
     name = pg_database("exfil")
     run = backup_now(pg_source("exfil-db", pg_cluster.dsn, name), operator, capture)
     assert run.usable, (run.error, run.verify_detail)
-    return run.artifacts.get()
+    return dump_of(run)
 
 
 @pytest.fixture

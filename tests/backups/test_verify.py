@@ -10,6 +10,7 @@ from backups.storage import get_storage
 from backups.verify import verify_artifact
 from tests.backups.helpers import (
     backup_now,
+    dump_of,
     make_source,
     pg_source,
     read_plain,
@@ -49,7 +50,7 @@ def test_a_well_formed_file_that_is_not_a_dump_fails_the_format_check(
     pg_cluster, pg_database, operator, capture, tmp_path
 ):
     run = backup_now(pg_source("db", pg_cluster.dsn, pg_database()), operator, capture)
-    artifact = run.artifacts.get()
+    artifact = dump_of(run)
     # Right checksum, wrong content: only pg_restore --list can tell.
     store_plain(artifact, tmp_path, b"PGDMP" + b"\0" * 300)
 
@@ -66,7 +67,7 @@ def test_a_dump_cut_short_fails_full_verification_though_its_table_of_contents_r
     run = backup_now(pg_source("db", pg_cluster.dsn, pg_database()), operator, capture)
     assert run.verification == Verification.VERIFIED, run.verify_detail
     assert run.verify_level == VerifyLevel.FULL and run.verify_seconds > 0
-    artifact = run.artifacts.get()
+    artifact = dump_of(run)
     assert artifact.verify_level == VerifyLevel.FULL and artifact.verify_seconds > 0
     assert "pg_restore read all" in artifact.verify_detail
     assert artifact.facts["bytes_decoded"] == artifact.bytes_raw
@@ -91,7 +92,7 @@ def test_a_quick_check_that_fails_fails_the_backup(
     pg_cluster, pg_database, operator, capture, tmp_path
 ):
     run = backup_now(pg_source("db", pg_cluster.dsn, pg_database()), operator, capture)
-    store_plain(run.artifacts.get(), tmp_path, b"not a dump at all")
+    store_plain(dump_of(run), tmp_path, b"not a dump at all")
     assert verify_run(run.pk, level=VerifyLevel.QUICK) == Verification.FAILED
     run.refresh_from_db()
     assert run.verify_level == VerifyLevel.QUICK and "pg_restore --list failed" in run.verify_detail
