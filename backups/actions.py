@@ -27,6 +27,7 @@ from backups.choices import (
     RunStatus,
     Trigger,
     Verification,
+    VerifyLevel,
 )
 from backups.models import (
     BackupArtifact,
@@ -395,6 +396,7 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
                 bytes_raw=item.stream.bytes_raw,
                 bytes_stored=item.stream.bytes_stored,
                 sha256=item.stream.sha256,
+                **item.stream.recorded(),
             )
         record(
             AuditEventType.BACKUP_RUN_SUCCEEDED if outcome.ok else AuditEventType.BACKUP_RUN_FAILED,
@@ -442,17 +444,8 @@ def check_freshness(now=None) -> dict[str, list[str]]:
     fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
     changed: dict[str, list[str]] = {"stale": [], "fresh": []}
     for source in BackupSource.objects.filter(enabled=True):
-        last = (
-            BackupRun.objects.filter(
-                source=source, status=RunStatus.SUCCEEDED, deleted_at__isnull=True,
-                restore__isnull=True,
-            )
-            .order_by("-created")
-            .first()
-        )  # fmt: skip
-        fresh = bool(
-            last and last.created >= fresh_after and last.verification == Verification.VERIFIED
-        )
+        last = BackupRun.objects.of_source(source).usable().order_by("-created").first()
+        fresh = bool(last and last.created >= fresh_after)
         # A source younger than the window has not missed anything yet.
         if not fresh and source.created >= fresh_after:
             continue
@@ -464,7 +457,8 @@ def check_freshness(now=None) -> dict[str, list[str]]:
                     NotificationKind.BACKUP_STALE,
                     title=f"No fresh backup of {source.name}",
                     body=f"Last good backup: {last.created if last else 'never'} "
-                    f"(fresh means verified and under {settings.BACKUP_FRESH_HOURS} h old).",
+                    f"(fresh means verified, not awaiting acceptance, and under "
+                    f"{settings.BACKUP_FRESH_HOURS} h old).",
                     subject=source,
                     severity="warning",
                 )
@@ -492,15 +486,12 @@ def notify_failure(run: BackupRun, what: str = "backup") -> None:
     )
 
 
-def _previous_good(run: BackupRun) -> BackupRun | None:
+def previous_good(run: BackupRun) -> BackupRun | None:
+    """The good backup before ``run`` (what a shrink is measured against)."""
     return (
-        BackupRun.objects.filter(
-            source=run.source_id,
-            status=RunStatus.SUCCEEDED,
-            verification=Verification.VERIFIED,
-            created__lt=run.created,
-            restore__isnull=True,
-        )
+        BackupRun.objects.of_source(run.source_id)
+        .usable()
+        .filter(created__lt=run.created)
         .exclude(pk=run.pk)
         .order_by("-created")
         .first()
@@ -508,23 +499,58 @@ def _previous_good(run: BackupRun) -> BackupRun | None:
 
 
 def record_verification(
-    run_id: int, checks: dict[int, Any], *, by: AbstractBaseUser | Actor | str = "system:verifier"
+    run_id: int,
+    checks: dict[int, Any],
+    *,
+    by: AbstractBaseUser | Actor | str = "system:verifier",
+    level: str = VerifyLevel.FULL,
 ) -> BackupRun:
-    """Store each artifact's verdict and the run's; flag one much smaller than the last good."""
+    """Store each artifact's verdict and the run's; flag one much smaller than the last good.
+
+    A full verification that passed makes the run VERIFIED; any failed check
+    makes it FAILED. A quick check that passed changes no state (it read too
+    little to vouch for the backup): it is audited, nothing more.
+    """
     now = timezone.now()
+    ok = bool(checks) and all(c.ok for c in checks.values())
+    seconds = round(sum(c.seconds for c in checks.values()), 3)
     with transaction.atomic():
         run = BackupRun.objects.select_for_update().select_related("source").get(pk=run_id)
+        lines = [
+            f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks
+        ]
+        if ok and level == VerifyLevel.QUICK:
+            BackupRun.objects.filter(pk=run.pk).update(verify_requested_at=None, verify_job_id="")
+            run.refresh_from_db()
+            record(
+                AuditEventType.BACKUP_VERIFIED,
+                actor=by,
+                subject=run,
+                details={
+                    "source": run.source.name,
+                    "level": level,
+                    "seconds": seconds,
+                    "state": run.verification,
+                    "detail": "\n".join(lines)[:1000],
+                },
+            )
+            return run
         for artifact in run.artifacts.all():
             check = checks.get(artifact.pk)
             if check is None:
                 continue
             artifact.verification = Verification.VERIFIED if check.ok else Verification.FAILED
             artifact.verified_at = now
+            artifact.verify_level = level
+            artifact.verify_seconds = check.seconds
             artifact.verify_detail = check.detail[:4000]
-            artifact.facts = check.facts
-            artifact.save(update_fields=["verification", "verified_at", "verify_detail", "facts"])
-        ok = bool(checks) and all(c.ok for c in checks.values())
-        previous = _previous_good(run)
+            if check.ok or not artifact.facts:
+                artifact.facts = check.facts
+            artifact.save(
+                update_fields=["verification", "verified_at", "verify_level", "verify_seconds",
+                               "verify_detail", "facts"]
+            )  # fmt: skip
+        previous = previous_good(run)
         ratio = settings.BACKUP_SHRINK_ALERT_PERCENT / 100
         shrunk = bool(
             previous is not None
@@ -532,9 +558,6 @@ def record_verification(
             and previous.bytes_raw > 0
             and run.bytes_raw < previous.bytes_raw * ratio
         )
-        lines = [
-            f"{a.component}: {checks[a.pk].detail}" for a in run.artifacts.all() if a.pk in checks
-        ]
         if shrunk:
             lines.append(
                 f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
@@ -543,6 +566,8 @@ def record_verification(
         BackupRun.objects.filter(pk=run.pk).update(
             verification=Verification.VERIFIED if ok else Verification.FAILED,
             verified_at=now,
+            verify_level=level,
+            verify_seconds=seconds,
             verify_detail="\n".join(lines)[:8000],
             shrink_flag=shrunk,
             # A pending "verify again" request is answered by this verification.
@@ -556,15 +581,104 @@ def record_verification(
             subject=run,
             details={
                 "source": run.source.name,
+                "level": level,
+                "seconds": seconds,
                 "artifacts": {str(k): v.ok for k, v in checks.items()},
                 "detail": run.verify_detail[:1000],
                 "shrink_flag": shrunk,
             },
         )
         _announce_run(run, "verified" if ok else "verification FAILED")
-        if not ok or shrunk:
+        if not ok:
             notify_failure(run, "verification")
+        elif shrunk and run.accepted_at is None:
+            _notify_shrunk(run, previous)
     return run
+
+
+def _notify_shrunk(run: BackupRun, previous: BackupRun) -> None:
+    percent = 100 * run.bytes_raw / previous.bytes_raw
+    _notify(
+        "BACKUP_FAILED",
+        title=f"Backup of {run.source.name} is suspiciously small (run #{run.pk}, "
+        f"{percent:.0f}% of the last good one): NOT counted until accepted",
+        body=(
+            f"Run #{run.pk} of {run.source.name} verified, but holds {run.bytes_raw} bytes, "
+            f"{percent:.1f}% of the previous good backup #{previous.pk} "
+            f"({previous.bytes_raw} bytes; alert under {settings.BACKUP_SHRINK_ALERT_PERCENT}%). "
+            f"Until an approver or administrator accepts it (admin: Backup runs › "
+            f'"Accept a suspiciously small backup"), #{previous.pk} stays the last good '
+            "backup: freshness, retention and restores go by it, and backup_verify exits 1."
+        ),
+        subject=run,
+        severity="critical",
+    )
+
+
+ACCEPT_PERMISSIONS = (approvals.APPROVE_PERMISSION, "portal.manage_portal")
+
+
+def accept_backup(run: BackupRun | int, *, by: AbstractBaseUser, reason: str) -> BackupRun:
+    """A person (approver or administrator) vouches for a suspiciously small backup.
+
+    Until then it does not count as a good backup (``BackupRun.objects.usable``).
+    Audited (``BACKUP_ACCEPTED``, with the reason and the sizes). Accepting one
+    already accepted changes nothing.
+    """
+    if by is None or not getattr(by, "is_authenticated", False):
+        raise BackupError("permission", "Only a signed-in person can accept a backup.")
+    if not any(by.has_perm(perm) for perm in ACCEPT_PERMISSIONS):
+        raise BackupError(
+            "permission", "Only approvers and administrators can accept a suspicious backup."
+        )
+    reason = " ".join((reason or "").split())
+    if len(reason) < 5:
+        raise BackupError("reason", "Accepting a backup needs a reason (at least 5 characters).")
+    if len(reason) > 500:
+        raise BackupError("reason", "The reason is longer than 500 characters.")
+    run_id = run.pk if isinstance(run, BackupRun) else run
+    with transaction.atomic():
+        found = BackupRun.objects.select_related("source").filter(pk=run_id).first()
+        if found is None:
+            raise BackupError("not_found", f"No backup run #{run_id}.")
+        if found.accepted_at is not None:
+            return found
+        if not found.awaiting_acceptance:
+            raise BackupError(
+                "state",
+                f"Backup #{found.pk} is not awaiting acceptance (status {found.status}, "
+                f"verification {found.verification}, "
+                f"{'shrank' if found.shrink_flag else 'normal size'}"
+                f"{', deleted' if found.deleted_at else ''}).",
+            )
+        now = timezone.now()
+        # Compare-and-swap on the row's own columns: of two people accepting, one records it.
+        won = (
+            BackupRun.objects.awaiting_acceptance()
+            .filter(pk=found.pk)
+            .update(accepted_at=now, accepted_by=by.get_username(), accept_reason=reason)
+        )
+        if not won:
+            found.refresh_from_db()
+            if found.accepted_at is not None:
+                return found
+            raise BackupError("state", f"Backup #{found.pk} changed meanwhile; look again.")
+        found.refresh_from_db()
+        previous = previous_good(found)
+        record(
+            AuditEventType.BACKUP_ACCEPTED,
+            actor=by,
+            subject=found,
+            details={
+                "source": found.source.name,
+                "reason": reason,
+                "bytes_raw": found.bytes_raw,
+                "previous_good": previous.pk if previous else None,
+                "previous_bytes_raw": previous.bytes_raw if previous else None,
+            },
+        )
+        _announce_run(found, f"accepted by {by.get_username()}: counts as a good backup")
+    return found
 
 
 def verify_job_id(run_id: int, when) -> str:
@@ -600,7 +714,11 @@ def request_verification(
             f"{', deleted' if found.deleted_at else ''}).",
         )
     pending_since = found.verify_requested_at
-    if pending_since is not None and found.verify_job_id and job_alive(found.verify_job_id):
+    if (
+        pending_since is not None
+        and found.verify_job_id
+        and (job_alive(found.verify_job_id) or _reserved(found.verify_job_id))
+    ):
         return VerificationRequest(
             found,
             False,
@@ -634,17 +752,43 @@ def request_verification(
             },
         )
         label = f"user:{actor.label}" if actor.user is not None else actor.label
+        _reserve(job_id)
         transaction.on_commit(lambda: _enqueue_verify(found.pk, label, job_id), robust=False)
     found.refresh_from_db()
     return VerificationRequest(found, True, f"Verification of backup #{found.pk} queued.")
 
 
+# Between the request's commit and its job's enqueue, the job does not exist yet: a
+# concurrent request must not take it for a vanished one. The reservation lasts until the
+# job is enqueued (or this long, if the process died in between).
+RESERVATION_SECONDS = 60
+
+
+def _reservation(job_id: str) -> str:
+    return f"backups:verify-reserved:{job_id}"
+
+
+def _reserve(job_id: str) -> None:
+    from portal.lib.redis import get_redis
+
+    get_redis().set(_reservation(job_id), 1, ex=RESERVATION_SECONDS)
+
+
+def _reserved(job_id: str) -> bool:
+    from portal.lib.redis import get_redis
+
+    return bool(get_redis().exists(_reservation(job_id)))
+
+
 def _enqueue_verify(run_id: int, by: str, job_id: str) -> None:
     import django_rq
+
+    from portal.lib.redis import get_redis
 
     django_rq.get_queue("backups").enqueue(
         VERIFY_JOB, run_id, by, job_id=job_id, result_ttl=86400, failure_ttl=7 * 86400
     )
+    get_redis().delete(_reservation(job_id))
 
 
 def reap_lost_runs(now=None) -> list[int]:
@@ -724,13 +868,12 @@ def apply_retention(
     from backups.storage import get_storage
 
     now = now or timezone.now()
-    runs = list(
-        BackupRun.objects.filter(
-            source=source, status=RunStatus.SUCCEEDED, deleted_at__isnull=True
-        ).order_by("created")
-    )
+    runs = list(BackupRun.objects.filter(source=source).stored().order_by("created"))
+    # "Verified" for retention is a good backup: a suspiciously small one nobody accepted
+    # never stands in for the previous good one.
+    good = set(BackupRun.objects.filter(source=source).usable().values_list("pk", flat=True))
     candidates = [
-        retention.Candidate(r.pk, r.created, r.verification == Verification.VERIFIED)
+        retention.Candidate(r.pk, r.created, r.pk in good)
         for r in runs
         if r.trigger != Trigger.SAFETY
     ]
@@ -813,6 +956,12 @@ def plan_restore(
     obj = BackupArtifact.objects.select_related("run__source").filter(pk=artifact_id).first()
     if obj is None:
         raise BackupError("not_found", f"No backup artifact #{artifact_id}.")
+    if obj.run.awaiting_acceptance:
+        raise BackupError(
+            "unusable",
+            f"Backup #{obj.run_id} is suspiciously small and nobody accepted it; an approver "
+            "or administrator accepts it first (audited), or restore an earlier backup.",
+        )
     if not obj.run.usable or obj.verification != Verification.VERIFIED:
         raise BackupError(
             "unusable",

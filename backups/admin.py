@@ -26,6 +26,7 @@ BADGE = {
     RestoreStatus.REJECTED: "bad",
     RestoreStatus.EXPIRED: "",
     Verification.VERIFIED: "ok",
+    "SHRANK": "bad",
 }
 MANAGE = "portal.manage_portal"
 
@@ -79,9 +80,11 @@ class BackupSourceAdmin(admin.ModelAdmin):
 
     @admin.display(description="last backup")
     def last_backup(self, obj):
-        run = obj.runs.filter(status=RunStatus.SUCCEEDED).order_by("-created").first()
+        run = BackupRun.objects.of_source(obj).filter(status=RunStatus.SUCCEEDED).first()
         if run is None:
             return "never"
+        if run.awaiting_acceptance:
+            return format_html("{} ago · {}", _age(run.created), _badge("SHRANK"))
         return format_html("{} ago · {}", _age(run.created), _badge(run.verification))
 
     @admin.action(description="Run a backup now")
@@ -124,17 +127,85 @@ class ArtifactInline(admin.TabularInline):
         return format_html('<a href="{}">plan a restore…</a>', url)
 
 
+class AcceptForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text="why this much smaller backup is right (e.g. the old audit table was dropped)",
+    )
+
+
 @admin.register(BackupRun)
 class BackupRunAdmin(admin.ModelAdmin):
     list_display = (
         "id", "source", "trigger", "status_badge", "failure_cause", "created",
-        "duration_s", "bytes_stored", "verified", "shrink_flag", "deleted_at",
+        "duration_s", "bytes_stored", "verified", "size_check", "deleted_at",
     )  # fmt: skip
-    list_filter = ("status", "failure_cause", "verification", "trigger", "source")
+    list_filter = ("status", "failure_cause", "verification", "trigger", "shrink_flag", "source")
     list_select_related = ("source",)
     readonly_fields = [f.name for f in BackupRun._meta.fields]
     inlines = [ArtifactInline]
-    actions = ["verify_now"]
+    actions = ["verify_now", "accept_small"]
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:run_id>/accept/", wrap(self.accept_view), name="backups_backuprun_accept"),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="size check", ordering="shrink_flag")
+    def size_check(self, obj):
+        if obj.awaiting_acceptance:
+            url = reverse("admin:backups_backuprun_accept", args=[obj.pk])
+            return format_html(
+                '<span class="pra-badge bad">SHRANK</span> not counted · <a href="{}">accept…</a>',
+                url,
+            )
+        if obj.shrink_flag and obj.accepted_at:
+            return format_html("shrank · accepted by {}", obj.accepted_by)
+        return "—"
+
+    @admin.action(description="Accept a suspiciously small backup…")
+    def accept_small(self, request, queryset):
+        waiting = [run for run in queryset if run.awaiting_acceptance]
+        if len(waiting) != 1:
+            messages.error(
+                request, "Select exactly one backup awaiting acceptance (size check: SHRANK)."
+            )
+            return None
+        return HttpResponseRedirect(reverse("admin:backups_backuprun_accept", args=[waiting[0].pk]))
+
+    def accept_view(self, request, run_id: int):
+        if not any(request.user.has_perm(p) for p in actions.ACCEPT_PERMISSIONS):
+            raise PermissionDenied
+        run = get_object_or_404(BackupRun.objects.select_related("source"), pk=run_id)
+        form = AcceptForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                run = actions.accept_backup(
+                    run, by=request.user, reason=form.cleaned_data["reason"]
+                )
+            except actions.BackupError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, f"Backup #{run.pk} accepted: it counts as a good backup.")
+                return HttpResponseRedirect(
+                    reverse("admin:backups_backuprun_change", args=[run.pk])
+                )
+        previous = actions.previous_good(run)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Accept the suspiciously small backup #{run.pk}?",
+            "run": run,
+            "previous": previous,
+            "percent": round(100 * run.bytes_raw / previous.bytes_raw)
+            if previous and previous.bytes_raw
+            else None,
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/backups/backuprun/accept.html", context)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
@@ -228,9 +299,7 @@ class PlanForm(forms.Form):
 
     artifact = forms.ModelChoiceField(
         queryset=BackupArtifact.objects.filter(
-            verification=Verification.VERIFIED,
-            run__status=RunStatus.SUCCEEDED,
-            run__deleted_at__isnull=True,
+            verification=Verification.VERIFIED, run__in=BackupRun.objects.usable()
         ).select_related("run__source"),
     )
     target = forms.CharField(

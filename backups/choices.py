@@ -14,6 +14,7 @@ __all__ = [
     "RUN_TRANSITIONS",
     "ArtifactFormat",
     "Verification",
+    "VerifyLevel",
     "RestoreMode",
     "RestoreStatus",
     "RESTORE_TRANSITIONS",
@@ -79,6 +80,13 @@ class Verification(models.TextChoices):
     PENDING = "PENDING", "Not verified yet"
     VERIFIED = "VERIFIED", "Verified"
     FAILED = "FAILED", "Verification failed"
+
+
+class VerifyLevel(models.TextChoices):
+    """How much of a stored backup a verification read (issue 13 §3)."""
+
+    QUICK = "quick", "Quick: checksum and table of contents / header"
+    FULL = "full", "Full: every byte read and decoded by the real tool"
 
 
 class RestoreMode(models.TextChoices):

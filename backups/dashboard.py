@@ -1,61 +1,139 @@
-"""The backups panel of the dashboard: each source's last backup, missed slots, runs in progress."""
+"""The backups part of the dashboard: restores waiting for signatures (the inbox), sources
+that need attention (failing, stale, never backed up, missed slots), runs in progress."""
 
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
-from backups.choices import RunStatus, Verification
+from backups.choices import RestoreStatus, RunStatus, Verification
 from backups.models import BackupRun, BackupSource, RestoreRequest
-from portal.dashboard import panel
+from portal import approvals
+from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
+
+RESTORE_BADGE = {RestoreStatus.SUCCEEDED: "ok", RestoreStatus.FAILED: "bad"}
+
+
+@approvals_source
+def restore_approvals(request) -> list[ApprovalItem]:
+    waiting = list(
+        RestoreRequest.objects.select_related("artifact__run__source")
+        .filter(status=RestoreStatus.PLANNED)
+        .order_by("created")[:INBOX_LIMIT]
+    )
+    may_reject = request.user.has_perm(approvals.APPROVE_PERMISSION)
+
+    def build(req, signers, can_sign, why_not, rule) -> ApprovalItem:
+        return ApprovalItem(
+            key=f"restore-{req.pk}",
+            kind="Restore",
+            title=f"#{req.pk} {req.artifact.run.source.name} {req.artifact.component} → "
+            f"{req.target_name} ({req.get_mode_display().lower()})",
+            url=reverse("admin:backups_restorerequest_change", args=[req.pk]),
+            impact=req.approval_impact,
+            created=req.created,
+            requester=req.requester_label,
+            signers=signers,
+            required=rule.required_approvals,
+            can_sign=can_sign,
+            can_reject=may_reject,
+            why_not=why_not,
+            form={
+                "can_sign": can_sign,
+                "can_reject": may_reject,
+                "approve_url": reverse("admin:backups_restorerequest_approve", args=[req.pk]),
+                "reject_url": reverse("admin:backups_restorerequest_reject", args=[req.pk]),
+                "fingerprint": req.approval_fingerprint(),
+                "confirm_text": req.approval_confirmation_text,
+                "rule": rule,
+                "approve_label": "Approve the overwrite" if rule.require_confirmation else "",
+            },
+        )
+
+    return approval_items(request, waiting, build=build)
+
+
+def _newest(**filters) -> Subquery:
+    runs = BackupRun.objects.filter(source=OuterRef("pk"), restore__isnull=True, **filters)
+    return Subquery(runs.order_by("-created").values("pk")[:1])
+
+
+def _problem(row: dict, fresh) -> tuple[str, str]:
+    """(badge kind, words) of what is wrong with a source, or ("", "") when nothing is."""
+    last, failed = row["last"], row["failed"]
+    if failed:
+        return "bad", f"last run FAILED: {failed.get_failure_cause_display() or 'failed'}"
+    if last is None:
+        return "bad", "never backed up"
+    if last.verification == Verification.FAILED:
+        return "bad", "last backup failed verification"
+    if last.shrink_flag:
+        return "bad", "last backup shrank dramatically"
+    if last.created < fresh:
+        return "bad", f"stale: no backup in {settings.BACKUP_FRESH_HOURS} h"
+    if row["missed"]:
+        return "warn", "missed slot"
+    if last.verification == Verification.PENDING:
+        return "warn", "not verified yet"
+    return "", ""
 
 
 @panel
 def backups_panel(request) -> dict:
     now = timezone.now()
     fresh = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    sources = list(
+        BackupSource.objects.annotate(
+            last_ok_id=_newest(status=RunStatus.SUCCEEDED),
+            latest_done_id=_newest(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED]),
+        )
+    )
+    ids = {s.last_ok_id for s in sources} | {s.latest_done_id for s in sources}
+    runs = BackupRun.objects.in_bulk([pk for pk in ids if pk])
     rows = []
-    for source in BackupSource.objects.all():
-        last = (
-            BackupRun.objects.filter(
-                source=source, status=RunStatus.SUCCEEDED, restore__isnull=True
-            )
-            .order_by("-created")
-            .first()
-        )
-        latest = (
-            BackupRun.objects.filter(source=source, restore__isnull=True)
-            .exclude(status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
-            .order_by("-created")
-            .first()
-        )
-        rows.append(
-            {
-                "source": source,
-                "last": last,
-                "ok": bool(
-                    last
-                    and last.verification == Verification.VERIFIED
-                    and last.created >= fresh
-                    and not last.shrink_flag
-                ),
-                # The newest finished run failed: say why (cause, as classified).
-                "failed": latest if latest and latest.status == RunStatus.FAILED else None,
-                # A slot missed within the freshness window stays visible.
-                "missed": bool(source.missed_at and source.missed_at >= fresh),
-            }
-        )
+    for source in sources:
+        last = runs.get(source.last_ok_id)
+        latest = runs.get(source.latest_done_id)
+        row = {
+            "source": source,
+            "last": last,
+            "ok": bool(
+                last
+                and last.verification == Verification.VERIFIED
+                and last.created >= fresh
+                and not last.shrink_flag
+            ),
+            # The newest finished run failed: say why (cause, as classified).
+            "failed": latest if latest and latest.status == RunStatus.FAILED else None,
+            # A slot missed within the freshness window stays visible.
+            "missed": bool(source.missed_at and source.missed_at >= fresh),
+        }
+        row["problem_kind"], row["problem"] = _problem(row, fresh)
+        rows.append(row)
     running = list(
         BackupRun.objects.select_related("source")
         .filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
         .order_by("created")[:20]
     )
+    restores = list(
+        RestoreRequest.objects.select_related("artifact__run__source")
+        .exclude(status__in=[RestoreStatus.REJECTED, RestoreStatus.EXPIRED])
+        .order_by("-created")[:5]
+    )
+    for restore in restores:
+        restore.badge = RESTORE_BADGE.get(restore.status, "warn")
     return {
         "template": "backups/panel.html",
+        "area": "inbox",
+        "order": 30,
         "sources": rows,
+        "attention": [row for row in rows if row["problem"] and row["source"].enabled],
         "missed": [row for row in rows if row["missed"]],
         "running": running,
-        "restores": list(RestoreRequest.objects.exclude(status__in=["REJECTED", "EXPIRED"])[:5]),
+        "restores": restores,
+        "failed_restores": [r for r in restores if r.status == RestoreStatus.FAILED],
         "runs_url": reverse("admin:backups_backuprun_changelist"),
+        "sources_url": reverse("admin:backups_backupsource_changelist"),
     }

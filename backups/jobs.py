@@ -22,7 +22,7 @@ from django.utils import timezone
 from rq import get_current_job
 
 from backups import actions, faults, restore, runner, verify
-from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger
+from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger, VerifyLevel
 from backups.disk import largest_consumers, usage
 from backups.models import BackupRun, BackupSource, RestoreRequest
 from backups.sources import (
@@ -142,14 +142,14 @@ def perform(
     return "succeeded"
 
 
-def verify_run(run_id: int, by: str = "system:verifier") -> str:
-    """Checksum and format check of every file of a run (after each run, and on demand)."""
+def verify_run(run_id: int, by: str = "system:verifier", level: str = VerifyLevel.FULL) -> str:
+    """Verify every file of a run (after each run, and on demand); full: every byte decoded."""
     run = BackupRun.objects.select_related("source").get(pk=run_id)
     if run.status != RunStatus.SUCCEEDED or run.deleted_at is not None:
         return "nothing-to-verify"
     storage = get_storage()
-    checks = {a.pk: verify.verify_artifact(storage, a) for a in run.artifacts.all()}
-    run = actions.record_verification(run_id, checks, by=by)
+    checks = {a.pk: verify.verify_artifact(storage, a, level) for a in run.artifacts.all()}
+    run = actions.record_verification(run_id, checks, by=by, level=level)
     return run.verification
 
 

@@ -24,6 +24,7 @@ from backups.choices import (
     Transport,
     Trigger,
     Verification,
+    VerifyLevel,
 )
 from backups.faults import FailureCause
 from portal.approvals import fingerprint_of
@@ -201,6 +202,33 @@ class BackupSource(models.Model):
             raise ValidationError(errors)
 
 
+class BackupRunQuerySet(models.QuerySet):
+    """The one place that says which backups count (issue 13 §4): ``usable()`` is the
+    "last good backup" of freshness, retention, shrink comparison, restores and reports."""
+
+    def of_source(self, source) -> BackupRunQuerySet:
+        """The source's own backups (not the safety backups taken of restore targets)."""
+        return self.filter(source=source, restore__isnull=True)
+
+    def stored(self) -> BackupRunQuerySet:
+        """Succeeded and still on the storage (whatever their verification)."""
+        return self.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True)
+
+    def usable(self) -> BackupRunQuerySet:
+        """Good backups: stored, fully verified, and not suspiciously small unless a person
+        accepted them (``backups.actions.accept_backup``)."""
+        return self.stored().filter(
+            Q(shrink_flag=False) | Q(accepted_at__isnull=False),
+            verification=Verification.VERIFIED,
+        )
+
+    def awaiting_acceptance(self) -> BackupRunQuerySet:
+        """Verified but much smaller than the previous good one, and nobody accepted them."""
+        return self.stored().filter(
+            verification=Verification.VERIFIED, shrink_flag=True, accepted_at__isnull=True
+        )
+
+
 class BackupRun(models.Model):
     """One backup of one source: scheduled, manual, or a safety backup before a restore.
 
@@ -243,6 +271,15 @@ class BackupRun(models.Model):
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )
     verified_at = models.DateTimeField(null=True, blank=True)
+    verify_level = models.CharField(
+        max_length=5,
+        choices=VerifyLevel.choices,
+        blank=True,
+        help_text="how much the verification that decided the state read (VERIFIED: full)",
+    )
+    verify_seconds = models.FloatField(
+        null=True, blank=True, help_text="how long that verification took"
+    )
     verify_detail = models.TextField(blank=True)
     verify_requested_at = models.DateTimeField(
         null=True, blank=True, help_text="a re-verification asked for and not done yet"
@@ -252,6 +289,11 @@ class BackupRun(models.Model):
     shrink_flag = models.BooleanField(
         default=False, help_text="dramatically smaller than the previous good backup"
     )
+    accepted_at = models.DateTimeField(
+        null=True, blank=True, help_text="a person accepted it although it shrank dramatically"
+    )
+    accepted_by = models.CharField(max_length=150, blank=True)
+    accept_reason = models.CharField(max_length=500, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True, help_text="files removed (retention)")
     restore = models.ForeignKey(
         "RestoreRequest",
@@ -260,6 +302,8 @@ class BackupRun(models.Model):
         on_delete=models.PROTECT,
         related_name="safety_runs",
     )
+
+    objects = BackupRunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created"]
@@ -282,12 +326,25 @@ class BackupRun(models.Model):
         return f"{self.source.name}/{self.created:%Y%m%dT%H%M%SZ}-run{self.pk}{suffix}"
 
     @property
-    def usable(self) -> bool:
-        """A backup one may restore from: succeeded, files present, verified."""
+    def awaiting_acceptance(self) -> bool:
+        """The row's own ``BackupRunQuerySet.awaiting_acceptance`` (same rule, no query)."""
         return (
             self.status == RunStatus.SUCCEEDED
             and self.deleted_at is None
             and self.verification == Verification.VERIFIED
+            and self.shrink_flag
+            and self.accepted_at is None
+        )
+
+    @property
+    def usable(self) -> bool:
+        """The row's own ``BackupRunQuerySet.usable`` (same rule, no query): a good backup,
+        one to count and restore from."""
+        return (
+            self.status == RunStatus.SUCCEEDED
+            and self.deleted_at is None
+            and self.verification == Verification.VERIFIED
+            and not self.awaiting_acceptance
         )
 
 
@@ -309,6 +366,8 @@ class BackupArtifact(models.Model):
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )
     verified_at = models.DateTimeField(null=True, blank=True)
+    verify_level = models.CharField(max_length=5, choices=VerifyLevel.choices, blank=True)
+    verify_seconds = models.FloatField(null=True, blank=True)
     verify_detail = models.TextField(blank=True)
     facts = models.JSONField(default=dict, blank=True, help_text="counts found by verification")
     created = models.DateTimeField(auto_now_add=True)

@@ -45,7 +45,7 @@ from backups.restore import PgTarget, RestoreError, _pg_connect
 from backups.runner import run_tool
 from backups.sources import pg_url
 from backups.storage import Storage
-from backups.streaming import open_decompressed
+from backups.streaming import open_plain
 
 # How long the swap may wait for the target's sessions to close.
 SWAP_TIMEOUT = 15.0
@@ -170,7 +170,7 @@ def _pg_restore(target: PgTarget, database: str, storage: Storage, artifact) -> 
     # kills it; waiting on another session's lock past BACKUP_LOCK_TIMEOUT cancels it,
     # naming the holder. The single transaction then rolls back.
     watch = PgLockWatch(pg_url(target.dsn, database), password=password, label="portal-restore")
-    with open_decompressed(storage.open(artifact.key)) as reader:
+    with open_plain(storage.open(artifact.key), artifact) as reader:
         result = run_tool(argv, env, stdin=reader, lock_watch=watch, what="pg_restore")
     if not result.ok:
         what = result.message or f"pg_restore exited {result.code}"

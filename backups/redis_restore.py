@@ -102,7 +102,7 @@ def restore_redis(
 ) -> dict:
     """Replace the target's data by the RDB's, all or nothing (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="redis-restore-") as tmp:
-        decompress_to(storage, artifact.key, Path(tmp) / "dump.rdb")
+        decompress_to(storage, artifact, Path(tmp) / "dump.rdb")
         loaded = _TempRedis(Path(tmp))
         try:
             return _StagedRestore(loaded, target, mode, artifact).run()

@@ -505,7 +505,7 @@ def _ref(obj: dict) -> str:
 
 
 def inspect_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact) -> TargetState:
-    chosen = select_resources(load_resources(storage, artifact.key), target.resources)
+    chosen = select_resources(load_resources(storage, artifact), target.resources)
     if not chosen:
         raise RestoreError("no resource of the backup matches the selection")
     with tempfile.TemporaryDirectory(prefix="kube-plan-") as tmp:
@@ -573,7 +573,7 @@ def write_manifest(objects: list[dict], directory: Path) -> Path:
 
 
 def restore_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact, mode: str) -> dict:
-    chosen = select_resources(load_resources(storage, artifact.key), target.resources)
+    chosen = select_resources(load_resources(storage, artifact), target.resources)
     if not chosen:
         raise RestoreError("no resource of the backup matches the selection")
     apply = ["apply", "--server-side", "--force-conflicts", "--validate=false", "-o", "name"]

@@ -33,7 +33,14 @@ from backups.faults import FailureCause
 from backups.pgwatch import PgLockWatch
 from backups.sources import SourceError, SourceTransport, ToolCommand
 from backups.storage import Storage
-from backups.streaming import CHUNK, BoundedText, StreamResult, compress_stream, drain_in_thread
+from backups.streaming import (
+    CHUNK,
+    BoundedText,
+    StreamResult,
+    compress_stream,
+    drain_in_thread,
+    store_options,
+)
 
 __all__ = [
     "Activity",
@@ -445,8 +452,7 @@ def execute(
                 stream = compress_stream(
                     tool.stdout,
                     out,
-                    level=settings.BACKUP_ZSTD_LEVEL,
-                    threads=settings.BACKUP_ZSTD_THREADS,
+                    **store_options(),
                     holdback=command.holdback,
                     finish_tail=finish_tail,
                     on_progress=progress,

@@ -28,6 +28,17 @@ class StreamResult:
     bytes_stored: int
     sha256: str
 
+    def recorded(self) -> dict:
+        """What the artifact's row keeps about how it was stored, besides sizes and checksum."""
+        return {}
+
+
+def store_options() -> dict:
+    """How new artifacts are written (``compress_stream`` keyword arguments), from settings."""
+    from django.conf import settings
+
+    return {"level": settings.BACKUP_ZSTD_LEVEL, "threads": settings.BACKUP_ZSTD_THREADS}
+
 
 class _HashingWriter:
     """Counts and hashes what is written through it (the stored, compressed bytes)."""
@@ -153,8 +164,16 @@ def sha256_of(stream: BinaryIO) -> tuple[str, int]:
 
 
 def open_decompressed(stored: BinaryIO) -> BinaryIO:
-    """A streaming reader of the original bytes of a stored artifact."""
+    """A streaming reader of the original bytes of a stored zstd stream."""
     return zstandard.ZstdDecompressor().stream_reader(stored, read_size=CHUNK, closefd=True)
+
+
+def open_plain(stored: BinaryIO, artifact) -> BinaryIO:
+    """A streaming reader of what the tool wrote, from an artifact's stored bytes.
+
+    Closing it closes ``stored``.
+    """
+    return open_decompressed(stored)
 
 
 def feed(reader: BinaryIO, proc: subprocess.Popen, errors: list[BaseException]) -> threading.Thread:

@@ -57,6 +57,7 @@ if str(BASE_DIR) not in sys.path:
 
 BENCH_DB_NAME = "portal_bench_hb"
 APP = "bench.bare_asgi:application"
+FAST_APP = "bench.fast_asgi:application"
 HEARTBEAT_PATH = "/api/agents/heartbeat"
 TARGET_RATE = 1000.0
 TARGET_P99_MS = 50.0
@@ -172,7 +173,7 @@ def signed_request(kind: str, port: int, agent: SimAgent, sign: Callable[..., st
     timestamp = f"{agent.last_us // 1_000_000}.{agent.last_us % 1_000_000:06d}"
     nonce = secrets.token_urlsafe(18)
     signature = sign(agent.secret, timestamp, nonce, "POST", HEARTBEAT_PATH, agent.body)
-    path = f"/bare/{agent.pk}" if kind == "bare" else HEARTBEAT_PATH
+    path = {"bare": f"/bare/{agent.pk}", "lean": f"/lean/{agent.pk}"}.get(kind, HEARTBEAT_PATH)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(agent.body)}\r\n"
@@ -435,6 +436,7 @@ class ServerSpec:
     processes: int
     conn_max_age: int = 60
     access_log: bool = True
+    fast: bool = False  # app=fast: bench.fast_asgi (the heartbeat lean path, /lean/<pk>)
 
     @classmethod
     def parse(cls, text: str) -> ServerSpec:
@@ -442,17 +444,24 @@ class ServerSpec:
         count = rest.pop(0) if rest and rest[0].isdigit() else "1"
         options = dict(part.partition("=")[::2] for part in rest)
         age, log = options.pop("age", "60"), options.pop("log", "on")
+        app = options.pop("app", "portal")
         valid = kind in ("daphne", "uvicorn") and age.isdigit() and log in ("on", "off")
-        if options or not valid:
+        if options or not valid or app not in ("portal", "fast"):
             raise argparse.ArgumentTypeError(
                 f"{text!r}: expected daphne|uvicorn[:N][:age=SECONDS][:log=on|off]"
+                "[:app=portal|fast]"
             )
-        return cls(kind, max(1, int(count)), int(age), log == "on")
+        return cls(kind, max(1, int(count)), int(age), log == "on", app == "fast")
 
     @property
     def label(self) -> str:
         extra = "" if self.conn_max_age == 60 else f" age{self.conn_max_age}"
+        extra += " fast" if self.fast else ""
         return f"{self.kind} x{self.processes}{extra}{'' if self.access_log else ' nolog'}"
+
+    @property
+    def app(self) -> str:
+        return FAST_APP if self.fast else APP
 
 
 class Servers:
@@ -460,7 +469,8 @@ class Servers:
 
     def __init__(self, spec: ServerSpec, env: dict[str, str], logdir: Path) -> None:
         self.spec, self.logdir, self.access_log = spec, logdir, spec.access_log
-        self.env = {**env, "DB_CONN_MAX_AGE": str(spec.conn_max_age)}
+        self.env = {**env, "DB_CONN_MAX_AGE": str(spec.conn_max_age),
+                    "HEARTBEAT_FAST_PATH": "1" if spec.fast else "0"}  # fmt: skip
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
 
@@ -471,7 +481,17 @@ class Servers:
                     port = free_port()
                     verbosity = "1" if self.access_log else "0"  # 1 is daphne's default
                     self._start(
-                        ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", verbosity, APP],
+                        [
+                            "-m",
+                            "daphne",
+                            "-b",
+                            "127.0.0.1",
+                            "-p",
+                            str(port),
+                            "-v",
+                            verbosity,
+                            self.spec.app,
+                        ],  # fmt: skip
                         port,
                     )
             else:
@@ -479,7 +499,7 @@ class Servers:
                 argv = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
                 argv += ["--workers", str(self.spec.processes), "--lifespan", "off"]
                 argv += [] if self.access_log else ["--no-access-log"]
-                self._start([*argv, APP], port)
+                self._start([*argv, self.spec.app], port)
             for port in self.ports:
                 self._wait_ready(port)
         except BaseException:
@@ -1382,7 +1402,7 @@ def run_matrix(
             check_once(servers.ports[0], agents[0])
             for concurrency in args.concurrency:
                 # Heartbeat then bare, back to back: load from elsewhere falls on both alike.
-                for kind in ("heartbeat", "bare"):
+                for kind in ("heartbeat", "bare", "lean") if spec.fast else ("heartbeat", "bare"):
                     seen = servers.exceptions()
                     run = run_load(
                         kind,
@@ -1408,12 +1428,15 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
     for run in runs:
         pairs[(run.server, run.concurrency)][run.kind] = run
     for (server, concurrency), pair in pairs.items():
-        hb, bare = pair.get("heartbeat"), pair.get("bare")
-        if hb and bare and bare.rate:
-            print(
-                f"  {server:<15} {concurrency:>3} conns: throughput x{hb.rate / bare.rate:.2f}, "
-                f"p50 x{hb.pct(50) / bare.pct(50):.2f}, p99 x{hb.pct(99) / bare.pct(99):.2f}"
-            )
+        hb = pair.get("heartbeat")
+        for name in ("bare", "lean"):
+            bare = pair.get(name)
+            if hb and bare and bare.rate:
+                print(
+                    f"  {server:<15} {concurrency:>3} conns vs {name}: throughput "
+                    f"x{hb.rate / bare.rate:.2f}, p50 x{hb.pct(50) / bare.pct(50):.2f}, "
+                    f"p99 x{hb.pct(99) / bare.pct(99):.2f}"
+                )
     heartbeats = [r for r in runs if r.kind == "heartbeat" and r.errors == 0]
     within = [r for r in heartbeats if r.pct(99) < TARGET_P99_MS]
     best = max(within or heartbeats, key=lambda r: r.rate, default=None)
@@ -1434,8 +1457,16 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
             f"bare view best: {bare_best.rate:.0f}/s at p99 {bare_best.pct(99):.1f} ms "
             f"({bare_best.server}, {bare_best.concurrency} connections)"
         )
+    leans = [r for r in runs if r.kind == "lean"]
+    lean_best = max([r for r in leans if not r.errors] or leans, key=lambda r: r.rate, default=None)
+    if lean_best:
+        print(
+            f"lean bare (raw ASGI, one UPDATE, persistent connection) best: "
+            f"{lean_best.rate:.0f}/s at p99 {lean_best.pct(99):.1f} ms ({lean_best.server}, "
+            f"{lean_best.concurrency} connections)"
+        )
     cores = len(os.sched_getaffinity(0))
-    for label, run in (("heartbeat", best), ("bare view", bare_best)):
+    for label, run in (("heartbeat", best), ("bare view", bare_best), ("lean bare", lean_best)):
         if run is None or not run.rate:
             continue
         parts = ("server", "postgres", "redis", "generator")

@@ -179,8 +179,106 @@ def sweep_runs(all_ids: list[int], overdue: int, repeat: int, now) -> list[str]:
     return lines
 
 
-def run_storm(size: int, all_ids: list[int], now) -> list[str]:
-    return [f"(storm of {size:,}: not measured yet)"]
+def run_storm(
+    size: int, all_ids: list[int], now, wait_seconds: int = 0, phase: float | None = None
+) -> list[str]:
+    """``size`` agents stop at once; the sweep (and the storm sweep) run every 30 s of
+    simulated time until all are flagged and a digest interval has passed. Their last
+    heartbeats were spread over their periods, so their deadlines fall over the next
+    period + grace: a real storm reaches the sweep over several runs."""
+    from django.conf import settings
+    from django.db import connection
+
+    from incidents import actions, storms
+    from incidents.models import Agent, GroupingRule, Incident, IncidentGroup
+    from portal.choices import NotificationKind
+    from portal.models import Notification
+
+    rng = random.Random(size)
+    silent = rng.sample(all_ids, size)
+    t0 = now + timedelta(hours=2)  # clear of the sweep runs above
+    GroupingRule.objects.filter(name="fleet-storm").update(enabled=True, wait_seconds=wait_seconds)
+    storms.forget_cached_rules()
+    rule = GroupingRule.objects.get(name="fleet-storm")
+    with connection.cursor() as cursor:
+        # Everyone else is healthy all along; the silent ones last beat within their period.
+        cursor.execute(
+            "UPDATE incidents_agent SET alert_after = %s + interval '1 day', missing = false",
+            [t0],
+        )
+        cursor.execute(
+            "UPDATE incidents_agent SET last_seen = %s - random() * expected_period "
+            "* interval '1 s' WHERE id = ANY(%s)",
+            [t0, silent],
+        )
+        cursor.execute(
+            "UPDATE incidents_agent SET alert_after = last_seen + (expected_period + grace) * "
+            "interval '1 s' WHERE id = ANY(%s)",
+            [silent],
+        )
+    first_due = Agent.objects.filter(pk__in=silent).order_by("alert_after").first().alert_after
+    last_due = Agent.objects.filter(pk__in=silent).order_by("-alert_after").first().alert_after
+    # The sweep's phase against the first deadline: random, or given (0.1 s: the worst case,
+    # a sweep right after the first deadline, when it finds the fewest agents).
+    offset = rng.uniform(0, SWEEP_EVERY) if phase is None else phase
+    tick = first_due + timedelta(seconds=offset)
+    formed_at = formed_wall = formed_sweep = None
+    sweeps, walls = 0, []
+    end = last_due + timedelta(seconds=settings.INCIDENT_DIGEST_INTERVAL + SWEEP_EVERY)
+    while tick <= end:
+        begin = time.perf_counter()
+        actions.mark_missing_agents(now=tick)
+        storms.sweep(tick)
+        walls.append(time.perf_counter() - begin)
+        sweeps += 1
+        if formed_at is None and IncidentGroup.objects.exists():
+            formed_at, formed_wall, formed_sweep = tick, walls[-1], sweeps
+        tick += timedelta(seconds=SWEEP_EVERY)
+    flagged = Agent.objects.filter(pk__in=silent, missing=True).count()
+    groups = list(IncidentGroup.objects.all())
+    own = Notification.objects.filter(subject_type="incidents.incident")
+
+    def of_groups(kind):
+        return Notification.objects.filter(
+            subject_type="incidents.incidentgroup", kind=kind
+        ).count()
+
+    channels = max(1, len({n for n in Notification.objects.values_list("channel_id", flat=True)}))
+    opened, digests = (
+        of_groups(NotificationKind.INCIDENT_OPENED),
+        of_groups(NotificationKind.INCIDENT_DIGEST),
+    )
+    own_pages = own.filter(kind=NotificationKind.INCIDENT_OPENED).count()
+    members = sum(g.members_total for g in groups)
+    lines = [
+        f"\n== Storm: {size:,} agents go silent at once (rule {rule.name}: "
+        f"{rule.min_agents} agents within {rule.window_seconds} s, wait {wait_seconds} s; "
+        f"sweep every {SWEEP_EVERY} s, the first {offset:.1f} s after the first deadline) ==",
+        f"deadlines spread over {(last_due - first_due).total_seconds():.0f} s (their periods); "
+        f"{sweeps} sweeps of simulated time, wall per sweep median "
+        f"{1000 * statistics.median(walls):.0f} ms, max {1000 * max(walls):.0f} ms; "
+        f"{flagged:,} of {size:,} flagged",
+        f"grouped incident: {len(groups)} storm(s), {members:,} members; formed at sweep "
+        f"{formed_sweep}, {(formed_at - first_due).total_seconds():.1f} s of simulated time after "
+        f"the first deadline, by a sweep that took {1000 * formed_wall:.0f} ms"
+        if formed_at
+        else "grouped incident: NONE formed",
+        f"notifications per channel ({channels} channels): storm opened {opened // channels}, "
+        f"digests {digests // channels}, the agents' own pages {own_pages // channels}; "
+        f"target 1 plus digests, not {size:,}: "
+        + (
+            "MET"
+            if opened // channels == 1 and own_pages == 0
+            else f"MISSED ({own_pages // channels} own pages)"
+        ),
+        f"  [{load_line('now')}]",
+    ]
+    # Back to a quiet world for whatever runs next.
+    Incident.objects.all().delete()
+    IncidentGroup.objects.all().delete()
+    Notification.objects.all().delete()
+    reset(silent, now)
+    return lines
 
 
 def parse_args(argv):
@@ -238,7 +336,13 @@ def main(argv=None) -> int:
             f"\n{args.fleet:,} agents bulk-inserted in {time.perf_counter() - begin:.1f} s, "
             "2 webhook channels (nothing is sent: no worker runs)"
         )
-        print("\n== Missed-heartbeat sweep (mark_missing_agents, batches of 1,000) ==")
+        from incidents.models import GroupingRule
+
+        GroupingRule.objects.update(enabled=False)  # every incident pages: the heavier path
+        print(
+            "\n== Missed-heartbeat sweep (mark_missing_agents, batches of 1,000; grouping "
+            "rules off, so every incident pages on its own) =="
+        )
         for overdue in args.overdue:
             print("\n".join(sweep_runs(all_ids, overdue, args.repeat, now)))
         from incidents import actions
@@ -250,7 +354,10 @@ def main(argv=None) -> int:
             empty.append(time.perf_counter() - begin)
         print(f"sweep, 0 overdue: median {1000 * statistics.median(empty):.1f} ms of 5")
         if args.storm:
+            # Every incident above paged on its own (the heavier path): no rule then.
             print("\n".join(run_storm(args.storm, all_ids, now)))
+            print("\n".join(run_storm(args.storm, all_ids, now, phase=0.1)))
+            print("\n".join(run_storm(args.storm, all_ids, now, wait_seconds=30, phase=0.1)))
         print(f"\n{load_line('at end')}")
     return 0
 

@@ -12,11 +12,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from incidents import decider, rules
+from incidents import decider, rules, storms
 from incidents.choices import (
     ATTEMPT_CANCELLABLE,
     ATTEMPT_TRANSITIONS,
@@ -164,17 +164,20 @@ def open_or_update_incident(
     title: str,
     telemetry: dict,
     detected_at,
+    now=None,
 ) -> tuple[Incident, bool]:
-    """One open incident per agent and cause: a repeat updates it. Returns (incident, created)."""
+    """One open incident per agent and cause: a repeat updates it. Returns (incident, created).
+
+    ``now`` (default: the clock) is when it opens or repeats; tests pass their own."""
     with transaction.atomic():
         return _open_or_update(
             agent, cause=cause, rule_id=rule_id, severity=severity, title=title,
-            telemetry=telemetry, detected_at=detected_at,
+            telemetry=telemetry, detected_at=detected_at, now=now,
         )  # fmt: skip
 
 
-def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detected_at):
-    now = timezone.now()
+def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detected_at, now=None):
+    now = now or timezone.now()
     existing = (
         Incident.objects.select_for_update()
         .filter(agent=agent, cause=cause, status__in=INCIDENT_OPEN)
@@ -194,8 +197,12 @@ def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detect
             _event(existing, "SEVERITY", f"severity raised to {Severity(severity).label}: {title}")
             _announce(existing, f"severity raised: {title}")
         return existing, False
+    _load_for_storms([agent])
     try:
         with transaction.atomic():
+            plan = storms.plan(
+                [agent], cause=cause, severity=severity, detected={agent.pk: detected_at}, now=now
+            )
             incident = Incident.objects.create(
                 agent=agent,
                 cause=cause,
@@ -207,33 +214,47 @@ def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detect
                 last_seen_at=now,
                 telemetry=telemetry,
                 escalation_level=1,
-                next_escalation_at=now + _first_escalation_delay(),
+                **plan.fields(agent.pk, now + _first_escalation_delay()),
             )
     except IntegrityError:
         # Another heartbeat opened it a moment ago: count this one as a repeat.
         return _open_or_update(
             agent, cause=cause, rule_id=rule_id, severity=severity, title=title,
-            telemetry=telemetry, detected_at=detected_at,
+            telemetry=telemetry, detected_at=detected_at, now=now,
         )  # fmt: skip
     _event(incident, "DETECTED", title, cause=cause, severity=severity)
+    storms.settle(plan, [incident])
     record(
         AuditEventType.INCIDENT_OPENED,
         actor=SYSTEM,
         subject=incident,
-        details={"agent": agent.name, "cause": cause, "severity": severity, "title": title},
-    )
-    notify(
-        NotificationKind.INCIDENT_OPENED,
-        title=f"[{Severity(severity).label}] {agent.name}: {title}",
-        body=f"Incident #{incident.pk} opened for {agent.name} ({cause}).",
-        subject=incident,
-        severity=SEVERITY_LEVEL[severity],
-        escalation_level=1,
-        url=_admin_url(incident),
-    )
+        details={"agent": agent.name, "cause": cause, "severity": severity, "title": title,
+                 **plan.audit()},
+    )  # fmt: skip
+    if plan.pages(agent.pk):
+        notify(
+            NotificationKind.INCIDENT_OPENED,
+            title=f"[{Severity(severity).label}] {agent.name}: {title}",
+            body=f"Incident #{incident.pk} opened for {agent.name} ({cause}).",
+            subject=incident,
+            severity=SEVERITY_LEVEL[severity],
+            escalation_level=1,
+            url=_admin_url(incident),
+        )
+        _job("incidents.jobs.decide", incident.pk, job_id=f"incident-decide-{incident.pk}")
     _announce(incident, f"opened: {title}")
-    _job("incidents.jobs.decide", incident.pk, job_id=f"incident-decide-{incident.pk}")
     return incident, True
+
+
+_STORM_FIELDS = {"kind", "host_id", "tags", "environment"}
+
+
+def _load_for_storms(agents: list[Agent]) -> None:
+    """Grouping and suppression read these; the heartbeat path loads agents lean."""
+    for agent in agents:
+        missing = agent.get_deferred_fields() & _STORM_FIELDS
+        if missing:
+            agent.refresh_from_db(fields=sorted(missing))
 
 
 def _admin_url(incident: Incident) -> str:
@@ -292,6 +313,7 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
             resolution=reason,
             auto_resolved=auto,
             next_escalation_at=None,
+            page_due_at=None,
         ):
             return False
         label = "auto-resolved" if auto else f"resolved by {by.get_username()}"
@@ -306,14 +328,19 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
                 "mttr_s": round((now - incident.opened_at).total_seconds()),
             },
         )
-        notify(
-            NotificationKind.INCIDENT_RESOLVED,
-            title=f"Resolved: {incident.agent.name}: {incident.title}",
-            body=f"Incident #{incident.pk} {label}: {reason}",
-            subject=incident,
-            severity="info",
-            url=_admin_url(incident),
-        )
+        # Only what paged on its own says "resolved" on its own: a storm's members recover
+        # in its digests, and the storm says when the last one has.
+        if incident.paged_at is not None and incident.group_id is None:
+            notify(
+                NotificationKind.INCIDENT_RESOLVED,
+                title=f"Resolved: {incident.agent.name}: {incident.title}",
+                body=f"Incident #{incident.pk} {label}: {reason}",
+                subject=incident,
+                severity="info",
+                url=_admin_url(incident),
+            )
+        if incident.group_id is not None:
+            storms.member_resolved(incident.group_id)
         _announce(incident, label)
     return True
 
@@ -446,7 +473,7 @@ def _check_health(agent: Agent, version: str, *, broken_causes: set[str]) -> Non
             )
 
 
-def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
+def mark_missing_agents(now=None, batch: int | None = None) -> list[int]:
     """The sweep: agents past ``alert_after`` get a missed-heartbeat incident. Returns agent ids.
 
     One transaction per ``batch`` agents, a fixed number of statements each whatever its
@@ -455,23 +482,16 @@ def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
     ``open_incidents`` opens or updates their incidents in bulk.
     """
     now = now or timezone.now()
+    batch = batch or settings.INCIDENT_SWEEP_BATCH
     rule = DetectionRule.objects.filter(kind=RuleKind.MISSED_HEARTBEAT, enabled=True).first()
     if rule is None:
         return []
     flagged: list[int] = []
     while True:
         with transaction.atomic():
-            # The partial index answers this (no ORDER BY); the lock re-checks each row,
-            # so an agent whose heartbeat committed since the scan started is not taken.
-            agents = list(
-                Agent.objects.select_for_update(skip_locked=True)
-                .filter(alert_after__lt=now, missing=False, enabled=True)
-                .order_by()
-                .only(*_SWEEP_FIELDS)[:batch]
-            )
+            agents = _flag_overdue(now, batch)
             if not agents:
                 return flagged
-            Agent.objects.filter(pk__in=[a.pk for a in agents]).update(missing=True)
             open_incidents(
                 agents,
                 cause="heartbeat",
@@ -480,14 +500,44 @@ def mark_missing_agents(now=None, batch: int = 1000) -> list[int]:
                 title=lambda a: f"no heartbeat since {a.last_seen or 'registration'}",
                 telemetry=lambda a: a.last_telemetry,
                 detected_at=lambda a: a.alert_after,
+                now=now,
             )
         flagged.extend(a.pk for a in agents)
         if len(agents) < batch:
             return flagged
 
 
-_SWEEP_FIELDS = ("name", "kind", "environment", "host_id", "last_seen", "last_telemetry",
-                 "alert_after")  # fmt: skip
+_SWEEP_FIELDS = ("name", "kind", "environment", "host_id", "tags", "last_seen",
+                 "last_telemetry", "alert_after")  # fmt: skip
+
+
+def _flag_overdue(now, batch: int) -> list[Agent]:
+    """Lock up to ``batch`` overdue agents, flag them missing, return them (in the caller's
+    transaction). The partial index ``agent_overdue_idx`` answers the scan (no ORDER BY);
+    ``SKIP LOCKED`` leaves an agent whose heartbeat is being written to that heartbeat, and
+    the lock re-checks each row, so one whose heartbeat committed meanwhile is not taken.
+    On PostgreSQL this is one ``UPDATE … RETURNING``."""
+    if connection.vendor != "postgresql":
+        agents = list(
+            Agent.objects.select_for_update(skip_locked=True)
+            .filter(alert_after__lt=now, missing=False, enabled=True)
+            .order_by()
+            .only(*_SWEEP_FIELDS)[:batch]
+        )
+        Agent.objects.filter(pk__in=[a.pk for a in agents]).update(missing=True)
+        return agents
+    meta = Agent._meta
+    columns = ", ".join(
+        connection.ops.quote_name(meta.get_field(name).column) for name in ("id", *_SWEEP_FIELDS)
+    )
+    table = connection.ops.quote_name(meta.db_table)
+    # The subquery's WHERE is the index's condition, spelled as Django spells it.
+    sql = (
+        f"UPDATE {table} SET missing = true WHERE id IN ("  # noqa: S608 - names from the model
+        f"SELECT id FROM {table} WHERE alert_after < %s AND (NOT missing AND enabled) "
+        f"LIMIT %s FOR UPDATE SKIP LOCKED) AND NOT missing RETURNING {columns}"
+    )
+    return list(Agent.objects.raw(sql, [now, batch]))
 
 
 def open_incidents(
@@ -499,6 +549,7 @@ def open_incidents(
     title,
     telemetry,
     detected_at,
+    now=None,
 ) -> tuple[list[Incident], list[Incident]]:
     """``open_or_update_incident`` for many agents and one cause, in a fixed number of
     statements: returns (opened, updated).
@@ -513,7 +564,7 @@ def open_incidents(
     """
     if not agents:
         return [], []
-    now = timezone.now()
+    now = now or timezone.now()
     existing = set(
         Incident.objects.filter(
             agent_id__in=[a.pk for a in agents], cause=cause, status__in=INCIDENT_OPEN
@@ -525,26 +576,31 @@ def open_incidents(
         if agent.pk in existing:
             incident, _ = _open_or_update(
                 agent, cause=cause, rule_id=rule_id, severity=severity, title=title(agent),
-                telemetry=telemetry(agent), detected_at=detected_at(agent),
+                telemetry=telemetry(agent), detected_at=detected_at(agent), now=now,
             )  # fmt: skip
             updated.append(incident)
     if not fresh:
         return [], updated
     next_at = now + _first_escalation_delay()
     titles = [title(agent)[:200] for agent in fresh]
+    detected = {agent.pk: detected_at(agent) for agent in fresh}
     shared = {
         "cause": cause, "rule": rule_id, "severity": severity, "status": IncidentStatus.OPEN,
         "opened_at": now, "last_seen_at": now, "occurrences": 1, "escalation_level": 1,
-        "next_escalation_at": next_at, "auto_resolved": False, "resolution": "",
+        "auto_resolved": False, "resolution": "",
     }  # fmt: skip
-    varying = {
-        "agent": [agent.pk for agent in fresh],
-        "title": titles,
-        "detected_at": [detected_at(agent) for agent in fresh],
-        "telemetry": [telemetry(agent) for agent in fresh],
-    }
+    _load_for_storms(fresh)
     try:
         with transaction.atomic():
+            plan = storms.plan(fresh, cause=cause, severity=severity, detected=detected, now=now)
+            decided = [plan.fields(agent.pk, next_at) for agent in fresh]
+            varying = {
+                "agent": [agent.pk for agent in fresh],
+                "title": titles,
+                "detected_at": [detected[agent.pk] for agent in fresh],
+                "telemetry": [telemetry(agent) for agent in fresh],
+                **{name: [d[name] for d in decided] for name in _PLANNED},
+            }
             created = insert_rows(Incident, varying, shared, returning=("id", "agent"))
     except IntegrityError:
         # Someone opened one of them a moment ago (the single path does not lock the
@@ -553,7 +609,7 @@ def open_incidents(
         for agent in fresh:
             incident, was_created = _open_or_update(
                 agent, cause=cause, rule_id=rule_id, severity=severity, title=title(agent),
-                telemetry=telemetry(agent), detected_at=detected_at(agent),
+                telemetry=telemetry(agent), detected_at=detected_at(agent), now=now,
             )  # fmt: skip
             (opened if was_created else more).append(incident)
         return opened, updated + more
@@ -561,8 +617,8 @@ def open_incidents(
     opened = []
     for pk, agent_id in created:
         i = position[agent_id]
-        fields = {**shared, "title": titles[i], "detected_at": varying["detected_at"][i],
-                  "telemetry": varying["telemetry"][i]}  # fmt: skip
+        fields = {**shared, "title": titles[i], "detected_at": detected[agent_id],
+                  "telemetry": varying["telemetry"][i], **decided[i]}  # fmt: skip
         fields["rule_id"] = fields.pop("rule")
         opened.append(Incident(pk=pk, agent=fresh[i], **fields))
     insert_rows(
@@ -570,6 +626,7 @@ def open_incidents(
         {"incident": [i.pk for i in opened], "message": [i.title[:500] for i in opened]},
         {"at": now, "kind": "DETECTED", "data": {"cause": cause, "severity": severity}},
     )
+    storms.settle(plan, opened)
     record(
         AuditEventType.INCIDENT_OPENED,
         actor=SYSTEM,
@@ -580,8 +637,23 @@ def open_incidents(
             "count": len(opened),
             "agents": [i.agent_id for i in opened],
             "incidents": [i.pk for i in opened],
+            **plan.audit(),
         },
     )
+    paged = [i for i in opened if plan.pages(i.agent_id)]
+    _page(paged, cause=cause, severity=severity)
+    _announce_many(opened, cause)
+    return opened, updated
+
+
+_PLANNED = ("group_id", "suppressed_by_id", "suppression", "paged_at", "page_due_at",
+            "next_escalation_at")  # fmt: skip
+
+
+def _page(incidents: list[Incident], *, cause: str, severity: int) -> None:
+    """Their own pages (one notification batch) and one job deciding them."""
+    if not incidents:
+        return
     label = Severity(severity).label
     url = _admin_url_of()
     notify_many(
@@ -593,20 +665,56 @@ def open_incidents(
                 "subject": i,
                 "url": url(i.pk),
             }
-            for i in opened
+            for i in incidents
         ],
         severity=SEVERITY_LEVEL[severity],
         escalation_level=1,
     )
-    _announce_many(opened, cause)
-    ids = [i.pk for i in opened]
+    ids = [i.pk for i in incidents]
     _job(
         "incidents.jobs.decide_many",
         ids,
         job_id=f"incident-decide-batch-{ids[0]}-{ids[-1]}",
         job_timeout=DECIDE_BATCH_TIMEOUT,
     )
-    return opened, updated
+
+
+def page_now(reasons: dict[int, str]) -> list[int]:
+    """Incidents open without a page of their own (held by a grouping rule's wait, or
+    suppressed by an upstream that is back) page now, as if just opened: their page,
+    escalation from now, a decision. ``reasons``: incident id -> why, on the timeline."""
+    now = timezone.now()
+    with transaction.atomic():
+        incidents = list(
+            Incident.objects.select_for_update(of=("self",))
+            .select_related("agent")
+            .filter(pk__in=list(reasons), paged_at__isnull=True, group__isnull=True,
+                    status__in=INCIDENT_OPEN)
+            .order_by("pk")
+        )  # fmt: skip
+        if not incidents:
+            return []
+        ids = [i.pk for i in incidents]
+        Incident.objects.filter(pk__in=ids).update(
+            paged_at=now, page_due_at=None, next_escalation_at=now + _first_escalation_delay()
+        )
+        insert_rows(
+            IncidentEvent,
+            {"incident": ids, "message": [f"paged now: {reasons[pk]}"[:500] for pk in ids]},
+            {"at": now, "kind": "PAGED", "data": {}},
+        )
+        record(
+            AuditEventType.INCIDENT_ESCALATED,
+            actor=SYSTEM,
+            subject=("incidents.incident", str(ids[0])) if len(ids) == 1 else None,
+            details={"level": 1, "paged": ids, "agents": [i.agent_id for i in incidents]},
+        )
+        by_kind: dict[tuple[str, int], list[Incident]] = {}
+        for incident in incidents:
+            by_kind.setdefault((incident.cause, incident.severity), []).append(incident)
+        for (cause, severity), group in by_kind.items():
+            _page(group, cause=cause, severity=severity)
+    return ids
 
 
 def _admin_url_of():

@@ -11,15 +11,17 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from incidents import actions
-from incidents.choices import AttemptStatus, CommandKind, Severity
+from incidents import actions, storms
+from incidents.choices import INCIDENT_OPEN, AttemptStatus, CommandKind, Severity
 from incidents.models import (
     Agent,
     AgentCommand,
     AutoPatchAttempt,
     Decision,
     DetectionRule,
+    GroupingRule,
     Incident,
+    IncidentGroup,
     OpsPolicy,
 )
 from incidents.signing import format_us
@@ -37,7 +39,8 @@ SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
 class AgentAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "environment", "version", "last_seen", "missing", "enabled")
     list_filter = ("kind", "environment", "missing", "enabled")
-    search_fields = ("name", "owner")
+    search_fields = ("name", "owner", "tags")
+    raw_id_fields = ("depends_on",)  # a fleet is too big for a select box
     readonly_fields = (
         "version",
         "last_seen",
@@ -84,6 +87,129 @@ class DetectionRuleAdmin(admin.ModelAdmin):
         from incidents.rules import forget_cached_rules
 
         forget_cached_rules()
+
+
+@admin.register(GroupingRule)
+class GroupingRuleAdmin(admin.ModelAdmin):
+    """Storm grouping rules (data): who may edit them is who may edit detection rules."""
+
+    list_display = (
+        "name", "enabled", "position", "cause", "group_by", "tag", "min_agents", "min_percent",
+        "window_seconds", "wait_seconds",
+    )  # fmt: skip
+    list_editable = ("enabled",)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm(MANAGE)
+
+    def has_add_permission(self, request):
+        return request.user.has_perm(MANAGE)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # switch a rule off instead: storms keep their rule
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        record(
+            AuditEventType.POLICY_CHANGED,
+            actor=request.user,
+            subject=obj,
+            details={
+                "grouping_rule": obj.name, "enabled": obj.enabled, "cause": obj.cause,
+                "group_by": obj.group_by, "tag": obj.tag, "min_agents": obj.min_agents,
+                "min_percent": obj.min_percent, "window_seconds": obj.window_seconds,
+                "wait_seconds": obj.wait_seconds, "created": not change,
+            },
+        )  # fmt: skip
+        storms.forget_cached_rules()
+
+
+@admin.register(IncidentGroup)
+class IncidentGroupAdmin(admin.ModelAdmin):
+    """Storms: the parent incident, its members, acknowledge and resolve."""
+
+    list_display = (
+        "id", "severity_badge", "status", "title", "key", "cause", "members_total",
+        "first_seen", "last_seen", "escalation_level",
+    )  # fmt: skip
+    list_filter = ("status", "severity", "cause")
+    search_fields = ("title", "key", "cause")
+    change_form_template = "admin/incidents/incidentgroup/change_form.html"
+    MEMBERS_SHOWN = 200
+
+    @admin.display(description="severity", ordering="severity")
+    def severity_badge(self, obj):
+        return format_html(
+            '<span class="inc-badge {}">{}</span>',
+            SEVERITY_BADGE.get(obj.severity, ""),
+            Severity(obj.severity).label,
+        )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<int:pk>/act/<str:verb>/", wrap(self.act_view), name="incidents_incidentgroup_act"
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from portal.models import Notification
+
+        group = get_object_or_404(IncidentGroup.objects.select_related("rule"), pk=object_id)
+        members = group.members.select_related("agent", "suppressed_by").order_by("-opened_at")
+        user = request.user
+        context = {
+            "group": group,
+            "severity_label": Severity(group.severity).label,
+            "open_members": members.filter(status__in=INCIDENT_OPEN).count(),
+            "members": members[: self.MEMBERS_SHOWN],
+            "members_shown": self.MEMBERS_SHOWN,
+            "notifications": Notification.objects.filter(
+                subject_type="incidents.incidentgroup", subject_id=str(group.pk)
+            )
+            .select_related("channel")
+            .order_by("id")[:100],
+            "trail": AuditEvent.objects.filter(
+                subject_type="incidents.incidentgroup", subject_id=str(group.pk)
+            ).order_by("id"),
+            "can_ack": user.has_perm("portal.propose_action")
+            or user.has_perm(approvals.APPROVE_PERMISSION),
+        }
+        return super().change_view(
+            request, object_id, form_url, {**context, **(extra_context or {})}
+        )
+
+    def act_view(self, request, pk, verb):
+        return require_POST(self._act)(request, pk, verb)
+
+    def _act(self, request, pk, verb):
+        group = get_object_or_404(IncidentGroup, pk=pk)
+        try:
+            if verb == "acknowledge":
+                storms.acknowledge_group(group, by=request.user)
+            elif verb == "resolve":
+                if not storms.resolve_group(
+                    group, by=request.user, reason=request.POST.get("reason", "")
+                ):
+                    raise actions.IncidentError("state", f"Storm #{group.pk} is resolved.")
+            else:
+                raise PermissionDenied
+        except actions.IncidentError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{verb}: done.")
+        return HttpResponseRedirect(reverse("admin:incidents_incidentgroup_change", args=[pk]))
 
 
 @admin.register(OpsPolicy)
@@ -194,7 +320,9 @@ class IncidentAdmin(admin.ModelAdmin):
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        incident = get_object_or_404(Incident.objects.select_related("agent"), pk=object_id)
+        incident = get_object_or_404(
+            Incident.objects.select_related("agent", "group", "suppressed_by"), pk=object_id
+        )
         attempts = list(incident.attempts.select_related("agent"))
         waiting = [a for a in attempts if a.status == AttemptStatus.PENDING and a.needs_approval]
         user = request.user

@@ -22,12 +22,16 @@ def run_attempt(attempt_id: int) -> str:
 def sweep() -> dict:
     """Every 30 s: missed heartbeats, attempts past their bound (health window, approval
     TTL, staging timeout, lost jobs), remediations that ended without a fix, due
-    escalations."""
+    escalations; storms: held pages, digests, escalation, storms whose members all
+    recovered."""
+    from incidents import storms
+
     return {
         "missing": len(actions.mark_missing_agents()),
         **actions.sweep_attempts(),
         "handed_back": len(actions.hand_back_failed_remediations()),
         "escalated": actions.escalate_due(),
+        **storms.sweep(),
     }
 
 

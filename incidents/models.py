@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -34,6 +35,26 @@ def approval_ttl() -> int:
 
 _slug = RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-'")
 _version = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$", "a version like 1.4.2")
+_TAG = r"[a-z0-9][a-z0-9_.:-]{0,39}"
+_tags = RegexValidator(
+    rf"^\s*(?:{_TAG}(?:\s+{_TAG})*)?\s*$", "space-separated tags of [a-z0-9_.:-], 40 at most each"
+)
+
+
+def normalize_tags(raw: str) -> str:
+    """Tags stored one way (sorted, unique, single spaces), so a lookup can rely on it."""
+    return " ".join(sorted(set((raw or "").split())))
+
+
+def tag_filter(tag: str, prefix: str = "") -> Q:
+    """Agents (``prefix`` = "agent__" from incidents) carrying ``tag``, in any database."""
+    field = f"{prefix}tags"
+    return (
+        Q(**{field: tag})
+        | Q(**{f"{field}__startswith": f"{tag} "})
+        | Q(**{f"{field}__endswith": f" {tag}"})
+        | Q(**{f"{field}__contains": f" {tag} "})
+    )
 
 
 class Agent(models.Model):
@@ -84,6 +105,20 @@ class Agent(models.Model):
         help_text="Signed timestamp (µs since the epoch) of the last accepted heartbeat.",
     )
     last_nonce = models.CharField(max_length=64, blank=True, editable=False)
+    tags = models.CharField(
+        max_length=300,
+        blank=True,
+        validators=[_tags],
+        help_text="Space-separated tags (e.g. dc-paris rack-12): grouping rules can group by one.",
+    )
+    depends_on = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="dependents",
+        help_text="Upstream agents: while one of them is down, this agent's incidents page "
+        "nobody of their own (dependency suppression).",
+    )
     secret_sealed = models.TextField(editable=False)
     enabled = models.BooleanField(default=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -101,6 +136,14 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        self.tags = normalize_tags(self.tags)
+        super().save(*args, **kwargs)
+
+    @property
+    def tag_list(self) -> list[str]:
+        return self.tags.split()
 
 
 class HeartbeatSample(models.Model):
@@ -165,9 +208,44 @@ class Incident(models.Model):
     remediation = models.ForeignKey(
         "pra.PRAAction", null=True, blank=True, on_delete=models.SET_NULL, related_name="incidents"
     )
+    group = models.ForeignKey(
+        "IncidentGroup",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="members",
+        help_text="The storm this incident is part of: the group pages and escalates, not it.",
+    )
+    suppressed_by = models.ForeignKey(
+        Agent,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The upstream or host agent that was down when this opened (no page of its own).",
+    )
+    suppression = models.CharField(max_length=300, blank=True)
+    paged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its own page went out (none if grouped/suppressed)."
+    )
+    page_due_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A page held by a grouping rule's wait, sent then unless a storm took it in.",
+    )
 
     class Meta:
         ordering = ["-opened_at"]
+        indexes = [
+            models.Index(
+                fields=["page_due_at"], name="incident_held_page_idx",
+                condition=Q(page_due_at__isnull=False),
+            ),
+            models.Index(
+                fields=["suppressed_by"], name="incident_suppressed_idx",
+                condition=Q(suppressed_by__isnull=False, paged_at__isnull=True),
+            ),
+        ]  # fmt: skip
         constraints = [
             models.UniqueConstraint(
                 fields=["agent", "cause"],
@@ -186,6 +264,151 @@ class Incident(models.Model):
     @property
     def mttr(self):
         return (self.resolved_at - self.opened_at) if self.resolved_at else None
+
+
+class GroupingRule(models.Model):
+    """When many agents fail together, one parent incident (an ``IncidentGroup``) stands for
+    them: it pages once, then sends digests, and it escalates; its members do neither.
+
+    A rule groups the new incidents whose cause matches ``cause`` by ``group_by`` (the
+    whole fleet, an environment, a host, or the agents carrying ``tag``). A group forms
+    when, within ``window_seconds``, at least ``min_agents`` agents of one such set have
+    an open incident of one cause, or at least ``min_percent`` % of the set's enabled
+    agents do (whichever is set and reached first; never fewer than two). Incidents
+    that join afterwards are members at once. ``wait_seconds`` holds the page of a
+    matching incident that is not (yet) in a group, so a storm that forms within that
+    time takes it in (Alertmanager's ``group_wait``); 0 pages at once. Rules are
+    tried in ``position`` order; the first whose group takes an incident keeps it.
+    """
+
+    class GroupBy(models.TextChoices):
+        FLEET = "fleet", "The whole fleet"
+        ENVIRONMENT = "environment", "Environment"
+        HOST = "host", "Host"
+        TAG = "tag", "Tag"
+
+    name = models.CharField(max_length=63, unique=True, validators=[_slug])
+    enabled = models.BooleanField(default=True)
+    position = models.PositiveSmallIntegerField(default=100)
+    cause = models.CharField(
+        max_length=80,
+        default="*",
+        help_text="Cause to group: '*' (any), one cause ('heartbeat'), or a prefix ('service:*').",
+    )
+    group_by = models.CharField(max_length=12, choices=GroupBy.choices, default=GroupBy.FLEET)
+    tag = models.CharField(
+        max_length=40, blank=True, validators=[RegexValidator(rf"^{_TAG}$", "one tag")]
+    )
+    min_agents = models.PositiveIntegerField(
+        null=True, blank=True, default=20, validators=[MinValueValidator(2)]
+    )
+    min_percent = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    window_seconds = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(30), MaxValueValidator(86400)]
+    )
+    wait_seconds = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(3600)],
+        help_text="Hold a matching incident's own page this long (0: page at once).",
+    )  # fmt: skip
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.group_by == self.GroupBy.TAG and not self.tag:
+            raise ValidationError({"tag": "Name the tag whose agents this rule groups."})
+        if self.group_by != self.GroupBy.TAG and self.tag:
+            raise ValidationError({"tag": "Only rules grouping by tag name a tag."})
+        if self.min_agents is None and self.min_percent is None:
+            raise ValidationError("Set a number of agents, a percentage, or both.")
+        if not re.fullmatch(r"\*|[a-z0-9][a-z0-9_.:-]{0,78}\*?", self.cause or ""):
+            raise ValidationError({"cause": "'*', a cause, or a prefix ending in '*'."})
+
+    def matches(self, cause: str) -> bool:
+        if self.cause == "*":
+            return True
+        if self.cause.endswith("*"):
+            return cause.startswith(self.cause[:-1])
+        return cause == self.cause
+
+    def key_for(self, agent: Agent) -> str | None:
+        """The set this agent belongs to under this rule (None: the rule does not apply)."""
+        if self.group_by == self.GroupBy.FLEET:
+            return "fleet"
+        if self.group_by == self.GroupBy.ENVIRONMENT:
+            return f"environment={agent.environment}"
+        if self.group_by == self.GroupBy.HOST:
+            return f"host={agent.host_id}" if agent.host_id else None
+        return f"tag={self.tag}" if self.tag in agent.tags.split() else None
+
+    def agents_of(self, key: str, prefix: str = "") -> Q:
+        """The agents of the set ``key`` (``prefix`` "agent__" to filter incidents)."""
+        if self.group_by == self.GroupBy.FLEET:
+            return Q()
+        value = key.split("=", 1)[1]
+        if self.group_by == self.GroupBy.ENVIRONMENT:
+            return Q(**{f"{prefix}environment": value})
+        if self.group_by == self.GroupBy.HOST:
+            return Q(**{f"{prefix}host_id": int(value)})
+        return tag_filter(value, prefix)
+
+
+class IncidentGroup(models.Model):
+    """A storm: the parent incident of many agents failing together with one cause.
+
+    It pages once when it forms, then at most one digest per ``INCIDENT_DIGEST_INTERVAL``
+    while members join or recover; escalation runs on it, not on its members. Members
+    resolve on their own as their agents recover; the group resolves when the last one
+    has (or when a person resolves it, which resolves its open members too).
+    """
+
+    rule = models.ForeignKey(GroupingRule, null=True, blank=True, on_delete=models.SET_NULL)
+    key = models.CharField(
+        max_length=100, help_text="The set grouped, e.g. environment=production."
+    )
+    cause = models.CharField(max_length=80)
+    title = models.CharField(max_length=200)
+    severity = models.PositiveSmallIntegerField(choices=Severity.choices)
+    status = models.CharField(
+        max_length=14, choices=IncidentStatus.choices, default=IncidentStatus.OPEN, db_index=True
+    )
+    first_seen = models.DateTimeField(help_text="When its first member's condition was observed.")
+    last_seen = models.DateTimeField(help_text="When its latest member joined.")
+    members_total = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField()
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=300, blank=True)
+    auto_resolved = models.BooleanField(default=False)
+    escalation_level = models.PositiveSmallIntegerField(default=1)
+    next_escalation_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="Its last page or digest.")
+    joined_since_notice = models.PositiveIntegerField(default=0)
+    recovered_since_notice = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "key", "cause"],
+                condition=~Q(status=IncidentStatus.RESOLVED),
+                name="one_open_group_per_rule_key_cause",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"storm #{self.pk} {self.title}"
 
 
 class IncidentEvent(models.Model):

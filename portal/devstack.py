@@ -18,6 +18,11 @@ from pathlib import Path
 from portal.lib.localservices import ServiceError, apt_install, redis_answers, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# How long `make run` waits for another apt/dpkg (unattended-upgrades, a second terminal)
+# to release the dpkg lock before giving up on installing openssh-server.
+APT_LOCK_WAIT = float(os.environ.get("PORTAL_DEMO_APT_WAIT", "180"))
+_LOCK_WORDS = ("could not get lock", "dpkg frontend lock", "unable to acquire the dpkg",
+               "unable to lock", "is another process using it")  # fmt: skip
 
 
 def _manage(*args: str, env: dict) -> None:
@@ -45,7 +50,7 @@ def main() -> int:
         children.append(("redis-server", proc))
         print(f"Started a local redis-server at {redis_url} (data under {var_dir}).")
     env["REDIS_URL"] = redis_url
-    target = _start_demo_target(var_dir, env)
+    target, missing = _start_demo_target(var_dir, env)
 
     try:
         _manage("migrate", "--noinput", "-v", "0", env=env)
@@ -79,10 +84,12 @@ def main() -> int:
     }
     agent_key = var_dir / "demo-agent.key"
     if target is not None and agent_key.exists():
-        # The demo agent asks `systemctl is-active unbound`: the demo target's stand-in answers.
+        # The demo agent reports the target's telemetry file and asks the target's stand-in
+        # `systemctl is-active unbound`; it waits for daphne before its first heartbeat.
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
         commands["demo-agent"] = [
-            python, "-m", "incidents.agent_client", "--url", f"http://{host}:{port}",
-            "--name", "demo-target-agent", "--secret-file", str(agent_key), "--env", "demo",
+            python, "-m", "incidents.demo", "--url", f"http://{local}:{port}",
+            "--secret-file", str(agent_key), "--state-dir", str(target.state_dir),
             "--period", "15", "--watch-service", "unbound",
         ]  # fmt: skip
     worker_env = {**env, "DB_CONN_MAX_AGE": env.get("DB_CONN_MAX_AGE", "60")}
@@ -94,7 +101,10 @@ def main() -> int:
         proc = subprocess.Popen(argv, env=child_env, cwd=BASE_DIR, start_new_session=True)
         children.append((name, proc))
 
-    print(f"\nOps Portal running at http://{host}:{port}/  (health: /health)  Ctrl-C stops it.\n")
+    print(f"\nOps Portal running at http://{host}:{port}/  (health: /health)  Ctrl-C stops it.")
+    if missing:
+        print(f"The demo target is MISSING: {missing}", file=sys.stderr)
+    print()
     stopping = False
 
     def _on_signal(signum, frame):
@@ -118,30 +128,76 @@ def main() -> int:
     return exit_code
 
 
+def _install_sshd(install=None, *, wait: float | None = None, sleep=time.sleep) -> str:
+    """Install openssh-server, waiting out another apt/dpkg holding the lock; returns ""
+    or why it could not. (``install``/``sleep``: apt and the clock, for tests.)"""
+    install = install or (lambda: apt_install("openssh-server"))
+    wait = APT_LOCK_WAIT if wait is None else wait
+    deadline = time.monotonic() + wait
+    pause = 5.0
+    while True:
+        try:
+            install()
+            return ""
+        except ServiceError as exc:
+            text = str(exc)
+            left = deadline - time.monotonic()
+            if not any(word in text.lower() for word in _LOCK_WORDS):
+                return f"openssh-server could not be installed: {text.strip()[-600:]}"
+            if left <= 0:
+                return (
+                    "openssh-server could not be installed: another apt/dpkg process held the "
+                    f"dpkg lock for {wait:.0f} s (PORTAL_DEMO_APT_WAIT)"
+                )
+            print(
+                f"Another apt/dpkg holds the dpkg lock; retrying the openssh-server install in "
+                f"{min(pause, left):.0f} s (giving up in {left:.0f} s)…",
+                file=sys.stderr,
+            )
+            sleep(min(pause, left))
+            pause = min(pause * 2, 30.0)
+
+
 def _start_demo_target(var_dir: Path, env: dict):
-    """A loopback sshd running the generated wrappers in demo mode (stand-in systemctl…)."""
-    from pra.devtarget import DevTargetError, start_local_target
+    """A loopback sshd running the generated wrappers in demo mode (stand-in systemctl…).
+
+    Returns (target or None, why it is missing: "" when it runs)."""
+    from pra.devtarget import DEMO_CONTAINERS, DevTargetError, start_local_target
 
     if shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
-        try:
-            apt_install("openssh-server")
-        except ServiceError as exc:
-            print(f"No demo target: {exc}", file=sys.stderr)
-            return None
+        why = _install_sshd()
+        if why:
+            _say_missing(why)
+            return None, why
     try:
         target = start_local_target(var_dir / "demo-target")
     except (DevTargetError, OSError, subprocess.CalledProcessError) as exc:
-        print(f"No demo target: {exc}", file=sys.stderr)
-        return None
+        why = f"its sshd did not start: {exc}"
+        _say_missing(why)
+        return None, why
     if not (target.state_dir / "units" / "unbound").exists():
         target.set_unit("unbound", "inactive")
+    for name in DEMO_CONTAINERS:
+        if target.container_state(name) is None:
+            target.add_container(name)
     env.setdefault("PRA_SSH_KEY_FILE", str(target.exec_key_path))
     env.setdefault("PRA_DIAG_SSH_KEY_FILE", str(target.diag_key_path))
     env["PORTAL_DEMO_TARGET"] = f"{target.address}:{target.port}"
     env["PORTAL_DEMO_TARGET_KEY"] = target.host_key_line
     env["PORTAL_DEMO_TARGET_USER"] = target.user
+    env["PORTAL_DEMO_CONTAINERS"] = ",".join(DEMO_CONTAINERS)
     print(f"Started the demo target (loopback sshd) at {target.address}:{target.port}.")
-    return target
+    return target, ""
+
+
+def _say_missing(why: str) -> None:
+    print(
+        f"\nThe demo target is missing: {why}.\n"
+        "The portal runs without it: no host 'demo-target', no demo agent, no containers to "
+        "restart. Install openssh-server (sudo apt-get install -y openssh-server) and run "
+        "`make run` again.\n",
+        file=sys.stderr,
+    )
 
 
 def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:

@@ -256,6 +256,16 @@ STAGING_TIMEOUT = env_int("STAGING_TIMEOUT", 60, minimum=1, maximum=3600)
 AUTOPATCH_HEALTH_WINDOW = env_int("AUTOPATCH_HEALTH_WINDOW", 90, minimum=2, maximum=3600)
 AUTOPATCH_APPROVAL_TTL = env_int("AUTOPATCH_APPROVAL_TTL", 3600, minimum=60, maximum=7 * 86400)
 ESCALATION_DELAY_MINUTES = env_int("ESCALATION_DELAY_MINUTES", 10, minimum=1)
+# Storms (incidents.models.GroupingRule): a group's digests at most this often (seconds).
+INCIDENT_DIGEST_INTERVAL = env_int("INCIDENT_DIGEST_INTERVAL", 300, minimum=30, maximum=86400)
+# No page of its own for an agent whose host agent or declared upstream agent is down.
+INCIDENT_SUPPRESS_DEPENDENTS = env_bool("INCIDENT_SUPPRESS_DEPENDENTS", True)
+# Agents per transaction in the missed-heartbeat sweep.
+INCIDENT_SWEEP_BATCH = env_int("INCIDENT_SWEEP_BATCH", 1000, minimum=10, maximum=10000)
+# The lean heartbeat path (incidents.fastpath): quiet heartbeats written in batches.
+HEARTBEAT_FAST_PATH = env_bool("HEARTBEAT_FAST_PATH", True)
+HEARTBEAT_BATCH_MAX = env_int("HEARTBEAT_BATCH_MAX", 200, minimum=1, maximum=5000)
+HEARTBEAT_BATCH_WAIT_MS = env_int("HEARTBEAT_BATCH_WAIT_MS", 2, minimum=0, maximum=1000)
 
 # --- Notifications -------------------------------------------------------------------
 # Email channels send through Django's mail (SMTP by default). Webhook URLs that are

@@ -11,6 +11,7 @@ admin.site.index_title = "Operations"
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("charts/", views.charts, name="charts"),
     path("health", views.health, name="health"),
     path("metrics", views.metrics, name="metrics"),
     # Before admin.site.urls, whose catch-all would answer 404.

@@ -107,12 +107,35 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @permission_required("portal.view_portal", raise_exception=True)
+@never_cache
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "portal/dashboard.html", {"panels": _dashboard_panels(request)})
+    """The on-call inbox (what waits for this person: signatures, incidents, backups),
+    then the apps' other panels. A fixed number of queries whatever the number of rows."""
+    from portal.dashboard import collect_approvals, collect_panels
+
+    panels = collect_panels(request)
+    return render(
+        request,
+        "portal/dashboard.html",
+        {
+            "approvals": collect_approvals(request),
+            "inbox_panels": [p for p in panels if p.get("area") == "inbox"],
+            "main_panels": [p for p in panels if p.get("area") != "inbox"],
+        },
+    )
 
 
-def _dashboard_panels(request: HttpRequest) -> list[dict]:
-    """Panels contributed by the apps (each app adds its own as it grows)."""
-    from portal.dashboard import collect_panels
+@login_required
+@permission_required("portal.view_portal", raise_exception=True)
+@never_cache
+@require_GET
+def charts(request: HttpRequest) -> HttpResponse:
+    """Server-rendered SVG charts (no script, no third-party asset) over ``?days=N``."""
+    from portal import charts as charting
 
-    return collect_panels(request)
+    days = charting.window_days(request.GET.get("days"))
+    return render(
+        request,
+        "portal/charts.html",
+        {"charts": charting.all_charts(days), "days": days, "choices": charting.WINDOWS},
+    )

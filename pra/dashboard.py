@@ -1,27 +1,86 @@
-"""The remediation panel of the dashboard: waiting approvals and running actions."""
+"""The remediation part of the dashboard: proposals waiting for signatures (the inbox),
+actions on their way, and the last ones that finished."""
 
 from django.urls import reverse
 
-from portal.dashboard import panel
+from portal import approvals
+from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
 from pra.choices import ActionStatus
-from pra.models import PRAAction
+from pra.models import PRAAction, PreflightStatus, Source
+
+RUNNING = (ActionStatus.APPROVED, ActionStatus.EXECUTING)
+BADGE = {ActionStatus.COMPLETED: "ok", ActionStatus.FAILED: "bad", ActionStatus.VOIDED: "bad",
+         ActionStatus.REJECTED: "bad", ActionStatus.EXPIRED: ""}  # fmt: skip
+
+
+@approvals_source
+def remediation_approvals(request) -> list[ApprovalItem]:
+    waiting = list(
+        PRAAction.objects.select_related("host")
+        .filter(status=ActionStatus.PROPOSED)
+        .order_by("created")[:INBOX_LIMIT]
+    )
+    may_reject = request.user.has_perm(approvals.APPROVE_PERMISSION)
+
+    def build(action, signers, can_sign, why_not, rule) -> ApprovalItem:
+        # The action page's own rule on top of the shared ones: a failed pre-flight
+        # blocks approval (approve_action refuses it too).
+        if action.preflight_status == PreflightStatus.FAILED:
+            can_sign, why_not = False, "pre-flight failed: approval blocked"
+        approve_url = reverse("admin:pra_praaction_approve", args=[action.pk])
+        requester = action.proposer_label + (" (AI)" if action.source == Source.AI else "")
+        return ApprovalItem(
+            key=f"pra-{action.pk}",
+            kind="Remediation",
+            title=f"#{action.pk} {action.command_display} on {action.host.name}",
+            url=reverse("admin:pra_praaction_change", args=[action.pk]),
+            impact=action.impact,
+            created=action.created,
+            requester=requester,
+            signers=signers,
+            required=rule.required_approvals,
+            can_sign=can_sign,
+            can_reject=may_reject,
+            why_not=why_not,
+            form={
+                "can_sign": can_sign,
+                "can_reject": may_reject,
+                "approve_url": approve_url,
+                "reject_url": reverse("admin:pra_praaction_reject", args=[action.pk]),
+                "fingerprint": action.approval_fingerprint(),
+                "confirm_text": action.approval_confirmation_text,
+                "rule": rule,
+            },
+            extra={"preflight": action.get_preflight_status_display()},
+        )
+
+    return approval_items(request, waiting, build=build)
 
 
 @panel
 def remediation_panel(request) -> dict:
-    open_actions = list(
+    running = list(
         PRAAction.objects.select_related("host")
-        .filter(status__in=[ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.EXECUTING])
-        .order_by("-created")[:20]
+        .filter(status__in=RUNNING)
+        .order_by("-status_changed_at")[:20]
     )
     recent = list(
         PRAAction.objects.select_related("host")
-        .exclude(status__in=[ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.EXECUTING])
+        .exclude(status__in=[ActionStatus.PROPOSED, *RUNNING])
         .order_by("-status_changed_at")[:10]
     )
+    for action in recent:
+        action.badge = BADGE.get(action.status, "warn")
+        action.took = (
+            action.finished_at - action.started_at
+            if action.started_at and action.finished_at
+            else None
+        )
     return {
         "template": "pra/panel.html",
-        "open": open_actions,
+        "area": "main",
+        "order": 10,
+        "running": running,
         "recent": recent,
         "list_url": reverse("admin:pra_praaction_changelist"),
     }

@@ -1,4 +1,5 @@
-"""Demo data for `make run`: the local loopback target registered as host `demo-target`."""
+"""Demo data for `make run`: the local loopback target registered as host `demo-target`
+(its containers, for restart_container, are created by ``portal.devstack``)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,14 @@ def seed(stdout) -> None:
         Host.objects.filter(pk=host.pk).update(address=ip, port=int(port), ssh_user=user)
         if host.host_key.strip() != key.strip():
             actions.pin_host_key(host, key, by="system:demo")
+    containers = os.environ.get("PORTAL_DEMO_CONTAINERS", "")
     stdout.write(
         f"Demo target: host '{DEMO_HOST}' at {address} (unbound starts inactive: "
-        "propose restart_unbound on it, approve it as 'approver' and watch it complete)."
+        "propose restart_unbound on it, approve it as 'approver' and watch it complete"
+        + (
+            f"; containers for restart_container: {containers.replace(',', ', ')}"
+            if containers
+            else ""
+        )
+        + ")."
     )

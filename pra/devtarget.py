@@ -14,7 +14,7 @@ Layout of ``workdir``::
     keys/       host key and the exec/diag client keys (generated once, then reused)
     prefix/     pra-exec, pra-run, pra-diag, authorized_keys ... (render_target)
     standins/   the stand-in commands
-    state/      calls.log, units/<unit>, containers/<name>, journal/<unit>, ...
+    state/      calls.log, units/<unit>, containers/<name>, journal/<unit>, telemetry.json ...
     home/       HOME of the SSH sessions (keeps the machine's ~/.bashrc out)
     sshd_config, sshd.log, sshd.pid, known_hosts, pra-run.log
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import pwd
@@ -41,6 +42,11 @@ logger = logging.getLogger(__name__)
 SSHD = "/usr/sbin/sshd"
 STANDIN_PROGRAMS = ("systemctl", "journalctl", "podman", "resolvectl", "logrotate")
 _STATE_DIRS = ("units", "containers", "journal", "journal-err", "fail", "delay")
+# What the target reports as its load (the demo agent sends these, not the machine's own:
+# a loopback target shares the host's CPU, whose load says nothing about the target).
+DEFAULT_TELEMETRY = {"cpu_pct": 6.0, "load1": 0.12, "mem_pct": 38.0, "disk_pct": 41.0}
+# Containers the demo target runs (for restart_container).
+DEMO_CONTAINERS = ("shop-web", "shop-worker")
 
 
 class DevTargetError(RuntimeError):
@@ -71,6 +77,7 @@ class LocalTarget:
         self.pid_path = self.workdir / "sshd.pid"
         self.known_hosts_path = self.workdir / "known_hosts"
         self.log_path = self.workdir / "pra-run.log"
+        self.telemetry_path = self.state_dir / "telemetry.json"
         self.host_key_path = self.keys_dir / "ssh_host_ed25519_key"
         self.exec_key_path = self.keys_dir / "exec_ed25519"
         self.diag_key_path = self.keys_dir / "diag_ed25519"
@@ -93,6 +100,8 @@ class LocalTarget:
         for name in _STATE_DIRS:
             (self.state_dir / name).mkdir(exist_ok=True)
         (self.state_dir / "calls.log").touch()
+        if not self.telemetry_path.exists():
+            self.set_telemetry(**DEFAULT_TELEMETRY)
         for key, comment in (
             (self.host_key_path, "pra-devtarget-host"),
             (self.exec_key_path, "portal-exec"),
@@ -249,6 +258,19 @@ class LocalTarget:
             with (self.state_dir / directory / _unit_file(unit)).open("a") as fh:
                 fh.write(text)
 
+    def set_telemetry(self, **metrics: float) -> None:
+        """Set what the target reports as its load (``cpu_pct``, ``load1``, ``mem_pct``,
+        ``disk_pct``); unnamed metrics keep their value. Written atomically."""
+        current = self.telemetry() if self.telemetry_path.exists() else {}
+        current.update({name: float(value) for name, value in metrics.items()})
+        partial = self.telemetry_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(current, sort_keys=True) + "\n")
+        partial.replace(self.telemetry_path)
+
+    def telemetry(self) -> dict[str, float]:
+        """The target's load as set by ``set_telemetry`` (defaults: a quiet machine)."""
+        return read_telemetry(self.telemetry_path)
+
     def fail_command(self, program: str, exit_code: int = 1, message: str = "") -> None:
         """Make every later call of a stand-in print ``message`` on stderr and exit non-zero."""
         self._check_program(program)
@@ -274,6 +296,8 @@ class LocalTarget:
                 path.unlink()
         if self.log_path.exists():
             self.log_path.write_text("")
+        self.telemetry_path.unlink(missing_ok=True)
+        self.set_telemetry(**DEFAULT_TELEMETRY)
 
     # --- internals ----------------------------------------------------------------
 
@@ -367,6 +391,22 @@ class LocalTarget:
         if not self.sshd_log_path.exists():
             return "(no sshd log)"
         return "\n".join(self.sshd_log_path.read_text().splitlines()[-15:])
+
+
+def read_telemetry(path: Path) -> dict[str, float]:
+    """A target's telemetry file: numbers only; a missing or broken file reads as the
+    defaults (the agent must keep beating while someone edits it)."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return dict(DEFAULT_TELEMETRY)
+    if not isinstance(found, dict):
+        return dict(DEFAULT_TELEMETRY)
+    return {
+        str(name): float(value)
+        for name, value in found.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def start_local_target(workdir: Path, *, port: int | None = None) -> LocalTarget:

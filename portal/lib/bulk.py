@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, models
@@ -42,6 +43,17 @@ def insert_rows(
     if connection.vendor != "postgresql":
         return _with_orm(model, varying, shared, returning, count)
     meta = model._meta
+    varying = dict(varying)
+    for name, values in list(varying.items()):
+        # A column with one value for every row is sent once, not as an array.
+        first = values[0]
+        if isinstance(first, str | int | float | bool | type(None) | datetime) and all(
+            v == first and type(v) is type(first) for v in values
+        ):
+            shared[name] = first
+            del varying[name]
+    if not varying:
+        varying = {name: [shared.pop(name)] * count for name in list(shared)[:1]}
     quote = connection.ops.quote_name
     names = [*varying, *shared]
     fields = {name: meta.get_field(name) for name in names}
@@ -94,7 +106,12 @@ def _array(field: models.Field, values: Sequence[Any]) -> list:
         encoder = field.encoder
         return [None if v is None else json.dumps(v, cls=encoder) for v in values]
     if isinstance(field, models.DateTimeField):
-        return [field.get_db_prep_save(v, connection) for v in values]
+        # Aware datetimes go to psycopg as they are (what the field's preparation returns
+        # for them on PostgreSQL); anything else goes through it (naive warning, dates).
+        return [
+            v if v is None or getattr(v, "tzinfo", None) else field.get_db_prep_save(v, connection)
+            for v in values
+        ]
     return list(values)
 
 

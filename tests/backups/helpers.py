@@ -55,3 +55,32 @@ def trail(obj) -> list[str]:
         .order_by("id")
         .values_list("event_type", flat=True)
     )
+
+
+def read_plain(artifact) -> bytes:
+    """What the tool wrote, read back from the stored artifact (small test backups only)."""
+    from backups.storage import get_storage
+    from backups.streaming import open_plain
+
+    with open_plain(get_storage().open(artifact.key), artifact) as reader:
+        return reader.read()
+
+
+def store_plain(artifact, tmp_path, data: bytes) -> None:
+    """Replace an artifact's stored file by ``data`` written the way the product writes it
+    (compressed, encrypted when on), with its checksum and size recorded: a file whose
+    checksum matches, so only a format check can tell what is wrong with its content."""
+    from django.conf import settings
+
+    from backups.models import BackupArtifact
+    from backups.streaming import compress_stream, store_options
+
+    source = tmp_path / f"plain-{artifact.pk}"
+    source.write_bytes(data)
+    path = settings.BACKUP_STORAGE_DIR / artifact.key
+    path.unlink()
+    with open(source, "rb") as raw, open(path, "xb") as out:
+        result = compress_stream(raw, out, **store_options())
+    BackupArtifact.objects.filter(pk=artifact.pk).update(
+        sha256=result.sha256, bytes_stored=result.bytes_stored, **result.recorded()
+    )

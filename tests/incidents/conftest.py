@@ -2,15 +2,26 @@
 
 import pytest
 
-from incidents import actions
+from incidents import actions, storms
 from incidents.rules import forget_cached_rules
 
 
 @pytest.fixture(autouse=True)
 def _fresh_rules():
     forget_cached_rules()
+    storms.forget_cached_rules()
     yield
     forget_cached_rules()
+    storms.forget_cached_rules()
+
+
+@pytest.fixture
+def no_storms(db):
+    """Grouping rules off: every incident pages on its own (the path before storms)."""
+    from incidents.models import GroupingRule
+
+    GroupingRule.objects.update(enabled=False)
+    storms.forget_cached_rules()
 
 
 @pytest.fixture

@@ -139,3 +139,27 @@ class RawService:
         self.stopped.set()
         self.thread.join(5)
         self.sock.close()
+
+
+def overdue_agents(count: int, *, now, prefix: str = "fleet", seconds_late: int = 100, **fields):
+    """``count`` agents (bulk, like a fleet) whose heartbeat was due up to ``seconds_late``
+    seconds before ``now``; ``fields`` go on every one (environment, tags, host...)."""
+    from datetime import timedelta
+
+    from incidents.models import Agent
+    from incidents.signing import SEAL_PURPOSE
+    from portal.lib.secretbox import seal
+
+    sealed = seal("never-used", purpose=SEAL_PURPOSE)
+    rows = [
+        Agent(
+            name=f"{prefix}-{i:05d}",
+            secret_sealed=sealed,
+            last_seen=now - timedelta(seconds=300 + i),
+            last_telemetry={"cpu_pct": 10 + i % 50},
+            alert_after=now - timedelta(seconds=1 + i % seconds_late),
+            **fields,
+        )
+        for i in range(count)
+    ]
+    return Agent.objects.bulk_create(rows)

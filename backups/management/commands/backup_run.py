@@ -45,6 +45,11 @@ class Command(BaseCommand):
         )
         if run.verification != "VERIFIED":
             raise CommandError(f"verification failed:\n{run.verify_detail}")
+        if run.awaiting_acceptance:
+            raise CommandError(
+                f"Backup #{run.pk} is suspiciously small: it does not count as a good backup "
+                f"until an approver or administrator accepts it.\n{run.verify_detail}"
+            )
 
 
 def _actor(username: str):

@@ -44,7 +44,7 @@ class Command(BaseCommand):
 
 
 # Demo data contributed by the apps (each app adds its own as it grows).
-DEMO_HOOKS = ["pra.demo.seed", "incidents.demo.seed"]
+DEMO_HOOKS = ["pra.demo.seed", "incidents.demo.seed", "backups.demo.seed"]
 
 
 def demo_hooks():
