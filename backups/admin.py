@@ -44,7 +44,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
     search_fields = ("name", "dsn")
     actions = ["run_now"]
     fieldsets = (
-        (None, {"fields": ("name", "kind", "enabled", "schedule", "transport")}),
+        (None, {"fields": ("name", "kind", "enabled", "schedule", "transport", "stall_timeout")}),
         ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases", "pg_role_passwords")}),
         (
             "Credentials (names only, never the secret)",
@@ -139,9 +139,11 @@ class AcceptForm(forms.Form):
 
 @admin.register(BackupRun)
 class BackupRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "source", "trigger", "status_badge", "created", "duration_s",
-                    "bytes_stored", "verified", "size_check", "deleted_at")  # fmt: skip
-    list_filter = ("status", "verification", "trigger", "shrink_flag", "source")
+    list_display = (
+        "id", "source", "trigger", "status_badge", "failure_cause", "created",
+        "duration_s", "bytes_stored", "verified", "size_check", "deleted_at",
+    )  # fmt: skip
+    list_filter = ("status", "failure_cause", "verification", "trigger", "shrink_flag", "source")
     list_select_related = ("source",)
     readonly_fields = [f.name for f in BackupRun._meta.fields]
     inlines = [ArtifactInline]

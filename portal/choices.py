@@ -20,6 +20,7 @@ class AuditEventType(models.TextChoices):
     PRA_APPROVED = "PRA_APPROVED", "Action approved"
     PRA_REJECTED = "PRA_REJECTED", "Action rejected"
     PRA_EXPIRED = "PRA_EXPIRED", "Action expired"
+    PRA_VOIDED = "PRA_VOIDED", "Approval voided"
     PRA_EXECUTING = "PRA_EXECUTING", "Action executing"
     PRA_EXECUTED = "PRA_EXECUTED", "Action executed"
     PRA_FAILED = "PRA_FAILED", "Action failed"

@@ -11,6 +11,7 @@ from portal.lib.env import (
     env_bool,
     env_http_url,
     env_int,
+    env_int_list,
     env_list,
     env_path,
     env_secret,
@@ -237,6 +238,10 @@ PRA_HEARTBEAT_GRACE = env_int("PRA_HEARTBEAT_GRACE", 60, minimum=5)
 PRA_MAX_OUTPUT = env_int("PRA_MAX_OUTPUT", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 PRA_VERIFY_ATTEMPTS = env_int("PRA_VERIFY_ATTEMPTS", 3, minimum=1, maximum=20)
 PRA_PREFLIGHT = env_bool("PRA_PREFLIGHT", True)
+PRA_PREFLIGHT_TIMEOUT = env_int("PRA_PREFLIGHT_TIMEOUT", 120, minimum=10)
+PRA_CONNECTIVITY_PORTS = tuple(
+    env_int_list("PRA_CONNECTIVITY_PORTS", [22, 53, 80, 443], minimum=1, maximum=65535)
+)
 # AI (MCP) identities may ask for LOW-impact auto-approval only if this is on.
 PRA_AI_AUTO_APPROVE = env_bool("PRA_AI_AUTO_APPROVE", False)
 

@@ -46,9 +46,7 @@ DENIED_EXIT = 97
 ENQUEUE_GUARD_SECONDS = 30
 DEFAULT_PREFLIGHT_TIMEOUT = 120
 DEFAULT_CONNECTIVITY_PORTS = (22, 53, 80, 443)
-# Voiding is recorded as PRA_VOIDED once portal.choices has it, else as PRA_EXPIRED
-# (details say "voided"): an approval that no longer counts, like an expired one.
-VOIDED_EVENT = getattr(AuditEventType, "PRA_VOIDED", AuditEventType.PRA_EXPIRED)
+VOIDED_EVENT = AuditEventType.PRA_VOIDED
 
 
 class ActionError(RequestRefused):
@@ -85,6 +83,7 @@ def _announce(action: PRAAction, summary: str = "", **data: Any) -> None:
                 "verification": action.verification,
                 "verification_label": action.get_verification_display(),
                 "preflight_label": action.get_preflight_status_display(),
+                "preflight_status": action.preflight_status,
                 **data,
             },
         )

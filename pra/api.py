@@ -26,6 +26,7 @@ STATUS_FOR = {
     "state": 409,
     "already_signed": 409,
     "stale": 409,
+    "preflight": 409,
 }
 
 
@@ -131,6 +132,7 @@ class ActionOut(Schema):
     stderr: str
     failure_cause: str
     failure_detail: str
+    void_reason: str
     verification: str
     verification_label: str
     preflight_label: str
@@ -164,6 +166,7 @@ def action_out(obj: PRAAction) -> dict:
         "stderr": obj.stderr,
         "failure_cause": obj.failure_cause,
         "failure_detail": obj.failure_detail,
+        "void_reason": obj.void_reason,
         "verification": obj.verification,
         "verification_label": obj.get_verification_display(),
         "preflight_label": obj.get_preflight_status_display(),

@@ -25,6 +25,8 @@ def preflight_action(action_id: int) -> str:
     action = PRAAction.objects.select_related("host").filter(pk=action_id).first()
     if action is None:
         return "gone"
+    # A result for a host that was edited meanwhile is dropped by record_preflight.
+    revision = action.host.revision
     command = "--dry-run " + action.spec.wire_command(action.params)
     try:
         result = transport.run_exec(action.host, command, command_timeout=30)
@@ -41,7 +43,7 @@ def preflight_action(action_id: int) -> str:
             False,
             f"pre-flight could not run ({exc.__class__.__name__}); see the worker log",
         )
-    actions.record_preflight(action_id, ok=ok, output=output)
+    actions.record_preflight(action_id, ok=ok, output=output, host_revision=revision)
     return "ok" if ok else "failed"
 
 
@@ -172,8 +174,10 @@ def verify_action(action_id: int) -> str:
 
 
 def sweep() -> dict:
-    """Every 30 s: expire, reap lost runs, re-enqueue approved actions whose job vanished."""
+    """Every 30 s: lost or overdue pre-flights, expire, reap lost runs, re-enqueue approved
+    actions whose job vanished."""
     return {
+        "preflights": actions.reconcile_preflights(),
         "expired": actions.expire_due(),
         "reaped": actions.reap_lost_runs(),
         "requeued": actions.reconcile_approved(),

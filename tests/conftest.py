@@ -22,6 +22,19 @@ def _own_audit_anchors(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """channels keeps one layer object per process, and channels-redis binds its receive
+    lock to the event loop that first used it. Tests run each websocket scenario on a new
+    loop (async_to_sync): a layer left with a receive pending on a closed loop made a
+    later test wait forever on that lock. Each test gets its own layer."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis():
     """Each test starts with an empty test Redis database (only the runner's own DB)."""
     if os.environ.get("PORTAL_TEST_REDIS_FLUSH") == "1":

@@ -12,41 +12,78 @@ def start_horizons_now(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('backups', '0003_restore_targets'),
+        ("backups", "0003_restore_targets"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='backuprun',
-            name='failure_cause',
-            field=models.CharField(blank=True, choices=[('connect_timeout', 'Server did not answer (connect timeout)'), ('unreachable', 'Server unreachable (refused, unknown host)'), ('stalled', 'No progress (stall watchdog)'), ('lock_timeout', 'Waited too long for a lock'), ('timeout', 'Took too long'), ('tool_error', 'Tool failed'), ('config', 'Misconfigured source'), ('storage', 'Storage error'), ('worker_lost', 'Worker lost'), ('crash', 'Internal error')], help_text='why it failed', max_length=20),
+            model_name="backuprun",
+            name="failure_cause",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("connect_timeout", "Server did not answer (connect timeout)"),
+                    ("unreachable", "Server unreachable (refused, unknown host)"),
+                    ("stalled", "No progress (stall watchdog)"),
+                    ("lock_timeout", "Waited too long for a lock"),
+                    ("timeout", "Took too long"),
+                    ("tool_error", "Tool failed"),
+                    ("config", "Misconfigured source"),
+                    ("storage", "Storage error"),
+                    ("worker_lost", "Worker lost"),
+                    ("crash", "Internal error"),
+                ],
+                help_text="why it failed",
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='backuprun',
-            name='missed_at',
-            field=models.DateTimeField(blank=True, help_text='reported missed: not started in BACKUP_MISSED_AFTER', null=True),
+            model_name="backuprun",
+            name="missed_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="reported missed: not started in BACKUP_MISSED_AFTER",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='backupsource',
-            name='missed_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='when a slot was last reported missed', null=True),
+            model_name="backupsource",
+            name="missed_at",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="when a slot was last reported missed",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='backupsource',
-            name='missed_detail',
+            model_name="backupsource",
+            name="missed_detail",
             field=models.CharField(blank=True, editable=False, max_length=500),
         ),
         migrations.AddField(
-            model_name='backupsource',
-            name='schedule_horizon',
-            field=models.DateTimeField(blank=True, editable=False, help_text='every slot up to here was created or reported missed', null=True),
+            model_name="backupsource",
+            name="schedule_horizon",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="every slot up to here was created or reported missed",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='backupsource',
-            name='stall_timeout',
-            field=models.PositiveIntegerField(blank=True, help_text='seconds without a byte from the tool before it is killed and the run FAILED; blank: BACKUP_STALL_TIMEOUT', null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(86400)]),
+            model_name="backupsource",
+            name="stall_timeout",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="seconds without a byte from the tool before it is killed and the run FAILED; blank: BACKUP_STALL_TIMEOUT",
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(1),
+                    django.core.validators.MaxValueValidator(86400),
+                ],
+            ),
         ),
         migrations.RunPython(start_horizons_now, migrations.RunPython.noop),
     ]

@@ -58,6 +58,25 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_int_list(
+    name: str, default: list[int], *, minimum: int | None = None, maximum: int | None = None
+) -> list[int]:
+    """Comma-separated integers, each within the bounds; loud on anything else."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return list(default)
+    values = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an integer.") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ImproperlyConfigured(f"{name}: {value} is outside {minimum}..{maximum}.")
+        values.append(value)
+    return values
+
+
 def env_secret(name: str, default: str | None = None) -> str | None:
     """Read a secret from ``NAME`` or from the file named by ``NAME_FILE``.
 

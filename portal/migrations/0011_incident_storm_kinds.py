@@ -4,15 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('portal', '0010_backup_missed_kind'),
+        ("portal", "0010_backup_missed_kind"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='notification',
-            name='kind',
-            field=models.CharField(choices=[('INCIDENT_OPENED', 'Incident opened'), ('INCIDENT_ESCALATED', 'Incident escalated'), ('INCIDENT_RESOLVED', 'Incident resolved'), ('INCIDENT_DIGEST', 'Incident storm digest'), ('AUTOPATCH_ROLLED_BACK', 'Auto-patch rolled back'), ('PATCH_AWAITING_APPROVAL', 'Patch awaiting approval'), ('PRA_AWAITING_APPROVAL', 'Remediation awaiting approval'), ('PRA_FAILED', 'Remediation failed'), ('PRA_NOT_VERIFIED', 'Remediation not verified'), ('BACKUP_FAILED', 'Backup failed'), ('BACKUP_STALE', 'No fresh backup'), ('BACKUP_MISSED', 'Backup slot missed'), ('DISK_SPACE', 'Disk space'), ('TEST', 'Test notification')], max_length=40),
+            model_name="notification",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("INCIDENT_OPENED", "Incident opened"),
+                    ("INCIDENT_ESCALATED", "Incident escalated"),
+                    ("INCIDENT_RESOLVED", "Incident resolved"),
+                    ("INCIDENT_DIGEST", "Incident storm digest"),
+                    ("AUTOPATCH_ROLLED_BACK", "Auto-patch rolled back"),
+                    ("PATCH_AWAITING_APPROVAL", "Patch awaiting approval"),
+                    ("PRA_AWAITING_APPROVAL", "Remediation awaiting approval"),
+                    ("PRA_FAILED", "Remediation failed"),
+                    ("PRA_NOT_VERIFIED", "Remediation not verified"),
+                    ("BACKUP_FAILED", "Backup failed"),
+                    ("BACKUP_STALE", "No fresh backup"),
+                    ("BACKUP_MISSED", "Backup slot missed"),
+                    ("DISK_SPACE", "Disk space"),
+                    ("TEST", "Test notification"),
+                ],
+                max_length=40,
+            ),
         ),
     ]

@@ -4,35 +4,48 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('pra', '0001_initial'),
+        ("pra", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='host',
-            name='revision',
+            model_name="host",
+            name="revision",
             field=models.PositiveIntegerField(default=1, editable=False),
         ),
         migrations.AddField(
-            model_name='praaction',
-            name='output_bytes',
+            model_name="praaction",
+            name="output_bytes",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='praaction',
-            name='preflight_requested_at',
+            model_name="praaction",
+            name="preflight_requested_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='praaction',
-            name='void_reason',
+            model_name="praaction",
+            name="void_reason",
             field=models.CharField(blank=True, max_length=300),
         ),
         migrations.AlterField(
-            model_name='praaction',
-            name='status',
-            field=models.CharField(choices=[('PROPOSED', 'Proposed'), ('APPROVED', 'Approved'), ('REJECTED', 'Rejected'), ('EXPIRED', 'Expired'), ('EXECUTING', 'Executing'), ('COMPLETED', 'Completed'), ('FAILED', 'Failed'), ('VOIDED', 'Approval voided')], db_index=True, default='PROPOSED', max_length=12),
+            model_name="praaction",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("PROPOSED", "Proposed"),
+                    ("APPROVED", "Approved"),
+                    ("REJECTED", "Rejected"),
+                    ("EXPIRED", "Expired"),
+                    ("EXECUTING", "Executing"),
+                    ("COMPLETED", "Completed"),
+                    ("FAILED", "Failed"),
+                    ("VOIDED", "Approval voided"),
+                ],
+                db_index=True,
+                default="PROPOSED",
+                max_length=12,
+            ),
         ),
     ]

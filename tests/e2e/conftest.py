@@ -193,16 +193,6 @@ class Stack:
             pytest.fail(f"daphne did not restart:\n{_tail(log)}")
         self.daphne = proc
 
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
     @contextlib.contextmanager
     def worker_paused(self) -> Iterator[None]:
         """Freeze the worker (SIGSTOP to its process group); it goes on where it was
@@ -212,6 +202,16 @@ def _bindable(port: int) -> bool:
             yield
         finally:
             os.killpg(self.worker.pid, signal.SIGCONT)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @pytest.fixture

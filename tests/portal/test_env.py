@@ -4,6 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 from portal.lib.env import (
     env_bool,
     env_int,
+    env_int_list,
     env_list,
     env_secret,
     parse_database_url,
@@ -81,3 +82,16 @@ def test_database_url_rejects_bad_values(url):
 def test_redis_url_rejects_bad_values(url):
     with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
         validate_redis_url(url)
+
+
+def test_env_int_list_parses_and_refuses_bad_items(monkeypatch):
+    monkeypatch.setenv("PORTS", " 22, 443 ")
+    assert env_int_list("PORTS", [1], minimum=1, maximum=65535) == [22, 443]
+    monkeypatch.setenv("PORTS", "22,http")
+    with pytest.raises(ImproperlyConfigured, match="PORTS: 'http' is not an integer"):
+        env_int_list("PORTS", [1])
+    monkeypatch.setenv("PORTS", "22,70000")
+    with pytest.raises(ImproperlyConfigured, match="70000 is outside 1..65535"):
+        env_int_list("PORTS", [1], minimum=1, maximum=65535)
+    monkeypatch.delenv("PORTS")
+    assert env_int_list("PORTS", [53]) == [53]

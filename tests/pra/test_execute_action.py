@@ -106,7 +106,11 @@ def test_command_error_is_classified_and_output_kept(
     assert action.verification == Verification.PENDING  # nothing to verify after a failure
 
 
-def test_host_key_mismatch_refuses_to_connect(operator, approver, target_host, shared_ssh_target):
+def test_host_key_mismatch_at_preflight_voids_the_approval(
+    operator, approver, target_host, shared_ssh_target
+):
+    """Approved while the pre-flight runs; the pre-flight meets another host key: the
+    approval is voided before anything can run, and nothing reaches the target."""
     actions.pin_host_key(target_host, OTHER_KEY, by="system:test")
     action = propose(operator, target_host, "restart_caddy")
     actions.approve_action(action, by=approver)
@@ -114,6 +118,21 @@ def test_host_key_mismatch_refuses_to_connect(operator, approver, target_host, s
     action.refresh_from_db()
     assert action.preflight_status == PreflightStatus.FAILED
     assert "host key mismatch" in action.preflight_output
+    assert action.status == ActionStatus.VOIDED
+    assert "pre-flight failed" in action.void_reason
+    assert shared_ssh_target.calls() == []
+
+
+def test_host_key_mismatch_at_execution_refuses_to_connect(
+    operator, approver, target_host, shared_ssh_target, settings
+):
+    """No pre-flight (PRA_PREFLIGHT off): the execution itself meets the wrong key."""
+    settings.PRA_PREFLIGHT = False
+    actions.pin_host_key(target_host, OTHER_KEY, by="system:test")
+    action = propose(operator, target_host, "restart_caddy")
+    actions.approve_action(action, by=approver)
+    run_jobs()
+    action.refresh_from_db()
     assert action.status == ActionStatus.FAILED
     assert action.failure_cause == FailureCause.HOST_KEY_MISMATCH
     assert "expected SHA256:" in action.failure_detail
@@ -122,6 +141,7 @@ def test_host_key_mismatch_refuses_to_connect(operator, approver, target_host, s
 
 
 def test_unreachable_host_is_retried_then_fails(operator, approver, shared_ssh_target, settings):
+    settings.PRA_PREFLIGHT = False  # the execution's own retries are under test
     host = register(shared_ssh_target, settings)
     host.port = 1  # nothing listens there
     host.save(update_fields=["port"])
