@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 PATH = "/api/agents/heartbeat"
 AGENT_CACHE_SECONDS = 60.0
+BATCH_TIMEOUT = 10.0  # seconds a batch may take (connect, statement, commit)
 RULES_CACHE_SECONDS = rules.CACHE_SECONDS
 _HEADERS = [
     (b"content-type", b"application/json; charset=utf-8"),
@@ -242,33 +243,45 @@ class Batcher:
 
     async def _write(self, batch: list[Beat]) -> None:
         try:
-            conn = await self._connection("conn")
-            async with conn.transaction():
-                rows = await (
-                    await conn.execute(
-                        BATCH_SQL,
-                        [
-                            [b.agent.pk for b in batch],
-                            [b.agent.sealed for b in batch],
-                            [b.at_us for b in batch],
-                            [b.nonce for b in batch],
-                            [b.telemetry for b in batch],
-                            [b.version for b in batch],
-                            [b.env for b in batch],
-                            [b.agent.ttl for b in batch],
-                        ],
-                    )
-                ).fetchall()
+            rows = await asyncio.wait_for(self._statement(batch), BATCH_TIMEOUT)
             # Committed: only now may anyone hear 200.
-        except Exception:
-            logger.exception("heartbeat batch of %s failed; the full path answers them", len(batch))
+        except Exception as exc:
+            # Not committed, or not known to be: the full path answers each of them (a
+            # heartbeat that did commit gets 409 there, never a second write).
+            logger.warning(
+                "heartbeat batch of %s not written (%s); the full path answers them",
+                len(batch), exc.__class__.__name__,
+            )  # fmt: skip
             for beat in batch:
                 if not beat.done.done():
                     beat.done.set_result((False, []))
-            if self.conn is not None and not self.conn.closed:
-                await self.conn.close()
-            self.conn = None
+            conn, self.conn = self.conn, None
+            if conn is not None and not conn.closed:
+                await conn.close()
             return
+        self._answer(batch, rows)
+
+    async def _statement(self, batch: list[Beat]) -> list:
+        conn = await self._connection("conn")
+        async with conn.transaction():
+            rows = await (
+                await conn.execute(
+                    BATCH_SQL,
+                    [
+                        [b.agent.pk for b in batch],
+                        [b.agent.sealed for b in batch],
+                        [b.at_us for b in batch],
+                        [b.nonce for b in batch],
+                        [b.telemetry for b in batch],
+                        [b.version for b in batch],
+                        [b.env for b in batch],
+                        [b.agent.ttl for b in batch],
+                    ],
+                )
+            ).fetchall()
+        return rows
+
+    def _answer(self, batch: list[Beat], rows: list) -> None:
         applied: set[int] = set()
         commands: dict[int, list[dict]] = {}
         for agent_id, command_id, kind, payload in rows:
