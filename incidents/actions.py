@@ -365,7 +365,6 @@ def ingest_heartbeat(
     (see ``incidents.signing``), else ``IncidentError("stale")`` and nothing is written.
     """
     now = timezone.now()
-    was_missing = agent.missing
     alert_after = now + timedelta(seconds=agent.expected_period + agent.grace)
     with transaction.atomic():
         won = (
@@ -406,11 +405,11 @@ def ingest_heartbeat(
             )
         # A patch waiting for this version completes first, so the resolution says why.
         _check_health(agent, version, broken_causes=broken)
-        # Clear what this heartbeat shows healthy (and a missed heartbeat, since it is here).
-        clearable = (rules.covered_causes(telemetry, active) - broken) | (
-            {"heartbeat"} if was_missing else set()
-        )
-        if clearable or was_missing:
+        # Clear what this heartbeat shows healthy, and a missed heartbeat since it is here:
+        # always, not only when the row said "missing" (the sweep may have flagged it
+        # between the signature check's read and this heartbeat's UPDATE).
+        clearable = (rules.covered_causes(telemetry, active) - broken) | {"heartbeat"}
+        if clearable:
             for incident in Incident.objects.filter(
                 agent=agent, cause__in=clearable, status__in=INCIDENT_OPEN
             ):

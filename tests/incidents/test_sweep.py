@@ -5,6 +5,7 @@ notifications and decisions as one by one. PostgreSQL, a real Redis and a real R
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -214,3 +215,23 @@ def test_a_flagged_agent_that_beats_again_resolves_its_incident(client, agent_an
     beat(client, agent.name, secret)
     incident = Incident.objects.get(cause="heartbeat")
     assert incident.status == IncidentStatus.RESOLVED and incident.auto_resolved
+
+
+def test_a_heartbeat_racing_the_sweep_still_resolves_the_incident(agent_and_secret):
+    """The signature check read the agent (not missing); the sweep flagged it and opened
+    its incident before the heartbeat's UPDATE: the heartbeat still clears it."""
+    agent, _ = agent_and_secret
+    Agent.objects.filter(pk=agent.pk).update(
+        alert_after=timezone.now() - timedelta(seconds=5), last_seen=timezone.now()
+    )
+    stale = Agent.objects.get(pk=agent.pk)  # what the signature check read
+    assert actions.mark_missing_agents(now=timezone.now()) == [agent.pk]
+    assert not stale.missing
+    actions.ingest_heartbeat(
+        stale, version="1.0.0", environment="production",
+        telemetry={"errors_last_24h": 0, "webhook_fail_rate": 0.0},
+        signed_us=time.time_ns() // 1000, nonce="n" * 20,
+    )  # fmt: skip
+    incident = Incident.objects.get(cause="heartbeat")
+    assert incident.status == IncidentStatus.RESOLVED
+    assert not Agent.objects.get(pk=agent.pk).missing
