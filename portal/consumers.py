@@ -20,7 +20,13 @@ CLOSE_NOT_FOUND = 4404
 
 # Every subject type `portal.live.publish` is called with (the actions layers of pra,
 # incidents and backups). A page for anything else has no live events to follow.
-SUBJECTS = ("pra.praaction", "incidents.incident", "backups.backuprun", "backups.restorerequest")
+SUBJECTS = (
+    "pra.praaction",
+    "incidents.incident",
+    "incidents.incidentgroup",
+    "backups.backuprun",
+    "backups.restorerequest",
+)
 
 
 @database_sync_to_async

@@ -133,6 +133,8 @@ MODEL_POLICY = {
     "incidents.autopatchattempt": ModelPolicy(VIEW),
     "incidents.decision": ModelPolicy(VIEW),
     "incidents.agentcommand": ModelPolicy(VIEW),
+    "incidents.groupingrule": ModelPolicy(VIEW, ADMIN, ADMIN),
+    "incidents.incidentgroup": ModelPolicy(VIEW),
     "incidents.incident": ModelPolicy(VIEW),
     "backups.backupsource": ModelPolicy(VIEW, ADMIN, ADMIN),
     "backups.backuprun": ModelPolicy(VIEW),
@@ -212,6 +214,7 @@ POLICY: dict[str, Rule] = {
     # METRICS_ALLOWED_IPS is emptied below: without the metrics token nobody gets in.
     "metrics": rule(NONE, NONE, "bearer METRICS_TOKEN only"),
     "admin/queues/": rule(VIEW, NONE, "read-only queue depths"),
+    "charts/": rule(VIEW, NONE, "charts; GET only"),
     # The admin site itself
     "admin/": rule(STAFF, STAFF, "admin index"),
     "admin/login/": rule(EVERYONE, EVERYONE, "login form"),
@@ -239,7 +242,23 @@ POLICY: dict[str, Rule] = {
     "admin/incidents/incident/<int:pk>/act/<str:verb>/#approve-patch": rule(
         NONE, APPROVE, refusal_404=True
     ),
+    "admin/incidents/incident/<int:pk>/act/<str:verb>/#reject-patch": rule(
+        NONE, APPROVE, refusal_404=True
+    ),
     "admin/incidents/incident/<int:pk>/act/<str:verb>/#command": rule(NONE, APPROVE),
+    # The world has no storm: the view answers 404 for it before any check.
+    "admin/incidents/incidentgroup/<int:pk>/act/<str:verb>/#acknowledge": rule(
+        NONE, ACK, refusal_404=True
+    ),
+    "admin/incidents/incidentgroup/<int:pk>/act/<str:verb>/#resolve": rule(
+        NONE, ACK, refusal_404=True
+    ),
+    "admin/incidents/incidentgroup/<int:pk>/act/<str:verb>/#bogus": rule(
+        NONE, NONE, refusal_404=True
+    ),
+    "admin/backups/backuprun/<int:run_id>/accept/": rule(
+        APPROVE, APPROVE, "accept a suspiciously small backup"
+    ),
     "admin/incidents/incident/<int:pk>/act/<str:verb>/#bogus": rule(NONE, NONE),
     "admin/backups/restorerequest/plan/": rule(OPERATE, OPERATE, "plan a restore"),
     "admin/backups/restorerequest/<int:pk>/approve/": rule(NONE, APPROVE),
@@ -304,8 +323,9 @@ def _api_methods() -> dict[str, tuple[str, ...]]:
 VARIANTS = {
     _app_index_route()[0]: _app_index_route()[1],
     "admin/incidents/incident/<int:pk>/act/<str:verb>/": (
-        "acknowledge", "resolve", "approve-patch", "command", "bogus",
+        "acknowledge", "resolve", "approve-patch", "reject-patch", "command", "bogus",
     ),
+    "admin/incidents/incidentgroup/<int:pk>/act/<str:verb>/": ("acknowledge", "resolve", "bogus"),
     "admin/autocomplete/": ("host", "user"),
     str(websocket_urlpatterns[1].pattern): (*SUBJECTS, "auth.user", "missing"),
 }  # fmt: skip
@@ -455,6 +475,7 @@ FIXED = {
     "url": lambda w: "no-such-page/",
     "name": lambda w: "swagger-ui-init.js",
     "action_id": lambda w: w.pk("pra.praaction"),
+    "run_id": lambda w: w.pk("backups.backuprun"),
     "host": lambda w: "matrix-host",
     "command_id": lambda w: w.pk("incidents.agentcommand"),
     "id": lambda w: str(w.users["viewer"].pk),
