@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
+IDLE_SECONDS = 75.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -82,12 +83,29 @@ class AgentConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.client = transport.get_extra_info("peername") or ("", 0)
+        self.continued = False
+        self._arm()
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        self.idle.cancel()
+
+    def _arm(self) -> None:
+        """Close a connection silent this long (an idle keep-alive, a slow sender)."""
+        if getattr(self, "idle", None) is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._idle)
+
+    def _idle(self) -> None:
+        if not self.busy:
+            self.closing = True
+            self.transport.close()
+        else:
+            self._arm()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._arm()
         if not self.busy:
             self._next()
 
@@ -128,7 +146,11 @@ class AgentConnection(asyncio.Protocol):
             return
         stop = end + 4 + int(length)
         if len(self.buffer) < stop:
+            if fields.get(b"expect", b"").lower() == b"100-continue" and not self.continued:
+                self.continued = True  # curl waits for this before sending a body > 1 KiB
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
+        self.continued = False
         body = bytes(self.buffer[end + 4 : stop])
         del self.buffer[:stop]
         connection = fields.get(b"connection", b"").lower()

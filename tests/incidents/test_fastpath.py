@@ -377,6 +377,14 @@ def test_the_gateway_serves_the_reference_agent_and_refuses_what_it_does_not_spe
             while seen.count(b"HTTP/1.1 ") < 2:
                 seen += sock.recv(65536)
         assert seen.count(b"content-length:") == 2
+        # curl's Expect: 100-continue for bodies over 1 KiB.
+        expect = (b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 2\r\n\r\n")  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(expect)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(b"{}")
+            assert b"HTTP/1.1 " in sock.recv(65536)
         chunked = (b"POST /api/agents/heartbeat HTTP/1.1\r\nHost: x\r\n"
                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")  # fmt: skip
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
