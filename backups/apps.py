@@ -9,3 +9,4 @@ class BackupsConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("backups.dashboard")  # registers the dashboard panel
+        import_module("backups.checks")  # registers the system checks

@@ -202,6 +202,7 @@ def _restore(req: RestoreRequest) -> str:
     storage = get_storage()
     try:
         target = restore.parse_target(req.artifact, req.target)
+        restore.check_artifact(storage, req.artifact)  # a missing key stops it here
         if req.mode == RestoreMode.OVERWRITE:
             actions.set_restore_phase(req, "safety_backup")
             safety = actions.create_safety_run(req)

@@ -367,6 +367,11 @@ class BackupArtifact(models.Model):
     bytes_raw = models.BigIntegerField(default=0)
     bytes_stored = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64)
+    key_id = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="id of the BACKUP_ENCRYPTION_KEYS key it is encrypted with; blank: not encrypted",
+    )
     verification = models.CharField(
         max_length=10, choices=Verification.choices, default=Verification.PENDING
     )

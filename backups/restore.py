@@ -557,7 +557,28 @@ def inspect_kube(target: KubeTarget, storage: Storage, artifact: BackupArtifact)
     )
 
 
+def check_artifact(storage: Storage, artifact: BackupArtifact) -> None:
+    """Refuse, before anything is contacted or changed, an artifact this portal cannot read
+    (its encryption key is not configured, the key is wrong, the file is damaged)."""
+    from backups import pg_globals
+    from backups.storage import StorageError
+    from backups.streaming import UNREADABLE, check_readable
+
+    related = [artifact]
+    if artifact.format == ArtifactFormat.PG_CUSTOM and (found := pg_globals.globals_of(artifact)):
+        related.append(found)
+    for item in related:
+        try:
+            check_readable(storage, item)
+        except (*UNREADABLE, StorageError) as exc:
+            raise RestoreError(
+                f"cannot read backup artifact #{item.pk} ({item.component}): {exc}; "
+                "nothing was changed"
+            ) from None
+
+
 def inspect(target, storage: Storage, artifact: BackupArtifact) -> TargetState:
+    check_artifact(storage, artifact)
     if isinstance(target, PgTarget):
         return inspect_pg(target, storage, artifact)
     if isinstance(target, RedisTarget):

@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
-from backups import faults
+from backups import encryption, faults
 from backups.faults import FailureCause
 from backups.pgwatch import PgLockWatch
 from backups.scrub import scrub
@@ -516,6 +516,11 @@ def execute(
                     "sha256": a.stream.sha256,
                     "bytes_raw": a.stream.bytes_raw,
                     "bytes_stored": a.stream.bytes_stored,
+                    "encryption": (
+                        {"scheme": encryption.SCHEME, "key_id": a.stream.key_id}
+                        if a.stream.key_id
+                        else None
+                    ),
                 }
                 for a in outcome.artifacts
             },

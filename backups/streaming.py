@@ -19,9 +19,16 @@ from typing import BinaryIO
 
 import zstandard
 
+from backups import encryption
+
 CHUNK = 1 << 20
 # What reading a stored artifact back can raise when its bytes are bad (not a bug).
-UNREADABLE: tuple[type[BaseException], ...] = (zstandard.ZstdError, OSError, ValueError)
+UNREADABLE: tuple[type[BaseException], ...] = (
+    encryption.EncryptionError,
+    zstandard.ZstdError,
+    OSError,
+    ValueError,
+)
 
 
 @dataclass
@@ -29,17 +36,23 @@ class StreamResult:
     bytes_raw: int
     bytes_stored: int
     sha256: str
+    key_id: str = ""  # the encryption key's id; blank: stored unencrypted
 
     def recorded(self) -> dict:
         """What the artifact's row keeps about how it was stored, besides sizes and checksum."""
-        return {}
+        return {"key_id": self.key_id}
 
 
 def store_options() -> dict:
-    """How new artifacts are written (``compress_stream`` keyword arguments), from settings."""
+    """How new artifacts are written (``compress_stream`` keyword arguments), from settings:
+    zstd level and threads, and the encryption key (None: encryption off)."""
     from django.conf import settings
 
-    return {"level": settings.BACKUP_ZSTD_LEVEL, "threads": settings.BACKUP_ZSTD_THREADS}
+    return {
+        "level": settings.BACKUP_ZSTD_LEVEL,
+        "threads": settings.BACKUP_ZSTD_THREADS,
+        "key": encryption.encrypting_key(),
+    }
 
 
 class _HashingWriter:
@@ -115,8 +128,9 @@ def compress_stream(
     finish_tail: Callable[[bytes], bytes] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_read: Callable[[int], None] | None = None,
+    key: encryption.Key | None = None,
 ) -> StreamResult:
-    """Compress everything read from ``source`` into ``out``.
+    """Compress (then, with ``key``, encrypt) everything read from ``source`` into ``out``.
 
     ``holdback`` keeps the last N bytes back until the end, when
     ``finish_tail(tail)`` decides what of them to keep (redis-cli appends a
@@ -124,8 +138,9 @@ def compress_stream(
     every read, however small (the stall watchdog's sign of life).
     """
     hashing = _HashingWriter(out)
+    sealing = encryption.EncryptingWriter(hashing, key) if key is not None else None
     params = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    compressor = params.stream_writer(hashing, closefd=False, write_size=CHUNK)
+    compressor = params.stream_writer(sealing or hashing, closefd=False, write_size=CHUNK)
     raw = 0
     pending = b""
     fd = source.fileno()
@@ -149,7 +164,14 @@ def compress_stream(
         raw += len(tail)
     compressor.flush(zstandard.FLUSH_FRAME)
     compressor.close()
-    return StreamResult(bytes_raw=raw, bytes_stored=hashing.count, sha256=hashing.sha.hexdigest())
+    if sealing is not None:
+        sealing.finish()  # the final chunk: without it the file reads as truncated
+    return StreamResult(
+        bytes_raw=raw,
+        bytes_stored=hashing.count,
+        sha256=hashing.sha.hexdigest(),
+        key_id=key.id if key is not None else "",
+    )
 
 
 def sha256_of(stream: BinaryIO) -> tuple[str, int]:
@@ -171,11 +193,25 @@ def open_decompressed(stored: BinaryIO) -> BinaryIO:
 
 
 def open_plain(stored: BinaryIO, artifact) -> BinaryIO:
-    """A streaming reader of what the tool wrote, from an artifact's stored bytes.
+    """A streaming reader of what the tool wrote, from an artifact's stored bytes
+    (decrypted with the artifact's key, then decompressed). Closing it closes ``stored``.
 
-    Closing it closes ``stored``.
+    A missing key or a bad header raises ``EncryptionError`` here, before any byte is used.
     """
-    return open_decompressed(stored)
+    if not artifact.key_id:
+        return open_decompressed(stored)
+    try:
+        plain = encryption.DecryptingReader(stored, encryption.keyring(), artifact.key_id)
+    except BaseException:
+        stored.close()
+        raise
+    return open_decompressed(plain)
+
+
+def check_readable(storage, artifact) -> None:
+    """Raise (``UNREADABLE``) unless the artifact's first bytes decrypt and decompress."""
+    with open_plain(storage.open(artifact.key), artifact) as reader:
+        reader.read(1)
 
 
 def feed(reader: BinaryIO, proc: subprocess.Popen, errors: list[BaseException]) -> threading.Thread:

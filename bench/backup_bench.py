@@ -11,6 +11,10 @@ with ``pgbench -i`` unless it is already there (kept for the next run; pass
   (``pg_dump -Fc -Z0`` piped through the worker's streaming loop, zstd,
   SHA-256, fsync and rename), in a child process whose peak RSS
   (``getrusage``, the worker alone, not pg_dump) is reported;
+- the same portal run with encryption at rest on (AES-256-GCM chunks, a key
+  generated for the run), then its full verification (``verify_artifact``:
+  checksum, decrypt, decompress, ``pg_restore -f /dev/null``) next to a bare
+  ``pg_restore -f /dev/null`` of the uncompressed dump;
 - compression only, on the same uncompressed dump: zstd (the portal's
   settings) against ``gzip -6``: size and speed.
 
@@ -77,8 +81,10 @@ def raw_dump(dsn: str, db: str, out: Path) -> tuple[float, int]:
     return elapsed, size
 
 
-def portal_dump(dsn: str, db: str, storage: Path) -> dict:
+def portal_dump(dsn: str, db: str, storage: Path, *, encrypt: bool = False) -> dict:
     """Run the portal's pipeline in a child process (its RSS is the worker's alone)."""
+    import base64
+
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -86,6 +92,8 @@ def portal_dump(dsn: str, db: str, storage: Path) -> dict:
         "PORTAL_VAR_DIR": str(storage / "var"),
         "BACKUP_STORAGE_DIR": str(storage / "store"),
         "PYTHONPATH": str(BASE_DIR),
+        "BACKUP_ENCRYPTION": "1" if encrypt else "0",
+        "BACKUP_ENCRYPTION_KEYS": "bench:" + base64.b64encode(os.urandom(32)).decode(),
     }
     result = subprocess.run(
         [sys.executable, __file__, "--child", dsn, db], env=env, cwd=BASE_DIR,
@@ -114,8 +122,23 @@ def child(dsn: str, db: str) -> None:
     if not outcome.ok:
         raise SystemExit(f"backup failed: {outcome.error} {outcome.stderr}")
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from backups.models import BackupArtifact
+    from backups.verify import verify_artifact
+
+    dump = next(a for a in outcome.artifacts if a.format == "pg_custom")
+    artifact = BackupArtifact(
+        component=dump.component, key=dump.key, format=dump.format,
+        sha256=dump.stream.sha256, bytes_stored=dump.stream.bytes_stored,
+        key_id=dump.stream.key_id,
+    )  # fmt: skip
+    check = verify_artifact(get_storage(), artifact)
+    if not check.ok:
+        raise SystemExit(f"verification failed: {check.detail}")
+    verify_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": elapsed, "raw": outcome.bytes_raw,
-                      "stored": outcome.bytes_stored, "rss_mb": peak_kb / 1024}))  # fmt: skip
+                      "stored": outcome.bytes_stored, "rss_mb": peak_kb / 1024,
+                      "encrypted": bool(dump.stream.key_id), "verify_s": check.seconds,
+                      "verify_rss_mb": verify_kb / 1024}))  # fmt: skip
 
 
 def compression(dsn: str, db: str, work: Path) -> dict:
@@ -135,6 +158,9 @@ def compression(dsn: str, db: str, work: Path) -> dict:
     subprocess.run(["pg_dump", "-Fc", "-Z0", "-d", url, "-f", str(plain)], check=True)
     raw = plain.stat().st_size
     started = time.monotonic()
+    subprocess.run(["pg_restore", "-f", "/dev/null", str(plain)], check=True)
+    pg_restore_s = time.monotonic() - started
+    started = time.monotonic()
     with open(plain, "rb") as src, open(work / "plain.zst", "wb") as out:
         result = compress_stream(
             src, out, level=settings.BACKUP_ZSTD_LEVEL, threads=settings.BACKUP_ZSTD_THREADS
@@ -152,6 +178,7 @@ def compression(dsn: str, db: str, work: Path) -> dict:
         "zstd": (result.bytes_stored, zstd_s, settings.BACKUP_ZSTD_LEVEL,
                  settings.BACKUP_ZSTD_THREADS),
         "gzip": (gzip_size, gzip_s),
+        "pg_restore_s": pg_restore_s,
     }  # fmt: skip
 
 
@@ -173,14 +200,15 @@ def main() -> None:
         for scale in [int(s) for s in args.scales.split(",")]:
             db = ensure_database(args.dsn, scale)
             size = query(args.dsn, "SELECT pg_database_size(%s)", [db])
-            raw_times, portal_runs = [], []
+            raw_times, portal_runs, sealed_runs = [], [], []
             raw_size = 0
             for _ in range(args.repeat):
                 seconds, raw_size = raw_dump(args.dsn, db, work / "raw.dump")
                 raw_times.append(seconds)
                 portal_runs.append(portal_dump(args.dsn, db, work))
+                sealed_runs.append(portal_dump(args.dsn, db, work, encrypt=True))
             comp = compression(args.dsn, db, work)
-            rows.append((scale, db, size, raw_times, raw_size, portal_runs, comp))
+            rows.append((scale, db, size, raw_times, raw_size, portal_runs + sealed_runs, comp))
             print_scale(rows[-1])
         if len(rows) > 1:
             small, big = rows[0], rows[-1]
@@ -197,20 +225,27 @@ def main() -> None:
 
 
 def print_scale(row) -> None:
-    scale, db, size, raw_times, raw_size, portal_runs, comp = row
+    scale, db, size, raw_times, raw_size, runs, comp = row
     raw_s = statistics.median(raw_times)
-    portal_s = statistics.median(r["seconds"] for r in portal_runs)
-    stored = portal_runs[0]["stored"]
-    rss = max(r["rss_mb"] for r in portal_runs)
+    rss = max(r["rss_mb"] for r in runs)
     mb = 1e6
     print(f"\n== pgbench scale {scale}: {db}, {size / 1e9:.2f} GB in PostgreSQL ==")
     print(f"raw pg_dump -Fc > file : {raw_s:7.1f} s  {raw_size / mb:8.1f} MB   "
           f"(runs: {', '.join(f'{t:.1f}' for t in raw_times)})")  # fmt: skip
-    portal_list = ", ".join(f"{r['seconds']:.1f}" for r in portal_runs)
-    print(f"portal backup          : {portal_s:7.1f} s  {stored / mb:8.1f} MB   "
-          f"(runs: {portal_list})"
-          f"  ratio {portal_s / raw_s:.2f}x (target <= 1.1x)")  # fmt: skip
+    for label, encrypted, target in (("portal backup", False, 1.1),
+                                     ("portal, encrypted", True, 1.15)):  # fmt: skip
+        these = [r for r in runs if r.get("encrypted", False) == encrypted]
+        portal_s = statistics.median(r["seconds"] for r in these)
+        listed = ", ".join(f"{r['seconds']:.1f}" for r in these)
+        print(f"{label:<23}: {portal_s:7.1f} s  {these[0]['stored'] / mb:8.1f} MB   "
+              f"(runs: {listed})  ratio {portal_s / raw_s:.2f}x (target <= {target}x)")  # fmt: skip
     print(f"portal worker peak RSS : {rss:7.1f} MB (target < 150 MB)")
+    sealed = [r for r in runs if r.get("encrypted")]
+    verify_s = statistics.median(r["verify_s"] for r in sealed)
+    verify_rss = max(r["verify_rss_mb"] for r in sealed)
+    print(f"full verification      : {verify_s:7.1f} s (encrypted artifact; peak RSS "
+          f"{verify_rss:.0f} MB) vs bare pg_restore -f /dev/null {comp['pg_restore_s']:.1f} s "
+          f"({verify_s / comp['pg_restore_s']:.2f}x)")  # fmt: skip
     zstd_size, zstd_s, level, threads = comp["zstd"]
     gzip_size, gzip_s = comp["gzip"]
     raw = comp["raw"]

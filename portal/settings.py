@@ -310,3 +310,7 @@ BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=
 BACKUP_SPACE_MARGIN_PERCENT = env_int("BACKUP_SPACE_MARGIN_PERCENT", 150, minimum=0, maximum=1000)
 # Restore credentials given as files must live under this directory (realpath-checked).
 BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
+# Encryption at rest (AES-256-GCM): "id:base64key,..." (32-byte keys; the first encrypts,
+# all decrypt), or BACKUP_ENCRYPTION_KEYS_FILE. On by default unless DEBUG (backups.E002).
+BACKUP_ENCRYPTION = env_bool("BACKUP_ENCRYPTION", not DEBUG)
+BACKUP_ENCRYPTION_KEYS = env_secret("BACKUP_ENCRYPTION_KEYS", "")

@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
             DEBUG="0",
             SECRET_KEY="test-only-" + "x" * 60,
             AUDIT_HMAC_KEYS="test:" + "k" * 64,
+            BACKUP_ENCRYPTION_KEYS="test:cG9ydGFsLXRlc3QtYmFja3VwLWtleS0zMi1ieXRlcyE=",
             SECURE_SSL_REDIRECT="0",
             STATIC_MANIFEST="0",
             DB_CONN_MAX_AGE="0",  # threads in tests must not keep the test database open

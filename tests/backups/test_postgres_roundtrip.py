@@ -8,7 +8,15 @@ from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatu
 from backups.models import RestoreRequest
 from backups.storage import get_storage
 from tests.backups.conftest import pg_snapshot
-from tests.backups.helpers import backup_now, dump_of, pg_source, plan_now, trail
+from tests.backups.helpers import (
+    backup_now,
+    dump_of,
+    pg_source,
+    plan_now,
+    read_plain,
+    store_plain,
+    trail,
+)
 from tests.backups.restoring import approve_and_run
 
 pytestmark = pytest.mark.django_db
@@ -132,7 +140,7 @@ def test_an_overwrite_gives_back_exactly_the_backed_up_database(
 
 
 def test_a_failed_overwrite_changes_nothing_and_leaves_no_copy(
-    pg_cluster, pg_database, operator, approver, approver2, capture, settings
+    pg_cluster, pg_database, operator, approver, approver2, capture, tmp_path
 ):
     name = pg_database("half")
     run = backup_now(pg_source("half-db", pg_cluster.dsn, name), operator, capture)
@@ -141,9 +149,10 @@ def test_a_failed_overwrite_changes_nothing_and_leaves_no_copy(
         conn.execute("CREATE TABLE public.added (x int); DELETE FROM orders WHERE id > 10")
     changed = pg_snapshot(pg_cluster, name), _objects(pg_cluster, name)
     req, _ = plan_now(capture, artifact, by=operator, confirmation=name)
-    # The stored file loses its second half after verification: pg_restore fails midway.
-    path = settings.BACKUP_STORAGE_DIR / artifact.key
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    # The dump loses its second half after verification (still a well-formed stored file):
+    # pg_restore fails midway.
+    dump = read_plain(artifact)
+    store_plain(artifact, tmp_path, dump[: len(dump) // 2])
     req = approve_and_run(capture, req, approver, approver2, confirmation=name)
     assert req.status == RestoreStatus.FAILED
     assert "pg_restore exited" in req.error and "nothing was changed" in req.error
