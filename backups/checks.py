@@ -18,9 +18,8 @@ def check_encryption_keys(app_configs, **kwargs):
     if settings.BACKUP_ENCRYPTION and ring.current is None:
         return [
             Error(
-                "Backups are encrypted at rest (BACKUP_ENCRYPTION is on"
-                + (", as always when DEBUG is off" if not settings.DEBUG else "")
-                + ") but no key is set.",
+                "Backups are encrypted at rest (BACKUP_ENCRYPTION is on: the default when "
+                "DEBUG is off) but no key is set.",
                 hint="Set BACKUP_ENCRYPTION_KEYS (or BACKUP_ENCRYPTION_KEYS_FILE) to "
                 "'id:<32 bytes in base64>' (openssl rand -base64 32), kept outside the "
                 "database and the backups; or BACKUP_ENCRYPTION=0 to store them in the clear.",

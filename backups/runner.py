@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from backups import encryption, faults
 from backups.faults import FailureCause
@@ -455,6 +456,10 @@ def execute(
     stderr_parts: list[str] = []
     staging = None
     try:
+        try:  # no key while encryption is on: nothing is written in the clear
+            encryption.encrypting_key()
+        except (encryption.EncryptionError, ImproperlyConfigured) as exc:
+            raise ToolFailed(str(exc), FailureCause.CONFIG) from None
         check_space(storage, space_needed)
         for check in transport.preflight() if hasattr(transport, "preflight") else []:
             result = run_command(check, activity=activity, stall_timeout=stall_timeout)

@@ -215,6 +215,20 @@ def test_a_missing_or_wrong_key_fails_verification_and_restore_clearly(
 
 
 @pytest.mark.django_db
+def test_without_a_key_no_backup_is_written_in_the_clear(
+    kube_api, tmp_path, operator, capture, settings
+):
+    settings.BACKUP_ENCRYPTION_KEYS = ""
+    source = make_source(
+        "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
+    )
+    run = backup_now(source, operator, capture)
+    assert run.status == "FAILED" and run.failure_cause == "config"
+    assert "BACKUP_ENCRYPTION_KEYS is empty" in run.error
+    assert not list(settings.BACKUP_STORAGE_DIR.rglob("*.zst"))
+
+
+@pytest.mark.django_db
 def test_a_redis_and_a_kubernetes_backup_round_trip_encrypted(
     redis_server, kube_api, tmp_path, operator, capture
 ):
