@@ -1369,13 +1369,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=ServerSpec.parse,
         nargs="+",
         default=[
-            ServerSpec("daphne", 1),
-            ServerSpec("daphne", 2),
-            ServerSpec("uvicorn", 2),
             ServerSpec("daphne", 2, conn_max_age=0),
+            ServerSpec("daphne", 2, conn_max_age=0, fast=True),
+            ServerSpec("gateway", 2, conn_max_age=0, fast=True),
         ],
-        help="how to serve the portal (default: daphne:1 daphne:2 uvicorn:2 daphne:2:age=0); "
-        "see ServerSpec",
+        help="how to serve the portal (default: daphne:2:age=0 daphne:2:age=0:app=fast "
+        "gateway:2:age=0); see ServerSpec",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
