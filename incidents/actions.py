@@ -560,6 +560,10 @@ def open_incidents(
     live event for dashboards (a page per incident would make every open dashboard
     reload once per incident) and one job deciding them all. Repeats (an incident
     already open for the agent and cause) are rare here and go one by one.
+
+    Storms and dependencies (``incidents.storms``): incidents a grouping rule puts in a
+    storm, or whose host or upstream agent is down, or whose page a rule holds, are
+    written as such and neither page nor get a decision of their own; the storm pages.
     """
     if not agents:
         return [], []
