@@ -128,7 +128,7 @@ def _event(incident: Incident, kind: str, message: str, **data: Any) -> None:
     )
 
 
-def _announce(incident: Incident, summary: str) -> None:
+def _announce(incident: Incident, summary: str, *, dashboard: bool = True) -> None:
     publish(
         LiveEvent(
             kind=LiveEventKind.INCIDENT,
@@ -143,7 +143,8 @@ def _announce(incident: Incident, summary: str) -> None:
                 "cause": incident.cause,
                 "title": incident.title,
             },
-        )
+        ),
+        dashboard=dashboard,
     )
 
 
@@ -340,8 +341,12 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
                 url=_admin_url(incident),
             )
         if incident.group_id is not None:
+            # A storm's members recovering: their pages and the storm's hear it; the
+            # dashboard hears the storm (its digests, its end), not thousands of members.
             storms.member_resolved(incident.group_id)
-        _announce(incident, label)
+            _announce(incident, label, dashboard=False)
+        else:
+            _announce(incident, label)
     return True
 
 

@@ -363,7 +363,7 @@ def _page_group_opened(group: IncidentGroup, total: int) -> None:
     _announce(group, f"storm opened: {total:,} agents")
 
 
-def _announce(group: IncidentGroup, summary: str) -> None:
+def _announce(group: IncidentGroup, summary: str, *, dashboard: bool = True) -> None:
     publish(
         LiveEvent(
             kind=LiveEventKind.INCIDENT,
@@ -372,7 +372,8 @@ def _announce(group: IncidentGroup, summary: str) -> None:
             status=group.status,
             summary=summary[:300],
             data={"cause": group.cause, "key": group.key, "severity": group.severity},
-        )
+        ),
+        dashboard=dashboard,
     )
 
 
@@ -389,6 +390,7 @@ def member_resolved(group_id: int) -> bool:
         recovered_since_notice=F("recovered_since_notice") + 1
     )
     if Incident.objects.filter(group_id=group_id, status__in=INCIDENT_OPEN).exists():
+        _announce(group, "a member recovered", dashboard=False)  # its page re-reads
         return False
     return _resolve(group, by=None, reason="every member recovered", auto=True)
 
@@ -575,6 +577,7 @@ def send_digests(now) -> list[int]:
                 severity=SEVERITY_LEVEL[group.severity],
                 url=group_url(group.pk),
             )
+            _announce(group, f"digest: {joined:,} more, {recovered:,} recovered, {still:,} down")
         sent.append(group.pk)
     return sent
 

@@ -368,3 +368,42 @@ def test_a_few_hundred_agents_going_silent_at_once_page_once(pager):
     assert group_pages(group).count() == 1
     assert not own_pages().exists()
     assert group_pages(group, NotificationKind.INCIDENT_DIGEST).count() <= 2
+
+
+def test_member_recoveries_reach_the_storm_page_not_every_dashboard(pager):
+    """Live events over the real channel layer (channels-redis): a member recovering is
+    sent to its own page and the storm's page; dashboards hear the storm, not members."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    from portal.live import DASHBOARD_GROUP, subject_group
+
+    only_rule(min_agents=3)
+    now = timezone.now()
+    overdue_agents(4, now=now)
+    actions.mark_missing_agents(now=now)
+    group = IncidentGroup.objects.get()
+    member = group.members.order_by("pk").first()
+
+    async def listen():
+        layer = get_channel_layer()
+        channels = {}
+        for name in (DASHBOARD_GROUP, subject_group("incidents.incidentgroup", group.pk)):
+            channels[name] = await layer.new_channel()
+            await layer.group_add(name, channels[name])
+        await asyncio.to_thread(
+            actions.resolve_incident, member, by=None, reason="condition cleared", auto=True
+        )
+        got = {}
+        for name, channel in channels.items():
+            try:
+                got[name] = await asyncio.wait_for(layer.receive(channel), 3)
+            except TimeoutError:
+                got[name] = None
+        return got
+
+    got = asyncio.run(listen())
+    storm_page = got[subject_group("incidents.incidentgroup", group.pk)]
+    assert storm_page is not None and storm_page["event"]["summary"] == "a member recovered"
+    assert got[DASHBOARD_GROUP] is None
