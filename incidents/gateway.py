@@ -226,8 +226,14 @@ def serve(host: str, port: int, app_path: str | None = None) -> None:
         logger.info("agent gateway worker %s listening on %s:%s", os.getpid(), host, port)
         await stop.wait()
         server.close()
-        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        await asyncio.wait(pending, timeout=5) if pending else None
+        from incidents import fastpath
+
+        # Answers in flight finish (their batch commits first); the batch loop itself
+        # never ends on its own, so it is not waited for.
+        batch_loop = fastpath._batcher.task if fastpath._batcher else None
+        pending = [t for t in asyncio.all_tasks() if t not in (asyncio.current_task(), batch_loop)]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     asyncio.run(main())
 

@@ -391,8 +391,10 @@ def test_the_gateway_serves_the_reference_agent_and_refuses_what_it_does_not_spe
             sock.sendall(chunked)
             assert sock.recv(65536).startswith(b"HTTP/1.1 411 ")
     finally:
+        began = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
+    assert time.monotonic() - began < 4, "SIGTERM should stop it once answers are out"
     assert AgentCommand.objects.get().status == "ACKED"
     assert HeartbeatSample.objects.filter(agent=agent).count() == 2
 
