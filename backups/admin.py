@@ -16,7 +16,14 @@ from django.utils.html import format_html
 
 from backups import actions, restore_targets
 from backups.choices import ArtifactFormat, RestoreStatus, RunStatus, Verification
-from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest, RestoreTarget
+from backups.models import (
+    BackupArtifact,
+    BackupDrill,
+    BackupRun,
+    BackupSource,
+    RestoreRequest,
+    RestoreTarget,
+)
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.models import AuditEvent
 
@@ -42,7 +49,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "transport", "cron", "enabled", "retention", "last_backup")
     list_filter = ("kind", "enabled")
     search_fields = ("name", "dsn")
-    actions = ["run_now"]
+    actions = ["run_now", "drill_now"]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled", "schedule", "transport", "stall_timeout")}),
         ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases", "pg_role_passwords")}),
@@ -65,6 +72,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
             },
         ),  # fmt: skip
         ("Retention", {"fields": ("retention_days", "keep_weekly", "keep_monthly")}),
+        ("Restore drills", {"fields": ("drill_target", "drill_schedule", "rto_target_seconds")}),
     )
 
     def has_add_permission(self, request):
@@ -98,6 +106,48 @@ class BackupSourceAdmin(admin.ModelAdmin):
                 messages.error(request, exc.message)
             else:
                 messages.success(request, f"Backup #{run.pk} of {source.name} queued.")
+
+    @admin.action(description="Run a restore drill now")
+    def drill_now(self, request, queryset):
+        if not request.user.has_perm(actions.RUN_PERMISSION):
+            raise PermissionDenied
+        for source in queryset:
+            try:
+                drill = actions.request_drill(source, by=request.user)
+            except actions.BackupError as exc:
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, f"Drill #{drill.pk} of {source.name} queued.")
+
+
+@admin.register(BackupDrill)
+class BackupDrillAdmin(admin.ModelAdmin):
+    """Restore drills: read-only (they run on a schedule, or from "Run a restore drill now")."""
+
+    list_display = ("id", "source", "trigger", "status_badge", "created", "run", "target",
+                    "rto", "met_target")  # fmt: skip
+    list_filter = ("status", "met_target", "source")
+    list_select_related = ("source", "target")
+    readonly_fields = [f.name for f in BackupDrill._meta.fields]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _badge(obj.status)
+
+    @admin.display(description="RTO (target)")
+    def rto(self, obj):
+        if obj.rto_seconds is None:
+            return "—"
+        return f"{obj.rto_seconds:.1f} s ({obj.rto_target_seconds or 0:g} s)"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 def _age(moment) -> str:
@@ -256,6 +306,7 @@ class RestoreTargetAdmin(admin.ModelAdmin):
             {"fields": ("password_env", "password_file")},
         ),
         ("Kubernetes", {"fields": ("kubeconfig", "kube_context")}),
+        ("Restore drills", {"fields": ("drills",)}),
         ("History", {"fields": ("revision", "created", "updated", "created_by")}),
     )
 

@@ -21,6 +21,10 @@ __all__ = [
     "RESTORE_OPEN",
     "DEFAULT_SCHEDULES",
     "DEFAULT_KUBE_KINDS",
+    "DEFAULT_DRILL_SCHEDULE",
+    "DrillStatus",
+    "DRILL_TRANSITIONS",
+    "DRILL_KINDS",
 ]
 
 
@@ -111,3 +115,22 @@ RESTORE_TRANSITIONS: dict[str, set[str]] = {
     RestoreStatus.RUNNING: {RestoreStatus.SUCCEEDED, RestoreStatus.FAILED},
 }
 RESTORE_OPEN = frozenset({RestoreStatus.PLANNED, RestoreStatus.APPROVED, RestoreStatus.RUNNING})
+
+
+# Restore drills (issue 13 §8): weekly by default, Sunday 04:00 UTC (after the nightly backups).
+DEFAULT_DRILL_SCHEDULE = "0 4 * * 0"
+# Kinds whose backups a drill restores (into a registered scratch target) and validates.
+DRILL_KINDS = frozenset({SourceKind.POSTGRES, SourceKind.REDIS})
+
+
+class DrillStatus(models.TextChoices):
+    QUEUED = "QUEUED", "Queued"
+    RUNNING = "RUNNING", "Running"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    FAILED = "FAILED", "Failed"
+
+
+DRILL_TRANSITIONS: dict[str, set[str]] = {
+    DrillStatus.QUEUED: {DrillStatus.RUNNING, DrillStatus.FAILED},
+    DrillStatus.RUNNING: {DrillStatus.SUCCEEDED, DrillStatus.FAILED},
+}

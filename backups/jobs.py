@@ -22,9 +22,16 @@ from django.utils import timezone
 from rq import get_current_job
 
 from backups import actions, faults, restore, runner, verify
-from backups.choices import RestoreMode, RestoreStatus, RunStatus, Trigger, VerifyLevel
+from backups.choices import (
+    DrillStatus,
+    RestoreMode,
+    RestoreStatus,
+    RunStatus,
+    Trigger,
+    VerifyLevel,
+)
 from backups.disk import largest_consumers, usage
-from backups.models import BackupRun, BackupSource, RestoreRequest
+from backups.models import BackupDrill, BackupRun, BackupSource, RestoreRequest
 from backups.sources import (
     KubernetesTransport,
     PostgresTransport,
@@ -242,6 +249,44 @@ def _restore(req: RestoreRequest) -> str:
     return "succeeded" if report["ok"] else "failed"
 
 
+def run_drill(drill_id: int, on_step=None) -> str:
+    """Claim a queued restore drill and run it (the newest good backup into the drill target)."""
+    drill = actions.claim_drill(drill_id, job_id=_job_id(actions.drill_job_id(drill_id)))
+    if drill is None:
+        logger.info("drill %s not claimed (already taken or finished)", drill_id)
+        return "not-claimed"
+    return perform_drill(drill, on_step)
+
+
+def perform_drill(drill, on_step=None) -> str:
+    from backups import drills
+
+    def beat() -> None:
+        BackupDrill.objects.filter(pk=drill.pk, status=DrillStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+
+    if drill.run is None:
+        actions.finish_drill(
+            drill.pk, report={}, error=f"{drill.source.name} has no good backup to drill"
+        )
+        return "failed"
+    with _Heartbeat(beat):
+        try:
+            report = drills.perform(
+                drill.source, drill.run, get_storage(),
+                sample=settings.BACKUP_DRILL_SAMPLE_TABLES, on_step=on_step,
+            )  # fmt: skip
+            error = "" if report["ok"] else "validation found a mismatch (see the report)"
+        except restore.RestoreError as exc:
+            report, error = {}, str(exc)
+        except Exception as exc:  # a bug: still end the drill visibly
+            logger.exception("drill %s crashed", drill.pk)
+            report, error = {}, f"{type(exc).__name__}: {exc}"
+    finished = actions.finish_drill(drill.pk, report=report, error=error)
+    return "lost" if finished is None else ("succeeded" if finished.good else "failed")
+
+
 def reap_lost_restores(now=None) -> list[int]:
     """FAIL restores left RUNNING by a worker that died (no heartbeat within the grace)."""
     now = now or timezone.now()
@@ -314,6 +359,8 @@ def tick(now=None) -> dict:
         "requeued": actions.reconcile_queued(now),
         "expired_restores": actions.expire_restores(now),
         "lost_restores": reap_lost_restores(now),
+        "drills": actions.schedule_drills(now),
+        "lost_drills": actions.reap_lost_drills(now),
         "disk_alerts": watch_disks(),
         "freshness": actions.check_freshness(now),
         "housekeeping": _enqueue_once(housekeeping, HOUSEKEEPING_JOB),

@@ -12,9 +12,12 @@ from django.db import models
 from django.db.models import Q
 
 from backups.choices import (
+    DEFAULT_DRILL_SCHEDULE,
     DEFAULT_KUBE_KINDS,
     DEFAULT_SCHEDULES,
+    DRILL_KINDS,
     ArtifactFormat,
+    DrillStatus,
     Impact,
     PgMode,
     RestoreMode,
@@ -135,6 +138,24 @@ class BackupSource(models.Model):
         help_text="seconds without a byte from the tool before it is killed and the run "
         "FAILED; blank: BACKUP_STALL_TIMEOUT",
     )
+    drill_target = models.ForeignKey(
+        "RestoreTarget",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="drill_sources",
+        help_text="restore drills: a registered scratch target allowed for drills; blank: none",
+    )
+    drill_schedule = models.CharField(
+        max_length=100, blank=True, help_text="cron (UTC) of restore drills; blank: weekly"
+    )
+    rto_target_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001)],
+        help_text="a drill's restore must take at most this long; blank: the kind's default",
+    )
+    drill_horizon = models.DateTimeField(null=True, blank=True, editable=False)
     schedule_horizon = models.DateTimeField(
         null=True,
         blank=True,
@@ -160,6 +181,17 @@ class BackupSource(models.Model):
     @property
     def retention(self) -> int:
         return self.retention_days or settings.BACKUP_RETENTION_DAYS
+
+    @property
+    def drill_cron(self) -> str:
+        return self.drill_schedule or DEFAULT_DRILL_SCHEDULE
+
+    @property
+    def rto_target(self) -> float:
+        """Seconds a drill's restore may take (the source's own, else the kind's default)."""
+        if self.rto_target_seconds:
+            return self.rto_target_seconds
+        return float(settings.BACKUP_RTO_TARGETS.get(self.kind, 900))
 
     @property
     def database_list(self) -> list[str]:
@@ -203,6 +235,19 @@ class BackupSource(models.Model):
                 errors["kube_pod"] = "kubectl exec needs a namespace and a pod"
         if self.kind == SourceKind.KUBERNETES and self.transport != Transport.DIRECT:
             errors["transport"] = "Kubernetes resources are read with kubectl get"
+        if self.drill_schedule and not croniter.is_valid(self.drill_schedule):
+            errors["drill_schedule"] = "not a valid cron expression"
+        if self.drill_target_id:
+            target = self.drill_target
+            if self.kind not in DRILL_KINDS:
+                errors["drill_target"] = "restore drills are for PostgreSQL and Redis sources"
+            elif target.kind != self.kind:
+                errors["drill_target"] = f"a {target.get_kind_display()} target cannot take it"
+            elif not target.drills:
+                errors["drill_target"] = (
+                    f"restore target {target.name} is not registered for drills (an "
+                    "administrator ticks 'drills' on it)"
+                )
         if errors:
             raise ValidationError(errors)
 
@@ -437,6 +482,11 @@ class RestoreTarget(models.Model):
         max_length=500, blank=True, help_text="a file under BACKUP_SECRETS_DIR; blank: default"
     )
     kube_context = models.CharField(max_length=253, blank=True)
+    drills = models.BooleanField(
+        default=False,
+        help_text="scheduled restore drills may restore into it without approvals: only new "
+        "databases (created and dropped by the drill) or an empty Redis (flushed after)",
+    )
     revision = models.PositiveIntegerField(default=1, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
@@ -574,6 +624,63 @@ class RestoreRequest(models.Model):
         )
 
 
+class BackupDrill(models.Model):
+    """One restore drill: the newest good backup of a source restored into its registered
+    scratch drill target, validated, timed against the source's RTO target, cleaned up.
+
+    No approval: the target was registered for drills by an administrator (audited), and a
+    drill only ever creates a new database there (dropped after) or fills an empty Redis
+    (flushed after). Status moves only through ``backups.actions`` (compare-and-swap).
+    """
+
+    source = models.ForeignKey(BackupSource, on_delete=models.PROTECT, related_name="drills")
+    run = models.ForeignKey(
+        BackupRun, null=True, blank=True, on_delete=models.PROTECT, related_name="drills"
+    )
+    target = models.ForeignKey(
+        "RestoreTarget",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="drill_runs",
+    )
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    status = models.CharField(
+        max_length=10, choices=DrillStatus.choices, default=DrillStatus.QUEUED, db_index=True
+    )
+    status_changed_at = models.DateTimeField()
+    created = models.DateTimeField(db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    rto_seconds = models.FloatField(null=True, blank=True, help_text="measured restore time")
+    rto_target_seconds = models.FloatField(null=True, blank=True)
+    met_target = models.BooleanField(null=True, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "scheduled_for"],
+                condition=Q(scheduled_for__isnull=False),
+                name="backups_one_drill_per_slot",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"drill #{self.pk} {self.source.name} {self.status}"
+
+    @property
+    def good(self) -> bool:
+        """Succeeded within its RTO target."""
+        return self.status == DrillStatus.SUCCEEDED and bool(self.met_target)
+
+
 class DiskWatch(models.Model):
     """Last known usage of one watched filesystem path, so an alert fires once per crossing."""
 
@@ -598,6 +705,7 @@ __all__ = [
     "RestoreRequest",
     "RestoreTarget",
     "DiskWatch",
+    "BackupDrill",
     "Trigger",
     "RunStatus",
     "SourceKind",

@@ -23,7 +23,7 @@ from portal.choices import AuditEventType
 
 MANAGE_PERMISSION = "portal.manage_portal"
 FIELDS = ("name", "kind", "enabled", "description", "host", "port", "username", "database",
-          "password_env", "password_file", "kubeconfig", "kube_context")  # fmt: skip
+          "password_env", "password_file", "kubeconfig", "kube_context", "drills")  # fmt: skip
 
 
 def _check(by: AbstractBaseUser | Actor | str) -> Actor:

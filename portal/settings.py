@@ -314,3 +314,12 @@ BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
 # all decrypt), or BACKUP_ENCRYPTION_KEYS_FILE. On by default unless DEBUG (backups.E002).
 BACKUP_ENCRYPTION = env_bool("BACKUP_ENCRYPTION", not DEBUG)
 BACKUP_ENCRYPTION_KEYS = env_secret("BACKUP_ENCRYPTION_KEYS", "")
+# Restore drills: RTO targets per kind (seconds; a source may set its own), the full
+# verification's target, and how recent a good drill keeps a source with drills "fresh".
+BACKUP_RTO_TARGETS = {
+    "postgres": env_int("BACKUP_RTO_POSTGRES", 900, minimum=1),
+    "redis": env_int("BACKUP_RTO_REDIS", 300, minimum=1),
+}
+BACKUP_VERIFY_TARGET = env_int("BACKUP_VERIFY_TARGET", 300, minimum=1)
+BACKUP_DRILL_FRESH_DAYS = env_int("BACKUP_DRILL_FRESH_DAYS", 8, minimum=1)
+BACKUP_DRILL_SAMPLE_TABLES = env_int("BACKUP_DRILL_SAMPLE_TABLES", 3, minimum=0, maximum=50)
