@@ -951,8 +951,48 @@ def apply_retention(
             # Files go once the row says so: a crash in between leaves files, never a
             # row pointing at a backup that is gone.
             if run.artifact_path:
-                transaction.on_commit(lambda key=run.artifact_path: storage.delete_run(key))
+                transaction.on_commit(
+                    lambda key=run.artifact_path, copied=bool(run.copied_at): _delete_files(
+                        storage, key, copied
+                    )
+                )
     return result
+
+
+def _delete_files(storage, run_key: str, copied: bool = False) -> None:
+    """Remove a run's files after its row says so, from each copy; a store that refuses
+    (an S3 object lock still holding them) keeps them, and says so: they go when the lock
+    allows."""
+    from backups.storage import StorageError, get_copy_storage
+
+    stores = [storage] + ([get_copy_storage()] if copied else [])
+    for store in [s for s in stores if s is not None]:
+        try:
+            store.delete_run(run_key)
+        except StorageError as exc:
+            logger.warning("retention: %s stays in %s: %s", run_key, store.location, exc)
+
+
+def record_copy(run_id: int, *, location: str, error: str = "") -> BackupRun:
+    """Record a run's second copy (or why it failed: notified)."""
+    now = timezone.now()
+    with transaction.atomic():
+        BackupRun.objects.filter(pk=run_id).update(
+            copy_location=location if not error else "",
+            copied_at=now if not error else None,
+            copy_error=scrub(error)[:4000],
+        )
+        run = BackupRun.objects.select_related("source").get(pk=run_id)
+        if error:
+            _notify(
+                "BACKUP_FAILED",
+                title=f"offsite copy of {run.source.name} FAILED (run #{run.pk})",
+                body=f"Run #{run.pk} is stored locally but its copy to {location} failed: "
+                f"{run.copy_error[:2000]}",
+                subject=run,
+                severity="critical",
+            )
+    return run
 
 
 # --- restores ----------------------------------------------------------------------------

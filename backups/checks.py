@@ -27,3 +27,23 @@ def check_encryption_keys(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_storage(app_configs, **kwargs):
+    errors = []
+    backend, copy = settings.BACKUP_STORAGE, settings.BACKUP_COPY_TO
+    if backend not in {"local", "s3"}:
+        errors.append(Error(f"BACKUP_STORAGE={backend!r}: use local or s3.", id="backups.E003"))
+    if copy not in {"", "s3"}:
+        errors.append(Error(f"BACKUP_COPY_TO={copy!r}: use s3 or leave it blank.",
+                            id="backups.E003"))  # fmt: skip
+    if "s3" in (backend, copy) and not (settings.BACKUP_S3_ENDPOINT and settings.BACKUP_S3_BUCKET):
+        errors.append(
+            Error(
+                "An S3 store is configured without BACKUP_S3_ENDPOINT and BACKUP_S3_BUCKET.",
+                hint="Set both (e.g. https://s3.eu-west-1.amazonaws.com and a bucket name).",
+                id="backups.E004",
+            )
+        )
+    return errors

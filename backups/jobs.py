@@ -10,6 +10,8 @@ freshness and disk usage) and enqueues runs and the slower housekeeping
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -146,8 +148,48 @@ def perform(
         return "failed"
     verify_run(run.pk)
     if run.trigger != Trigger.SAFETY:
+        copy_run(run.pk)
         actions.apply_retention(run.source)
     return "succeeded"
+
+
+def copy_run(run_id: int) -> str:
+    """Copy a stored run's files to the second store (``BACKUP_COPY_TO``), manifest last.
+
+    Each file is streamed from the primary and hashed on the way: what was sent must be
+    the bytes whose SHA-256 the backup recorded (and verified), and the S3 upload checks
+    its ETag and size.
+    """
+    from backups.storage import StorageError, get_copy_storage
+
+    copy = get_copy_storage()
+    run = BackupRun.objects.get(pk=run_id)
+    if copy is None or run.status != RunStatus.SUCCEEDED or run.deleted_at is not None:
+        return "no-copy"
+    storage = get_storage()
+    try:
+        staging = copy.begin(run.artifact_path)
+        try:
+            for artifact in run.artifacts.all():
+                sha = hashlib.sha256()
+                with storage.open(artifact.key) as src:
+                    out = staging.create(artifact.key.rsplit("/", 1)[1])
+                    while data := src.read(1 << 20):
+                        sha.update(data)
+                        out.write(data)
+                if sha.hexdigest() != artifact.sha256:
+                    raise StorageError(f"{artifact.key} changed on the primary store")
+            with storage.open(f"{run.artifact_path}/MANIFEST.json") as src:
+                manifest = json.loads(src.read())
+            staging.commit(manifest)
+        except BaseException:
+            staging.abort()
+            raise
+    except (StorageError, OSError, ValueError) as exc:
+        actions.record_copy(run.pk, location=copy.location, error=str(exc))
+        return "failed"
+    actions.record_copy(run.pk, location=f"{copy.location}{run.artifact_path}")
+    return "copied"
 
 
 def space_needed(run: BackupRun) -> runner.SpaceNeeded | None:

@@ -339,6 +339,11 @@ class BackupRun(models.Model):
     shrink_flag = models.BooleanField(
         default=False, help_text="dramatically smaller than the previous good backup"
     )
+    copy_location = models.CharField(
+        max_length=500, blank=True, help_text="where its second copy is (BACKUP_COPY_TO)"
+    )
+    copied_at = models.DateTimeField(null=True, blank=True)
+    copy_error = models.TextField(blank=True)
     accepted_at = models.DateTimeField(
         null=True, blank=True, help_text="a person accepted it although it shrank dramatically"
     )

@@ -35,7 +35,7 @@ from backups.faults import FailureCause
 from backups.pgwatch import PgLockWatch
 from backups.scrub import scrub
 from backups.sources import SourceError, SourceTransport, ToolCommand
-from backups.storage import Storage
+from backups.storage import Storage, StorageError
 from backups.streaming import (
     CHUNK,
     BoundedText,
@@ -534,10 +534,12 @@ def execute(
 
         outcome.manifest_sha256 = hashlib.sha256(data).hexdigest()
         outcome.ok = True
-    except (ToolFailed, SourceError, OSError, subprocess.SubprocessError) as exc:
+    except (ToolFailed, SourceError, StorageError, OSError, subprocess.SubprocessError) as exc:
         outcome.error = str(exc)
         outcome.cause = getattr(exc, "cause", "") or (
-            FailureCause.STORAGE if isinstance(exc, OSError) else FailureCause.TOOL_ERROR
+            FailureCause.STORAGE
+            if isinstance(exc, OSError | StorageError)
+            else FailureCause.TOOL_ERROR
         )
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             outcome.cause = FailureCause.NO_SPACE

@@ -15,6 +15,8 @@ with ``pgbench -i`` unless it is already there (kept for the next run; pass
   generated for the run), then its full verification (``verify_artifact``:
   checksum, decrypt, decompress, ``pg_restore -f /dev/null``) next to a bare
   ``pg_restore -f /dev/null`` of the uncompressed dump;
+- with ``--s3``, the encrypted portal run again with an S3 bucket as the store
+  (moto in server mode on loopback, as the tests use: ``tests/backups/s3server.py``);
 - compression only, on the same uncompressed dump: zstd (the portal's
   settings) against ``gzip -6``: size and speed.
 
@@ -81,7 +83,7 @@ def raw_dump(dsn: str, db: str, out: Path) -> tuple[float, int]:
     return elapsed, size
 
 
-def portal_dump(dsn: str, db: str, storage: Path, *, encrypt: bool = False) -> dict:
+def portal_dump(dsn: str, db: str, storage: Path, *, encrypt: bool = False, s3: str = "") -> dict:
     """Run the portal's pipeline in a child process (its RSS is the worker's alone)."""
     import base64
 
@@ -95,6 +97,12 @@ def portal_dump(dsn: str, db: str, storage: Path, *, encrypt: bool = False) -> d
         "BACKUP_ENCRYPTION": "1" if encrypt else "0",
         "BACKUP_ENCRYPTION_KEYS": "bench:" + base64.b64encode(os.urandom(32)).decode(),
     }
+    if s3:
+        endpoint, bucket = s3.rsplit("/", 1)
+        env.update(
+            BACKUP_STORAGE="s3", BACKUP_S3_ENDPOINT=endpoint, BACKUP_S3_BUCKET=bucket,
+            BACKUP_S3_ACCESS_KEY_ID="bench", BACKUP_S3_SECRET_ACCESS_KEY="bench",
+        )  # fmt: skip
     result = subprocess.run(
         [sys.executable, __file__, "--child", dsn, db], env=env, cwd=BASE_DIR,
         check=True, capture_output=True, text=True,
@@ -138,7 +146,8 @@ def child(dsn: str, db: str) -> None:
     print(json.dumps({"seconds": elapsed, "raw": outcome.bytes_raw,
                       "stored": outcome.bytes_stored, "rss_mb": peak_kb / 1024,
                       "encrypted": bool(dump.stream.key_id), "verify_s": check.seconds,
-                      "verify_rss_mb": verify_kb / 1024}))  # fmt: skip
+                      "verify_rss_mb": verify_kb / 1024,
+                      "s3": os.environ.get("BACKUP_STORAGE") == "s3"}))  # fmt: skip
 
 
 def compression(dsn: str, db: str, work: Path) -> dict:
@@ -188,6 +197,7 @@ def main() -> None:
     parser.add_argument("--scales", default="35,70", help="pgbench scale factors")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--drop", action="store_true", help="drop the bench databases at the end")
+    parser.add_argument("--s3", action="store_true", help="also back up to S3 (moto, loopback)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(BASE_DIR))
@@ -196,6 +206,11 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="backup-bench-"))
     rows = []
+    moto = None
+    if args.s3:
+        from tests.backups.s3server import MotoServer
+
+        moto = MotoServer(work / "moto.log")
     try:
         for scale in [int(s) for s in args.scales.split(",")]:
             db = ensure_database(args.dsn, scale)
@@ -207,6 +222,9 @@ def main() -> None:
                 raw_times.append(seconds)
                 portal_runs.append(portal_dump(args.dsn, db, work))
                 sealed_runs.append(portal_dump(args.dsn, db, work, encrypt=True))
+                if moto is not None:
+                    bucket = f"{moto.endpoint}/{_bucket(moto)}"
+                    sealed_runs.append(portal_dump(args.dsn, db, work, encrypt=True, s3=bucket))
             comp = compression(args.dsn, db, work)
             rows.append((scale, db, size, raw_times, raw_size, portal_runs + sealed_runs, comp))
             print_scale(rows[-1])
@@ -218,10 +236,21 @@ def main() -> None:
                   f"{rss_big:.0f} MB at {big[2] / 1e9:.2f} GB "
                   f"(×{rss_big / rss_small:.2f} for ×{big[2] / small[2]:.2f} data)")  # fmt: skip
     finally:
+        if moto is not None:
+            moto.stop()
         shutil.rmtree(work, ignore_errors=True)
         if args.drop:
             for scale in args.scales.split(","):
                 ddl(args.dsn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", f"bench_backup_s{scale}")
+
+
+def _bucket(moto) -> str:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("DEBUG", "1")
+    import django
+
+    django.setup()
+    return moto.bucket()
 
 
 def print_scale(row) -> None:
@@ -232,15 +261,19 @@ def print_scale(row) -> None:
     print(f"\n== pgbench scale {scale}: {db}, {size / 1e9:.2f} GB in PostgreSQL ==")
     print(f"raw pg_dump -Fc > file : {raw_s:7.1f} s  {raw_size / mb:8.1f} MB   "
           f"(runs: {', '.join(f'{t:.1f}' for t in raw_times)})")  # fmt: skip
-    for label, encrypted, target in (("portal backup", False, 1.1),
-                                     ("portal, encrypted", True, 1.15)):  # fmt: skip
-        these = [r for r in runs if r.get("encrypted", False) == encrypted]
+    for label, encrypted, s3, target in (("portal backup", False, False, 1.1),
+                                         ("portal, encrypted", True, False, 1.15),
+                                         ("portal, encrypted, S3", True, True, 1.3)):  # fmt: skip
+        these = [r for r in runs if r.get("encrypted", False) == encrypted
+                 and r.get("s3", False) == s3]  # fmt: skip
+        if not these:
+            continue
         portal_s = statistics.median(r["seconds"] for r in these)
         listed = ", ".join(f"{r['seconds']:.1f}" for r in these)
         print(f"{label:<23}: {portal_s:7.1f} s  {these[0]['stored'] / mb:8.1f} MB   "
               f"(runs: {listed})  ratio {portal_s / raw_s:.2f}x (target <= {target}x)")  # fmt: skip
     print(f"portal worker peak RSS : {rss:7.1f} MB (target < 150 MB)")
-    sealed = [r for r in runs if r.get("encrypted")]
+    sealed = [r for r in runs if r.get("encrypted") and not r.get("s3")]
     verify_s = statistics.median(r["verify_s"] for r in sealed)
     verify_rss = max(r["verify_rss_mb"] for r in sealed)
     print(f"full verification      : {verify_s:7.1f} s (encrypted artifact; peak RSS "

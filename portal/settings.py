@@ -308,6 +308,17 @@ BACKUP_MISSED_AFTER = env_int("BACKUP_MISSED_AFTER", 900, minimum=1)
 BACKUP_RESTORE_PLAN_TTL = env_int("BACKUP_RESTORE_PLAN_TTL", 24 * 3600, minimum=300)
 # A backup needs free space for the last stored size × this (percent) or fails at once; 0: off.
 BACKUP_SPACE_MARGIN_PERCENT = env_int("BACKUP_SPACE_MARGIN_PERCENT", 150, minimum=0, maximum=1000)
+# Where backups are stored: "local" (BACKUP_STORAGE_DIR) or "s3" (an S3-compatible bucket).
+BACKUP_STORAGE = env_str("BACKUP_STORAGE", "local")
+BACKUP_S3_ENDPOINT = env_http_url("BACKUP_S3_ENDPOINT")
+BACKUP_S3_BUCKET = env_str("BACKUP_S3_BUCKET", "")
+BACKUP_S3_PREFIX = env_str("BACKUP_S3_PREFIX", "")
+BACKUP_S3_REGION = env_str("BACKUP_S3_REGION", "us-east-1")
+BACKUP_S3_ACCESS_KEY_ID = env_secret("BACKUP_S3_ACCESS_KEY_ID", "")
+BACKUP_S3_SECRET_ACCESS_KEY = env_secret("BACKUP_S3_SECRET_ACCESS_KEY", "")
+BACKUP_S3_PART_MB = env_int("BACKUP_S3_PART_MB", 8, minimum=5, maximum=512)
+# A second copy of every backup, in the S3 bucket above, while the primary is local ("s3").
+BACKUP_COPY_TO = env_str("BACKUP_COPY_TO", "")
 # Restore credentials given as files must live under this directory (realpath-checked).
 BACKUP_SECRETS_DIR = env_path("BACKUP_SECRETS_DIR", VAR_DIR / "secrets")
 # Encryption at rest (AES-256-GCM): "id:base64key,..." (32-byte keys; the first encrypts,
