@@ -245,7 +245,7 @@ def _server_env() -> dict:
 
     return {
         **os.environ, "DATABASE_URL": url, "REDIS_URL": settings.RQ_QUEUES["default"]["URL"],
-        "HEARTBEAT_FAST_PATH": "1", "HEARTBEAT_BATCH_WAIT_MS": "400",
+        "HEARTBEAT_FAST_PATH": "1", "HEARTBEAT_BATCH_WAIT_MS": "1000",
         "HEARTBEAT_BATCH_MAX": "500", "DB_CONN_MAX_AGE": "0", "DEBUG": "0",
         "SECRET_KEY": settings.SECRET_KEY, "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "0", "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -298,7 +298,7 @@ def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
 @pytest.mark.parametrize("kind", sorted(SERVERS))
 def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(kind):
     """A server (uvicorn, or the agents' gateway) with the lean path and a long batch wait
-    (400 ms): heartbeats from 40 agents arrive, the server is SIGKILLed while a batch is
+    (1 s): heartbeats from 40 agents arrive, the server is SIGKILLed while a batch is
     open, is started again, and every agent sends one more. Every heartbeat that got 200
     is in the database; none is in twice; each unacknowledged one is absent or in once."""
     agents = [actions.create_agent(name=f"killed-{i}") for i in range(40)]
@@ -329,13 +329,13 @@ def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(kind):
         for t in round_one:
             t.join(30)
         assert all(outcomes[i] == 200 for i in range(40)), outcomes
-        assert time.monotonic() - began >= 0.35  # they waited for their batch: the lean path
+        assert time.monotonic() - began >= 0.95  # they waited for their batch: the lean path
         # The second round: killed while its batch waits.
         round_two = [threading.Thread(target=send, args=(100 + i, a, s))
                      for i, (a, s) in enumerate(agents)]  # fmt: skip
         for t in round_two:
             t.start()
-        time.sleep(0.25)
+        time.sleep(0.4)  # well inside the 1 s batch, even on a loaded machine
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         for t in round_two:
