@@ -33,8 +33,8 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra bench-backup bench-heartbeats
-bench: bench-pra bench-backup bench-heartbeats
+.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
+bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
 bench-pra: venv
@@ -50,6 +50,18 @@ bench-backup: venv
 bench-heartbeats: venv
 	$(BIN)/pip install -q py-spy==0.4.3
 	$(BIN)/python bench/heartbeats.py $(ARGS)
+
+## The missed-heartbeat sweep at 1,000 and 10,000 overdue of 100,000, and a 5,000-agent storm.
+bench-sweep: venv
+	$(BIN)/python -m bench.sweep_storm $(ARGS)
+
+## Idle live pages: reconnects over 10 minutes, next to the pre-fix channel layer.
+bench-live: venv
+	$(BIN)/python bench/live_idle.py $(ARGS)
+
+## audit_verify over 500,000 events, next to the old verifier.
+bench-audit: venv
+	$(BIN)/python bench/audit_verify.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

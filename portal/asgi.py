@@ -12,13 +12,16 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
+from incidents import fastpath
 from portal.mcp_http import MCPEndpoint, route_mcp
 from portal.routing import websocket_urlpatterns
 from pra.mcp import server as mcp_server
 
 application = ProtocolTypeRouter(
     {
-        "http": route_mcp(MCPEndpoint(mcp_server), django_asgi_app),
+        # Routine heartbeats take the lean path (incidents/fastpath.py): same checks,
+        # batched writes, 200 only after COMMIT; anything else goes to Django.
+        "http": fastpath.wrap(route_mcp(MCPEndpoint(mcp_server), django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
