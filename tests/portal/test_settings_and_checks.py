@@ -1,5 +1,6 @@
 """Settings fail loudly at start-up; runtime problems show as system checks."""
 
+import base64
 import os
 import secrets
 import shlex
@@ -75,6 +76,9 @@ def _readme_production_env() -> dict[str, str]:
 # What a secret file named in the README holds, by variable (anything else: a random key).
 SECRET_FILE_CONTENT = {
     "AUDIT_HMAC_KEYS_FILE": lambda: "k1:" + secrets.token_urlsafe(48),
+    "BACKUP_ENCRYPTION_KEYS_FILE": lambda: (
+        "b1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    ),
 }
 
 
