@@ -1016,7 +1016,7 @@ def plan_restore(
     scratch target needs one other person's approval.
     """
     from backups import restore
-    from backups.storage import get_storage
+    from backups.storage import storage_for
 
     _require_perm(by, PLAN_PERMISSION, "plan restores")
     artifact_id = artifact.pk if isinstance(artifact, BackupArtifact) else artifact
@@ -1039,7 +1039,7 @@ def plan_restore(
         spec = restore.parse_spec(target or {})
         typed = restore.target_for(obj, spec.model_dump())
         # Only now, with a source or a registered target, is any server contacted.
-        state = restore.inspect(typed, get_storage(), obj)
+        state = restore.inspect(typed, storage_for(obj.run), obj)
     except restore.RestoreError as exc:
         raise BackupError("target", str(exc)) from None
     mode = restore.mode_for(state)

@@ -42,7 +42,7 @@ from backups.sources import (
     SourceTransport,
     transport_for,
 )
-from backups.storage import get_storage
+from backups.storage import get_storage, storage_for
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +216,11 @@ def verify_run(run_id: int, by: str = "system:verifier", level: str = VerifyLeve
     run = BackupRun.objects.select_related("source").get(pk=run_id)
     if run.status != RunStatus.SUCCEEDED or run.deleted_at is not None:
         return "nothing-to-verify"
-    storage = get_storage()
+    storage = storage_for(run)
     checks = {a.pk: verify.verify_artifact(storage, a, level) for a in run.artifacts.all()}
+    if storage.location != get_storage().location:
+        for check in checks.values():
+            check.detail += f" (read from the second copy, {storage.location})"
     run = actions.record_verification(run_id, checks, by=by, level=level)
     return run.verification
 
@@ -248,7 +251,7 @@ def run_restore(restore_id: int) -> str:
 
 
 def _restore(req: RestoreRequest) -> str:
-    storage = get_storage()
+    storage = storage_for(req.artifact.run)
     try:
         target = restore.parse_target(req.artifact, req.target)
         restore.check_artifact(storage, req.artifact)  # a missing key stops it here
@@ -316,7 +319,7 @@ def perform_drill(drill, on_step=None) -> str:
     with _Heartbeat(beat):
         try:
             report = drills.perform(
-                drill.source, drill.run, get_storage(),
+                drill.source, drill.run, storage_for(drill.run),
                 sample=settings.BACKUP_DRILL_SAMPLE_TABLES, on_step=on_step,
             )  # fmt: skip
             error = "" if report["ok"] else "validation found a mismatch (see the report)"

@@ -235,3 +235,19 @@ def get_copy_storage() -> Storage | None:
 
         return from_settings()
     return None
+
+
+def storage_for(run) -> Storage:
+    """Where to read ``run`` from: the primary store, or its second copy when the primary
+    no longer has it (a lost disk) and the copy does."""
+    primary = get_storage()
+    if not run.copied_at or not run.artifact_path:
+        return primary
+    manifest = f"{run.artifact_path}/{MANIFEST}"
+    try:
+        if primary.exists(manifest):
+            return primary
+    except (StorageError, OSError):
+        pass
+    copy = get_copy_storage()
+    return copy if copy is not None and copy.exists(manifest) else primary

@@ -205,3 +205,30 @@ def test_an_s3_store_without_endpoint_or_bucket_is_a_system_check_error(settings
     settings.BACKUP_COPY_TO = "s3"
     settings.BACKUP_S3_ENDPOINT = ""
     assert "backups.E004" in {m.id for m in run_checks()}
+
+
+def test_a_lost_primary_is_verified_and_restored_from_the_copy(
+    moto, settings, pg_cluster, pg_database, operator, approver, capture
+):
+    import shutil
+
+    use_bucket(settings, moto)
+    settings.BACKUP_STORAGE = "local"
+    settings.BACKUP_COPY_TO = "s3"
+    name = pg_database("lost")
+    before = pg_snapshot(pg_cluster, name)
+    run = backup_now(pg_source("lost-db", pg_cluster.dsn, name), operator, capture)
+    assert run.copied_at is not None, run.copy_error
+    shutil.rmtree(settings.BACKUP_STORAGE_DIR / run.artifact_path)  # the disk is gone
+
+    assert verify_run(run.pk) == Verification.VERIFIED
+    dump = dump_of(run)
+    assert "read from the second copy, s3://" in dump.verify_detail
+    scratch = f"{name}_from_copy"
+    try:
+        req, _ = plan_now(capture, dump, target={"database": scratch}, by=operator)
+        req = approve_and_run(capture, req, approver)
+        assert req.status == RestoreStatus.SUCCEEDED, req.error
+        assert pg_snapshot(pg_cluster, scratch) == before
+    finally:
+        pg_cluster.drop(scratch)
