@@ -26,6 +26,7 @@ SUBJECTS = (
     "incidents.incidentgroup",
     "backups.backuprun",
     "backups.restorerequest",
+    "backups.backupdrill",
 )
 
 

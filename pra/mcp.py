@@ -802,7 +802,7 @@ def _backup_status(call: _Call, source: str | None) -> list[dict]:
     from django.conf import settings
     from django.utils import timezone
 
-    from backups.choices import RunStatus, Verification
+    from backups.choices import Verification
     from backups.models import BackupRun, BackupSource
 
     _require_view(call)
@@ -815,9 +815,9 @@ def _backup_status(call: _Call, source: str | None) -> list[dict]:
     fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
     out = []
     for src in sources:
-        runs = BackupRun.objects.filter(source=src, restore__isnull=True).order_by("-created")
+        runs = BackupRun.objects.of_source(src).order_by("-created")
         latest = runs.first()
-        good = runs.filter(status=RunStatus.SUCCEEDED, deleted_at__isnull=True).first()
+        good = runs.usable().first()  # the one definition of "the last good backup"
         out.append(
             {
                 "source": src.name,

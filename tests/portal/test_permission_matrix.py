@@ -135,6 +135,7 @@ MODEL_POLICY = {
     "incidents.agentcommand": ModelPolicy(VIEW),
     "incidents.groupingrule": ModelPolicy(VIEW, ADMIN, ADMIN),
     "incidents.incidentgroup": ModelPolicy(VIEW),
+    "backups.backupdrill": ModelPolicy(VIEW),
     "incidents.incident": ModelPolicy(VIEW),
     "backups.backupsource": ModelPolicy(VIEW, ADMIN, ADMIN),
     "backups.backuprun": ModelPolicy(VIEW),
@@ -581,12 +582,20 @@ def _redis_probe():
     keys = [(q.key, FailedJobRegistry(queue=q).key) for q in queues]
 
     def state() -> tuple:
+        # The persistent keys by name (a request that writes one is caught), not the key
+        # count: short-lived guards and reservations (enqueue SET NX, verification
+        # reservations) expire on their own while the matrix runs.
+        names = sorted(redis.keys("*"))
         pipe = redis.pipeline(transaction=False)
-        pipe.dbsize()
+        for name in names:
+            pipe.ttl(name)
         for queue_key, failed_key in keys:
             pipe.llen(queue_key)
             pipe.zcard(failed_key)
-        return tuple(pipe.execute())
+        results = pipe.execute()
+        ttls, lengths = results[: len(names)], results[len(names) :]
+        persistent = tuple(n for n, ttl in zip(names, ttls, strict=True) if ttl == -1)
+        return (persistent, *lengths)
 
     return state
 
