@@ -22,6 +22,7 @@ from django.db import connection
 
 from incidents import actions, fastpath
 from incidents.models import Agent, AgentCommand, HeartbeatSample, Incident
+from portal.lib.localservices import port_answers, wait_until
 from portal.lib.redis import get_redis
 from tests.incidents.helpers import HEARTBEAT, payload, signed_headers
 
@@ -284,15 +285,12 @@ def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
         SERVERS[kind](port), cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"{kind} did not start")
+    try:
+        wait_until(lambda: port_answers("127.0.0.1", port), timeout=60, what=f"{kind} to listen")
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
 
 
 @pytest.mark.parametrize("kind", sorted(SERVERS))
