@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -44,7 +44,7 @@ def plan_restore(
     artifact: BackupArtifact | int,
     *,
     target: dict | None = None,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     dry_run: bool = False,
 ) -> tuple[RestoreRequest | None, dict]:
@@ -192,7 +192,7 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str])
 def approve_restore(
     restore_req: RestoreRequest | int,
     *,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     fingerprint: str | None = None,
     comment: str = "",
@@ -238,7 +238,7 @@ def approve_restore(
     return tally
 
 
-def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, reason: str):
+def reject_restore(restore_req: RestoreRequest | int, *, by: User, reason: str):
     """End a PLANNED restore with a reason (approvers only)."""
     restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
@@ -254,7 +254,7 @@ def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, r
     return req
 
 
-def expire_restores(now=None) -> list[int]:
+def expire_restores(now: datetime | None = None) -> list[int]:
     """APPROVED restores not started in time, and PLANNED ones older than a day, expire."""
     now = now or timezone.now()
     expired = []

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -43,7 +43,7 @@ from portal.live import publish
 def request_run(
     source: BackupSource | str,
     *,
-    by: AbstractBaseUser | Actor | str,
+    by: User | Actor | str,
     enqueue: bool = True,
 ) -> BackupRun:
     """Queue a manual ("run now") backup of ``source``; the worker picks it up on commit."""
@@ -162,7 +162,7 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
     return run
 
 
-def check_freshness(now=None) -> dict[str, list[str]]:
+def check_freshness(now: datetime | None = None) -> dict[str, list[str]]:
     """Notify once when a source loses its fresh verified backup, and once when it has one again."""
     now = now or timezone.now()
     fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
