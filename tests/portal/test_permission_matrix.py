@@ -45,7 +45,7 @@ from django_rq.settings import get_queues_map
 
 from portal.consumers import SUBJECTS
 from portal.lib.localservices import free_port
-from portal.mcp_http import MCP_PATH
+from portal.mcp.http import MCP_PATH
 from portal.models import ApiToken
 from portal.routing import websocket_urlpatterns
 from portal.tokens import create_token, revoke_token
@@ -795,10 +795,10 @@ def test_mcp_matrix():
     ends with the test.
     """
     from portal.asgi import django_asgi_app
-    from portal.mcp_http import MCPEndpoint, route_mcp
-    from pra.mcp import server as mcp_server
+    from portal.mcp import get_server
+    from portal.mcp.http import MCPEndpoint, route_mcp
 
-    endpoint = MCPEndpoint(mcp_server)
+    endpoint = MCPEndpoint(get_server())
     application = route_mcp(endpoint, django_asgi_app)
     world = build_world(http=False)
     [route] = [r for r in collect_routes() if r.surface == "mcp"]

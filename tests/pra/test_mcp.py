@@ -683,7 +683,8 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
 ):
     """In-process (the SDK's in-memory client) so the failure can be injected: the
     identity lookup is swapped for the operator (no token transport in memory)."""
-    from pra import mcp as pra_mcp
+    from portal.mcp import core as mcp_core
+    from portal.mcp import get_server
 
     async def identify(request):
         return operator
@@ -691,10 +692,10 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
     def broken(**kwargs):
         raise RuntimeError('relation "x" violates: INSERT INTO pra_praaction VALUES (...)')
 
-    monkeypatch.setattr(pra_mcp, "_identify", identify)
+    monkeypatch.setattr(mcp_core, "_identify", identify)
     monkeypatch.setattr(actions, "submit_proposal", broken)
     with start_blocking_portal() as portal:
-        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        client = Client(get_server(), read_timeout_seconds=TIMEOUT)
         with portal.wrap_async_context_manager(client):
             result = portal.call(
                 client.call_tool,
@@ -717,7 +718,8 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
 def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_host, monkeypatch):
     """In-process, to make the audit write fail: the proposal it would have audited is
     rolled back with it, and the client gets the generic error."""
-    from pra import mcp as pra_mcp
+    from portal.mcp import core as mcp_core
+    from portal.mcp import get_server
 
     async def identify(request):
         return operator
@@ -725,10 +727,10 @@ def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_
     def audit_fails(call, outcome, error):
         raise RuntimeError("audit table unavailable: INSERT INTO portal_auditevent ...")
 
-    monkeypatch.setattr(pra_mcp, "_identify", identify)
-    monkeypatch.setattr(pra_mcp, "_audit", audit_fails)
+    monkeypatch.setattr(mcp_core, "_identify", identify)
+    monkeypatch.setattr(mcp_core, "_audit", audit_fails)
     with start_blocking_portal() as portal:
-        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        client = Client(get_server(), read_timeout_seconds=TIMEOUT)
         with portal.wrap_async_context_manager(client):
             result = portal.call(
                 client.call_tool,
