@@ -6,14 +6,12 @@ never started from here: they need a plan, a confirmation and two approvers.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
-from django.conf import settings
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
-from backups.choices import Verification
 from backups.models import BackupRun, BackupSource
 from portal.mcp.core import READ_ONLY, Call, ToolError, require_view, run, tool
 
@@ -39,12 +37,11 @@ def _backup_status(call: Call, source: str | None) -> list[dict]:
         if not sources:
             raise ToolError(f"No enabled backup source {source!r}; omit it to list all.")
     now = timezone.now()
-    fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
     out = []
     for src in sources:
-        runs = BackupRun.objects.of_source(src).order_by("-created")
-        latest = runs.first()
-        good = runs.usable().first()  # the one definition of "the last good backup"
+        runs = BackupRun.objects.of_source(src)
+        latest = runs.order_by("-created").first()
+        good = runs.last_good()  # the one definition of "the last good backup"
         out.append(
             {
                 "source": src.name,
@@ -54,10 +51,7 @@ def _backup_status(call: Call, source: str | None) -> list[dict]:
                 if good else None,
                 "size_bytes": good.bytes_stored if good else None,
                 "verification": good.verification if good else None,
-                "fresh": bool(
-                    good and good.created >= fresh_after
-                    and good.verification == Verification.VERIFIED
-                ),
+                "fresh": bool(good and good.is_fresh(now)),
                 "last_run_status": latest.status if latest else None,
             }
         )  # fmt: skip
