@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import django_rq
-from rq import SimpleWorker
-
 from backups.choices import SourceKind, Transport
 from backups.models import BackupRun, BackupSource
 from portal.models import AuditEvent
+from tests import jobs as shared
 
 
 def run_jobs() -> None:
-    """Drain the backups queue with a real RQ worker in burst mode (in-process)."""
-    worker = django_rq.get_worker("backups", worker_class=SimpleWorker)
-    worker.work(burst=True, with_scheduler=False)
+    """Drain the backups queue (``tests.jobs.run_jobs``)."""
+    shared.run_jobs("backups")
 
 
 def make_source(name: str, kind: str, **fields) -> BackupSource:

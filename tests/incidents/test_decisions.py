@@ -12,8 +12,8 @@ from incidents.choices import DecisionAction, DecisionSource, IncidentStatus, Ou
 from incidents.models import Decision, Incident
 from pra.models import PRAAction
 from tests.incidents.helpers import JSONService, RawService, beat, payload
+from tests.jobs import run_jobs
 from tests.pra.factories import offline_host
-from tests.pra.helpers import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,7 +15,7 @@ from incidents.models import Agent, Decision, GroupingRule, Incident, IncidentGr
 from portal.choices import NotificationKind
 from portal.models import AuditEvent, Notification, NotificationChannel
 from tests.incidents.helpers import beat, overdue_agents, payload
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -50,8 +50,10 @@ from pra import actions
 from pra.choices import ActionStatus
 from pra.models import DiagnosticRun, PRAAction, Source
 from tests.conftest import make_user
+from tests.jobs import run_jobs
 from tests.pra.factories import RATIONALE
-from tests.pra.helpers import BASE_DIR, PYTHON, child_env, restarts, run_jobs
+from tests.pra.helpers import child_env, restarts
+from tests.stack import BASE_DIR, PYTHON, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -75,16 +77,6 @@ TOOLS = {
 }
 TIMEOUT = 120.0  # seconds for any one MCP request (execute waits for the run)
 STARTUP_TIMEOUT = 30.0
-
-
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.05)
-    return False
 
 
 # --- driving the SDK client from synchronous tests ---------------------------------------
@@ -215,7 +207,7 @@ def _start_daphne(port: int, env: dict[str, str], log) -> subprocess.Popen | Non
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    listening = _wait_until(
+    listening = wait_until(
         lambda: proc.poll() is not None or port_answers("127.0.0.1", port), STARTUP_TIMEOUT
     )
     if listening and proc.poll() is None:
@@ -568,7 +560,7 @@ def test_execute_waits_for_the_run_the_worker_already_started(
             start_new_session=True,
         )  # fmt: skip
         try:
-            assert _wait_until(
+            assert wait_until(
                 lambda: restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1, 60
             ), "the worker never started the restart"
             assert PRAAction.objects.get(pk=proposed["id"]).status == ActionStatus.EXECUTING
