@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from backups.choices import SourceKind, Transport
+from backups.choices import SourceKind
 from backups.models import BackupRun, BackupSource
 from portal.models import AuditEvent
 from tests import jobs as shared
+from tests.factories import make_source
 
 
 def run_jobs() -> None:
     """Drain the backups queue (``tests.jobs.run_jobs``)."""
     shared.run_jobs("backups")
-
-
-def make_source(name: str, kind: str, **fields) -> BackupSource:
-    source = BackupSource(name=name, kind=kind, **{"transport": Transport.DIRECT, **fields})
-    source.full_clean()
-    source.save()
-    return source
 
 
 def pg_source(name: str, dsn: str, databases: str, **fields) -> BackupSource:

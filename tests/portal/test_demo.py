@@ -20,7 +20,7 @@ from portal import devstack
 from portal.lib.localservices import ServiceError, free_port
 from pra.devtarget import DEFAULT_TELEMETRY, LocalTarget, read_telemetry
 from pra.models import Host
-from tests.pra.factories import OFFLINE_HOST_KEY
+from tests.factories import OFFLINE_HOST_KEY
 from tests.stack import BASE_DIR, PYTHON, wait_for
 
 LOCKED = ServiceError(

@@ -41,8 +41,8 @@ from portal.notify import DeliveryError, notify
 from pra import actions
 from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
+from tests.factories import offline_host, propose
 from tests.jobs import run_jobs
-from tests.pra.factories import offline_host, propose
 
 pytestmark = pytest.mark.django_db
 

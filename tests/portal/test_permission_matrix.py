@@ -50,7 +50,7 @@ from portal.models import ApiToken
 from portal.routing import websocket_urlpatterns
 from portal.tokens import create_token, revoke_token
 from tests.conftest import make_user
-from tests.pra.factories import OFFLINE_HOST_KEY, RATIONALE
+from tests.factories import OFFLINE_HOST_KEY, RATIONALE
 
 # --- identities ----------------------------------------------------------------------
 
@@ -454,7 +454,7 @@ def build_world(*, http: bool = True) -> World:
         world.objects["portal.notification"] = notify.send_test(channel, by=users["admin"])
         queue = django_rq.get_queue("pra", commit_mode="auto")
         world.job_id = queue.enqueue("builtins.len", "matrix").id
-    from tests.backups.helpers import make_source
+    from tests.factories import make_source
 
     source = make_source("matrix-redis", "redis", dsn="redis://127.0.0.1:1/0")
     from backups import actions as backups

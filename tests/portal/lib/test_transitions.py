@@ -9,22 +9,14 @@ import pytest
 from django.db import connections
 
 from portal.lib.transitions import compare_and_swap
-from pra import actions
 from pra.choices import TRANSITIONS, ActionStatus
 from pra.models import PRAAction
-
-# Any model with a status table would do; remediation actions are real and at hand.
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3mhsK1n2V4Fq0n2V3mYwJ1M3VnYkS5cK3Zq0wq4d4X"
+from tests.factories import offline_host, propose
 
 
 def _proposed(by) -> PRAAction:
-    host = actions.add_host(
-        name="cas-1", address="192.0.2.11", port=22, ssh_user="pra", host_key=HOST_KEY
-    )
-    return actions.propose_action(
-        action="restart_unbound", host=host, params={}, by=by,
-        rationale="unbound stopped answering; restarting it brings DNS back",
-    )  # fmt: skip
+    # Any model with a status table would do; remediation actions are real and at hand.
+    return propose(by, offline_host("cas-1"))
 
 
 @pytest.mark.django_db
