@@ -143,7 +143,7 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
         drill = drill.first()
         if drill is None or drill.status != DrillStatus.QUEUED:
             return None
-        run = BackupRun.objects.of_source(drill.source).usable().order_by("-created").first()
+        run = BackupRun.objects.of_source(drill.source).last_good()
         if not _move_drill(
             drill_id, DrillStatus.QUEUED, DrillStatus.RUNNING,
             started_at=now, heartbeat_at=now, job_id=job_id, run=run,

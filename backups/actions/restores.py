@@ -26,7 +26,6 @@ from backups.choices import (
     RestoreStatus,
     RunStatus,
     Trigger,
-    Verification,
 )
 from backups.models import (
     BackupArtifact,
@@ -71,7 +70,7 @@ def plan_restore(
             f"Backup #{obj.run_id} is suspiciously small and nobody accepted it; an approver "
             "or administrator accepts it first (audited), or restore an earlier backup.",
         )
-    if not obj.run.usable or obj.verification != Verification.VERIFIED:
+    if not obj.restorable:
         raise BackupError(
             "unusable",
             f"Artifact #{obj.pk} is not a verified, stored backup "

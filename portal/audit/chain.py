@@ -147,7 +147,7 @@ _PREV_AND_DETAILS_SQL = {
 
 
 def record(
-    event_type: AuditEventType,
+    event_type: str,
     *,
     actor: Actor | User | str,
     subject: models.Model | tuple[str, Any] | None = None,
