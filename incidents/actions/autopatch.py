@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -187,6 +188,8 @@ def hand_back_failed_remediations() -> list[int]:
     stuck = Incident.objects.filter(ended, status=IncidentStatus.MITIGATING)
     for incident in stuck.select_related("remediation"):
         action = incident.remediation
+        if action is None:  # excluded by the filter; a row changed since
+            continue
         why = f"remediation #{action.pk} ({action.action}) ended {action.status}"
         if action.status == ActionStatus.COMPLETED:
             why = f"remediation #{action.pk} ({action.action}) ran but did not verify"
@@ -196,7 +199,13 @@ def hand_back_failed_remediations() -> list[int]:
     return handed
 
 
-def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
+def approve_attempt(
+    attempt: AutoPatchAttempt,
+    *,
+    by: User,
+    confirmation: str = "",
+    fingerprint: str | None = None,
+) -> approvals.Tally:
     """A human signature on a patch that policy put behind multi-signature."""
     with transaction.atomic():
         locked = (
@@ -214,7 +223,7 @@ def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fi
     return tally
 
 
-def reject_attempt(attempt: AutoPatchAttempt | int, *, by, reason: str) -> AutoPatchAttempt:
+def reject_attempt(attempt: AutoPatchAttempt | int, *, by: User, reason: str) -> AutoPatchAttempt:
     """An approver refuses a patch waiting for signatures: it ends REJECTED with the reason,
     the decision is marked not carried out and the incident goes back to people."""
     attempt_id = attempt.pk if isinstance(attempt, AutoPatchAttempt) else attempt
@@ -435,7 +444,7 @@ def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
     }
 
 
-def set_kill_switch(enabled: bool, *, by) -> list[int]:
+def set_kill_switch(enabled: bool, *, by: User | Actor | str) -> list[int]:
     """Turn auto-remediation on or off; off cancels attempts not yet APPLYING."""
     with transaction.atomic():
         policy = OpsPolicy.objects.select_for_update().get(pk=OpsPolicy.current().pk)
