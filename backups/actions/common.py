@@ -23,6 +23,8 @@ from backups.scrub import last_lines, scrub
 from portal.audit import Actor
 from portal.choices import LiveEventKind
 from portal.errors import RequestRefused
+from portal.lib import jobs
+from portal.lib.permissions import require_perm
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 
@@ -102,16 +104,14 @@ def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> No
 
 
 def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
-    if user is not None and not user.has_perm(perm):
-        raise BackupError("permission", f"You are not allowed to {what}.")
+    require_perm(user, perm, what, BackupError)
 
 
 def _enqueue(func_path: str, obj_id: int, job_id: str) -> None:
-    import django_rq
-
-    django_rq.get_queue("backups").enqueue(
-        func_path, obj_id, job_id=job_id, result_ttl=86400, failure_ttl=7 * 86400
-    )
+    jobs.enqueue(
+        func_path, obj_id, queue="backups", job_id=job_id, result_ttl=86400,
+        failure_ttl=7 * 86400,
+    )  # fmt: skip
 
 
 def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
@@ -189,15 +189,4 @@ def notify_failure(run: BackupRun, what: str = "backup") -> None:
     )
 
 
-def job_alive(job_id: str) -> bool:
-    """Is the RQ job still waiting or running (False when Redis lost it)?"""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    from portal.lib.redis import get_redis
-
-    try:
-        status = Job.fetch(job_id, connection=get_redis()).get_status()
-    except NoSuchJobError:
-        return False
-    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+job_alive = jobs.job_alive

@@ -32,6 +32,7 @@ from backups.models import (
 from backups.scrub import scrub
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind
+from portal.lib import jobs
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 
@@ -234,13 +235,11 @@ def reap_lost_drills(now=None) -> list[int]:
     """FAIL drills left RUNNING by a worker that died (no heartbeat within the grace)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
-    return [
-        pk
-        for pk in BackupDrill.objects.filter(
-            status=DrillStatus.RUNNING, heartbeat_at__lt=cutoff
-        ).values_list("pk", flat=True)
-        if finish_drill(pk, report={}, error="worker lost mid-drill")
-    ]
+    lost = BackupDrill.objects.filter(status=DrillStatus.RUNNING, heartbeat_at__lt=cutoff)
+    return jobs.reap(
+        lost.values_list("pk", flat=True),
+        lambda pk: finish_drill(pk, report={}, error="worker lost mid-drill"),
+    )
 
 
 def last_good_drill(source: BackupSource) -> BackupDrill | None:
