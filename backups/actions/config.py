@@ -15,7 +15,6 @@ from django.db import transaction
 
 from backups.actions.common import BackupError
 from backups.models import BackupSource
-from backups.scrub import scrub
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
 from portal.lib import configedit
@@ -48,11 +47,6 @@ def _storable(fields: dict[str, Any]) -> None:
         raise BackupError("invalid", str(exc)) from None
 
 
-def _masked(values: dict[str, Any]) -> dict[str, Any]:
-    """A DSN is documented as password-free; if one slipped in, the audit log never keeps it."""
-    return {k: scrub(v) if k == "dsn" and isinstance(v, str) else v for k, v in values.items()}
-
-
 def create_source(*, by: By, **fields: Any) -> BackupSource:
     """Register a backup source (one BACKUP_SOURCE_CHANGED event, change "created")."""
     actor = _manager(by)
@@ -66,10 +60,8 @@ def create_source(*, by: By, **fields: Any) -> BackupSource:
             AuditEventType.BACKUP_SOURCE_CHANGED,
             actor=actor,
             subject=source,
-            details={
-                "change": "created",
-                **_masked(configedit.values(source, SOURCE_EDITABLE)),
-            },
+            # Names of secrets only: BackupSource.clean refuses a password in the DSN.
+            details={"change": "created", **configedit.values(source, SOURCE_EDITABLE)},
         )
     return source
 
@@ -86,8 +78,6 @@ def update_source(source: BackupSource | int, *, by: By, **changes: Any) -> Back
             what="backup source",
         )  # fmt: skip
         if diff:
-            if "dsn" in diff:
-                diff["dsn"] = {k: scrub(str(v or "")) for k, v in diff["dsn"].items()}
             record(
                 AuditEventType.BACKUP_SOURCE_CHANGED,
                 actor=actor,

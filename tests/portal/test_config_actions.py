@@ -64,11 +64,15 @@ def test_high_impact_cannot_be_weakened_from_code_or_the_admin(client, admin_use
     assert events(AuditEventType.APPROVAL_RULE_CHANGED) == []
 
 
-def channel_form(**fields):
+def channel_fields(**fields):
     return {
         "name": "ops-hook", "kind": "WEBHOOK", "url": "", "url_env": "OPS_HOOK_URL",
-        "recipients": "", "min_severity": "info", "enabled": "on",
+        "recipients": "", "min_severity": "info", "enabled": True,
     } | fields  # fmt: skip
+
+
+def channel_form(**fields):
+    return channel_fields(enabled="on") | fields
 
 
 def test_a_channel_added_edited_and_deleted_in_the_admin_writes_one_event_each(client, admin_user):
@@ -92,8 +96,8 @@ def test_a_channel_added_edited_and_deleted_in_the_admin_writes_one_event_each(c
 
 
 def test_delete_selected_channels_writes_one_event_per_channel(client, admin_user):
-    first = actions.create_channel(by=admin_user, **channel_form(name="a"))
-    second = actions.create_channel(by=admin_user, **channel_form(name="b"))
+    first = actions.create_channel(by=admin_user, **channel_fields(name="a"))
+    second = actions.create_channel(by=admin_user, **channel_fields(name="b"))
     client.force_login(admin_user)
     response = client.post(
         reverse("admin:portal_notificationchannel_changelist"),
@@ -106,7 +110,7 @@ def test_delete_selected_channels_writes_one_event_per_channel(client, admin_use
 
 def test_a_secret_url_never_reaches_the_audit_log(admin_user):
     channel = actions.create_channel(
-        by=admin_user, **channel_form(url="https://hooks.example.com/abc", url_env="")
+        by=admin_user, **channel_fields(url="https://hooks.example.com/abc", url_env="")
     )
     actions.update_channel(channel, by=admin_user, url="https://hooks.example.com/other")
     assert all("hooks.example.com" not in str(e.details) for e in events(CONFIG))
@@ -116,7 +120,7 @@ def test_a_secret_url_never_reaches_the_audit_log(admin_user):
 
 
 def test_an_escalation_level_channel_change_writes_one_event(client, admin_user):
-    channel = actions.create_channel(by=admin_user, **channel_form())
+    channel = actions.create_channel(by=admin_user, **channel_fields())
     level, _ = EscalationLevel.objects.get_or_create(level=2, defaults={"name": "L2"})
     client.force_login(admin_user)
     url = reverse("admin:portal_escalationlevel_change", args=[level.pk])
@@ -137,5 +141,5 @@ def test_only_administrators_change_portal_configuration(operator, medium_rule):
         actions.update_approval_rule(medium_rule, by=operator, validity_seconds=900)
     assert refused.value.code == "permission"
     with pytest.raises(RequestRefused):
-        actions.create_channel(by=operator, **channel_form())
+        actions.create_channel(by=operator, **channel_fields())
     assert not NotificationChannel.objects.exists()
