@@ -67,6 +67,7 @@ class AuditEventType(models.TextChoices):
     DETECTION_RULE_CHANGED = "DETECTION_RULE_CHANGED", "Detection rule changed"
     BACKUP_SOURCE_CHANGED = "BACKUP_SOURCE_CHANGED", "Backup source changed"
     BACKUP_RUN_REQUESTED = "BACKUP_RUN_REQUESTED", "Backup requested (run now)"
+    BACKUP_DRILL_REQUESTED = "BACKUP_DRILL_REQUESTED", "Restore drill requested (run now)"
     NOTIFICATION_FAILED = "NOTIFICATION_FAILED", "Notification failed"
     NOTIFICATION_RETRIED = "NOTIFICATION_RETRIED", "Notification retried"
     NOTIFICATION_TEST = "NOTIFICATION_TEST", "Test notification sent"

@@ -98,6 +98,12 @@ def request_drill(
             requested_by=actor.label, status=DrillStatus.QUEUED, status_changed_at=now,
             created=now,
         )  # fmt: skip
+        record(
+            AuditEventType.BACKUP_DRILL_REQUESTED,
+            actor=actor,
+            subject=drill,
+            details={"source": source.name, "target": drill.target.name if drill.target else None},
+        )
         _announce_drill(drill, f"queued by {actor.label}")
         if enqueue:
             _enqueue_on_commit(DRILL_JOB, drill.pk, drill_job_id(drill.pk))

@@ -128,3 +128,25 @@ def test_a_restore_target_the_action_refuses_is_shown_in_the_admin_not_a_traceba
     assert target.description == "" and target.revision == 1
     assert len(events(AuditEventType.RESTORE_TARGET_UPDATED)) == 0
     assert RestoreTarget.objects.count() == 1
+
+
+def test_a_drill_requested_from_the_admin_writes_one_request_event(
+    client, admin_user, operator, capture
+):
+    target = restore_targets.create_restore_target(
+        by=admin_user, name="scratch-redis", kind="redis", host="127.0.0.1", port=6399,
+        drills=True,
+    )  # fmt: skip
+    source = actions.create_source(
+        by=admin_user, name="cache", kind="redis", dsn="redis://cache:6379", drill_target=target
+    )
+    client.force_login(operator)
+    with capture():
+        response = client.post(
+            reverse("admin:backups_backupsource_changelist"),
+            {"action": "drill_now", "_selected_action": [source.pk]},
+        )
+    assert response.status_code == 302
+    [event] = events(AuditEventType.BACKUP_DRILL_REQUESTED)
+    assert event.details == {"source": "cache", "target": "scratch-redis"}
+    assert event.actor == operator.username
