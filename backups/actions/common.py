@@ -4,12 +4,12 @@ announcements, notifications and enqueue-on-commit."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import models, transaction
 
 from backups.choices import (
     RESTORE_TRANSITIONS,
@@ -130,16 +130,17 @@ MISSED_LISTED = 5
 MISSED_COUNTED = 10000
 
 
-def _due(cron: str, since, now) -> tuple[Any, list, int]:
+def _due(cron: str, since: datetime, now: datetime) -> tuple[datetime | None, list[datetime], int]:
     """(newest slot in (since, now] or None, the older skipped ones listed, how many skipped)."""
     base = now.replace(microsecond=0) + timedelta(seconds=1)
-    newest = croniter(cron, base).get_prev(type(now))
+    newest: datetime = croniter(cron, base).get_prev(type(now))
     if newest <= since or newest > now:
         return None, [], 0
-    listed, count = [], 0
+    listed: list[datetime] = []
+    count = 0
     it = croniter(cron, since)
     while count < MISSED_COUNTED:
-        slot = it.get_next(type(now))
+        slot: datetime = it.get_next(type(now))
         if slot >= newest:
             break
         count += 1
@@ -148,7 +149,7 @@ def _due(cron: str, since, now) -> tuple[Any, list, int]:
     return newest, listed, count
 
 
-def _notify(kind: str, *, title: str, body: str, subject, severity: str) -> None:
+def _notify(kind: str, *, title: str, body: str, subject: models.Model, severity: str) -> None:
     """Send through the portal's notification channels (inside the caller's transaction).
 
     Always also a log line, so a portal without channels configured still says it.

@@ -110,7 +110,8 @@ def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **chang
         if moved:
             current.revision += 1
         current.save()
-        voided, rerun = [], []
+        voided: list[int] = []
+        rerun: list[int] = []
         if moved:
             words = ", ".join(_FIELD_WORDS[f] for f in moved)
             voided, rerun = _void_host_approvals(current, f"changed ({words})", actor)
