@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group
+from django.contrib.auth.models import User as UserModel
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -102,7 +103,7 @@ CHANNEL_EDITABLE = (
 ESCALATION_EDITABLE = ("level", "name", "delay_minutes", "channels")
 
 
-def _manager(by: AbstractBaseUser | Actor | str, what: str) -> Actor:
+def _manager(by: UserModel | Actor | str, what: str) -> Actor:
     actor = Actor.of(by)
     require_perm(actor.user, MANAGE_PERMISSION, what)
     return actor
@@ -116,7 +117,7 @@ def _storable(fields: dict[str, Any]) -> None:
 
 
 def update_approval_rule(
-    rule: ApprovalRule | int, *, by: AbstractBaseUser | Actor | str, **changes: Any
+    rule: ApprovalRule | int, *, by: UserModel | Actor | str, **changes: Any
 ) -> ApprovalRule:
     """Change how many signatures an impact needs (``ApprovalRule.clean``: HIGH never
     below 2 + a typed confirmation); one APPROVAL_RULE_CHANGED event, none if unchanged."""
@@ -155,7 +156,7 @@ def channel_details(channel: NotificationChannel) -> dict[str, Any]:
     }
 
 
-def create_channel(*, by: AbstractBaseUser | Actor | str, **fields: Any) -> NotificationChannel:
+def create_channel(*, by: UserModel | Actor | str, **fields: Any) -> NotificationChannel:
     """Add a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "created")."""
     actor = _manager(by, "change notification settings")
     _storable(fields)
@@ -174,7 +175,7 @@ def create_channel(*, by: AbstractBaseUser | Actor | str, **fields: Any) -> Noti
 
 
 def update_channel(
-    channel: NotificationChannel | int, *, by: AbstractBaseUser | Actor | str, **changes: Any
+    channel: NotificationChannel | int, *, by: UserModel | Actor | str, **changes: Any
 ) -> NotificationChannel:
     """Change a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "updated";
     none if unchanged). The event says whether a plain URL is set, never the URL."""
@@ -201,7 +202,7 @@ def update_channel(
 
 
 def delete_channel(
-    channel: NotificationChannel | int, *, by: AbstractBaseUser | Actor | str
+    channel: NotificationChannel | int, *, by: UserModel | Actor | str
 ) -> NotificationChannel:
     """Remove a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "deleted")."""
     actor = _manager(by, "change notification settings")
@@ -230,9 +231,7 @@ def _level_details(level: EscalationLevel) -> dict[str, Any]:
     }
 
 
-def create_escalation_level(
-    *, by: AbstractBaseUser | Actor | str, **fields: Any
-) -> EscalationLevel:
+def create_escalation_level(*, by: UserModel | Actor | str, **fields: Any) -> EscalationLevel:
     """Add an escalation level and the channels it reaches (one NOTIFICATION_CONFIG_CHANGED)."""
     actor = _manager(by, "change notification settings")
     _storable(fields)
@@ -251,7 +250,7 @@ def create_escalation_level(
 
 
 def update_escalation_level(
-    level: EscalationLevel | int, *, by: AbstractBaseUser | Actor | str, **changes: Any
+    level: EscalationLevel | int, *, by: UserModel | Actor | str, **changes: Any
 ) -> EscalationLevel:
     """Change an escalation level's delay, name or channels (one NOTIFICATION_CONFIG_CHANGED
     event; none if unchanged)."""

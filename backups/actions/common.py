@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import models, transaction
 
 from backups.choices import (
@@ -103,7 +103,7 @@ def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> No
     )
 
 
-def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
+def _require_perm(user: User | None, perm: str, what: str) -> None:
     require_perm(user, perm, what, BackupError)
 
 
@@ -118,7 +118,7 @@ def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
     transaction.on_commit(lambda: _enqueue(func_path, obj_id, job_id))
 
 
-def _actor(by: AbstractBaseUser | Actor | str) -> Actor:
+def _actor(by: User | Actor | str) -> Actor:
     return Actor.of(by)
 
 

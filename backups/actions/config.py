@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from backups.actions.common import BackupError
@@ -23,7 +23,7 @@ from portal.lib.text import UnstorableText, refuse_unstorable
 
 MANAGE_PERMISSION = "portal.manage_portal"
 
-By = AbstractBaseUser | Actor | str
+By = User | Actor | str
 
 SOURCE_EDITABLE = (
     "name", "kind", "enabled", "schedule", "transport", "stall_timeout", "dsn", "pg_mode",

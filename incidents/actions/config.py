@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from incidents.actions.autopatch import cancel_pending_attempts
@@ -21,7 +21,7 @@ from portal.lib.text import UnstorableText, refuse_unstorable
 
 MANAGE_PERMISSION = "portal.manage_portal"
 
-By = AbstractBaseUser | Actor | str
+By = User | Actor | str
 
 POLICY_EDITABLE = (
     "auto_remediation_enabled",

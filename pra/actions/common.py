@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -100,7 +100,7 @@ def _notify_awaiting(action: PRAAction, why: str = "") -> None:
     )
 
 
-def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
+def _require_perm(user: User | None, perm: str, what: str) -> None:
     require_perm(user, perm, what, ActionError)
 
 
