@@ -8,10 +8,7 @@ import django_rq
 import pytest
 from django.db import transaction
 
-from portal.errors import RequestRefused
 from portal.lib import jobs
-from portal.lib.permissions import require_perm
-from portal.lib.validation import describe
 
 QUEUE = "default"
 
@@ -75,24 +72,3 @@ def test_enqueue_on_commit_waits_for_the_commit_and_a_rollback_enqueues_nothing(
 def test_the_reaper_lists_only_what_it_ended():
     ended_elsewhere = {2}
     assert jobs.reap([1, 2, 3], lambda pk: pk not in ended_elsewhere) == [1, 3]
-
-
-def test_require_perm_refuses_with_the_callers_error_class(operator, admin_user):
-    class Refused(RequestRefused):
-        pass
-
-    require_perm(None, "portal.manage_portal", "manage")  # a system caller
-    require_perm(admin_user, "portal.manage_portal", "manage", Refused)
-    with pytest.raises(Refused) as refused:
-        require_perm(operator, "portal.manage_portal", "manage the portal", Refused)
-    assert refused.value.code == "permission"
-    assert refused.value.message == "You are not allowed to manage the portal."
-
-
-def test_validation_errors_read_as_one_line():
-    from django.core.exceptions import ValidationError
-
-    assert describe(ValidationError({"port": ["Too big."], "__all__": ["Bad pair."]})) == (
-        "port: Too big.; Bad pair."
-    )
-    assert describe(ValidationError("Just this.")) == "Just this."
