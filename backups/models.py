@@ -259,7 +259,7 @@ def fresh_since(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(hours=settings.BACKUP_FRESH_HOURS)
 
 
-class BackupRunQuerySet(models.QuerySet):
+class BackupRunQuerySet(models.QuerySet["BackupRun"]):
     """The one place that says which backups count (issue 13 §4): ``usable()`` is the
     "last good backup" of freshness, retention, shrink comparison, restores and reports."""
 
@@ -433,7 +433,7 @@ class BackupRun(models.Model):
         return self.usable and self.created >= fresh_since(now)
 
 
-class BackupArtifactQuerySet(models.QuerySet):
+class BackupArtifactQuerySet(models.QuerySet["BackupArtifact"]):
     def restorable(self) -> BackupArtifactQuerySet:
         """Files a restore may be planned from: verified, of a good (``usable``) backup."""
         return self.filter(verification=Verification.VERIFIED, run__in=BackupRun.objects.usable())

@@ -9,7 +9,8 @@ from typing import Any
 
 from croniter import croniter
 from django.contrib.auth.models import User
-from django.db import models, transaction
+from django.db import transaction
+from django.db.models import Model
 
 from backups.choices import (
     RESTORE_TRANSITIONS,
@@ -149,7 +150,9 @@ def _due(cron: str, since: datetime, now: datetime) -> tuple[datetime | None, li
     return newest, listed, count
 
 
-def _notify(kind: str, *, title: str, body: str, subject: models.Model, severity: str) -> None:
+def _notify(
+    kind: str, *, title: str, body: str, subject: Model | tuple[str, str] | None, severity: str
+) -> None:
     """Send through the portal's notification channels (inside the caller's transaction).
 
     Always also a log line, so a portal without channels configured still says it.

@@ -121,10 +121,10 @@ def schedule_drills(now: datetime | None = None) -> list[int]:
         if slot is None:
             continue
         with transaction.atomic():
-            won = BackupSource.objects.filter(
-                pk=source.pk,
-                **({"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}),
-            ).update(drill_horizon=now)
+            unchanged: dict[str, Any] = (
+                {"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}
+            )
+            won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(drill_horizon=now)
             if not won:
                 continue
             try:
@@ -146,8 +146,9 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     """QUEUED -> RUNNING for one worker, with the backup it will restore (the newest good one)."""
     now = timezone.now()
     with transaction.atomic():
-        drill = BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id)
-        drill = drill.first()
+        drill = (
+            BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id).first()
+        )
         if drill is None or drill.status != DrillStatus.QUEUED:
             return None
         run = BackupRun.objects.of_source(drill.source).last_good()
@@ -172,7 +173,7 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     return drill
 
 
-def finish_drill(drill_id: int, *, report: dict, error: str = "") -> BackupDrill | None:
+def finish_drill(drill_id: int, *, report: dict[str, Any], error: str = "") -> BackupDrill | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED; timed against the target.
 
     A failed drill, or one over its RTO target, is notified (BACKUP_FAILED) and audited

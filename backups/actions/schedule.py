@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from backups import faults
@@ -34,7 +36,9 @@ from portal.choices import AuditEventType, NotificationKind
 from portal.lib import jobs
 
 
-def _record_missed(source: BackupSource, now, title: str, detail: str, subject) -> None:
+def _record_missed(
+    source: BackupSource, now: datetime, title: str, detail: str, subject: Model
+) -> None:
     """Show a missed slot on the source (dashboard) and notify (inside the transaction)."""
     BackupSource.objects.filter(pk=source.pk).update(missed_at=now, missed_detail=detail[:500])
     _notify(
@@ -70,17 +74,17 @@ def schedule_due(now: datetime | None = None) -> list[int]:
     return created
 
 
-def _schedule_source(source: BackupSource, now) -> BackupRun | None:
+def _schedule_source(source: BackupSource, now: datetime) -> BackupRun | None:
     horizon = source.schedule_horizon
     since = max(horizon, source.created) if horizon else source.created
     slot, skipped, count = _due(source.cron, since, now)
     if slot is None:
         return None
     with transaction.atomic():
-        won = BackupSource.objects.filter(
-            pk=source.pk,
-            **({"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}),
-        ).update(schedule_horizon=now)
+        unchanged: dict[str, Any] = (
+            {"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}
+        )
+        won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(schedule_horizon=now)
         if not won:
             return None  # another tick moved the horizon first: it does this slot
         if count:
@@ -157,7 +161,7 @@ def report_missed(now: datetime | None = None) -> list[int]:
             ).update(missed_at=now):
                 continue
             run.missed_at = now
-            waited = (now - run.scheduled_for).total_seconds()
+            waited = (now - (run.scheduled_for or run.created)).total_seconds()
             detail = (
                 f"The {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC slot of {run.source.name} "
                 f"(run #{run.pk}) has not started after {waited:.0f} s (limit "
@@ -183,7 +187,7 @@ def reap_lost_runs(now: datetime | None = None) -> list[int]:
     return jobs.reap(lost.values_list("pk", flat=True), lambda pk: _fail_lost_run(pk, now))
 
 
-def _fail_lost_run(pk: int, now) -> bool:
+def _fail_lost_run(pk: int, now: datetime) -> bool:
     with transaction.atomic():
         if not _move_run(
             pk, RunStatus.RUNNING, RunStatus.FAILED,

@@ -117,7 +117,7 @@ def _move_attempt(
     detail: str,
     *,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     allowed = [s for s, targets in ATTEMPT_TRANSITIONS.items() if new in targets]
@@ -148,7 +148,7 @@ def _end_attempt(
     *,
     outcome: str = Outcome.SKIPPED,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """A terminal move that did not fix the incident: the decision gets its outcome and

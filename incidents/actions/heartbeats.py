@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -37,7 +38,7 @@ def ingest_heartbeat(
     *,
     version: str,
     environment: str,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     signed_us: int,
     nonce: str,
 ) -> list[dict]:
@@ -114,7 +115,7 @@ def _refuse_stale(agent: Agent, signed_us: int, nonce: str) -> None:
     raise IncidentError("stale", "heartbeat not applied (concurrent heartbeat); send it again")
 
 
-def _deliver_commands(agent: Agent, now) -> list[dict]:
+def _deliver_commands(agent: Agent, now) -> list[dict[str, Any]]:
     # Two overlapping heartbeats never both get a command: each takes only rows it locked.
     pending = list(
         AgentCommand.objects.select_for_update(skip_locked=True)

@@ -57,7 +57,7 @@ def open_or_update_incident(
     rule_id: int | None,
     severity: int,
     title: str,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     detected_at,
     now=None,
 ) -> tuple[Incident, bool]:
