@@ -25,6 +25,7 @@ from backups.models import (
     RestoreTarget,
 )
 from portal.admin_approvals import ApprovalAdminMixin
+from portal.admin_base import AuditedConfigAdmin
 from portal.models import AuditEvent
 
 BADGE = {
@@ -45,7 +46,7 @@ def _badge(text: str):
 
 
 @admin.register(BackupSource)
-class BackupSourceAdmin(admin.ModelAdmin):
+class BackupSourceAdmin(AuditedConfigAdmin):
     list_display = ("name", "kind", "transport", "cron", "enabled", "retention", "last_backup")
     list_filter = ("kind", "enabled")
     search_fields = ("name", "dsn")
@@ -85,6 +86,12 @@ class BackupSourceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def config_create(self, request, fields):
+        return actions.create_source(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return actions.update_source(obj.pk, by=request.user, **changes)
 
     @admin.display(description="last backup")
     def last_backup(self, obj):
@@ -290,7 +297,7 @@ class BackupRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(RestoreTarget)
-class RestoreTargetAdmin(admin.ModelAdmin):
+class RestoreTargetAdmin(AuditedConfigAdmin):
     """Registered restore targets: administrators only, every change through the audited
     actions in ``backups.restore_targets``."""
 
@@ -327,15 +334,11 @@ class RestoreTargetAdmin(admin.ModelAdmin):
             return f"file {obj.password_file}"
         return "kubeconfig" if obj.kind == "kubernetes" else "none"
 
-    def save_model(self, request, obj, form, change):
-        fields = {name: form.cleaned_data[name] for name in restore_targets.FIELDS
-                  if name in form.cleaned_data}  # fmt: skip
-        if change:
-            saved = restore_targets.update_restore_target(obj.pk, by=request.user, **fields)
-        else:
-            saved = restore_targets.create_restore_target(by=request.user, **fields)
-        obj.pk = saved.pk
-        obj.revision = saved.revision
+    def config_create(self, request, fields):
+        return restore_targets.create_restore_target(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return restore_targets.update_restore_target(obj.pk, by=request.user, **changes)
 
 
 def _target_choices():

@@ -166,6 +166,9 @@ class AuditEvents(models.TextChoices):
     BACKUP_DRILL_SUCCEEDED = "BACKUP_DRILL_SUCCEEDED", "Restore drill succeeded"
     BACKUP_DRILL_FAILED = "BACKUP_DRILL_FAILED", "Restore drill failed or over its RTO target"
     DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
+    BACKUP_SOURCE_CHANGED = "BACKUP_SOURCE_CHANGED", "Backup source changed"
+    BACKUP_RUN_REQUESTED = "BACKUP_RUN_REQUESTED", "Backup requested (run now)"
+    BACKUP_DRILL_REQUESTED = "BACKUP_DRILL_REQUESTED", "Restore drill requested (run now)"
 
 
 @LIVE_EVENTS.register

@@ -121,14 +121,14 @@ def keyring() -> Keyring:
     """The configured keys (read from settings on each use: tests and rotation see changes)."""
     from django.conf import settings
 
-    return parse_keys(getattr(settings, "BACKUP_ENCRYPTION_KEYS", ""))
+    return parse_keys(settings.BACKUP_ENCRYPTION_KEYS)
 
 
 def encrypting_key() -> Key | None:
     """The key new artifacts are encrypted with; None when encryption is off."""
     from django.conf import settings
 
-    if not getattr(settings, "BACKUP_ENCRYPTION", False):
+    if not settings.BACKUP_ENCRYPTION:
         return None
     key = keyring().current
     if key is None:

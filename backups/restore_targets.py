@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
@@ -20,6 +19,7 @@ from backups.actions import BackupError
 from backups.models import RestoreTarget
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from portal.lib.validation import full_clean_or_refuse
 
 MANAGE_PERMISSION = "portal.manage_portal"
 FIELDS = ("name", "kind", "enabled", "description", "host", "port", "username", "database",
@@ -34,13 +34,9 @@ def _check(by: AbstractBaseUser | Actor | str) -> Actor:
 
 
 def _validated(target: RestoreTarget) -> None:
-    try:
-        target.full_clean(exclude=["revision", "created_by"])
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
-        )
-        raise BackupError("invalid", f"Restore target refused: {problems}") from None
+    full_clean_or_refuse(
+        target, BackupError, exclude=["revision", "created_by"], prefix="Restore target refused: "
+    )
 
 
 def _values(target: RestoreTarget) -> dict[str, Any]:

@@ -221,7 +221,7 @@ class LocalStorage:
 
 def get_storage() -> Storage:
     """The configured storage: the local directory, or an S3 bucket (``BACKUP_STORAGE``)."""
-    if getattr(settings, "BACKUP_STORAGE", "local") == "s3":
+    if settings.BACKUP_STORAGE == "s3":
         from backups.s3 import from_settings
 
         return from_settings()
@@ -230,7 +230,7 @@ def get_storage() -> Storage:
 
 def get_copy_storage() -> Storage | None:
     """The second copy's store (``BACKUP_COPY_TO=s3``), or None."""
-    if getattr(settings, "BACKUP_COPY_TO", "") == "s3" and settings.BACKUP_STORAGE != "s3":
+    if settings.BACKUP_COPY_TO == "s3" and settings.BACKUP_STORAGE != "s3":
         from backups.s3 import from_settings
 
         return from_settings()

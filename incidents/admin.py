@@ -26,9 +26,7 @@ from incidents.models import (
 )
 from incidents.signing import format_us
 from portal import approvals
-from portal.admin_base import ReadOnlyAdmin
-from portal.audit import record
-from portal.choices import AuditEventType
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
 from portal.models import AuditEvent
 
 MANAGE = "portal.manage_portal"
@@ -36,7 +34,7 @@ SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(AuditedConfigAdmin):
     list_display = ("name", "kind", "environment", "version", "last_seen", "missing", "enabled")
     list_filter = ("kind", "environment", "missing", "enabled")
     search_fields = ("name", "owner", "tags")
@@ -67,9 +65,12 @@ class AgentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def config_update(self, request, obj, changes):
+        return actions.update_agent(obj.pk, by=request.user, **changes)
+
 
 @admin.register(DetectionRule)
-class DetectionRuleAdmin(admin.ModelAdmin):
+class DetectionRuleAdmin(AuditedConfigAdmin):
     list_display = ("key", "kind", "metric", "warning", "critical", "enabled")
     list_editable = ("warning", "critical", "enabled")
 
@@ -82,15 +83,16 @@ class DetectionRuleAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        from incidents.rules import forget_cached_rules
+    # Form and list edits alike (list_editable saves through these too).
+    def config_create(self, request, fields):
+        return actions.create_rule(by=request.user, **fields)
 
-        forget_cached_rules()
+    def config_update(self, request, obj, changes):
+        return actions.update_rule(obj.pk, by=request.user, **changes)
 
 
 @admin.register(GroupingRule)
-class GroupingRuleAdmin(admin.ModelAdmin):
+class GroupingRuleAdmin(AuditedConfigAdmin):
     """Storm grouping rules (data): who may edit them is who may edit detection rules."""
 
     list_display = (
@@ -108,20 +110,11 @@ class GroupingRuleAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # switch a rule off instead: storms keep their rule
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        record(
-            AuditEventType.POLICY_CHANGED,
-            actor=request.user,
-            subject=obj,
-            details={
-                "grouping_rule": obj.name, "enabled": obj.enabled, "cause": obj.cause,
-                "group_by": obj.group_by, "tag": obj.tag, "min_agents": obj.min_agents,
-                "min_percent": obj.min_percent, "window_seconds": obj.window_seconds,
-                "wait_seconds": obj.wait_seconds, "created": not change,
-            },
-        )  # fmt: skip
-        storms.forget_cached_rules()
+    def config_create(self, request, fields):
+        return actions.create_grouping_rule(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return actions.update_grouping_rule(obj.pk, by=request.user, **changes)
 
 
 @admin.register(IncidentGroup)
@@ -213,7 +206,7 @@ class IncidentGroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(OpsPolicy)
-class OpsPolicyAdmin(admin.ModelAdmin):
+class OpsPolicyAdmin(AuditedConfigAdmin):
     list_display = (
         "__str__", "auto_remediation_enabled", "max_auto_severity", "multisig_min_severity",
         "canary_percent", "updated",
@@ -229,25 +222,12 @@ class OpsPolicyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return request.user.has_perm(MANAGE)
 
-    def save_model(self, request, obj, form, change):
-        was_enabled = OpsPolicy.objects.get(pk=obj.pk).auto_remediation_enabled
-        enabled = obj.auto_remediation_enabled
-        obj.auto_remediation_enabled = was_enabled
-        super().save_model(request, obj, form, change)
-        record(
-            AuditEventType.POLICY_CHANGED,
-            actor=request.user,
-            subject=obj,
-            details={
-                "max_auto_severity": obj.max_auto_severity,
-                "multisig_min_severity": obj.multisig_min_severity,
-                "canary_percent": obj.canary_percent,
-            },
-        )
-        if enabled != was_enabled:
-            cancelled = actions.set_kill_switch(enabled, by=request.user)
-            if cancelled:
-                messages.warning(request, f"Kill switch: cancelled {len(cancelled)} attempt(s).")
+    def config_update(self, request, obj, changes):
+        # One POLICY_CHANGED event, the kill switch included (update_policy).
+        update = actions.update_policy(by=request.user, **changes)
+        if update.cancelled:
+            messages.warning(request, f"Kill switch: cancelled {len(update.cancelled)} attempt(s).")
+        return update.policy
 
 
 @admin.register(AutoPatchAttempt)

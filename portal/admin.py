@@ -6,7 +6,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
@@ -15,9 +14,9 @@ from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
 from rq.exceptions import NoSuchJobError
 
+from portal import actions as portal_actions
 from portal import kinds, notify
-from portal.admin_base import ReadOnlyAdmin
-from portal.audit import record
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
 from portal.models import (
     ApiToken,
@@ -89,7 +88,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApprovalRule)
-class ApprovalRuleAdmin(admin.ModelAdmin):
+class ApprovalRuleAdmin(AuditedConfigAdmin):
     """Multi-signature rules per impact; HIGH can never be weakened below 2 + confirmation."""
 
     list_display = (
@@ -110,21 +109,11 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return request.user.has_perm("portal.manage_portal")
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            record(
-                AuditEventType.APPROVAL_RULE_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={
-                    "impact": obj.impact,
-                    "required_approvals": obj.required_approvals,
-                    "require_confirmation": obj.require_confirmation,
-                    "allow_auto_approve": obj.allow_auto_approve,
-                    "validity_seconds": obj.validity_seconds,
-                },
-            )
+    def get_readonly_fields(self, request, obj=None):
+        return ("impact",)  # one row per impact: the rule of HIGH never becomes LOW's
+
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_approval_rule(obj.pk, by=request.user, **changes)
 
 
 # --- Notifications --------------------------------------------------------------------
@@ -161,22 +150,8 @@ class NotificationChannelForm(forms.ModelForm):
         ]
 
 
-def _channel_details(channel: NotificationChannel) -> dict:
-    """What the audit log keeps of a channel: never the URL itself."""
-    return {
-        "name": channel.name,
-        "kind": channel.kind,
-        "url_env": channel.url_env,
-        "has_plain_url": bool(channel.url),
-        "recipients": len(channel.recipient_list),
-        "kinds": list(channel.kinds or []),
-        "min_severity": channel.min_severity,
-        "enabled": channel.enabled,
-    }
-
-
 @admin.register(NotificationChannel)
-class NotificationChannelAdmin(admin.ModelAdmin):
+class NotificationChannelAdmin(AuditedConfigAdmin):
     """Where notifications go. Secret URLs stay in the environment (url_env names them)."""
 
     form = NotificationChannelForm
@@ -213,29 +188,14 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def has_manage_permission(self, request):
         return request.user.has_perm(MANAGE_PORTAL)
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            record(
-                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={"change": "updated" if change else "created", **_channel_details(obj)},
-            )
+    def config_create(self, request, fields):
+        return portal_actions.create_channel(by=request.user, **fields)
 
-    def delete_model(self, request, obj):
-        with transaction.atomic():
-            record(
-                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={"change": "deleted", **_channel_details(obj)},
-            )
-            super().delete_model(request, obj)
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_channel(obj.pk, by=request.user, **changes)
 
-    def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            self.delete_model(request, obj)
+    def config_delete(self, request, obj):
+        portal_actions.delete_channel(obj.pk, by=request.user)
 
     @admin.action(description="Send a test notification", permissions=["manage"])
     def send_test_notification(self, request, queryset):
@@ -249,7 +209,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(EscalationLevel)
-class EscalationLevelAdmin(admin.ModelAdmin):
+class EscalationLevelAdmin(AuditedConfigAdmin):
     """Incident escalation levels (L1..L4) and the channels each one reaches."""
 
     list_display = ("level", "name", "delay_minutes", "channel_names")
@@ -271,20 +231,11 @@ class EscalationLevelAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # incidents refer to levels by number
 
-    def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        level = form.instance
-        record(
-            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-            actor=request.user,
-            subject=level,
-            details={
-                "level": level.level,
-                "name": level.name,
-                "delay_minutes": level.delay_minutes,
-                "channels": sorted(c.name for c in level.channels.all()),
-            },
-        )
+    def config_create(self, request, fields):
+        return portal_actions.create_escalation_level(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_escalation_level(obj.pk, by=request.user, **changes)
 
 
 @admin.register(Notification)

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from portal import approvals
 from portal.admin_approvals import ApprovalAdminMixin
-from portal.admin_base import ReadOnlyAdmin
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
 from portal.models import AuditEvent
 from pra import actions
 from pra.catalog import CATALOG
@@ -41,7 +41,7 @@ def _badge(text: str, kind: str):
 
 
 @admin.register(Host)
-class HostAdmin(admin.ModelAdmin):
+class HostAdmin(AuditedConfigAdmin):
     list_display = (
         "name",
         "address",
@@ -67,19 +67,14 @@ class HostAdmin(admin.ModelAdmin):
 
     change_form_template = "admin/pra/host/change_form.html"
 
-    def save_model(self, request, obj, form, change):
-        # One audited write path: an edit of what approvals name voids them (update_host).
-        changes = {f: form.cleaned_data[f] for f in form.changed_data if f in actions.HOST_EDITABLE}
+    def config_update(self, request, obj, changes):
+        # update_host voids approvals an edit of what they name no longer covers.
         approved = list(
             PRAAction.objects.filter(host_id=obj.pk, status=ActionStatus.APPROVED).values_list(
                 "pk", flat=True
             )
         )
-        try:
-            actions.update_host(obj.pk, by=request.user, **changes)
-        except actions.ActionError as exc:
-            messages.error(request, f"Not saved: {exc.message}")
-        obj.refresh_from_db()
+        host = actions.update_host(obj.pk, by=request.user, **changes)
         voided = PRAAction.objects.filter(pk__in=approved, status=ActionStatus.VOIDED).count()
         if voided:
             messages.warning(
@@ -87,6 +82,7 @@ class HostAdmin(admin.ModelAdmin):
                 f"{voided} approved action(s) on this host were voided by this change: they "
                 "will not run and must be proposed again.",
             )
+        return host
 
     def log_change(self, request, obj, message):
         return None  # the audit log has HOST_UPDATED / HOST_KEY_PINNED

@@ -68,6 +68,12 @@ def request_run(
             status_changed_at=now,
             created=now,
         )
+        record(
+            AuditEventType.BACKUP_RUN_REQUESTED,
+            actor=actor,
+            subject=run,
+            details={"source": source.name, "trigger": run.trigger},
+        )
         _announce_run(run, f"queued by {actor.label}")
         if enqueue:
             _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))

@@ -33,6 +33,7 @@ from backups.models import (
 )
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
+from portal.lib import jobs
 
 
 def _record_missed(
@@ -182,28 +183,28 @@ def reap_lost_runs(now: datetime | None = None) -> list[int]:
     """FAIL (worker lost) every RUNNING backup whose worker stopped reporting. Never re-runs."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
-    reaped = []
-    for pk in BackupRun.objects.filter(
-        status=RunStatus.RUNNING, heartbeat_at__lt=now - grace
-    ).values_list("pk", flat=True):
-        with transaction.atomic():
-            if not _move_run(
-                pk, RunStatus.RUNNING, RunStatus.FAILED,
-                finished_at=now, error="worker lost: no progress reported",
-                failure_cause=faults.FailureCause.WORKER_LOST,
-            ):  # fmt: skip
-                continue
-            run = BackupRun.objects.select_related("source").get(pk=pk)
-            record(
-                AuditEventType.BACKUP_RUN_FAILED,
-                actor=Actor.system("reaper"),
-                subject=run,
-                details={"source": run.source.name, "error": run.error},
-            )
-            _announce_run(run, "FAILED: worker lost")
-            notify_failure(run)
-        reaped.append(pk)
-    return reaped
+    lost = BackupRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - grace)
+    return jobs.reap(lost.values_list("pk", flat=True), lambda pk: _fail_lost_run(pk, now))
+
+
+def _fail_lost_run(pk: int, now: datetime) -> bool:
+    with transaction.atomic():
+        if not _move_run(
+            pk, RunStatus.RUNNING, RunStatus.FAILED,
+            finished_at=now, error="worker lost: no progress reported",
+            failure_cause=faults.FailureCause.WORKER_LOST,
+        ):  # fmt: skip
+            return False
+        run = BackupRun.objects.select_related("source").get(pk=pk)
+        record(
+            AuditEventType.BACKUP_RUN_FAILED,
+            actor=Actor.system("reaper"),
+            subject=run,
+            details={"source": run.source.name, "error": run.error},
+        )
+        _announce_run(run, "FAILED: worker lost")
+        notify_failure(run)
+    return True
 
 
 def reconcile_queued(now: datetime | None = None) -> list[int]:

@@ -43,6 +43,7 @@ from incidents.models import (
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
+from portal.lib import jobs
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.notify import notify
 
@@ -406,7 +407,7 @@ def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     ):
         if attempt.needs_approval and not approvals.tally(attempt).complete:
             continue
-        if _job_alive(_attempt_job_id(attempt.pk)):
+        if jobs.job_alive(_attempt_job_id(attempt.pk)):
             continue
         with transaction.atomic():
             _enqueue_attempt(attempt.pk)
@@ -420,19 +421,6 @@ def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     return requeued
 
 
-def _job_alive(job_id: str) -> bool:
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    from portal.lib.redis import get_redis
-
-    try:
-        status = Job.fetch(job_id, connection=get_redis()).get_status()
-    except NoSuchJobError:
-        return False
-    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-
-
 def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
     """Every non-terminal attempt state has a bounded exit; this is the sweep that enforces it."""
     now = now or timezone.now()
@@ -442,18 +430,6 @@ def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
         "stuck_staging": fail_stuck_staging(now),
         "requeued": requeue_ready_attempts(now),
     }
-
-
-def set_kill_switch(enabled: bool, *, by: User | Actor | str) -> list[int]:
-    """Turn auto-remediation on or off; off cancels attempts not yet APPLYING."""
-    with transaction.atomic():
-        policy = OpsPolicy.objects.select_for_update().get(pk=OpsPolicy.current().pk)
-        policy.auto_remediation_enabled = enabled
-        policy.save(update_fields=["auto_remediation_enabled", "updated"])
-        record(
-            AuditEventType.POLICY_CHANGED, actor=by, subject=policy, details={"enabled": enabled}
-        )
-        return [] if enabled else cancel_pending_attempts("kill switch turned off")
 
 
 def cancel_pending_attempts(reason: str) -> list[int]:

@@ -25,7 +25,6 @@ from django.db import connection
 from django.utils import timezone
 
 from portal.audit.keys import Keyring, keyring
-from portal.lib.env import env_int, env_path
 
 if TYPE_CHECKING:
     from portal.audit.chain import ChainProblem, ChainReport
@@ -51,18 +50,13 @@ class Anchor:
 
 
 def anchor_dir() -> Path:
-    configured = getattr(settings, "AUDIT_ANCHOR_DIR", None)
-    if configured:
-        return Path(configured)
-    return env_path("AUDIT_ANCHOR_DIR", Path(settings.VAR_DIR) / "audit-anchors")
+    """Where anchor files go (AUDIT_ANCHOR_DIR; its default lives in settings)."""
+    return Path(settings.AUDIT_ANCHOR_DIR)
 
 
 def anchor_interval() -> int:
     """Seconds between periodic anchors (AUDIT_ANCHOR_INTERVAL, default 300)."""
-    configured = getattr(settings, "AUDIT_ANCHOR_INTERVAL", None)
-    if configured:
-        return int(configured)
-    return env_int("AUDIT_ANCHOR_INTERVAL", 300, minimum=30, maximum=86400)
+    return int(settings.AUDIT_ANCHOR_INTERVAL)
 
 
 # With no new events, an anchor is still written this often, so its age in /metrics
