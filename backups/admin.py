@@ -27,6 +27,7 @@ from backups.models import (
     RestoreTarget,
 )
 from portal.admin_approvals import ApprovalAdminMixin
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
 
 BADGE = {
@@ -226,6 +227,8 @@ class BackupRunAdmin(admin.ModelAdmin):
     )  # fmt: skip
     list_filter = ("status", "failure_cause", "verification", "trigger", "shrink_flag", "source")
     list_select_related = ("source",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     readonly_fields = [f.name for f in BackupRun._meta.fields]
     inlines = [ArtifactInline]
     actions = ["verify_now", "accept_small"]

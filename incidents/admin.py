@@ -29,6 +29,7 @@ from portal import approvals
 from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
 
 MANAGE = "portal.manage_portal"
@@ -327,6 +328,8 @@ class IncidentAdmin(admin.ModelAdmin):
     list_filter = ("severity", "status", "auto_resolved", IncidentAgentFilter)
     search_fields = ("title", "agent__name", "cause")
     list_select_related = ("agent",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     change_form_template = "admin/incidents/incident/change_form.html"
 
     @admin.display(description="severity", ordering="severity")

@@ -20,6 +20,7 @@ from portal import notify
 from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import (
     ApiToken,
     ApprovalRule,
@@ -65,6 +66,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     # Substring search on a big table: trigram indexes (portal migration 0015).
     search_fields = ("actor", "subject_id")
     # No date_hierarchy: it runs SELECT DISTINCT DATE_TRUNC(...) over every row per page.
+    paginator = EstimatedCountPaginator
     list_per_page = 100
     show_full_result_count = False
 
@@ -321,6 +323,7 @@ class NotificationAdmin(admin.ModelAdmin):
     list_filter = ("status", "kind", "severity", "channel")
     search_fields = ("title", "subject_id")
     # No date_hierarchy: a SELECT DISTINCT DATE_TRUNC(...) over every row on each page.
+    paginator = EstimatedCountPaginator
     list_select_related = ("channel",)
     list_per_page = 100
     show_full_result_count = False

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_POST
 from portal import approvals
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import ReadOnlyAdmin
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
 from pra import actions
 from pra.catalog import CATALOG
@@ -213,6 +214,8 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     search_fields = ("action", "host__name", "proposer_label", "rationale")
     list_select_related = ("host",)
     ordering = ("-created",)
+    paginator = EstimatedCountPaginator  # a year is 100,000 actions: no COUNT(*) per page
+    show_full_result_count = False
     form = ProposeForm
     change_form_template = "admin/pra/praaction/change_form.html"
     sign_request = staticmethod(actions.approve_action)
@@ -343,3 +346,5 @@ class DiagnosticRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
     list_filter = ("host",)
     list_select_related = ("host", "action__host")  # str(action) names its host
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False

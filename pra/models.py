@@ -192,6 +192,7 @@ class DiagnosticRun(models.Model):
 
     class Meta:
         ordering = ["-created"]
+        indexes = [models.Index(fields=["created"], name="diagnosticrun_created_idx")]
 
     def __str__(self) -> str:
         return f"{self.command} on {self.host.name}"

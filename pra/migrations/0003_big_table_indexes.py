@@ -1,5 +1,6 @@
 """Indexes for a year of data (issue 17): the dashboard's sort on ``status_changed_at``,
-and trigram indexes for the actions list's substring search (PostgreSQL only)."""
+the diagnostics list's order, and trigram indexes for the actions list's substring search
+(PostgreSQL only)."""
 
 from django.db import migrations, models
 
@@ -15,6 +16,10 @@ class Migration(migrations.Migration):
         AddIndexConcurrently(
             model_name="praaction",
             index=models.Index(fields=["status_changed_at"], name="praaction_status_changed_idx"),
+        ),
+        AddIndexConcurrently(  # the diagnostics list's order
+            model_name="diagnosticrun",
+            index=models.Index(fields=["created"], name="diagnosticrun_created_idx"),
         ),
         TrigramExtension(),
         TrigramIndex("pra_praaction", "action", "praaction_action_trgm"),
