@@ -62,6 +62,9 @@ class TrigramIndex(Operation):
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(self.name)} ON {quote(self.table)} "
             f"USING gin (UPPER({quote(self.column)}::text) gin_trgm_ops)"
         )
+        # Statistics of the new expression: without them the planner guesses ten matches
+        # for any term and picks the index even for a term every row contains.
+        schema_editor.execute(f"ANALYZE {quote(self.table)}")
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor != "postgresql":

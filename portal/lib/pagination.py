@@ -4,7 +4,7 @@
 machine) on every page. An unfiltered list needs no exact total: on PostgreSQL the
 planner's estimate (``pg_class.reltuples``, kept by ANALYZE / autovacuum) is read
 instead when the table is big. Filtered and searched lists, small tables, SQLite and
-tables never analysed are counted exactly.
+tables never analysed are counted exactly, filtered ones up to ``COUNT_AT_MOST``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ ESTIMATE_ABOVE = 20_000
 
 def estimated_rows(queryset) -> int | None:
     """The planner's row estimate of an unfiltered queryset's table, or None (count it)."""
-    query = queryset.query
+    query = getattr(queryset, "query", None)
+    if query is None:  # a list: nothing to estimate
+        return None
     if query.where or query.distinct or query.combinator or query.low_mark or query.high_mark:
         return None
     connection = connections[queryset.db]
@@ -36,10 +38,28 @@ def estimated_rows(queryset) -> int | None:
     return int(row[0])
 
 
+#: A filtered or searched list counts its matches up to here, then says "10000+".
+COUNT_AT_MOST = 10_000
+
+
+class AtLeast(int):
+    """A count that stopped at its cap: shown as "10000+", computed with as the cap."""
+
+    def __str__(self) -> str:
+        return f"{int(self)}+"
+
+
 class EstimatedCountPaginator(Paginator):
-    """``ModelAdmin.paginator`` for big tables: an unfiltered list's total is estimated."""
+    """``ModelAdmin.paginator`` for big tables: an unfiltered list's total is estimated; a
+    filtered or searched one is counted up to ``COUNT_AT_MOST`` matches (a term in every
+    row would otherwise count the whole table on each page), so its pages end there."""
 
     @cached_property
     def count(self) -> int:
         estimate = estimated_rows(self.object_list)
-        return estimate if estimate is not None else super().count
+        if estimate is not None:
+            return estimate
+        if not hasattr(self.object_list, "query"):
+            return super().count
+        found = self.object_list[: COUNT_AT_MOST + 1].count()
+        return AtLeast(COUNT_AT_MOST) if found > COUNT_AT_MOST else found
