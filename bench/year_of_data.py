@@ -35,6 +35,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -693,14 +694,14 @@ def count_queries(client, url: str) -> int:
     return len(ctx.captured_queries)
 
 
-def admin_pages(user, term_for) -> list[tuple[str, str, object]]:
+def admin_pages(user, term_for) -> list[tuple[str, str, Any]]:
     """(name, url, model admin) of every changelist variant and change page."""
     from django.contrib import admin
     from django.test import RequestFactory
     from django.urls import reverse
     from django_rq.models import Dashboard
 
-    pages = []
+    pages: list[tuple[str, str, Any]] = []
     for model, ma in sorted(admin.site._registry.items(), key=lambda i: i[0]._meta.label):
         if model is Dashboard:
             continue  # django_rq's Redis dashboard: no database rows
@@ -751,7 +752,7 @@ def measure(repeat: int, only: str | None) -> list[Result]:
     results: list[Result] = []
     roles = {"admin": users.get(username="ada-admin"), "viewer": users.get(username="vera-viewer"),
              "approver": users.get(username="anna-approver")}  # fmt: skip
-    plan: list[tuple[str, str, str, object]] = []
+    plan: list[tuple[str, str, str, Any]] = []
     for role in ("admin", "viewer"):
         plan.append(("dashboard /", role, "/", None))
         plan.append(("inbox ?awaiting=me", role, "/admin/pra/praaction/?awaiting=me", None))

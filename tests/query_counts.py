@@ -9,10 +9,11 @@ shows as a difference.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib import admin
 from django.db import connection, transaction
-from django.http import HttpResponse
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -52,7 +53,7 @@ def changelists(app_label: str) -> list:
     ]
 
 
-def count_queries(client, url: str) -> tuple[int, HttpResponse]:
+def count_queries(client, url: str) -> tuple[int, Any]:
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url)
     assert response.status_code == 200, (url, response.status_code)

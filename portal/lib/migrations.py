@@ -16,10 +16,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.postgres.operations import AddIndexConcurrently as _PgConcurrently
 from django.contrib.postgres.operations import TrigramExtension
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations import AddIndex
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState
 
 __all__ = ["AddIndexConcurrently", "TrigramExtension", "TrigramIndex"]
 
@@ -27,15 +31,29 @@ __all__ = ["AddIndexConcurrently", "TrigramExtension", "TrigramIndex"]
 class AddIndexConcurrently(_PgConcurrently):
     """Django's ``AddIndexConcurrently`` on PostgreSQL; an ordinary ``AddIndex`` elsewhere."""
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
 
 class TrigramIndex(Operation):
@@ -48,13 +66,19 @@ class TrigramIndex(Operation):
     def __init__(self, table: str, column: str, name: str) -> None:
         self.table, self.column, self.name = table, column, name
 
-    def deconstruct(self):
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         return (self.__class__.__qualname__, [self.table, self.column, self.name], {})
 
-    def state_forwards(self, app_label, state):
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
         pass  # not part of the model state (see the module docstring)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         quote = schema_editor.quote_name
@@ -66,16 +90,22 @@ class TrigramIndex(Operation):
         # for any term and picks the index even for a term every row contains.
         schema_editor.execute(f"ANALYZE {quote(self.table)}")
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         schema_editor.execute(
             f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(self.name)}"
         )
 
-    def describe(self):
+    def describe(self) -> str:
         return f"Trigram index {self.name} on {self.table}.{self.column} (PostgreSQL only)"
 
     @property
-    def migration_name_fragment(self):
+    def migration_name_fragment(self) -> str:
         return f"trigram_{self.name}"

@@ -9,6 +9,8 @@ tables never analysed are counted exactly, filtered ones up to ``COUNT_AT_MOST``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
@@ -17,7 +19,7 @@ from django.utils.functional import cached_property
 ESTIMATE_ABOVE = 20_000
 
 
-def estimated_rows(queryset) -> int | None:
+def estimated_rows(queryset: Any) -> int | None:
     """The planner's row estimate of an unfiltered queryset's table, or None (count it)."""
     query = getattr(queryset, "query", None)
     if query is None:  # a list: nothing to estimate
@@ -49,7 +51,13 @@ class AtLeast(int):
         return f"{int(self)}+"
 
 
-class EstimatedCountPaginator(Paginator):
+if TYPE_CHECKING:  # generic in django-stubs only
+    _Paginator = Paginator[Any]
+else:
+    _Paginator = Paginator
+
+
+class EstimatedCountPaginator(_Paginator):
     """``ModelAdmin.paginator`` for big tables: an unfiltered list's total is estimated; a
     filtered or searched one is counted up to ``COUNT_AT_MOST`` matches (a term in every
     row would otherwise count the whole table on each page), so its pages end there."""
@@ -61,5 +69,6 @@ class EstimatedCountPaginator(Paginator):
             return estimate
         if not hasattr(self.object_list, "query"):
             return super().count
-        found = self.object_list[: COUNT_AT_MOST + 1].count()
+        objects: Any = self.object_list
+        found = int(objects[: COUNT_AT_MOST + 1].count())
         return AtLeast(COUNT_AT_MOST) if found > COUNT_AT_MOST else found
