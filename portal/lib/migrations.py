@@ -11,7 +11,7 @@
   other databases. pg_trgm is a *trusted* extension (PostgreSQL >= 13): the database's
   owner may create it without being a superuser; otherwise a superuser runs
   ``CREATE EXTENSION pg_trgm`` in the portal's database once before ``migrate``
-  (docs/operations.md).
+  (README.md, Running in production).
 """
 
 from __future__ import annotations
