@@ -57,9 +57,11 @@ class BackupSourceChangeList(ChangeList):
     def get_results(self, request):
         super().get_results(request)
         sources = list(self.result_list)
-        newest = BackupRun.objects.filter(
-            source=OuterRef("pk"), restore__isnull=True, status=RunStatus.SUCCEEDED
-        ).order_by("-created")
+        newest = (
+            BackupRun.objects.stored()
+            .filter(source=OuterRef("pk"), restore__isnull=True)
+            .order_by("-created")
+        )
         ids = dict(
             BackupSource.objects.filter(pk__in=[s.pk for s in sources])
             .annotate(run_id=Subquery(newest.values("pk")[:1]))
@@ -120,7 +122,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
     def last_backup(self, obj):
         run = getattr(obj, "newest_succeeded", _UNREAD)
         if run is _UNREAD:  # not from the changelist (which reads them for the whole page)
-            run = BackupRun.objects.of_source(obj).filter(status=RunStatus.SUCCEEDED).first()
+            run = BackupRun.objects.of_source(obj).stored().first()
         if run is None:
             return "never"
         if run.awaiting_acceptance:
@@ -205,7 +207,7 @@ class ArtifactInline(admin.TabularInline):
     def restore_link(self, obj):
         if obj.format == ArtifactFormat.PG_GLOBALS:
             return "with each database"
-        if obj.verification != Verification.VERIFIED or not obj.run.usable:
+        if not obj.restorable:
             return "—"
         url = reverse("admin:backups_restorerequest_plan") + f"?artifact={obj.pk}"
         return format_html('<a href="{}">plan a restore…</a>', url)
@@ -385,9 +387,7 @@ class PlanForm(forms.Form):
     (the same validation as ``backup_restore plan``), nothing here connects anywhere."""
 
     artifact = forms.ModelChoiceField(
-        queryset=BackupArtifact.objects.filter(
-            verification=Verification.VERIFIED, run__in=BackupRun.objects.usable()
-        ).select_related("run__source"),
+        queryset=BackupArtifact.objects.restorable().select_related("run__source"),
     )
     target = forms.CharField(
         required=False,

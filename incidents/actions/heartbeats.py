@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -37,7 +38,7 @@ def ingest_heartbeat(
     *,
     version: str,
     environment: str,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     signed_us: int,
     nonce: str,
 ) -> list[dict]:
@@ -114,7 +115,7 @@ def _refuse_stale(agent: Agent, signed_us: int, nonce: str) -> None:
     raise IncidentError("stale", "heartbeat not applied (concurrent heartbeat); send it again")
 
 
-def _deliver_commands(agent: Agent, now) -> list[dict]:
+def _deliver_commands(agent: Agent, now) -> list[dict[str, Any]]:
     # Two overlapping heartbeats never both get a command: each takes only rows it locked.
     pending = list(
         AgentCommand.objects.select_for_update(skip_locked=True)
@@ -156,7 +157,7 @@ def _check_health(agent: Agent, version: str, *, broken_causes: set[str]) -> Non
             )
 
 
-def mark_missing_agents(now=None, batch: int | None = None) -> list[int]:
+def mark_missing_agents(now: datetime | None = None, batch: int | None = None) -> list[int]:
     """The sweep: agents past ``alert_after`` get a missed-heartbeat incident. Returns agent ids.
 
     One transaction per ``batch`` agents, a fixed number of statements each whatever its
@@ -223,7 +224,7 @@ def _flag_overdue(now, batch: int) -> list[Agent]:
     return list(Agent.objects.raw(sql, [now, batch]))
 
 
-def prune_samples(now=None) -> int:
+def prune_samples(now: datetime | None = None) -> int:
     now = now or timezone.now()
     cutoff = now - timedelta(hours=settings.HEARTBEAT_RETENTION_HOURS)
     deleted, _ = HeartbeatSample.objects.filter(received__lt=cutoff).delete()
