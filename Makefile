@@ -33,8 +33,8 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
-bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
+.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit bench-year
+bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit bench-year
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
 bench-pra: venv
@@ -62,6 +62,11 @@ bench-live: venv
 ## audit_verify over 500,000 events, next to the old verifier.
 bench-audit: venv
 	$(BIN)/python bench/audit_verify.py $(ARGS)
+
+## A year of data (issue 17) in a throwaway bench_year database: every admin page and API
+## list, median ms, queries, slowest query. ARGS="--scale 0.1" for a smaller world.
+bench-year: venv
+	$(BIN)/python bench/year_of_data.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

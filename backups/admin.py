@@ -6,7 +6,9 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -26,6 +28,7 @@ from backups.models import (
 )
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import AuditedConfigAdmin
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
 
 BADGE = {
@@ -43,6 +46,32 @@ def _badge(text: str):
     return format_html(
         '<span class="pra-badge {}" data-status="{}">{}</span>', BADGE.get(text, "warn"), text, text
     )
+
+
+_UNREAD = object()
+
+
+class BackupSourceChangeList(ChangeList):
+    """Reads the newest succeeded backup of every source on the page in two queries, for
+    the "last backup" column (it was one query per source)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        sources = list(self.result_list)
+        newest = (
+            BackupRun.objects.stored()
+            .filter(source=OuterRef("pk"), restore__isnull=True)
+            .order_by("-created")
+        )
+        ids = dict(
+            BackupSource.objects.filter(pk__in=[s.pk for s in sources])
+            .annotate(run_id=Subquery(newest.values("pk")[:1]))
+            .values_list("pk", "run_id")
+        )
+        runs = BackupRun.objects.in_bulk([pk for pk in ids.values() if pk])
+        for source in sources:
+            source.newest_succeeded = runs.get(ids.get(source.pk))
+        self.result_list = sources
 
 
 @admin.register(BackupSource)
@@ -93,9 +122,14 @@ class BackupSourceAdmin(AuditedConfigAdmin):
     def config_update(self, request, obj, changes):
         return actions.update_source(obj.pk, by=request.user, **changes)
 
+    def get_changelist(self, request, **kwargs):
+        return BackupSourceChangeList
+
     @admin.display(description="last backup")
     def last_backup(self, obj):
-        run = BackupRun.objects.of_source(obj).stored().first()
+        run = getattr(obj, "newest_succeeded", _UNREAD)
+        if run is _UNREAD:  # not from the changelist (which reads them for the whole page)
+            run = BackupRun.objects.of_source(obj).stored().first()
         if run is None:
             return "never"
         if run.awaiting_acceptance:
@@ -134,7 +168,7 @@ class BackupDrillAdmin(admin.ModelAdmin):
     list_display = ("id", "source", "trigger", "status_badge", "created", "run", "target",
                     "rto", "met_target")  # fmt: skip
     list_filter = ("status", "met_target", "source")
-    list_select_related = ("source", "target")
+    list_select_related = ("source", "target", "run__source")  # str(run) names its source
     readonly_fields = [f.name for f in BackupDrill._meta.fields]
 
     @admin.display(description="status", ordering="status")
@@ -202,6 +236,8 @@ class BackupRunAdmin(admin.ModelAdmin):
     )  # fmt: skip
     list_filter = ("status", "failure_cause", "verification", "trigger", "shrink_flag", "source")
     list_select_related = ("source",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     readonly_fields = [f.name for f in BackupRun._meta.fields]
     inlines = [ArtifactInline]
     actions = ["verify_now", "accept_small"]

@@ -235,6 +235,7 @@ class Incident(models.Model):
     class Meta:
         ordering = ["-opened_at"]
         indexes = [
+            models.Index(fields=["opened_at"], name="incident_opened_idx"),  # the list's order
             models.Index(
                 fields=["page_due_at"], name="incident_held_page_idx",
                 condition=Q(page_due_at__isnull=False),

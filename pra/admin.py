@@ -6,17 +6,21 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Q
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import CharField, Exists, OuterRef, Q
+from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import smart_split, unescape_string_literal
 from django.views.decorators.http import require_POST
 
 from portal import approvals
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
 from pra import actions
 from pra.catalog import CATALOG
@@ -131,6 +135,17 @@ class HostAdmin(AuditedConfigAdmin):
         return HttpResponseRedirect(reverse("admin:pra_host_change", args=[pk]))
 
 
+def _search_words(term: str) -> list[str]:
+    """The admin's own split of a search term: words, or "quoted phrases"."""
+    words = []
+    for bit in smart_split(term):
+        if bit.startswith(('"', "'")) and bit[0] == bit[-1] and len(bit) > 1:
+            bit = unescape_string_literal(bit)
+        if bit:
+            words.append(bit)
+    return words
+
+
 class DiagnosticForm(forms.Form):
     name = forms.ChoiceField(choices=[(n, n) for n in DIAGNOSTICS])
     params = forms.JSONField(required=False, initial=dict)
@@ -146,11 +161,17 @@ class AwaitingMyApproval(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() != "me":
             return queryset
+        # A correlated NOT EXISTS on the approvals index, not the ids of every request the
+        # person ever signed in an IN list (26,000 after a year: ~180 KB of SQL per query).
         signed = approvals.Approval.objects.filter(
-            approver=request.user, content_type__model="praaction"
-        ).values_list("object_id", flat=True)
-        return queryset.filter(status=ActionStatus.PROPOSED).exclude(
-            Q(proposed_by=request.user) | Q(pk__in=[int(i) for i in signed])
+            approver=request.user,
+            content_type=ContentType.objects.get_for_model(PRAAction),
+            object_id=Cast(OuterRef("pk"), output_field=CharField()),
+        )
+        return (
+            queryset.filter(status=ActionStatus.PROPOSED)
+            .exclude(proposed_by=request.user)
+            .filter(~Exists(signed))
         )
 
 
@@ -189,12 +210,28 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     search_fields = ("action", "host__name", "proposer_label", "rationale")
     list_select_related = ("host",)
     ordering = ("-created",)
+    paginator = EstimatedCountPaginator  # a year is 100,000 actions: no COUNT(*) per page
+    show_full_result_count = False
     form = ProposeForm
     change_form_template = "admin/pra/praaction/change_form.html"
     sign_request = staticmethod(actions.approve_action)
     reject_request = staticmethod(actions.reject_action)
     waiting_status = ActionStatus.PROPOSED
     approved_message = "Approved: the action is queued for execution."
+
+    def get_search_results(self, request, queryset, search_term):
+        """``search_fields``' meaning (every word in one of them), without the join: host
+        names are few, so they are matched first and the actions filtered by host id,
+        which keeps the search on this table and its trigram indexes."""
+        for word in _search_words(search_term):
+            hosts = list(Host.objects.filter(name__icontains=word).values_list("pk", flat=True))
+            queryset = queryset.filter(
+                Q(action__icontains=word)
+                | Q(proposer_label__icontains=word)
+                | Q(rationale__icontains=word)
+                | Q(host_id__in=hosts)
+            )
+        return queryset, False
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
@@ -304,3 +341,6 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 class DiagnosticRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
     list_filter = ("host",)
+    list_select_related = ("host", "action__host")  # str(action) names its host
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False

@@ -127,7 +127,11 @@ class PRAAction(models.Model):
     class Meta:
         ordering = ["-created"]
         verbose_name = "remediation action"
-        indexes = [models.Index(fields=["status", "expires_at"])]
+        indexes = [
+            models.Index(fields=["status", "expires_at"]),
+            # The dashboard's "running" and "recently finished" panels sort on it.
+            models.Index(fields=["status_changed_at"], name="praaction_status_changed_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.command_display} on {self.host.name}"
@@ -202,6 +206,7 @@ class DiagnosticRun(models.Model):
 
     class Meta:
         ordering = ["-created"]
+        indexes = [models.Index(fields=["created"], name="diagnosticrun_created_idx")]
 
     def __str__(self) -> str:
         return f"{self.command} on {self.host.name}"
