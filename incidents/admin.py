@@ -26,6 +26,7 @@ from incidents.models import (
 )
 from incidents.signing import format_us
 from portal import approvals
+from portal.admin_approvals import safe_next
 from portal.admin_base import ReadOnlyAdmin
 from portal.audit import record
 from portal.choices import AuditEventType
@@ -279,6 +280,18 @@ def _attempt_of(incident: Incident, raw: str) -> AutoPatchAttempt:
     return get_object_or_404(AutoPatchAttempt, pk=int(raw), incident=incident)
 
 
+def _may_sign(attempt: AutoPatchAttempt, user) -> bool:
+    """The Approve button only for whom ``check_signer`` lets sign (not an approver who
+    signed already, nor one the rules exclude); the endpoint checks everything again."""
+    try:
+        approvals.check_signer(
+            attempt, user, fingerprint=None, confirmation=attempt.approval_confirmation_text
+        )
+    except approvals.ApprovalError:
+        return False
+    return True
+
+
 @admin.register(Incident)
 class IncidentAdmin(admin.ModelAdmin):
     list_display = (
@@ -338,6 +351,7 @@ class IncidentAdmin(admin.ModelAdmin):
                     "fingerprint": a.approval_fingerprint(),
                     "rule": approvals.rule_for(a.approval_impact),
                     "expires_at": a.approval_expires_at,
+                    "can_sign": _may_sign(a, user),
                 }
                 for a in waiting
             ],  # fmt: skip
@@ -402,4 +416,5 @@ class IncidentAdmin(admin.ModelAdmin):
             messages.error(request, exc.message)
         else:
             messages.success(request, f"{verb}: done.")
-        return HttpResponseRedirect(reverse("admin:incidents_incident_change", args=[pk]))
+        page = reverse("admin:incidents_incident_change", args=[pk])
+        return HttpResponseRedirect(safe_next(request, page))  # the inbox posts next=/
