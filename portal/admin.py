@@ -17,6 +17,7 @@ from rq.exceptions import NoSuchJobError
 
 from portal import notify
 from portal.admin_base import ReadOnlyAdmin
+from portal.admin_display import duration_column, status_column, time_column
 from portal.audit import record
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
 from portal.models import (
@@ -34,7 +35,8 @@ from portal.tokens import revoke_token
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit log is append-only, for everyone, admins included."""
 
-    list_display = ("id", "created", "event_type", "actor", "subject_type", "subject_id")
+    list_display = ("id", time_column("created"), "event_type", "actor", "subject_type",
+                    "subject_id")  # fmt: skip
     list_filter = ("event_type", "subject_type")
     search_fields = ("actor", "subject_id")
     date_hierarchy = "created"
@@ -46,7 +48,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created with `manage.py portal_token` (shown once); here they are revoked."""
 
-    list_display = ("name", "user", "prefix", "created", "last_used", "revoked_at")
+    list_display = (
+        "name", "user", "prefix", time_column("created"), time_column("last_used", "last used"),
+        time_column("revoked_at", "revoked"),
+    )  # fmt: skip
     list_filter = ("revoked_at",)
     search_fields = ("name", "user__username", "prefix")
     readonly_fields = ("user", "name", "prefix", "created", "last_used", "revoked_at")
@@ -85,8 +90,8 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
         "required_approvals",
         "require_confirmation",
         "allow_auto_approve",
-        "validity_seconds",
-        "updated",
+        duration_column("validity_seconds", "valid for"),
+        time_column("updated"),
     )
 
     def has_add_permission(self, request):
@@ -280,13 +285,13 @@ class NotificationAdmin(admin.ModelAdmin):
 
     list_display = (
         "id",
-        "created",
+        time_column("created"),
         "kind",
         "severity",
         "channel",
-        "status",
+        status_column(),
         "attempts",
-        "sent_at",
+        time_column("sent_at", "sent"),
         "subject_type",
         "subject_id",
         "short_error",
