@@ -8,9 +8,10 @@ so submits every form that posts (browser-side validation off, required inputs o
 portal's own forms filled with a harmless text, so the server decides; admin model
 forms go unchanged), one at a time from a fresh load; GET forms (search boxes) only
 load pages, and every load is checked the same way. The header's theme toggle and log
-out are pressed once per role. Before and after each press (and each page load) it snapshots every row of every
-table; the tables that may change are declared per button (``ALLOWED``), everything
-else must stay the same, to the column. A viewer changes nothing at all. No page may
+out are pressed once per role. Before and after each press (and each page load) it
+snapshots every row of every table (one query: a count and a digest per table); the
+tables that may change are declared per button (``ALLOWED``), everything else must stay
+the same, to the column. A viewer changes nothing at all. No page may
 ask any host but the portal for anything.
 
 Real: Chromium, daphne, PostgreSQL, Redis, the loopback sshd target (diagnostics run for
