@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from portal import actions as portal_actions
 from portal import kinds, notify
 from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
+from portal.admin_display import duration_column, status_column, time_column
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
 from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import (
@@ -60,14 +61,8 @@ class SubjectTypeFilter(admin.SimpleListFilter):
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit log is append-only, for everyone, admins included."""
 
-    list_display = (
-        "id",
-        "created",
-        "get_event_type_display",
-        "actor",
-        "subject_type",
-        "subject_id",
-    )
+    list_display = ("id", time_column("created"), "get_event_type_display", "actor",
+                    "subject_type", "subject_id")  # fmt: skip
     list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), SubjectTypeFilter)
     # Substring search on a big table: trigram indexes (portal migration 0015).
     search_fields = ("actor", "subject_id")
@@ -86,7 +81,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created with `manage.py portal_token` (shown once); here they are revoked."""
 
-    list_display = ("name", "user", "prefix", "created", "last_used", "revoked_at")
+    list_display = (
+        "name", "user", "prefix", time_column("created"), time_column("last_used", "last used"),
+        time_column("revoked_at", "revoked"),
+    )  # fmt: skip
     list_filter = ("revoked_at",)
     search_fields = ("name", "user__username", "prefix")
     readonly_fields = ("user", "name", "prefix", "created", "last_used", "revoked_at")
@@ -125,8 +123,8 @@ class ApprovalRuleAdmin(AuditedConfigAdmin):
         "required_approvals",
         "require_confirmation",
         "allow_auto_approve",
-        "validity_seconds",
-        "updated",
+        duration_column("validity_seconds", "valid for"),
+        time_column("updated"),
     )
 
     def has_add_permission(self, request):
@@ -273,13 +271,13 @@ class NotificationAdmin(admin.ModelAdmin):
 
     list_display = (
         "id",
-        "created",
+        time_column("created"),
         "get_kind_display",
         "severity",
         "channel",
-        "status",
+        status_column(),
         "attempts",
-        "sent_at",
+        time_column("sent_at", "sent"),
         "subject_type",
         "subject_id",
         "short_error",

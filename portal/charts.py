@@ -557,6 +557,71 @@ def backup_runs(days: list[date]) -> list[Chart]:
     ]  # fmt: skip
 
 
+def drill_restore_times(days: list[date]) -> Chart:
+    """Each restore drill's measured restore time, per source, against the RTO targets (one
+    dashed line per distinct target); failed drills are listed under the chart."""
+    from backups.choices import DrillStatus
+    from backups.models import BackupDrill
+
+    found = list(
+        BackupDrill.objects.filter(
+            created__gte=_since(days), status__in=[DrillStatus.SUCCEEDED, DrillStatus.FAILED]
+        )
+        .order_by("-created")
+        .values_list(
+            "pk", "source__name", "created", "status", "rto_seconds", "rto_target_seconds",
+            "met_target",
+        )[:MAX_POINTS]
+    )  # fmt: skip
+    found.reverse()
+    names = sorted({name for _, name, *_ in found})
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    series = {name: Series(name, colours[name]) for name in names}
+    targets: dict[float, set[str]] = {}
+    rows = []
+    for pk, name, created, status, seconds, target, met in found:
+        when = timezone.localtime(created)
+        if target:
+            targets.setdefault(float(target), set()).add(name)
+        verdict = (
+            "FAILED" if status == DrillStatus.FAILED
+            else "over target" if met is False
+            else "within target"
+        )  # fmt: skip
+        if seconds is not None:
+            series[name].points.append(
+                (
+                    created.timestamp(),
+                    seconds,
+                    f"{name} drill #{pk} {when:%b %d %H:%M}: restore {human_duration(seconds)}"
+                    f" (target {human_duration(target)}, {verdict})",
+                )
+            )
+        rows.append(
+            [f"{when:%Y-%m-%d %H:%M}", name, f"#{pk}", human_duration(seconds),
+             human_duration(target), verdict]
+        )  # fmt: skip
+    lines_at = [
+        (value, f"target {_short(value)} ({', '.join(sorted(who))})")
+        for value, who in sorted(targets.items())
+    ]
+    title = "Restore drills: restore time per source against its RTO target"
+    failed = sum(1 for row in rows if row[-1] == "FAILED")
+    return Chart(
+        "drill-restore-times",
+        title,
+        "Could we restore in time if we had to?",
+        lines(days, list(series.values()), title, fmt=_short, targets=lines_at,
+              steps=DURATION_STEPS),
+        [(name, colours[name]) for name in names] + [("RTO target", "#b3261e")],
+        ["drill", "source", "id", "restore took", "target", "result"],
+        rows[-200:],
+        note=f"{failed} failed drill(s) in the window (no restore time to draw; listed below)."
+        if failed
+        else "",
+    )  # fmt: skip
+
+
 def all_charts(days: int) -> list[Chart]:
     window = _days(days)
     return [
@@ -565,4 +630,5 @@ def all_charts(days: int) -> list[Chart]:
         autopatch_rates(window),
         time_to_approval(window),
         *backup_runs(window),
+        drill_restore_times(window),
     ]

@@ -12,7 +12,6 @@ from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 from django.views.decorators.http import require_POST
@@ -20,8 +19,10 @@ from django.views.decorators.http import require_POST
 from portal import approvals
 from portal.admin_approvals import ApprovalAdminMixin
 from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
+from portal.admin_display import badge, time_column
 from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
+from portal.templatetags.portal_format import human_duration
 from pra import actions
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
@@ -38,6 +39,30 @@ BADGE = {
     ActionStatus.EXPIRED: "",
     ActionStatus.VOIDED: "bad",
 }
+
+
+VERIFICATION = {
+    # (words, badge colour) of an action's post-check
+    "PENDING": ("not run", ""),
+    "VERIFIED": ("passed", "ok"),
+    "NOT_VERIFIED": ("failed", "bad"),
+    "SKIPPED": ("no probe", ""),
+}
+
+
+def verification_state(action) -> tuple[str, str]:
+    """(words, badge colour): not run / passed / failed (/ no probe). An action that did
+    not run has not been verified, whatever the field says."""
+    if action.status not in (ActionStatus.COMPLETED, ActionStatus.FAILED):
+        return "not run", ""
+    return VERIFICATION.get(action.verification, (action.verification, ""))
+
+
+def verification_badge(action):
+    words, kind = verification_state(action)
+    return badge(
+        action.verification, kind=kind, label=words, title=action.get_verification_display()
+    )
 
 
 def _badge(text: str, kind: str):
@@ -205,7 +230,8 @@ class ProposeForm(forms.ModelForm):
 
 @admin.register(PRAAction)
 class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "status_badge", "action", "impact", "host", "proposer", "age", "verified")
+    list_display = ("id", "status_badge", "action", "impact_badge", "host", "proposer", "age",
+                    "verified", "took")  # fmt: skip
     list_filter = (AwaitingMyApproval, "status", "impact", "source", "host")
     search_fields = ("action", "host__name", "proposer_label", "rationale")
     list_select_related = ("host",)
@@ -243,19 +269,23 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             return format_html("🤖 {} <em>(AI-proposed)</em>", obj.proposer_label)
         return obj.proposer_label
 
-    @admin.display(description="age", ordering="created")
-    def age(self, obj):
-        seconds = int((timezone.now() - obj.created).total_seconds())
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if seconds >= size:
-                return f"{seconds // size}{unit}"
-        return f"{seconds}s"
+    age = staticmethod(time_column("created", "proposed"))
 
-    @admin.display(description="verification")
-    def verified(self, obj):
-        if obj.status in (ActionStatus.COMPLETED, ActionStatus.FAILED):
-            return obj.get_verification_display()
+    @admin.display(description="took")
+    def took(self, obj):
+        if obj.started_at and obj.finished_at:
+            return human_duration(obj.finished_at - obj.started_at)
         return "—"
+
+    @admin.display(description="impact", ordering="impact")
+    def impact_badge(self, obj):
+        kind = {"HIGH": "bad", "MEDIUM": "warn"}.get(obj.impact, "")
+        return badge(obj.impact, kind=kind)
+
+    @admin.display(description="verification", ordering="verification")
+    def verified(self, obj):
+        """not run / passed / failed, in words and colour (no probe: nothing to check)."""
+        return verification_badge(obj)
 
     # Status and results are never edited by hand: existing actions are read-only.
     def has_change_permission(self, request, obj=None):
@@ -331,6 +361,14 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             ).order_by("id"),
             "is_ai": obj.source == "AI",
             "status_kind": BADGE.get(obj.status, ""),
+            # Display: how long it ran, verification as not run / passed / failed, and the
+            # incidents this action remediates (one query).
+            "took": (obj.finished_at - obj.started_at)
+            if obj.started_at and obj.finished_at
+            else None,
+            "verification_words": verification_state(obj)[0],
+            "verification_kind": verification_state(obj)[1],
+            "remediates": list(obj.incidents.only("pk", "title")[:5]),
         }
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}
@@ -339,7 +377,15 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 
 @admin.register(DiagnosticRun)
 class DiagnosticRunAdmin(ReadOnlyAdmin):
-    list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
+    list_display = ("id", "host", "command", "exit_badge", "requested_by", time_column("created"),
+                    "action")  # fmt: skip
+
+    @admin.display(description="exit", ordering="exit_code")
+    def exit_badge(self, obj):
+        if obj.exit_code is None:
+            return "—"
+        return badge(str(obj.exit_code), kind="ok" if obj.exit_code == 0 else "bad")
+
     list_filter = ("host",)
     list_select_related = ("host", "action__host")  # str(action) names its host
     paginator = EstimatedCountPaginator
