@@ -308,3 +308,6 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 class DiagnosticRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "host", "command", "exit_code", "requested_by", "created", "action")
     list_filter = ("host",)
+
+
+from pra import admin_windows  # noqa: E402, F401  (maintenance windows and freezes)

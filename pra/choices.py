@@ -10,6 +10,9 @@ __all__ = ["Impact", "ActionStatus", "TRANSITIONS", "TERMINAL", "OPEN", "Failure
 class ActionStatus(models.TextChoices):
     PROPOSED = "PROPOSED", "Proposed"
     APPROVED = "APPROVED", "Approved"
+    # Approved, but it may only run inside a maintenance window (``pra.windows``):
+    # released (-> APPROVED) at the window's opening, or EXPIRED/VOIDED with a reason.
+    WAITING = "WAITING", "Approved, waiting for its window"
     REJECTED = "REJECTED", "Rejected"
     EXPIRED = "EXPIRED", "Expired"
     EXECUTING = "EXECUTING", "Executing"
@@ -22,7 +25,13 @@ class ActionStatus(models.TextChoices):
 
 # The only moves a status may make. Everything else is a bug or a race lost.
 TRANSITIONS: dict[str, set[str]] = {
-    ActionStatus.PROPOSED: {ActionStatus.APPROVED, ActionStatus.REJECTED, ActionStatus.EXPIRED},
+    ActionStatus.PROPOSED: {
+        ActionStatus.APPROVED,
+        ActionStatus.WAITING,
+        ActionStatus.REJECTED,
+        ActionStatus.EXPIRED,
+    },
+    ActionStatus.WAITING: {ActionStatus.APPROVED, ActionStatus.EXPIRED, ActionStatus.VOIDED},
     ActionStatus.APPROVED: {ActionStatus.EXECUTING, ActionStatus.EXPIRED, ActionStatus.VOIDED},
     ActionStatus.EXECUTING: {ActionStatus.COMPLETED, ActionStatus.FAILED},
 }
@@ -35,7 +44,9 @@ TERMINAL = frozenset(
         ActionStatus.VOIDED,
     }
 )
-OPEN = frozenset({ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.EXECUTING})
+OPEN = frozenset(
+    {ActionStatus.PROPOSED, ActionStatus.WAITING, ActionStatus.APPROVED, ActionStatus.EXECUTING}
+)
 
 
 class FailureCause(models.TextChoices):

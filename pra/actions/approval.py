@@ -12,6 +12,7 @@ from django.utils import timezone
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from pra import windows
 from pra.actions.common import (
     EXECUTE_PERMISSION,
     ActionError,
@@ -25,6 +26,7 @@ from pra.actions.common import (
     _storable,
     execution_job_id,
 )
+from pra.actions.windows import hold
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus
 
@@ -39,15 +41,47 @@ def _auto_approve(action: PRAAction) -> None:
         )
         _notify_awaiting(action, "; policy refused automatic approval")
         return
-    _approve(action, actor=Actor.system("auto-approve"), auto=True)
+    try:
+        _approve(action, actor=Actor.system("auto-approve"), auto=True)
+    except ActionError as exc:
+        if exc.code != "window":
+            raise
+        # A freeze or a window rule: people decide (nothing was written before the refusal).
+        record(
+            AuditEventType.PRA_PROPOSED,
+            actor=Actor.system("auto-approve"),
+            subject=action,
+            details={"auto_approve": "refused by maintenance rules", "reason": exc.message},
+        )
+        _notify_awaiting(action, f"; not approved automatically: {exc.message}")
 
 
 def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str] = ()) -> None:
     if action.preflight_status == PreflightStatus.FAILED:
         raise _preflight_refusal(action)
+    gate = windows.gate_for(action)
+    if gate.kind == "refuse":
+        raise ActionError("window", gate.reason)
+    if gate.kind == "wait" and (auto or not gate.opening.is_open(timezone.now())
+                                or gate.opening.window.backup_sources.exists()):  # fmt: skip
+        # Approved now, runs in the window (pra.actions.windows releases it).
+        if auto:
+            raise ActionError("window", f"runs only in a maintenance window ({gate.reason})")
+        hold(action, gate, actor=actor, approvers=approvers)
+        return
     now = timezone.now()
     validity = approvals.rule_for(action.impact).validity_seconds
     expires = now + timedelta(seconds=validity)
+    in_window = {}
+    if gate.kind == "wait":  # its window is open now and needs no backup: run in it
+        expires = min(expires, gate.opening.closes_at)
+        opening = gate.opening
+        in_window = {
+            "window": opening.window,
+            "window_opens_at": opening.opens_at,
+            "window_closes_at": opening.closes_at,
+            "hold_reason": f"approved inside the window starting {opening.label}",
+        }
     if not _move(
         action.pk,
         ActionStatus.PROPOSED,
@@ -55,6 +89,7 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str
         approved_at=now,
         expires_at=expires,
         job_id=execution_job_id(action.pk),
+        **in_window,
     ):
         raise ActionError("state", "The action is no longer waiting for approval.")
     action.refresh_from_db()
@@ -180,6 +215,8 @@ def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) 
     if obj.status != ActionStatus.APPROVED:
         hint = {
             ActionStatus.PROPOSED: "it still needs human approval in the portal",
+            ActionStatus.WAITING: f"it is {obj.hold_reason or 'waiting for its window'}; "
+            "it runs by itself when the window opens",
             ActionStatus.EXPIRED: "its approval window passed; propose it again",
             ActionStatus.REJECTED: "it was rejected",
             ActionStatus.EXECUTING: "it is already running",
