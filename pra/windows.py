@@ -195,10 +195,12 @@ def run_refusal(action: PRAAction, now: datetime) -> str:
     freeze = active_freeze(now)
     if freeze is not None:
         return f"approval voided: a {_freeze_text(freeze)} started; only emergencies run"
-    if requires_window(action):
-        opened = action.window_opens_at and action.window_closes_at
-        if not opened or not (action.window_opens_at <= now < action.window_closes_at):
-            return "approval voided: it may only run inside a maintenance window"
+    # APPROVED already means "released at the opening" (or approved inside an open
+    # window) for these; what can still go wrong is the window closing first.
+    if requires_window(action) and (
+        action.window_closes_at is None or now >= action.window_closes_at
+    ):
+        return "approval voided: it may only run inside a maintenance window"
     return ""
 
 
