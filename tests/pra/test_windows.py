@@ -7,6 +7,7 @@ Windows are placed relative to the real clock (their first opening an hour from 
 so an approval given now waits, and a run released "at the opening" starts at once.
 """
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 
@@ -21,6 +22,7 @@ from backups.models import BackupRun
 from portal import approvals
 from portal.lib.localservices import free_port
 from portal.models import AuditEvent
+from portal.tokens import create_token
 from pra import actions, windows
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
@@ -431,3 +433,49 @@ def test_the_dashboard_shows_the_next_window_the_freeze_and_what_waits(
     assert f"next: {opens:%a %H:%M} UTC ({opens:%Y-%m-%d})" in page
     assert "Freeze: quarter close freeze. Only emergency actions run" in page
     assert f"approved for the window starting {opens:%a %H:%M} UTC" in page
+
+
+# --- what the API and MCP answers say -----------------------------------------------------------
+
+
+def test_proposal_answers_say_when_an_action_will_wait_or_is_blocked_by_a_freeze(
+    client, monkeypatch, operator, admin_user
+):
+    """The REST API's and the MCP tools' proposal results share ``action_out``."""
+    _needs_window(monkeypatch, "restart_caddy")
+    host = offline_host()
+    opens = _next_hour()
+    _weekly(admin_user, opens)
+    _, raw = create_token(operator, "tests")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+    def post(body):
+        return client.post("/api/pra/actions", data=json.dumps(body),
+                           content_type="application/json", **auth)  # fmt: skip
+
+    body = {"action": "restart_caddy", "host": host.name, "params": {}, "rationale": RATIONALE}
+    waits = post(body).json()
+    assert waits["maintenance"]["requires_window"] is True
+    assert waits["maintenance"]["on_approval"] == (
+        f"waits: once approved it is approved for the window starting {opens:%a %H:%M} UTC "
+        f"({opens:%Y-%m-%d})"
+    )
+    assert "runs only in a maintenance window" in waits["message"]
+
+    now = timezone.now()
+    windows.save_freeze(None, by=admin_user, reason="quarter close freeze",
+                        starts_at=now - timedelta(minutes=1),
+                        ends_at=now + timedelta(minutes=30))  # fmt: skip
+    blocked = post({**body, "action": "reload_caddy"}).json()
+    assert blocked["maintenance"]["freeze"]["reason"] == "quarter close freeze"
+    assert blocked["maintenance"]["on_approval"].startswith("approval is refused now: A change")
+    assert "cannot be approved now" in blocked["message"]
+
+    refused = post({**body, "action": "restart_unbound", "emergency": True})
+    assert refused.status_code == 400 and "typed reason" in refused.json()["message"]
+    emergency = post({**body, "action": "restart_unbound", "emergency": True,
+                      "emergency_reason": EMERGENCY})  # fmt: skip
+    assert emergency.status_code == 201
+    out = emergency.json()
+    assert (out["emergency"], out["approvals_required"]) == (True, 2)  # LOW needs 1
+    assert out["maintenance"]["on_approval"] == "runs as soon as it is approved"
