@@ -194,7 +194,8 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     list_select_related = ("host",)
     ordering = ("-created",)
     form = ProposeForm
-    change_form_template = "admin/pra/praaction/change_form.html"
+    # The shared page, plus what windows, freezes and emergencies say about the action.
+    change_form_template = "admin/pra/praaction/change_form_windows.html"
     sign_request = staticmethod(actions.approve_action)
     reject_request = staticmethod(actions.reject_action)
     waiting_status = ActionStatus.PROPOSED
@@ -298,6 +299,7 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             ).order_by("id"),
             "is_ai": obj.source == "AI",
             "status_kind": BADGE.get(obj.status, ""),
+            "validity_minutes": approvals.rule_for(obj.impact).validity_seconds // 60,
         }
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}

@@ -31,7 +31,12 @@ TRANSITIONS: dict[str, set[str]] = {
         ActionStatus.REJECTED,
         ActionStatus.EXPIRED,
     },
-    ActionStatus.WAITING: {ActionStatus.APPROVED, ActionStatus.EXPIRED, ActionStatus.VOIDED},
+    ActionStatus.WAITING: {
+        ActionStatus.APPROVED,
+        ActionStatus.EXPIRED,
+        ActionStatus.VOIDED,
+        ActionStatus.REJECTED,  # cancelled by an approver before its window
+    },
     ActionStatus.APPROVED: {ActionStatus.EXECUTING, ActionStatus.EXPIRED, ActionStatus.VOIDED},
     ActionStatus.EXECUTING: {ActionStatus.COMPLETED, ActionStatus.FAILED},
 }

@@ -173,7 +173,8 @@ def _preflight_refusal(action: PRAAction) -> ActionError:
 
 
 def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str) -> PRAAction:
-    """End a PROPOSED action with a reason (approvers only)."""
+    """End a PROPOSED action, or cancel one WAITING for its window, with a reason
+    (approvers only)."""
     action_id = action.pk if isinstance(action, PRAAction) else action
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
     _storable(reason=reason)
@@ -184,10 +185,15 @@ def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str)
         obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
         if obj is None:
             raise ActionError("not_found", f"No action #{action_id}.")
-        if not _move(obj.pk, ActionStatus.PROPOSED, ActionStatus.REJECTED):
+        was = obj.status
+        if was not in (ActionStatus.PROPOSED, ActionStatus.WAITING) or not _move(
+            obj.pk, was, ActionStatus.REJECTED
+        ):
             obj.refresh_from_db()
             raise ActionError(
-                "state", f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be rejected."
+                "state",
+                f"Action #{obj.pk} is {obj.status}; only PROPOSED actions, or actions WAITING "
+                "for their window, can be rejected.",
             )
         obj.refresh_from_db()
         record(

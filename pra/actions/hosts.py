@@ -13,6 +13,7 @@ from portal.choices import AuditEventType
 from portal.lib import ssh
 from pra.actions.common import ActionError, _announce, _storable
 from pra.actions.preflight import _restart_preflight, _void
+from pra.actions.windows import end_wait
 from pra.choices import ActionStatus
 from pra.models import Host, PRAAction
 
@@ -165,6 +166,12 @@ def _void_host_approvals(
         )
         if _void(a, reason, actor=actor)
     ]
+    # Approved but waiting for their maintenance window: the same, at once.
+    for waiting in PRAAction.objects.select_related("host").filter(
+        host=host, status=ActionStatus.WAITING
+    ):
+        if end_wait(waiting, ActionStatus.VOIDED, reason, "host_changed", actor=actor):
+            voided.append(waiting.pk)
     rerun_ids: list[int] = []
     if not rerun:
         return voided, rerun_ids

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from pra.actions.approval import expire_action
-from pra.actions.common import _ensure_enqueued
+from pra.actions.common import _ensure_enqueued, logger
 from pra.actions.execution import finish_execution
 from pra.actions.windows import open_windows, release_one
 from pra.catalog import get_spec
@@ -73,5 +73,11 @@ def release_waiting(now=None) -> dict[str, list[int]]:
     ).values_list("pk", flat=True)
     orphans = PRAAction.objects.filter(status=ActionStatus.WAITING, window__isnull=True)
     for pk in sorted({*due, *orphans.values_list("pk", flat=True)}):
-        outcome.setdefault(release_one(pk, now), []).append(pk)
+        try:
+            result = release_one(pk, now)
+        except Exception:
+            # One bad row must not stop the sweep's other repairs (reaper, expiry).
+            logger.exception("releasing waiting action %s failed; retried next sweep", pk)
+            result = "error"
+        outcome.setdefault(result, []).append(pk)
     return outcome

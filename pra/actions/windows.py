@@ -29,7 +29,14 @@ from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
 from portal.notify import notify
 from pra import windows
-from pra.actions.common import _admin_url, _announce, _enqueue_on_commit, _move, execution_job_id
+from pra.actions.common import (
+    _admin_url,
+    _announce,
+    _enqueue_on_commit,
+    _move,
+    execution_job_id,
+    logger,
+)
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus, WindowOpening
 
@@ -83,7 +90,7 @@ def open_windows(now: datetime | None = None) -> list[int]:
     for window in windows.MaintenanceWindow.objects.filter(
         enabled=True, backup_sources__isnull=False
     ).distinct():
-        opening = windows.next_opening(window, now, horizon=0)
+        opening = windows.next_opening(window, now, horizon=1)
         if opening is None or not opening.is_open(now):
             continue
         if WindowOpening.objects.filter(window=window, opens_at=opening.opens_at).exists():
@@ -106,11 +113,17 @@ def open_windows(now: datetime | None = None) -> list[int]:
                 )
         except IntegrityError:
             continue  # another sweep opened it first
+        except Exception:
+            # Retried by the next sweep; the actions keep waiting (and expire at the close).
+            logger.exception("opening window %s: requesting its backups failed", window.name)
+            continue
         started.append(row.pk)
     return started
 
 
-def _end(obj: PRAAction, new: str, reason: str, cause: str) -> bool:
+def end_wait(obj: PRAAction, new: str, reason: str, cause: str, *, actor: Actor = SWEEPER) -> bool:
+    """WAITING -> VOIDED or EXPIRED with a reason and a classified ``cause`` (audited,
+    announced, notified); False if it was no longer waiting."""
     fields = {"hold_reason": reason[:300]}
     if new == ActionStatus.VOIDED:
         fields["void_reason"] = reason[:300]
@@ -119,7 +132,7 @@ def _end(obj: PRAAction, new: str, reason: str, cause: str) -> bool:
     obj.refresh_from_db()
     record(
         AuditEventType.PRA_VOIDED if new == ActionStatus.VOIDED else AuditEventType.PRA_EXPIRED,
-        actor=SWEEPER,
+        actor=actor,
         subject=obj,
         details={"was": ActionStatus.WAITING, "cause": cause, "reason": reason[:300]},
     )
@@ -187,31 +200,35 @@ def release_one(action_id: int, now: datetime) -> str:
         label = f"the window starting {obj.window_opens_at:%a %Y-%m-%d %H:%M} UTC"
         if obj.window is None or not obj.window.enabled:
             why = f"voided: the maintenance window for {label} was deleted or disabled"
-            return "voided" if _end(obj, ActionStatus.VOIDED, why, "window_removed") else "gone"
+            return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "window_removed") else "gone"
         opening = windows.opening_at(obj.window, obj.window_opens_at)
         if opening is None or opening.closes_at != obj.window_closes_at:
             why = f"voided: window {obj.window.name} was changed and no longer opens as approved"
-            return "voided" if _end(obj, ActionStatus.VOIDED, why, "window_changed") else "gone"
+            return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "window_changed") else "gone"
         label = f"window {obj.window.name} starting {opening.label}"
         if now >= obj.window_closes_at:
             last = obj.hold_reason or "not released"
             why = f"expired: {label} closed before it could run ({last})"
-            return "expired" if _end(obj, ActionStatus.EXPIRED, why, "window_passed") else "gone"
+            return (
+                "expired" if end_wait(obj, ActionStatus.EXPIRED, why, "window_passed") else "gone"
+            )
         if now < obj.window_opens_at:
             return "waiting"
         if obj.preflight_status == PreflightStatus.FAILED:
             why = "voided: its pre-flight failed"
-            return "voided" if _end(obj, ActionStatus.VOIDED, why, "preflight") else "gone"
+            return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "preflight") else "gone"
         if not approvals.tally(obj).complete:
             why = "approval voided: the action or its host changed while it waited"
-            return "voided" if _end(obj, ActionStatus.VOIDED, why, "stale") else "gone"
+            return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "stale") else "gone"
         freeze = windows.active_freeze(now)
         if freeze is not None:
             _note(obj, f"held in {label}: {windows._freeze_text(freeze)}")
             return "waiting"
         state, words = _backup_state(obj)
         if state == "failed":
-            return "voided" if _end(obj, ActionStatus.VOIDED, words, "backup_failed") else "gone"
+            return (
+                "voided" if end_wait(obj, ActionStatus.VOIDED, words, "backup_failed") else "gone"
+            )
         if state == "wait":
             _note(obj, f"{label} is open; {words}")
             return "waiting"

@@ -243,6 +243,12 @@ def test_a_deleted_window_voids_what_waited_for_it(monkeypatch, operator, approv
     window = _weekly(admin_user, _next_hour())
     action = propose(operator, offline_host(), "restart_caddy")
     actions.approve_action(action, by=approver)
+    moved = propose(operator, offline_host("dns-2"), "restart_caddy")
+    actions.approve_action(moved, by=approver)
+    actions.update_host(moved.host, by=admin_user, address="192.0.2.99")
+    moved.refresh_from_db()
+    assert moved.status == ActionStatus.VOIDED  # at once, not at the opening
+    assert moved.void_reason.startswith("approval voided: host dns-2")
     windows.delete_window(window, by=admin_user)
     assert actions.release_waiting()["voided"] == [action.pk]
     action.refresh_from_db()
@@ -333,6 +339,11 @@ def test_a_window_inside_a_freeze_is_skipped_for_the_next_one(
     action.refresh_from_db()
     assert action.status == ActionStatus.WAITING
     assert action.window_opens_at == opens + timedelta(days=7)
+    # An approver may still cancel it before its window.
+    actions.reject_action(action, by=approver, reason="the release was postponed")
+    action.refresh_from_db()
+    assert action.status == ActionStatus.REJECTED
+    assert actions.release_waiting(now=opens + timedelta(days=7, seconds=1)) == {"opened": []}
 
 
 # --- the pre-maintenance backup gate -----------------------------------------------------------
@@ -433,6 +444,9 @@ def test_the_dashboard_shows_the_next_window_the_freeze_and_what_waits(
     assert f"next: {opens:%a %H:%M} UTC ({opens:%Y-%m-%d})" in page
     assert "Freeze: quarter close freeze. Only emergency actions run" in page
     assert f"approved for the window starting {opens:%a %H:%M} UTC" in page
+    detail = client.get(f"/admin/pra/praaction/{action.pk}/change/").content.decode()
+    assert 'id="pra-hold-reason"' in detail
+    assert f"Waiting:</strong> approved for the window starting {opens:%a %H:%M} UTC" in detail
 
 
 # --- what the API and MCP answers say -----------------------------------------------------------
