@@ -80,7 +80,7 @@ class ActionSpec:
     # require one for whole impact levels too.
     requires_window: bool = False
 
-    def validate_params(self, params: dict | None) -> dict[str, str]:
+    def validate_params(self, params: object) -> dict[str, str]:
         params = params or {}
         if not isinstance(params, dict):
             raise CatalogError("params must be an object")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -56,7 +57,7 @@ def _auto_approve(action: PRAAction) -> None:
         _notify_awaiting(action, f"; not approved automatically: {exc.message}")
 
 
-def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str] = ()) -> None:
+def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: Sequence[str] = ()) -> None:
     if action.preflight_status == PreflightStatus.FAILED:
         raise _preflight_refusal(action)
     gate = windows.gate_for(action)
@@ -116,7 +117,7 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str
 def approve_action(
     action: PRAAction | int,
     *,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     fingerprint: str | None = None,
     comment: str = "",
@@ -172,7 +173,7 @@ def _preflight_refusal(action: PRAAction) -> ActionError:
     )
 
 
-def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str) -> PRAAction:
+def reject_action(action: PRAAction | int, *, by: User, reason: str) -> PRAAction:
     """End a PROPOSED action, or cancel one WAITING for its window, with a reason
     (approvers only)."""
     action_id = action.pk if isinstance(action, PRAAction) else action
@@ -203,7 +204,7 @@ def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str)
     return obj
 
 
-def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) -> PRAAction:
+def request_execution(action: PRAAction | int, *, by: User | Actor) -> PRAAction:
     """Ask for an APPROVED, unexpired action to run now (MCP/API "execute").
 
     Approval already enqueued the job; this re-enqueues it when it is missing
@@ -230,7 +231,7 @@ def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) 
             ActionStatus.FAILED: "it already ran and failed",
             ActionStatus.VOIDED: f"{obj.void_reason or 'its approval was voided'}; "
             "propose it again",
-        }[obj.status]
+        }[ActionStatus(obj.status)]
         raise ActionError("state", f"Action #{obj.pk} is {obj.status}: {hint}.")
     _ensure_enqueued(obj)
     return obj
