@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
@@ -78,6 +78,7 @@ def _starts(window: MaintenanceWindow, since: datetime, until: datetime) -> Iter
                 yield start
         return
     day: date = since.astimezone(tz).date()
+    assert window.start_time is not None  # clean(): a weekday window has both
     while True:
         local = datetime.combine(day, window.start_time, tzinfo=tz)
         start = local.astimezone(UTC)
@@ -219,7 +220,7 @@ def outlook(action: PRAAction, now: datetime | None = None) -> dict[str, Any]:
         info["window"] = {
             "name": action.window.name if action.window else "",
             "opens_at": action.window_opens_at.isoformat(),
-            "closes_at": action.window_closes_at.isoformat(),
+            "closes_at": _value(action.window_closes_at),
         }
     gate = gate_for(action, now) if action.status == "PROPOSED" else None
     if gate is not None:
@@ -236,7 +237,7 @@ def outlook(action: PRAAction, now: datetime | None = None) -> dict[str, Any]:
 # --- audited edits (administrators) ------------------------------------------------------
 
 
-def _require_admin(by: AbstractBaseUser | Actor) -> Actor:
+def _require_admin(by: User | Actor) -> Actor:
     actor = Actor.of(by)
     if actor.user is not None and not actor.user.has_perm(MANAGE_PERMISSION):
         raise WindowError("permission", "Only administrators edit maintenance windows and freezes.")
@@ -261,7 +262,7 @@ def _value(value: Any) -> Any:
 def save_window(
     window: MaintenanceWindow | None,
     *,
-    by: AbstractBaseUser | Actor,
+    by: User | Actor,
     backup_sources: list | None = None,
     **fields: Any,
 ) -> MaintenanceWindow:
@@ -278,7 +279,7 @@ def save_window(
         obj = (
             MaintenanceWindow()
             if created
-            else MaintenanceWindow.objects.select_for_update().get(pk=window.pk)
+            else MaintenanceWindow.objects.select_for_update().get(pk=window.pk)  # type: ignore[union-attr]
         )
         before = {f: getattr(obj, f) for f in WINDOW_FIELDS}
         before_sources = (
@@ -305,7 +306,7 @@ def save_window(
     return obj
 
 
-def delete_window(window: MaintenanceWindow, *, by: AbstractBaseUser | Actor) -> None:
+def delete_window(window: MaintenanceWindow, *, by: User | Actor) -> None:
     """Delete a window (audited). Actions waiting for it are voided by the next sweep."""
     actor = _require_admin(by)
     with transaction.atomic():
@@ -321,9 +322,7 @@ def delete_window(window: MaintenanceWindow, *, by: AbstractBaseUser | Actor) ->
         obj.delete()
 
 
-def save_freeze(
-    freeze: ChangeFreeze | None, *, by: AbstractBaseUser | Actor, **fields: Any
-) -> ChangeFreeze:
+def save_freeze(freeze: ChangeFreeze | None, *, by: User | Actor, **fields: Any) -> ChangeFreeze:
     """Create or change a change freeze (start, end, reason); one audit event per change."""
     actor = _require_admin(by)
     unknown = set(fields) - set(FREEZE_FIELDS)
@@ -338,7 +337,7 @@ def save_freeze(
         obj = (
             ChangeFreeze(created_by=actor.label)
             if created
-            else ChangeFreeze.objects.select_for_update().get(pk=freeze.pk)
+            else ChangeFreeze.objects.select_for_update().get(pk=freeze.pk)  # type: ignore[union-attr]
         )
         before = {f: getattr(obj, f) for f in FREEZE_FIELDS}
         for name, value in fields.items():
@@ -358,7 +357,7 @@ def save_freeze(
     return obj
 
 
-def delete_freeze(freeze: ChangeFreeze, *, by: AbstractBaseUser | Actor) -> None:
+def delete_freeze(freeze: ChangeFreeze, *, by: User | Actor) -> None:
     """End a freeze's record (audited)."""
     actor = _require_admin(by)
     with transaction.atomic():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -63,20 +64,21 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: Sequence
     gate = windows.gate_for(action)
     if gate.kind == "refuse":
         raise ActionError("window", gate.reason)
-    if gate.kind == "wait" and (auto or not gate.opening.is_open(timezone.now())
-                                or gate.opening.window.backup_sources.exists()):  # fmt: skip
+    opening = gate.opening
+    if opening is not None and (
+        auto or not opening.is_open(timezone.now()) or opening.window.backup_sources.exists()
+    ):
         # Approved now, runs in the window (pra.actions.windows releases it).
         if auto:
             raise ActionError("window", f"runs only in a maintenance window ({gate.reason})")
-        hold(action, gate, actor=actor, approvers=approvers)
+        hold(action, gate, actor=actor, approvers=list(approvers))
         return
     now = timezone.now()
     validity = approvals.rule_for(action.impact).validity_seconds
     expires = now + timedelta(seconds=validity)
-    in_window = {}
-    if gate.kind == "wait":  # its window is open now and needs no backup: run in it
-        expires = min(expires, gate.opening.closes_at)
-        opening = gate.opening
+    in_window: dict[str, Any] = {}
+    if opening is not None:  # its window is open now and needs no backup: run in it
+        expires = min(expires, opening.closes_at)
         in_window = {
             "window": opening.window,
             "window_opens_at": opening.opens_at,

@@ -66,7 +66,7 @@ def expire_due(now: datetime | None = None) -> list[int]:
     return [pk for pk in due if expire_action(pk)]
 
 
-def release_waiting(now=None) -> dict[str, list[int]]:
+def release_waiting(now: datetime | None = None) -> dict[str, list[int]]:
     """Windows that open now take their pre-maintenance backups; then every WAITING action
     whose opening came is released, kept waiting (with the reason shown), voided or
     expired (``pra.actions.windows.release_one``). None waits past its window's close."""

@@ -49,6 +49,7 @@ def hold(action: PRAAction, gate: windows.Gate, *, actor: Actor, approvers: list
     from pra.actions.common import ActionError
 
     opening = gate.opening
+    assert opening is not None, "hold() is only called for a gate that waits"
     if not _move(
         action.pk,
         ActionStatus.PROPOSED,
@@ -151,6 +152,7 @@ def end_wait(obj: PRAAction, new: str, reason: str, cause: str, *, actor: Actor 
 def _backup_state(obj: PRAAction) -> tuple[str, str]:
     """("ok" | "wait" | "failed", words) for the pre-maintenance backups of the opening."""
     window = obj.window
+    assert window is not None and obj.window_opens_at is not None
     if not window.backup_sources.exists():
         return "ok", ""
     row = WindowOpening.objects.filter(window=window, opens_at=obj.window_opens_at).first()
@@ -197,22 +199,23 @@ def release_one(action_id: int, now: datetime) -> str:
         )
         if obj is None:
             return "gone"
-        label = f"the window starting {obj.window_opens_at:%a %Y-%m-%d %H:%M} UTC"
-        if obj.window is None or not obj.window.enabled:
+        opens, closes = obj.window_opens_at, obj.window_closes_at
+        label = f"the window starting {opens:%a %Y-%m-%d %H:%M} UTC"
+        if obj.window is None or opens is None or closes is None or not obj.window.enabled:
             why = f"voided: the maintenance window for {label} was deleted or disabled"
             return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "window_removed") else "gone"
-        opening = windows.opening_at(obj.window, obj.window_opens_at)
-        if opening is None or opening.closes_at != obj.window_closes_at:
+        opening = windows.opening_at(obj.window, opens)
+        if opening is None or opening.closes_at != closes:
             why = f"voided: window {obj.window.name} was changed and no longer opens as approved"
             return "voided" if end_wait(obj, ActionStatus.VOIDED, why, "window_changed") else "gone"
         label = f"window {obj.window.name} starting {opening.label}"
-        if now >= obj.window_closes_at:
+        if now >= closes:
             last = obj.hold_reason or "not released"
             why = f"expired: {label} closed before it could run ({last})"
             return (
                 "expired" if end_wait(obj, ActionStatus.EXPIRED, why, "window_passed") else "gone"
             )
-        if now < obj.window_opens_at:
+        if now < opens:
             return "waiting"
         if obj.preflight_status == PreflightStatus.FAILED:
             why = "voided: its pre-flight failed"
@@ -235,7 +238,7 @@ def release_one(action_id: int, now: datetime) -> str:
         # The approval's validity starts now, at the opening (or once the backups are
         # verified), and never reaches past the window's close.
         validity = timedelta(seconds=approvals.rule_for(obj.impact).validity_seconds)
-        expires = min(now + validity, obj.window_closes_at)
+        expires = min(now + validity, closes)
         reason = f"released in {label}"
         if not _move(
             obj.pk,
