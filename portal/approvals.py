@@ -119,7 +119,13 @@ def tally(obj: Approvable) -> Tally:
     for approval in _signatures(obj):
         if approval.approver.get_username() not in names:
             names.append(approval.approver.get_username())
-    return Tally(approvers=names, required=rule_for(obj.approval_impact).required_approvals)
+    return Tally(approvers=names, required=required_signatures(obj))
+
+
+def required_signatures(obj: Approvable) -> int:
+    """The impact's rule, plus what the request itself adds (an emergency: one more)."""
+    extra = getattr(obj, "approval_extra_signatures", 0)
+    return rule_for(obj.approval_impact).required_approvals + extra
 
 
 def check_signer(obj: Approvable, user, *, fingerprint: str | None, confirmation: str) -> None:

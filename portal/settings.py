@@ -244,6 +244,10 @@ PRA_CONNECTIVITY_PORTS = tuple(
 )
 # AI (MCP) identities may ask for LOW-impact auto-approval only if this is on.
 PRA_AI_AUTO_APPROVE = env_bool("PRA_AI_AUTO_APPROVE", False)
+# Impact levels whose actions only run inside a maintenance window (e.g. "HIGH"), and how
+# far ahead an approval may look for one (an approval with no window that soon is refused).
+PRA_WINDOW_IMPACTS = tuple(impact.upper() for impact in env_list("PRA_WINDOW_IMPACTS", []))
+PRA_WINDOW_MAX_WAIT = env_int("PRA_WINDOW_MAX_WAIT_DAYS", 15, minimum=1, maximum=366) * 86400
 
 # --- Incidents -----------------------------------------------------------------------
 HEARTBEAT_MAX_BYTES = env_int("HEARTBEAT_MAX_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024)

@@ -239,7 +239,8 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     paginator = EstimatedCountPaginator  # a year is 100,000 actions: no COUNT(*) per page
     show_full_result_count = False
     form = ProposeForm
-    change_form_template = "admin/pra/praaction/change_form.html"
+    # The shared page, plus what windows, freezes and emergencies say about the action.
+    change_form_template = "admin/pra/praaction/change_form_windows.html"
     sign_request = staticmethod(actions.approve_action)
     reject_request = staticmethod(actions.reject_action)
     waiting_status = ActionStatus.PROPOSED
@@ -363,12 +364,11 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             "status_kind": BADGE.get(obj.status, ""),
             # Display: how long it ran, verification as not run / passed / failed, and the
             # incidents this action remediates (one query).
-            "took": (obj.finished_at - obj.started_at)
-            if obj.started_at and obj.finished_at
-            else None,
+            "took": obj.took,
             "verification_words": verification_state(obj)[0],
             "verification_kind": verification_state(obj)[1],
             "remediates": list(obj.incidents.only("pk", "title")[:5]),
+            "validity_minutes": approvals.rule_for(obj.impact).validity_seconds // 60,
         }
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}
@@ -390,3 +390,6 @@ class DiagnosticRunAdmin(ReadOnlyAdmin):
     list_select_related = ("host", "action__host")  # str(action) names its host
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+
+
+from pra import admin_windows  # noqa: E402, F401  (maintenance windows and freezes)

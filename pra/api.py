@@ -14,7 +14,7 @@ from portal import approvals
 from portal.dashboard import rules as approval_rules
 from portal.dashboard import signatures_of
 from portal.lib.text import StorableInput
-from pra import actions
+from pra import actions, windows
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.diagnostics import DIAGNOSTICS
@@ -80,6 +80,12 @@ class ProposeIn(StorableInput):
     rationale: str = Field(max_length=5000)
     auto_approve: bool = False
     evidence_ids: list[int] = Field(default_factory=list, max_length=50)
+    emergency: bool = Field(
+        default=False,
+        description="Runs during a change freeze and outside maintenance windows; needs "
+        "emergency_reason and one more signature than the impact's rule.",
+    )
+    emergency_reason: str = Field(default="", max_length=2000)
 
 
 class ApproveIn(StorableInput):
@@ -141,6 +147,17 @@ class ActionOut(Schema):
     preflight_label: str
     verification_output: str
     evidence_ids: list[int]
+    emergency: bool
+    emergency_reason: str
+    hold_reason: str = Field(
+        description="What a WAITING action waits for (its maintenance window, a freeze, the "
+        "pre-maintenance backup), or why its wait ended without a run."
+    )
+    maintenance: dict[str, Any] = Field(
+        description="requires_window, emergency, the change freeze in force (or null), the "
+        "window it is approved for, and for a PROPOSED action what approval would do "
+        "(on_approval: runs now / waits for the window starting ... / refused: freeze)."
+    )
 
 
 def action_out(
@@ -182,6 +199,10 @@ def action_out(
         "preflight_label": obj.get_preflight_status_display(),
         "verification_output": obj.verification_output,
         "evidence_ids": evidence_ids,
+        "emergency": obj.emergency,
+        "emergency_reason": obj.emergency_reason,
+        "hold_reason": obj.hold_reason,
+        "maintenance": windows.outlook(obj),
     }
 
 
@@ -276,6 +297,8 @@ def propose(request, body: ProposeIn):
             by=request.user,
             auto_approve=body.auto_approve,
             evidence_ids=body.evidence_ids,
+            emergency=body.emergency,
+            emergency_reason=body.emergency_reason,
         )
     except actions.ActionError as exc:
         return _error(exc)

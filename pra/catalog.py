@@ -76,6 +76,9 @@ class ActionSpec:
     probe: Probe | None = None
     timeout: int = 120  # seconds the command may run on the target
     tags: tuple[str, ...] = field(default=())
+    # Runs only inside a maintenance window (``pra.windows``); PRA_WINDOW_IMPACTS can
+    # require one for whole impact levels too.
+    requires_window: bool = False
 
     def validate_params(self, params: object) -> dict[str, str]:
         params = params or {}

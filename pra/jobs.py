@@ -175,8 +175,9 @@ def verify_action(action_id: int) -> str:
 
 def sweep() -> dict:
     """Every 30 s: lost or overdue pre-flights, expire, reap lost runs, re-enqueue approved
-    actions whose job vanished."""
+    actions whose job vanished, release actions whose maintenance window opened."""
     return {
+        "windows": actions.release_waiting(),
         "preflights": actions.reconcile_preflights(),
         "expired": actions.expire_due(),
         "reaped": actions.reap_lost_runs(),

@@ -47,7 +47,7 @@ from pra.actions.proposal import (
     submit_proposal,
     validate_proposal,
 )
-from pra.actions.sweeps import expire_due, reap_lost_runs, reconcile_approved
+from pra.actions.sweeps import expire_due, reap_lost_runs, reconcile_approved, release_waiting
 
 __all__ = [
     "ActionError",
@@ -82,6 +82,7 @@ __all__ = [
     "record_preflight",
     "record_verification",
     "reject_action",
+    "release_waiting",
     "request_execution",
     "rerun_preflight",
     "run_diagnostic",

@@ -86,7 +86,7 @@ def _admin_url(action: PRAAction) -> str:
 
 def _notify_awaiting(action: PRAAction, why: str = "") -> None:
     """Tell approvers an action waits for them (never when it is about to be auto-approved)."""
-    needed = approvals.rule_for(action.impact).required_approvals
+    needed = approvals.required_signatures(action)
     notify(
         NotificationKind.PRA_AWAITING_APPROVAL,
         title=f"Approval needed: {action.command_display} on {action.host.name}",

@@ -14,6 +14,7 @@ from portal.lib import ssh
 from portal.lib.validation import full_clean_or_refuse
 from pra.actions.common import ActionError, _announce, _storable
 from pra.actions.preflight import _restart_preflight, _void
+from pra.actions.windows import end_wait
 from pra.choices import ActionStatus
 from pra.models import Host, PRAAction
 
@@ -155,6 +156,12 @@ def _void_host_approvals(
         )
         if _void(a, reason, actor=actor)
     ]
+    # Approved but waiting for their maintenance window: the same, at once.
+    for waiting in PRAAction.objects.select_related("host").filter(
+        host=host, status=ActionStatus.WAITING
+    ):
+        if end_wait(waiting, ActionStatus.VOIDED, reason, "host_changed", actor=actor):
+            voided.append(waiting.pk)
     rerun_ids: list[int] = []
     if not rerun:
         return voided, rerun_ids
