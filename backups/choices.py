@@ -32,6 +32,7 @@ class SourceKind(models.TextChoices):
     POSTGRES = "postgres", "PostgreSQL"
     REDIS = "redis", "Redis"
     KUBERNETES = "kubernetes", "Kubernetes resources"
+    TERRAFORM = "terraform", "Terraform state (S3 object)"
 
 
 # One default time per kind, spread so three nightly backups never overlap at start.
@@ -39,6 +40,7 @@ DEFAULT_SCHEDULES = {
     SourceKind.POSTGRES: "0 2 * * *",
     SourceKind.REDIS: "15 2 * * *",
     SourceKind.KUBERNETES: "30 2 * * *",
+    SourceKind.TERRAFORM: "45 2 * * *",
 }
 DEFAULT_KUBE_KINDS = "all,configmaps,secrets,pvc,ingress"
 
@@ -79,6 +81,7 @@ class ArtifactFormat(models.TextChoices):
     PG_GLOBALS = "pg_globals", "pg_dumpall --globals-only SQL (roles, memberships)"
     RDB = "rdb", "Redis RDB"
     K8S_YAML = "k8s_yaml", "Kubernetes YAML"
+    TFSTATE = "tfstate", "Terraform state JSON"
 
 
 class Verification(models.TextChoices):

@@ -51,6 +51,7 @@ class AuditEventType(models.TextChoices):
     BACKUP_DRILL_STARTED = "BACKUP_DRILL_STARTED", "Restore drill started"
     BACKUP_DRILL_SUCCEEDED = "BACKUP_DRILL_SUCCEEDED", "Restore drill succeeded"
     BACKUP_DRILL_FAILED = "BACKUP_DRILL_FAILED", "Restore drill failed or over its RTO target"
+    TFSTATE_FALLBACK = "TFSTATE_FALLBACK", "Terraform state written to a local backend (S3 down)"
     DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
     AGENT_CREATED = "AGENT_CREATED", "Agent created"
     AGENT_SECRET_ROTATED = "AGENT_SECRET_ROTATED", "Agent secret rotated"
