@@ -605,7 +605,8 @@ def write_local_backend(
     from backups.storage import storage_for
 
     actor = Actor.of(by)
-    actions._require_perm(actor.user, actions.RUN_PERMISSION, "write Terraform states")
+    if actor.user is not None and not actor.user.has_perm(actions.RUN_PERMISSION):
+        raise actions.BackupError("permission", "You are not allowed to write Terraform states.")
     if source.kind != SourceKind.TERRAFORM:
         raise actions.BackupError("kind", f"{source.name} is not a Terraform state source.")
     if artifact is None:
