@@ -16,22 +16,47 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from datetime import UTC, datetime, timedelta
-
-from django.conf import settings
 
 # PVE's own rules, narrowed: VMIDs 100..999999999; storage ids start with a letter; vzdump
 # names its archives vzdump-{qemu,lxc}-VMID-YYYY_MM_DD-HH_MM_SS.{vma,tar}[.zst|.gz|.lzo].
+# (Backslash-free: the same patterns are copied into the wrappers' bash [[ =~ ]].)
 VMID_PATTERN = r"^[1-9][0-9]{2,8}$"
 STORAGE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 ARCHIVE_PATTERN = (
     r"^vzdump-(qemu|lxc)-[1-9][0-9]{2,8}-[0-9]{4}_[0-9]{2}_[0-9]{2}-[0-9]{2}_[0-9]{2}_[0-9]{2}"
-    r"\.(vma|tar)(\.zst|\.gz|\.lzo)?$"
+    r"[.](vma|tar)([.](zst|gz|lzo))?$"
 )
+# A compressed archive restores to more than its size: free space must be this many times it.
+SPACE_FACTOR = 2
+# Seconds the post-restore check waits for the guest to run, answer ping and SSH.
+WAIT_SECONDS = 90
 TAG = "proxmox"
 BACKUPS_DIAGNOSTIC = "pve_backups"
 BACKUPS_VERB = "pve-backups"
 RESTORE_ACTIONS = ("pve_restore", "pve_restore_as")
+
+
+def render_values(prefix: str) -> dict[str, str]:
+    """What the wrapper templates need of this module (``pra.target.render_target``)."""
+    return {
+        "PRA_PVE": shlex.quote(f"{prefix}/pra-pve"),
+        "PVE_VMID": shlex.quote(VMID_PATTERN),
+        "PVE_STORAGE": shlex.quote(STORAGE_PATTERN),
+        "PVE_ARCHIVE": shlex.quote(ARCHIVE_PATTERN),
+        "PVE_SPACE_FACTOR": str(SPACE_FACTOR),
+        "PVE_WAIT": str(WAIT_SECONDS),
+    }
+
+
+def check_restore(params: dict[str, str]) -> None:
+    """What a per-parameter pattern cannot say: the archive is a backup of ``vmid``."""
+    if archive_vmid(params["archive"]) != params["vmid"]:
+        raise ValueError(
+            f"archive {params['archive']} is a backup of guest {archive_vmid(params['archive'])}, "
+            f"not of {params['vmid']}"
+        )
 
 
 def archive_kind(archive: str) -> str:
@@ -81,6 +106,8 @@ def nodes():
 
 def dr_rows(now: datetime) -> list:
     """One ``backups.dr.Row`` per enabled Proxmox node."""
+    from django.conf import settings
+
     from backups.dr import Row, judge_proof
     from pra.choices import ActionStatus
     from pra.models import DiagnosticRun, PRAAction

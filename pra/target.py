@@ -30,6 +30,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
+from pra import proxmox
 from pra.catalog import CATALOG, SAFE_WORD, ActionSpec, catalog_fingerprint
 
 # Exit code and prefix every refusal uses; the portal classifies them as DENIED.
@@ -49,8 +50,11 @@ DIAG_COMMANDS = (
     "disk",
     "connectivity",
     "catalog",
+    # Proxmox nodes (pra/proxmox.py, through pra-pve)
+    "pve-backups",
+    "pve-status",
 )
-SCRIPTS = ("pra-exec", "pra-run", "pra-diag")
+SCRIPTS = ("pra-exec", "pra-run", "pra-diag", "pra-pve")
 _MODES = {
     **dict.fromkeys((*SCRIPTS, "install.sh"), 0o755),
     "sudoers-pra": 0o440,
@@ -131,12 +135,14 @@ def render_target(
         "MAX_BYTES": str(MAX_COMMAND_BYTES),
         "DENIED_EXIT": str(DENIED_EXIT),
         "USE_SUDO": "1" if use_sudo else "0",
+        **proxmox.render_values(prefix),
     }
     run_via = 'sudo -n -- "$PRA_RUN"' if use_sudo else '"$PRA_RUN"'
     pra_run = _fill(PRA_RUN, **common, LOG_FILE=shlex.quote(log_file), ACTION_CASES=_run_cases())
     files = {
         "pra-exec": _fill(PRA_EXEC, **common, EXEC_CASES=_exec_cases(), RUN_VIA=run_via),
         "pra-run": pra_run,
+        "pra-pve": _fill(PRA_PVE, **common),
         "pra-diag": _fill(
             PRA_DIAG, **common, RUN_VIA=run_via, CONNECTIVITY_PORTS=shlex.quote(ports)
         ),
@@ -427,4 +433,5 @@ If the log cannot be written the action still runs and a warning goes to stderr.
 PRA_EXEC = _template("pra-exec")
 PRA_RUN = _template("pra-run")
 PRA_DIAG = _template("pra-diag")
+PRA_PVE = _template("pra-pve")
 INSTALL_SH = _template("install.sh")
