@@ -12,6 +12,7 @@ Files written by :func:`render_target`:
                    and hands a validated ``ACTION ARG...`` to ``sudo -n pra-run``.
 ``pra-run``        validates again, runs the catalog argv with a bounded time, logs.
 ``pra-diag``       forced command of the diag key: read-only diagnostics.
+``pra-pve``        Proxmox VE listings and restores (``pra.proxmox``), run by pra-run only.
 ``sudoers-pra``    lets the run user run exactly ``pra-run`` (pinned by SHA-256) as root.
 ``authorized_keys`` the two ``command="...",restrict`` key lines.
 ``install.sh``, ``README.md`` for the target's administrator.
@@ -367,6 +368,7 @@ these files by hand: render them again. Catalog fingerprint:
 | `pra-exec` | `{prefix}/pra-exec` (0755) | forced command of the portal's exec key |
 | `pra-run` | `{prefix}/pra-run` (0755) | runs one catalog action as root, logs it |
 | `pra-diag` | `{prefix}/pra-diag` (0755) | forced command of the read-only diag key |
+| `pra-pve` | `{prefix}/pra-pve` (0755) | Proxmox: vzdump listings, restores (via pra-run) |
 | `sudoers-pra` | `/etc/sudoers.d/pra` (0440) | lets `{run_user}` run `pra-run` only |
 | `authorized_keys` | `~{run_user}/.ssh/authorized_keys` | the two forced-command key lines |
 
