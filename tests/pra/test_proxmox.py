@@ -83,6 +83,8 @@ def ssh_banner():
 
     threading.Thread(target=serve, daemon=True).start()
     yield
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(): the port is free again
     sock.close()
 
 
