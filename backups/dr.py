@@ -116,20 +116,20 @@ class Report:
 
 def _restore_proof(source: BackupSource, target: float):
     """The newest successful drill or restore of the source's backups: (when, what, seconds)."""
-    found = []
+    found: list[tuple[datetime, str, float | None]] = []
     drill = (
         BackupDrill.objects.filter(source=source, status=DrillStatus.SUCCEEDED)
         .order_by("-finished_at")
         .first()
     )
-    if drill is not None:
+    if drill is not None and drill.finished_at is not None:
         found.append((drill.finished_at, f"drill #{drill.pk}", drill.rto_seconds))
     restore = (
         RestoreRequest.objects.filter(artifact__run__source=source, status=RestoreStatus.SUCCEEDED)
         .order_by("-finished_at")
         .first()
     )
-    if restore is not None:
+    if restore is not None and restore.finished_at is not None:
         found.append(
             (restore.finished_at, f"restore #{restore.pk}", restore.report.get("restore_seconds"))
         )

@@ -126,7 +126,7 @@ def dr_rows(now: datetime) -> list:
             .first()
         )
         newest, count = newest_backup(listing.output) if listing else (None, 0)
-        if newest is None:
+        if newest is None or listing is None:
             row.problems.append(
                 "no vzdump backup seen (run the pve_backups diagnostic)"
                 if listing is None
@@ -148,7 +148,7 @@ def dr_rows(now: datetime) -> list:
             .first()
         )
         proof = None
-        if restore is not None:
+        if restore is not None and restore.finished_at and restore.started_at:
             seconds = (restore.finished_at - restore.started_at).total_seconds()
             proof = (restore.finished_at, f"action #{restore.pk}", round(seconds, 3))
         judge_proof(row, proof, proof_after)

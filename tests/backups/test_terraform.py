@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import uuid
+from io import StringIO
 
 import pytest
 from django.core.management import call_command
@@ -160,6 +161,14 @@ def test_a_version_round_trip_behind_the_high_rules(
         source, versions[0], by=operator, allow_older_serial=True, dry_run=True
     )
     assert plan["mode"] == "overwrite" and plan["target_name"] == target
+    out = StringIO()
+    call_command("tfstate", "versions", "tf-prod", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith(f"*{versions[2]}") and " 3 " in lines[1]
+    call_command("tfstate", "restore", "tf-prod", "--version", versions[0], "--as",
+                 operator.username, "--allow-older-serial", "--dry-run", stdout=out)  # fmt: skip
+    assert "serial 3 → 1, resources 3 → 1" in out.getvalue()
+    assert f"add --confirm {target}" in out.getvalue()
     assert (plan["facts"]["resources_before"], plan["facts"]["resources_after"]) == (3, 1)
     with capture(execute=True):
         req, plan, run = terraform.restore_version(

@@ -109,7 +109,9 @@ class Command(BaseCommand):
             f"{facts['chosen']['lineage']}"
             + (" (CHANGED, forced)" if facts["lineage_forced"] else "")
         )
-        RestoreCommand(stdout=self.stdout, stderr=self.stderr)._show_plan(plan)
+        shower = RestoreCommand()
+        shower.stdout, shower.style = self.stdout, self.style
+        shower._show_plan(plan)
         if req is None:
             self.stdout.write("Dry run: nothing was restored.")
             if plan["mode"] == "overwrite":
