@@ -145,6 +145,10 @@ class PRAAction(models.Model):
     def spec(self):
         return get_spec(self.action)
 
+    # The streaming state of publish_output() in the worker holding this instance; not stored.
+    _streamed_bytes: int = 0
+    _streamed_saved: float = float("-inf")
+
     @property
     def took(self) -> timedelta | None:
         """How long the command ran; None until it has both started and finished."""
