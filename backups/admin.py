@@ -94,7 +94,10 @@ class BackupSourceAdmin(AuditedConfigAdmin):
     actions = ["run_now", "drill_now"]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled", "schedule", "transport", "stall_timeout")}),
-        ("PostgreSQL / Redis", {"fields": ("dsn", "pg_mode", "databases", "pg_role_passwords")}),
+        (
+            "PostgreSQL / Redis / Terraform state",
+            {"fields": ("dsn", "pg_mode", "databases", "pg_role_passwords")},
+        ),
         (
             "Credentials (names only, never the secret)",
             {"fields": ("password_env", "password_file")},
@@ -136,6 +139,14 @@ class BackupSourceAdmin(AuditedConfigAdmin):
 
     def get_changelist(self, request, **kwargs):
         return BackupSourceChangeList
+
+    def get_urls(self):
+        from backups.dr_admin import dr_report_view
+
+        wrap = self.admin_site.admin_view
+        view = wrap(lambda request: dr_report_view(request, self.admin_site, self.model._meta))
+        return [path("dr-report/", view, name="backups_backupsource_dr_report"),
+                *super().get_urls()]  # fmt: skip
 
     @admin.display(description="last backup")
     def last_backup(self, obj):

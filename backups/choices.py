@@ -33,6 +33,7 @@ class SourceKind(models.TextChoices):
     POSTGRES = "postgres", "PostgreSQL"
     REDIS = "redis", "Redis"
     KUBERNETES = "kubernetes", "Kubernetes resources"
+    TERRAFORM = "terraform", "Terraform state (S3 object)"
 
 
 # One default time per kind, spread so three nightly backups never overlap at start.
@@ -40,6 +41,7 @@ DEFAULT_SCHEDULES = {
     SourceKind.POSTGRES: "0 2 * * *",
     SourceKind.REDIS: "15 2 * * *",
     SourceKind.KUBERNETES: "30 2 * * *",
+    SourceKind.TERRAFORM: "45 2 * * *",
 }
 DEFAULT_KUBE_KINDS = "all,configmaps,secrets,pvc,ingress"
 
@@ -80,6 +82,7 @@ class ArtifactFormat(models.TextChoices):
     PG_GLOBALS = "pg_globals", "pg_dumpall --globals-only SQL (roles, memberships)"
     RDB = "rdb", "Redis RDB"
     K8S_YAML = "k8s_yaml", "Kubernetes YAML"
+    TFSTATE = "tfstate", "Terraform state JSON"
 
 
 class Verification(models.TextChoices):
@@ -165,6 +168,7 @@ class AuditEvents(models.TextChoices):
     BACKUP_DRILL_STARTED = "BACKUP_DRILL_STARTED", "Restore drill started"
     BACKUP_DRILL_SUCCEEDED = "BACKUP_DRILL_SUCCEEDED", "Restore drill succeeded"
     BACKUP_DRILL_FAILED = "BACKUP_DRILL_FAILED", "Restore drill failed or over its RTO target"
+    TFSTATE_FALLBACK = "TFSTATE_FALLBACK", "Terraform state written to a local backend (S3 down)"
     DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
     BACKUP_SOURCE_CHANGED = "BACKUP_SOURCE_CHANGED", "Backup source changed"
     BACKUP_RUN_REQUESTED = "BACKUP_RUN_REQUESTED", "Backup requested (run now)"

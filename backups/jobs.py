@@ -29,6 +29,7 @@ from backups.choices import (
     RestoreMode,
     RestoreStatus,
     RunStatus,
+    SourceKind,
     Trigger,
     VerifyLevel,
 )
@@ -226,6 +227,10 @@ def _safety_transport(req: RestoreRequest, target) -> SourceTransport:
         return PostgresTransport(source, databases=databases)
     if isinstance(target, restore.RedisTarget):
         return RedisTransport(source)
+    if source.kind == SourceKind.TERRAFORM:
+        from backups.terraform import TerraformTransport
+
+        return TerraformTransport(source)
     return KubernetesTransport(source)
 
 

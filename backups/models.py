@@ -235,6 +235,10 @@ class BackupSource(models.Model):
                 self.kube_pod and self.kube_namespace
             ):
                 errors["kube_pod"] = "kubectl exec needs a namespace and a pod"
+        if self.kind == SourceKind.TERRAFORM:
+            from backups import terraform
+
+            errors.update(terraform.source_errors(self))
         if self.kind == SourceKind.KUBERNETES and self.transport != Transport.DIRECT:
             errors["transport"] = "Kubernetes resources are read with kubectl get"
         if self.drill_schedule and not croniter.is_valid(self.drill_schedule):
@@ -572,6 +576,8 @@ class RestoreTarget(models.Model):
                 errors["host"] = "a PostgreSQL or Redis target needs a host"
             if self.kubeconfig or self.kube_context:
                 errors["kubeconfig"] = "only Kubernetes targets have a kubeconfig/context"
+        if self.kind == SourceKind.TERRAFORM:
+            errors["kind"] = "a Terraform state is restored into its own object only"
         if self.kind == SourceKind.REDIS and self.database:
             errors["database"] = "a Redis target is the whole instance (no database)"
         if self.kind == SourceKind.KUBERNETES:

@@ -45,6 +45,7 @@ KIND_OF_FORMAT = {
     ArtifactFormat.PG_CUSTOM: SourceKind.POSTGRES,
     ArtifactFormat.RDB: SourceKind.REDIS,
     ArtifactFormat.K8S_YAML: SourceKind.KUBERNETES,
+    ArtifactFormat.TFSTATE: SourceKind.TERRAFORM,
 }
 REGISTER_HINT = (
     "restores go only to the backup's own source or to a registered restore target "
@@ -67,6 +68,9 @@ class TargetSpec(BaseModel):
     target: str = Field(default="", max_length=63)
     database: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
     resources: list[str] = Field(default_factory=list, max_length=200)
+    # Terraform states (backups.terraform): a restore that changes lineage / goes back.
+    force_lineage: bool = False
+    allow_older_serial: bool = False
 
     @field_validator("target")
     @classmethod
@@ -275,6 +279,14 @@ def target_for(artifact: BackupArtifact, given: Any) -> Target:
             f"{artifact.get_format_display()} artifacts are restored by hand "
             "(psql -f for a pg_dumpall file); the portal restores per-database dumps"
         )
+    if (spec.force_lineage or spec.allow_older_serial) and kind != SourceKind.TERRAFORM:
+        raise RestoreError("bad target: force_lineage/allow_older_serial: Terraform states only")
+    if kind == SourceKind.TERRAFORM:
+        from backups import terraform
+
+        if spec.database or spec.resources:
+            raise RestoreError("bad target: a Terraform state has no database or resources")
+        return terraform.target_for(artifact.run.source, spec)
     registered = _registered(spec, kind)
     source = artifact.run.source
     if registered is None and source.transport == Transport.KUBECTL_EXEC:
@@ -354,6 +366,10 @@ def safety_source(artifact: BackupArtifact, target) -> tuple[BackupSource, list[
     Credential files are passed on as their checked real path.
     """
     source = artifact.run.source
+    if getattr(target, "force_lineage", None) is not None:  # a terraform.TfTarget
+        from backups import terraform
+
+        return terraform.safety_source(source, target), None
     if isinstance(target, PgTarget | RedisTarget):
         password_file = ""
         if target.password_file:
@@ -583,6 +599,10 @@ def inspect(target, storage: Storage, artifact: BackupArtifact) -> TargetState:
         return inspect_pg(target, storage, artifact)
     if isinstance(target, RedisTarget):
         return inspect_redis(target)
+    if artifact.format == ArtifactFormat.TFSTATE:
+        from backups import terraform
+
+        return terraform.inspect(target, storage, artifact)
     return inspect_kube(target, storage, artifact)
 
 
@@ -656,4 +676,8 @@ def run_restore(target, storage: Storage, artifact: BackupArtifact, mode: str) -
         from backups.redis_restore import restore_redis
 
         return restore_redis(target, storage, artifact, mode)
+    if artifact.format == ArtifactFormat.TFSTATE:
+        from backups.terraform import restore_state
+
+        return restore_state(target, storage, artifact, mode)
     return restore_kube(target, storage, artifact, mode)

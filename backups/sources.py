@@ -339,4 +339,8 @@ def transport_for(source: BackupSource) -> SourceTransport:
         return RedisTransport(source)
     if source.kind == SourceKind.KUBERNETES:
         return KubernetesTransport(source)
+    if source.kind == SourceKind.TERRAFORM:
+        from backups.terraform import TerraformTransport
+
+        return TerraformTransport(source)
     raise SourceError(f"unknown source kind {source.kind!r}")

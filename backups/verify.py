@@ -335,10 +335,17 @@ def decompress_to(storage: Storage, artifact: BackupArtifact, path) -> int:
     return size
 
 
+def _tfstate(main: BinaryIO, reopen: Reopen, level: str) -> Check:
+    from backups.terraform import check_state
+
+    return check_state(main, level)
+
+
 FORMAT_CHECKS = {
     ArtifactFormat.PG_CUSTOM: _pg_custom,
     ArtifactFormat.PG_SQL: _pg_sql,
     ArtifactFormat.PG_GLOBALS: _pg_sql,
     ArtifactFormat.RDB: _rdb,
     ArtifactFormat.K8S_YAML: _k8s_yaml,
+    ArtifactFormat.TFSTATE: _tfstate,
 }

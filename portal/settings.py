@@ -334,6 +334,10 @@ BACKUP_ENCRYPTION_KEYS = env_secret("BACKUP_ENCRYPTION_KEYS", "")
 BACKUP_RTO_TARGETS = {
     "postgres": env_int("BACKUP_RTO_POSTGRES", 900, minimum=1),
     "redis": env_int("BACKUP_RTO_REDIS", 300, minimum=1),
+    # The restore-procedures runbook's targets (seed 003): a Terraform state in 2 min,
+    # a VM/LXC from vzdump in 5 min.
+    "terraform": env_int("BACKUP_RTO_TERRAFORM", 120, minimum=1),
+    "proxmox": env_int("BACKUP_RTO_PROXMOX", 300, minimum=1),
 }
 BACKUP_VERIFY_TARGET = env_int("BACKUP_VERIFY_TARGET", 300, minimum=1)
 BACKUP_DRILL_FRESH_DAYS = env_int("BACKUP_DRILL_FRESH_DAYS", 8, minimum=1)

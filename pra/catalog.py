@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from pra import proxmox
 from pra.choices import Impact
 
 # Characters a parameter value may ever contain, on both sides of the wire.
@@ -37,6 +38,8 @@ class ParamSpec:
             raise CatalogError(f"parameter {self.name!r} is longer than {self.max_length}")
         # fullmatch and ASCII: "\n" or non-ASCII letters never slip past "$".
         if not re.fullmatch(self.pattern.strip("^$"), value, flags=re.ASCII):
+            if self.pattern != SAFE_WORD:
+                raise CatalogError(f"parameter {self.name!r} does not match {self.pattern}")
             raise CatalogError(
                 f"parameter {self.name!r} has characters outside [a-zA-Z0-9_.-] "
                 "or does not start with a letter or digit"
@@ -104,6 +107,20 @@ class ActionSpec:
 
 
 _CONTAINER = ParamSpec("name", "Container name (podman)")
+# Proxmox nodes (pra/proxmox.py): names as strict as PVE's own, checked again by pra-pve.
+_PVE_PARAMS = (
+    ParamSpec("vmid", "the guest's VMID (100-999999999)", proxmox.VMID_PATTERN, 9),
+    ParamSpec(
+        "archive", "vzdump file name, e.g. vzdump-lxc-110-2026_12_01-02_00_00.tar.zst",
+        proxmox.ARCHIVE_PATTERN, 80,
+    ),
+    ParamSpec("backup_storage", "storage id holding the archive", proxmox.STORAGE_PATTERN, 64),
+    ParamSpec("storage", "storage id to restore the disks onto", proxmox.STORAGE_PATTERN, 64),
+)  # fmt: skip
+_PVE_NOTE = (
+    "Overwrites the guest holding the VMID (stopped, then backed up with vzdump first) and "
+    "restarts it; the restored guest is what the archive holds."
+)
 
 CATALOG: dict[str, ActionSpec] = {
     spec.name: spec
@@ -172,6 +189,50 @@ CATALOG: dict[str, ActionSpec] = {
             impact_note="Every service on the host is down until it boots again.",
             probe=Probe(("sysinfo",)),
             timeout=60,
+        ),
+        ActionSpec(
+            name="pve_restore",
+            description="Restore a Proxmox VM or LXC from a vzdump archive under its own VMID.",
+            impact=Impact.HIGH,
+            idempotent=False,
+            command=(
+                "pra-pve",
+                "restore",
+                "{vmid}",
+                "{archive}",
+                "{backup_storage}",
+                "{storage}",
+                "{vmid}",
+            ),  # fmt: skip
+            impact_note=_PVE_NOTE,
+            params=_PVE_PARAMS,
+            probe=Probe(("pve-status", "{vmid}"), expect="running"),
+            timeout=3600,
+            tags=(proxmox.TAG,),
+        ),
+        ActionSpec(
+            name="pve_restore_as",
+            description="Restore a Proxmox VM or LXC from a vzdump archive under another VMID.",
+            impact=Impact.HIGH,
+            idempotent=False,
+            command=(
+                "pra-pve",
+                "restore",
+                "{vmid}",
+                "{archive}",
+                "{backup_storage}",
+                "{storage}",
+                "{target}",
+            ),  # fmt: skip
+            impact_note="A copy (new MAC addresses, left stopped: its IP is the original's); "
+            "a guest already holding the target VMID is stopped, backed up, then overwritten.",
+            params=(
+                *_PVE_PARAMS,
+                ParamSpec("target", "the new VMID", proxmox.VMID_PATTERN, 9),
+            ),  # fmt: skip
+            probe=Probe(("pve-status", "{target}"), expect="stopped"),
+            timeout=3600,
+            tags=(proxmox.TAG,),
         ),
     )
 }

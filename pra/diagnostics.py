@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pra import proxmox
 from pra.catalog import SAFE_WORD, CatalogError, ParamSpec
 
 
@@ -93,6 +94,18 @@ DIAGNOSTICS: dict[str, Diagnostic] = {
         Diagnostic("system_info", "Hostname, kernel, uptime and load.", "sysinfo"),
         Diagnostic("memory_info", "Memory and swap use.", "meminfo"),
         Diagnostic("disk_usage", "Filesystem usage (df).", "disk"),
+        Diagnostic(
+            proxmox.BACKUPS_DIAGNOSTIC,
+            "Proxmox: the node's vzdump backups on a storage (pvesh JSON).",
+            proxmox.BACKUPS_VERB,
+            (ParamSpec("storage", "storage id, e.g. local", proxmox.STORAGE_PATTERN, 64),),
+        ),
+        Diagnostic(
+            "pve_guest_status",
+            "Proxmox: a guest's status (running, stopped, missing).",
+            "pve-status",
+            (ParamSpec("vmid", "the guest's VMID", proxmox.VMID_PATTERN, 9),),
+        ),
         Diagnostic(
             "test_connectivity",
             "Can the host open a TCP connection to HOST:PORT?",

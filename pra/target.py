@@ -12,6 +12,7 @@ Files written by :func:`render_target`:
                    and hands a validated ``ACTION ARG...`` to ``sudo -n pra-run``.
 ``pra-run``        validates again, runs the catalog argv with a bounded time, logs.
 ``pra-diag``       forced command of the diag key: read-only diagnostics.
+``pra-pve``        Proxmox VE listings and restores (``pra.proxmox``), run by pra-run only.
 ``sudoers-pra``    lets the run user run exactly ``pra-run`` (pinned by SHA-256) as root.
 ``authorized_keys`` the two ``command="...",restrict`` key lines.
 ``install.sh``, ``README.md`` for the target's administrator.
@@ -30,6 +31,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
+from pra import proxmox
 from pra.catalog import CATALOG, SAFE_WORD, ActionSpec, catalog_fingerprint
 
 # Exit code and prefix every refusal uses; the portal classifies them as DENIED.
@@ -49,8 +51,11 @@ DIAG_COMMANDS = (
     "disk",
     "connectivity",
     "catalog",
+    # Proxmox nodes (pra/proxmox.py, through pra-pve)
+    "pve-backups",
+    "pve-status",
 )
-SCRIPTS = ("pra-exec", "pra-run", "pra-diag")
+SCRIPTS = ("pra-exec", "pra-run", "pra-diag", "pra-pve")
 _MODES = {
     **dict.fromkeys((*SCRIPTS, "install.sh"), 0o755),
     "sudoers-pra": 0o440,
@@ -131,12 +136,14 @@ def render_target(
         "MAX_BYTES": str(MAX_COMMAND_BYTES),
         "DENIED_EXIT": str(DENIED_EXIT),
         "USE_SUDO": "1" if use_sudo else "0",
+        **proxmox.render_values(prefix),
     }
     run_via = 'sudo -n -- "$PRA_RUN"' if use_sudo else '"$PRA_RUN"'
     pra_run = _fill(PRA_RUN, **common, LOG_FILE=shlex.quote(log_file), ACTION_CASES=_run_cases())
     files = {
         "pra-exec": _fill(PRA_EXEC, **common, EXEC_CASES=_exec_cases(), RUN_VIA=run_via),
         "pra-run": pra_run,
+        "pra-pve": _fill(PRA_PVE, **common),
         "pra-diag": _fill(
             PRA_DIAG, **common, RUN_VIA=run_via, CONNECTIVITY_PORTS=shlex.quote(ports)
         ),
@@ -360,6 +367,7 @@ these files by hand: render them again. Catalog fingerprint:
 | `pra-exec` | `{prefix}/pra-exec` (0755) | forced command of the portal's exec key |
 | `pra-run` | `{prefix}/pra-run` (0755) | runs one catalog action as root, logs it |
 | `pra-diag` | `{prefix}/pra-diag` (0755) | forced command of the read-only diag key |
+| `pra-pve` | `{prefix}/pra-pve` (0755) | Proxmox: vzdump listings, restores (via pra-run) |
 | `sudoers-pra` | `/etc/sudoers.d/pra` (0440) | lets `{run_user}` run `pra-run` only |
 | `authorized_keys` | `~{run_user}/.ssh/authorized_keys` | the two forced-command key lines |
 
@@ -426,4 +434,5 @@ If the log cannot be written the action still runs and a warning goes to stderr.
 PRA_EXEC = _template("pra-exec")
 PRA_RUN = _template("pra-run")
 PRA_DIAG = _template("pra-diag")
+PRA_PVE = _template("pra-pve")
 INSTALL_SH = _template("install.sh")

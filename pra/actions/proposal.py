@@ -13,6 +13,7 @@ from django.utils import timezone
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from pra import proxmox
 from pra.actions.approval import _auto_approve
 from pra.actions.common import (
     PROPOSE_PERMISSION,
@@ -87,6 +88,15 @@ def validate_proposal(
         host = host_obj
     if not host.enabled:
         raise ActionError("invalid", f"host {host.name} is disabled")
+    if spec.name in proxmox.RESTORE_ACTIONS:
+        try:
+            proxmox.check_restore(clean_params)
+        except ValueError as exc:
+            raise ActionError("invalid", str(exc)) from None
+    if spec.tags and not set(spec.tags) & set(host.tag_list):
+        raise ActionError(
+            "invalid", f"{spec.name} is for hosts tagged {'/'.join(spec.tags)}; {host.name} is not"
+        )
     if auto_approve and spec.impact == Impact.HIGH:
         raise ActionError("invalid", "HIGH impact actions are never auto-approved.")
     return spec, clean_params, text, host

@@ -14,7 +14,7 @@ if (( EUID != 0 )); then
     echo "install.sh must run as root" >&2
     exit 1
 fi
-for file in pra-exec pra-run pra-diag sudoers-pra authorized_keys; do
+for file in pra-exec pra-run pra-diag pra-pve sudoers-pra authorized_keys; do
     if [[ ! -f $file ]]; then
         echo "missing $file: run install.sh from the rendered directory" >&2
         exit 1
@@ -27,10 +27,10 @@ if (( USE_SUDO )); then
 fi
 
 install -d -m 0755 "$PREFIX"
-for script in pra-exec pra-run pra-diag; do
+for script in pra-exec pra-run pra-diag pra-pve; do
     install -m 0755 -o root -g root "$script" "$PREFIX/$script"
 done
-echo "installed pra-exec, pra-run, pra-diag in $PREFIX"
+echo "installed pra-exec, pra-run, pra-diag, pra-pve in $PREFIX"
 
 if (( USE_SUDO )); then
     install -m 0440 -o root -g root sudoers-pra "$SUDOERS_DROPIN.new"

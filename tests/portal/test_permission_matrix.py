@@ -265,6 +265,7 @@ POLICY: dict[str, Rule] = {
     ),
     "admin/incidents/incident/<int:pk>/act/<str:verb>/#bogus": rule(NONE, NONE),
     "admin/backups/restorerequest/plan/": rule(OPERATE, OPERATE, "plan a restore"),
+    "admin/backups/backupsource/dr-report/": rule(VIEW, NONE, "DR report: read-only, GET"),
     "admin/backups/restorerequest/<int:pk>/approve/": rule(NONE, APPROVE),
     "admin/backups/restorerequest/<int:pk>/reject/": rule(NONE, APPROVE),
     # django_rq: job arguments, tracebacks and queue surgery are the admin role's alone.

@@ -59,6 +59,8 @@ def test_catalog_matches_the_specification():
         "restart_caddy": Impact.MEDIUM,
         "restart_container": Impact.MEDIUM,
         "reboot_system": Impact.HIGH,
+        "pve_restore": Impact.HIGH,
+        "pve_restore_as": Impact.HIGH,
     }
     assert get_spec("reboot_system").idempotent is False
     assert get_spec("restart_unbound").probe is not None

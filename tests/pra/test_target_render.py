@@ -45,6 +45,7 @@ def test_it_writes_every_file_with_its_mode(rendered):
         "pra-exec": 0o755,
         "pra-run": 0o755,
         "pra-diag": 0o755,
+        "pra-pve": 0o755,
         "install.sh": 0o755,
         "sudoers-pra": 0o440,
         "authorized_keys": 0o600,

@@ -1,0 +1,126 @@
+"""The disaster-recovery report (issue 14 §4): `manage.py dr_report` and its admin page.
+
+Readiness is built from real work: a real PostgreSQL backup and restore drill, a real
+Terraform state backup and restore against moto in server mode (standing in for MinIO),
+through a real RQ worker. Time is moved by ageing rows (a drill's finish), not by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+from django.utils import timezone
+
+from backups import actions, dr, terraform
+from backups.choices import RestoreStatus
+from backups.models import BackupDrill, BackupRun, BackupSource
+from tests.backups.helpers import backup_now, pg_source, run_jobs
+from tests.backups.restoring import approve_and_run, pg_target
+from tests.backups.test_terraform import KEY, bucket, moto, tf_source  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.django_db
+
+
+def report(capsys, *args) -> tuple[int, str]:
+    try:
+        call_command("dr_report", *args)
+    except CommandError as exc:
+        return exc.returncode, capsys.readouterr().out + str(exc)
+    return 0, capsys.readouterr().out
+
+
+@pytest.fixture
+def ready(pg_cluster, pg_database, admin_user, operator, approver, approver2, capture,
+          moto, bucket):  # noqa: F811  # fmt: skip
+    """PostgreSQL with a good backup and a good drill; a Terraform state with a good backup
+    and a successful restore of an older version."""
+    target = pg_target(admin_user, pg_cluster, name="drill-pg", drills=True)
+    source = pg_source("shop", pg_cluster.dsn, pg_database("dr"), drill_target=target)
+    assert backup_now(source, operator, capture).usable
+    with capture(execute=True):
+        actions.request_drill(source, by=operator)
+    run_jobs()
+    assert BackupDrill.objects.get().good
+    client, name, versions = bucket
+    tf = tf_source(moto.endpoint, name)
+    assert backup_now(tf, operator, capture).usable
+    with capture(execute=True):
+        req, _, _ = terraform.restore_version(
+            tf, versions[1], by=operator, allow_older_serial=True,
+            confirmation=f"s3://{name}/{KEY}",
+        )  # fmt: skip
+    req = approve_and_run(capture, req, approver, approver2,
+                          confirmation=f"s3://{name}/{KEY}")  # fmt: skip
+    assert req.status == RestoreStatus.SUCCEEDED, req.error
+    return source, tf, req
+
+
+def test_nothing_configured_is_not_ready_and_exits_1(capsys):
+    code, out = report(capsys)
+    assert code == 1
+    for label in ("PostgreSQL", "Redis", "Kubernetes", "Terraform state", "VMs/LXCs"):
+        assert label in out
+    assert out.count("NOT READY") >= 5 and "no enabled backup source" in out
+    assert "no Proxmox node registered" in out
+    assert "MinIO rebuild" in out and "target 10 min" in out
+
+
+def test_ready_components_exit_0_then_an_old_drill_exits_1(ready, capsys):
+    source, tf, req = ready
+    code, out = report(capsys, "--components", "postgres,terraform")
+    assert code == 0, out
+    shop = next(line for line in out.splitlines() if line.strip().startswith("shop "))
+    assert "drill #" in shop and "/ 900s" in shop and shop.rstrip().endswith("ok")
+    tf_line = next(line for line in out.splitlines() if line.strip().startswith("tf-prod "))
+    assert f"restore #{req.pk}"[:5] in tf_line and "/ 120s" in tf_line
+    data = json.loads(call_command_json("--components", "postgres,terraform"))
+    (row,) = data["components"][1]["rows"]
+    assert row["restore_what"] == f"restore #{req.pk}"
+    assert 0 < row["restore_seconds"] <= 120 and row["target_seconds"] == 120
+    # Ten days later (the drill and the restore age), neither counts any more.
+    old = timezone.now() - timedelta(days=10)
+    BackupDrill.objects.update(finished_at=old)
+    code, out = report(capsys, "--components", "postgres")
+    assert code == 1 and "last successful restore older than 8 days" in out
+    assert "not ready: PostgreSQL" in out
+
+
+def test_over_target_and_stale_backups_are_not_ready(ready, capsys):
+    source, tf, _ = ready
+    BackupSource.objects.filter(pk=source.pk).update(rto_target_seconds=0.001)
+    code, out = report(capsys, "--components", "postgres")
+    assert code == 1 and "over the 0.001 s target" in out
+    BackupRun.objects.filter(source=tf).update(created=timezone.now() - timedelta(hours=30))
+    code, out = report(capsys, "--components", "terraform")
+    assert code == 1 and "last good backup older than 26 h" in out
+
+
+def test_an_unknown_component_is_refused(capsys):
+    with pytest.raises(CommandError, match="unknown component vmware"):
+        call_command("dr_report", "--components", "postgres,vmware")
+
+
+def test_the_admin_page_shows_the_same_report(ready, viewer):
+    client = Client()
+    client.force_login(viewer)
+    page = client.get("/admin/backups/backupsource/dr-report/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'data-component="postgres" data-ok="1"' in html
+    assert 'data-component="proxmox" data-ok="0"' in html
+    assert 'data-name="shop"' in html and 'data-name="tf-prod"' in html
+    assert client.post("/admin/backups/backupsource/dr-report/").status_code == 405
+    built = dr.build(components=("postgres", "terraform"))
+    assert built.ok and [c.key for c in built.components] == ["postgres", "terraform"]
+
+
+def call_command_json(*args) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("dr_report", "--json", *args, stdout=out)
+    return out.getvalue()
