@@ -15,8 +15,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 ## Set up and run the portal (SQLite + local Redis, demo data) in the foreground.
+## TARGET=vm: the demo target is a real Debian VM under QEMU (first run builds its image).
+TARGET ?= local
 run: venv
-	$(BIN)/python -m portal.devstack
+	$(BIN)/python -m portal.devstack --target=$(TARGET)
 
 ## Set up and run the whole test suite against real PostgreSQL and Redis.
 test: venv
