@@ -35,7 +35,7 @@ import paramiko
 from pra.vmtarget import recipe
 
 READY = re.compile(r"PRA-READY boot_id=([0-9a-f-]{36}) hostkey=(ssh-ed25519 [A-Za-z0-9+/=]+)")
-BOOT_TIMEOUT = float(os.environ.get("PORTAL_VM_BOOT_TIMEOUT", "180"))
+BOOT_TIMEOUT = float(os.environ.get("PORTAL_VM_BOOT_TIMEOUT", "900"))
 MEMORY_MB = 1024
 
 
@@ -140,7 +140,7 @@ class VM:
             "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", "console=ttyS0 root=/dev/vda rw quiet systemd.show_status=false",
+            "-append", "console=ttyS0 root=/dev/vda rw quiet systemd.show_status=false mitigations=off",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe",
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0",

@@ -30,6 +30,8 @@ from django.core.management import call_command
 from pra.vmtarget import recipe
 from pra.vmtarget.target import install_rendered
 from pra.vmtarget.vm import VM
+from tests.stack import LiveStack
+from tests.vm.portal import Portal, make_portal, pin_vm, portal_env
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 BUILD_AND_BOOT_TIMEOUT = 1500.0  # a cold image build (~2-3 min) plus a TCG boot, with margin
@@ -142,3 +144,38 @@ def installed(vm, tmp_path_factory, django_db_blocker) -> Installed:
     # The operator's steps on the target (the README's): the user, then install.sh.
     output = install_rendered(vm, render_dir)
     return Installed(vm, exec_key, diag_key, render_dir, output)
+
+
+# Latency of each action on the VM (pre-flight; approval → verdict), printed at the end.
+TIMINGS: dict[str, dict[str, float]] = {}
+
+
+@pytest.fixture
+def vm_host(installed, settings, db):
+    """The guest registered as ``vm-1`` with ``pra_host add`` (console fingerprint)."""
+    host, _ = pin_vm(installed.vm, installed, settings)
+    return host
+
+
+@pytest.fixture
+def portal(transactional_db, installed, settings, operator, approver, tmp_path) -> Iterator[Portal]:
+    """daphne + an RQ worker on this test's database and Redis, the guest as ``vm-1``."""
+    pin_vm(installed.vm, installed, settings)
+    with LiveStack(portal_env(installed, tmp_path), tmp_path) as stack:
+        running = make_portal(stack, operator, approver)
+        yield running
+        TIMINGS.update(running.timings)
+    worker_log = tmp_path / "worker.log"
+    if worker_log.exists():
+        print(f"--- worker log (tail) ---\n{worker_log.read_text()[-3000:]}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _BOOT.thread is None:
+        return
+    terminalreporter.section("VM tier figures")
+    for key, value in _BOOT.figures.items():
+        terminalreporter.write_line(f"{key}: {value:.1f}")
+    for action, figures in sorted(TIMINGS.items()):
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+        terminalreporter.write_line(f"{action}: {shown}")
