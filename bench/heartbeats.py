@@ -1019,7 +1019,7 @@ def _has(frames: list[str], needles: tuple[str, ...]) -> bool:
 
 
 def _source_line(frame: str) -> str:
-    """``func (incidents/actions.py:321)`` → that line of the repository's source, stripped."""
+    """``func (incidents/actions/heartbeats.py:21)`` → that source line, stripped."""
     location = frame.rsplit("(", 1)[-1].rstrip(")")
     filename, _, number = location.rpartition(":")
     path = BASE_DIR / filename
@@ -1121,7 +1121,7 @@ def server_profile(stacks, ms_per_request: float) -> list[str]:
         share = sum(n for _, f, n in stacks if _has(f, needles)) / total
         lines.append(f"    {100 * share:5.1f}% {scale * share:6.2f}  {label}")
     for title, function, limit in [
-        ("ingest_heartbeat, by line", "ingest_heartbeat (incidents/actions.py", 12),
+        ("ingest_heartbeat, by line", "ingest_heartbeat (incidents/actions/heartbeats.py", 12),
         ("AgentAuth and signing.verify, by line", "verify (incidents/signing.py", 8),
         ("_check_health / _deliver_commands, by line", "_check_health (incidents/", 2),
         ("", "_deliver_commands (incidents/", 2),

@@ -493,7 +493,7 @@ def profiled_execute(action_id: int) -> dict:
     wrapped = [
         (connections["default"], "connect", "db_connect"),
         (actions, "claim_action", "claim"),
-        (actions, "record", "audit"),
+        (actions.execution, "record", "audit"),
         (live, "_send", "publish"),
         (ssh, "load_private_key", "key_load"),
         (ssh, "_start", "tcp_handshake"),
@@ -515,7 +515,7 @@ def profiled_approvals(spans: list[tuple[str, float, float]]):
     from unittest import mock
 
     from portal import live
-    from pra import actions
+    from pra.actions import common as actions
 
     original_enqueue, original_send = actions._enqueue, live._send
 

@@ -1,0 +1,60 @@
+"""Periodic repairs: lost runs reaped, approved actions re-enqueued, stale approvals expired."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from pra.actions.approval import expire_action
+from pra.actions.common import _ensure_enqueued
+from pra.actions.execution import finish_execution
+from pra.catalog import get_spec
+from pra.choices import ActionStatus, FailureCause
+from pra.models import PRAAction
+
+
+def reap_lost_runs(now=None) -> list[int]:
+    """FAIL (worker lost) every EXECUTING action whose worker stopped beating. Never re-runs."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=settings.PRA_HEARTBEAT_GRACE)
+    reaped = []
+    candidates = PRAAction.objects.filter(status=ActionStatus.EXECUTING).values_list(
+        "pk", "heartbeat_at", "started_at", "action"
+    )
+    for pk, beat, started, name in candidates:
+        overdue = started and started + timedelta(seconds=get_spec(name).timeout) + grace < now
+        silent = (beat or started) is None or (beat or started) + grace < now
+        if not (overdue or silent):
+            continue
+        detail = "no heartbeat from the worker" if silent else "ran past its timeout"
+        obj = finish_execution(pk, cause=FailureCause.WORKER_LOST, detail=detail)
+        if obj is not None:
+            reaped.append(pk)
+    return reaped
+
+
+def reconcile_approved(now=None) -> list[int]:
+    """Re-enqueue APPROVED actions whose job vanished (Redis flush/restart) while still valid."""
+    now = now or timezone.now()
+    requeued = []
+    for obj in PRAAction.objects.filter(status=ActionStatus.APPROVED, expires_at__gt=now):
+        if _ensure_enqueued(obj):
+            requeued.append(obj.pk)
+    return requeued
+
+
+def expire_due(now=None) -> list[int]:
+    now = now or timezone.now()
+    due = list(
+        PRAAction.objects.filter(status=ActionStatus.APPROVED, expires_at__lte=now).values_list(
+            "pk", flat=True
+        )
+    ) + list(
+        PRAAction.objects.filter(
+            status=ActionStatus.PROPOSED,
+            created__lte=now - timedelta(seconds=settings.PRA_PROPOSAL_TTL),
+        ).values_list("pk", flat=True)
+    )
+    return [pk for pk in due if expire_action(pk)]
