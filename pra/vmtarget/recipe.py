@@ -179,6 +179,45 @@ def _debootstrap_run(tree: Path, argv: list[str], what: str, **kwargs) -> None:
         raise ImageBuildError(f"{exc}\n--- debootstrap.log (tail) ---\n{detail}") from None
 
 
+def _base_key() -> str:
+    return hashlib.sha256(f"{SUITE}\n{' '.join(PACKAGES)}\n".encode()).hexdigest()[:16]
+
+
+def _bootstrap(tree: Path, root: Path, debs: Path, mirror: str, env: dict, *, log) -> None:
+    """The debootstrapped tree: from the base tarball of this package list when there is
+    one (a change to data/ then rebuilds in seconds), else debootstrap and keep one."""
+    base = root / f"base-{SUITE}-{_base_key()}.tar"
+    if base.exists():
+        log(f"VM image: unpacking {base.name}")
+        _run(["tar", "-C", str(tree), "--numeric-owner", "-xf", str(base)], "tar -x", timeout=600)
+        return
+    log(f"VM image: debootstrap {SUITE} from {mirror} ({len(PACKAGES)} packages)…")
+    t0 = time.monotonic()
+    _debootstrap_run(
+        tree,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--cache-dir={debs}",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(tree),
+            mirror,
+        ],
+        "debootstrap",
+        timeout=1800,
+        env=env,
+    )
+    log(f"VM image: debootstrap took {time.monotonic() - t0:.0f} s")
+    for stale in root.glob(f"base-{SUITE}-*.tar"):
+        stale.unlink()
+    partial = base.with_suffix(".partial")
+    _run(
+        ["tar", "-C", str(tree), "--numeric-owner", "-cf", str(partial), "."], "tar -c", timeout=600
+    )
+    partial.rename(base)
+
+
 def _build(directory: Path, root: Path, *, log) -> None:
     if os.geteuid() != 0:
         raise ImageBuildError("building the VM image needs root (debootstrap, chroot)")
@@ -194,24 +233,7 @@ def _build(directory: Path, root: Path, *, log) -> None:
     mirror = debian_mirror()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
     try:
-        log(f"VM image: debootstrap {SUITE} from {mirror} ({len(PACKAGES)} packages)…")
-        t0 = time.monotonic()
-        _debootstrap_run(
-            tree,
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--cache-dir={debs}",
-                f"--include={','.join(PACKAGES)}",
-                SUITE,
-                str(tree),
-                mirror,
-            ],
-            "debootstrap",
-            timeout=1200,
-            env=env,
-        )
-        log(f"VM image: debootstrap took {time.monotonic() - t0:.0f} s")
+        _bootstrap(tree, root, debs, mirror, env, log=log)
         shutil.copytree(DATA_DIR / "rootfs", tree, dirs_exist_ok=True, symlinks=True)
         shutil.copy2(DATA_DIR / "setup.sh", tree / "root" / "pra-setup.sh")
         _run(["chroot", str(tree), "/bin/bash", "/root/pra-setup.sh"], "setup.sh", timeout=300)

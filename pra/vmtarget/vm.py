@@ -37,6 +37,9 @@ from pra.vmtarget import recipe
 READY = re.compile(r"PRA-READY boot_id=([0-9a-f-]{36}) hostkey=(ssh-ed25519 [A-Za-z0-9+/=]+)")
 BOOT_TIMEOUT = float(os.environ.get("PORTAL_VM_BOOT_TIMEOUT", "900"))
 MEMORY_MB = 1024
+# quiet: the console carries the PRA-READY line; mitigations=off: a throwaway test guest,
+# and page-table isolation costs a lot under software emulation (TCG).
+KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw quiet systemd.show_status=false mitigations=off"
 
 
 class VMError(RuntimeError):
@@ -47,6 +50,13 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _patient_transport(sock, **kwargs) -> paramiko.Transport:
+    # paramiko gives the key exchange 15 s; a guest under TCG on a busy machine needs more.
+    transport = paramiko.Transport(sock, **kwargs)
+    transport.handshake_timeout = 120
+    return transport
 
 
 class Console:
@@ -140,7 +150,7 @@ class VM:
             "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", "console=ttyS0 root=/dev/vda rw quiet systemd.show_status=false mitigations=off",
+            "-append", KERNEL_ARGS,
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe",
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0",
@@ -229,7 +239,7 @@ class VM:
             paramiko.Ed25519Key(data=base64.b64decode(blob)),
         )
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        sock = socket.create_connection(("127.0.0.1", self.ssh_port), timeout=30)
+        sock = socket.create_connection(("127.0.0.1", self.ssh_port), timeout=120)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.connect(
             "127.0.0.1",
@@ -237,11 +247,12 @@ class VM:
             username="root",
             key_filename=str(self.image.root_key),
             sock=sock,
-            timeout=30,
-            banner_timeout=30,
-            auth_timeout=30,
+            timeout=120,
+            banner_timeout=120,
+            auth_timeout=120,
             look_for_keys=False,
             allow_agent=False,
+            transport_factory=_patient_transport,
         )
         self._client = client
         return client
@@ -251,7 +262,7 @@ class VM:
             self._client.close()
             self._client = None
 
-    def root(self, command: str, *, timeout: float = 60, check: bool = True) -> tuple[int, str]:
+    def root(self, command: str, *, timeout: float = 600, check: bool = True) -> tuple[int, str]:
         """Run ``command`` with root's shell in the guest; (exit code, stdout+stderr)."""
         client = self._connect()
         _, stdout, stderr = client.exec_command(command, timeout=timeout)

@@ -141,6 +141,11 @@ def installed(vm, tmp_path_factory, django_db_blocker) -> Installed:
             str(diag_key.with_suffix(".pub")),
             stdout=open("/dev/null", "w"),  # noqa: SIM115
         )
+    # Boot finished (an event: systemd says so), and with nothing failed.
+    _, state = vm.root("systemctl is-system-running --wait", check=False, timeout=900)
+    if state.strip() != "running":
+        _, failed = vm.root("systemctl --failed --no-legend", check=False)
+        pytest.fail(f"the VM booted {state.strip()!r}; failed units:\n{failed}")
     # The operator's steps on the target (the README's): the user, then install.sh.
     output = install_rendered(vm, render_dir)
     return Installed(vm, exec_key, diag_key, render_dir, output)

@@ -21,6 +21,9 @@ from pra.models import Host, PRAAction
 from tests.stack import LiveStack, stack_env, wait_for
 
 RATIONALE = "VM tier: exercising this catalog action against a real systemd host."
+# An SSH handshake with a guest under software emulation takes ~1 s on an idle machine and
+# tens of seconds on a loaded one: the portal's default (10 s) would call it unreachable.
+CONNECT_TIMEOUT = 90
 FINAL = {"COMPLETED", "FAILED", "REJECTED", "EXPIRED", "VOIDED"}
 
 
@@ -30,6 +33,7 @@ def pin_vm(vm, keys, settings, name: str = "vm-1") -> tuple[Host, str]:
     settings.PRA_SSH_KEY_FILE = keys.exec_key
     settings.PRA_DIAG_SSH_KEY_FILE = keys.diag_key
     settings.PRA_RETRY_BACKOFF = 0.2
+    settings.PRA_CONNECT_TIMEOUT = CONNECT_TIMEOUT
     out = io.StringIO()
     call_command(
         "pra_host", "add", name, "127.0.0.1", "--port", str(vm.ssh_port), "--user", "pra",
@@ -50,6 +54,7 @@ def portal_env(keys, log_dir: Path) -> dict[str, str]:
         STATIC_MANIFEST="0",
         DB_CONN_MAX_AGE="0",
         PRA_RETRY_BACKOFF_MS="200",
+        PRA_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
         PYTHONUNBUFFERED="1",
     )
 
@@ -90,7 +95,7 @@ class Portal:
             body["confirmation"] = host
         return self.call("POST", f"/api/pra/actions/{proposed['id']}/approve", self.approver, body)
 
-    def wait_preflight(self, action_id: int, timeout: float = 90) -> PRAAction:
+    def wait_preflight(self, action_id: int, timeout: float = 400) -> PRAAction:
         wait_for(
             lambda: PRAAction.objects.get(pk=action_id).preflight_status != "PENDING",
             timeout,
@@ -109,7 +114,7 @@ class Portal:
         return PRAAction.objects.get(pk=action_id)
 
     def run(
-        self, action: str, host: str, params: dict | None = None, *, timeout: float = 240
+        self, action: str, host: str, params: dict | None = None, *, timeout: float = 900
     ) -> PRAAction:
         """Propose, wait for the pre-flight, approve, wait for the verdict; records timings."""
         started = time.monotonic()
