@@ -35,7 +35,7 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
+.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit bench-vm
 bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
@@ -60,6 +60,10 @@ bench-sweep: venv
 ## Idle live pages: reconnects over 10 minutes, next to the pre-fix channel layer.
 bench-live: venv
 	$(BIN)/python bench/live_idle.py $(ARGS)
+
+## The VM target: image build (ARGS=--cold: from scratch), boot, each action's latency on it.
+bench-vm: venv
+	$(BIN)/python bench/vm_target.py $(ARGS)
 
 ## audit_verify over 500,000 events, next to the old verifier.
 bench-audit: venv

@@ -194,20 +194,31 @@ def parse_sysinfo(text: str) -> dict:
     return info
 
 
-def parse_free(text: str) -> dict:
-    """``free -k``: the Mem and Swap rows under the header's column names (kB)."""
+def parse_memory(text: str) -> dict:
+    """``meminfo``: /proc/meminfo's ``Key: N kB`` lines (what ``free`` reads) or a
+    ``free -k`` table; either way ``mem``/``swap`` rows in kB and the used percentages."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return {}
-    columns = lines[0].split()
     result: dict = {}
-    for line in lines[1:]:
-        label, _, rest = line.partition(":")
-        values = rest.split()
-        if not values or not all(v.isdigit() for v in values):
-            result.setdefault("unparsed", []).append(line)
-            continue
-        result[label.strip().lower()] = dict(zip(columns, map(int, values), strict=False))
+    if lines[0].split()[:1] == ["total"]:  # free -k
+        columns = lines[0].split()
+        for line in lines[1:]:
+            label, _, rest = line.partition(":")
+            values = rest.split()
+            if values and all(v.isdigit() for v in values):
+                result[label.strip().lower()] = dict(zip(columns, map(int, values), strict=False))
+            else:
+                result.setdefault("unparsed", []).append(line)
+    else:
+        info = {
+            key: int(value.split()[0])
+            for key, value in parse_key_values(text, sep=":").items()
+            if value.split() and value.split()[0].isdigit()
+        }
+        result["mem"] = {"total": info.get("MemTotal", 0), "available": info.get("MemAvailable", 0)}
+        total, free = info.get("SwapTotal", 0), info.get("SwapFree", 0)
+        result["swap"] = {"total": total, "used": total - free, "free": free}
     mem = result.get("mem", {})
     if mem.get("total"):
         available = mem.get("available", mem.get("free", 0))
@@ -249,7 +260,7 @@ _PARSERS = {
     "service_health": parse_health,
     "container_status": parse_container,
     "system_info": parse_sysinfo,
-    "memory_info": parse_free,
+    "memory_info": parse_memory,
     "disk_usage": parse_df,
 }
 
