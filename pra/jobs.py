@@ -31,7 +31,7 @@ def preflight_action(action_id: int) -> str:
     command = "--dry-run " + action.spec.wire_command(action.params)
     try:
         # The dry run's check may take a while on a slow host (podman, logrotate --debug).
-        result = transport.run_exec(action.host, command, command_timeout=90)
+        result = transport.run_exec(action.host, command, command_timeout=settings.PRA_DIAG_TIMEOUT)
         ok = result.exit_code == 0
         output = (result.stdout + result.stderr).strip() or f"exit {result.exit_code}"
         if not ok and result.exit_code == actions.DENIED_EXIT:

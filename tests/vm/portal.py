@@ -24,6 +24,7 @@ RATIONALE = "VM tier: exercising this catalog action against a real systemd host
 # An SSH handshake with a guest under software emulation takes ~1 s on an idle machine and
 # tens of seconds on a loaded one: the portal's default (10 s) would call it unreachable.
 CONNECT_TIMEOUT = 90
+DIAG_TIMEOUT = 300  # a `systemctl show` took 59 s on the guest with the machine at load 25
 FINAL = {"COMPLETED", "FAILED", "REJECTED", "EXPIRED", "VOIDED"}
 
 
@@ -34,6 +35,7 @@ def pin_vm(vm, keys, settings, name: str = "vm-1") -> tuple[Host, str]:
     settings.PRA_DIAG_SSH_KEY_FILE = keys.diag_key
     settings.PRA_RETRY_BACKOFF = 0.2
     settings.PRA_CONNECT_TIMEOUT = CONNECT_TIMEOUT
+    settings.PRA_DIAG_TIMEOUT = DIAG_TIMEOUT
     out = io.StringIO()
     call_command(
         "pra_host", "add", name, "127.0.0.1", "--port", str(vm.ssh_port), "--user", "pra",
@@ -55,6 +57,7 @@ def portal_env(keys, log_dir: Path) -> dict[str, str]:
         DB_CONN_MAX_AGE="0",
         PRA_RETRY_BACKOFF_MS="200",
         PRA_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+        PRA_DIAG_TIMEOUT=str(DIAG_TIMEOUT),
         PYTHONUNBUFFERED="1",
     )
 
