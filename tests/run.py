@@ -44,6 +44,11 @@ TEST_TOOLS = {
     "pg_restore": "postgresql-client",
     "redis-cli": "redis-tools",
     "redis-check-rdb": "redis-tools",
+    # The VM tier (tests/vm): a real Debian target built with debootstrap, run under QEMU.
+    "debootstrap": "debootstrap",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "/usr/sbin/mkfs.ext4": "e2fsprogs",
 }
 
 
