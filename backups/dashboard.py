@@ -2,6 +2,7 @@
 that need attention (failing, stale, never backed up, missed slots), runs in progress."""
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
@@ -13,7 +14,7 @@ from backups.models import BackupRun, BackupSource, RestoreRequest
 from portal import approvals
 from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
 
-RESTORE_BADGE = {RestoreStatus.SUCCEEDED: "ok", RestoreStatus.FAILED: "bad"}
+RESTORE_BADGE: dict[str, str] = {RestoreStatus.SUCCEEDED: "ok", RestoreStatus.FAILED: "bad"}
 
 
 @approvals_source
@@ -100,7 +101,7 @@ def backups_panel(request) -> dict:
     for source in sources:
         last = runs.get(source.last_ok_id)
         latest = runs.get(source.latest_done_id)
-        row = {
+        row: dict[str, Any] = {
             "source": source,
             "last": last,
             "latest": latest,
@@ -123,7 +124,8 @@ def backups_panel(request) -> dict:
         .order_by("-created")[:5]
     )
     for restore in restores:
-        restore.badge = RESTORE_BADGE.get(restore.status, "warn")
+        # A display-only attribute the panel template reads; models declare no such field.
+        restore.badge = RESTORE_BADGE.get(restore.status, "warn")  # type: ignore[attr-defined]
     return {
         "template": "backups/panel.html",
         "area": "inbox",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, PermissionsMixin
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
@@ -28,7 +28,8 @@ FIELDS = ("name", "kind", "enabled", "description", "host", "port", "username", 
 
 def _check(by: AbstractBaseUser | Actor | str) -> Actor:
     actor = Actor.of(by)
-    if actor.user is None or not actor.user.has_perm(MANAGE_PERMISSION):
+    user = actor.user
+    if not isinstance(user, PermissionsMixin) or not user.has_perm(MANAGE_PERMISSION):
         raise BackupError("permission", "Only administrators register or change restore targets.")
     return actor
 

@@ -23,7 +23,7 @@ from backups import encryption
 
 if TYPE_CHECKING:
     from backups.models import BackupArtifact
-    from backups.storage import Storage
+    from backups.storage import Storage, Writer
 
 CHUNK = 1 << 20
 # What reading a stored artifact back can raise when its bytes are bad (not a bug).
@@ -70,7 +70,7 @@ def store_options() -> dict:
 class _HashingWriter:
     """Counts and hashes what is written through it (the stored, compressed bytes)."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Writer) -> None:
         self.out = out
         self.sha = hashlib.sha256()
         self.count = 0
@@ -131,8 +131,8 @@ def drain_in_thread(stream: IO[bytes], sink: BoundedText) -> threading.Thread:
 
 
 def compress_stream(
-    source: BinaryIO,
-    out: BinaryIO,
+    source: IO[bytes],
+    out: Writer,
     *,
     level: int = 3,
     threads: int = 0,

@@ -107,19 +107,20 @@ class MCPEndpoint:
         self._ready: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
 
-    async def _run_manager(self) -> None:
+    async def _run_manager(self, ready: asyncio.Event) -> None:
         try:
             async with self.manager.run():
-                self._ready.set()
+                ready.set()
                 await asyncio.Event().wait()  # until the event loop shuts down
         finally:
-            self._ready.set()  # wake waiters; they see the runner is gone
+            ready.set()  # wake waiters; they see the runner is gone
 
     async def _started(self) -> bool:
-        if self._runner is None:  # first request in this process: no await since the check
+        if self._runner is None or self._ready is None:
+            # First request in this process: no await since the check.
             self._ready = asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(
-                self._run_manager(), name="mcp-session-manager"
+                self._run_manager(self._ready), name="mcp-session-manager"
             )
         await self._ready.wait()
         return not self._runner.done()
