@@ -79,6 +79,7 @@ class AgentConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.busy = False
         self.closing = False
+        self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -88,11 +89,12 @@ class AgentConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
-        self.idle.cancel()
+        if self.idle is not None:
+            self.idle.cancel()
 
     def _arm(self) -> None:
         """Close a connection silent this long (an idle keep-alive, a slow sender)."""
-        if getattr(self, "idle", None) is not None:
+        if self.idle is not None:
             self.idle.cancel()
         self.idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._idle)
 
