@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     var_dir = BASE_DIR / "var" / "test-services"
     var_dir.mkdir(parents=True, exist_ok=True)
-    cleanups = []
+    cleanups: list[Callable[[], object]] = []
     try:
         ensure_test_tools()
         database_url = env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL") or DEFAULT_DATABASE

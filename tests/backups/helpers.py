@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import django_rq
-from rq import SimpleWorker
 
 from backups.choices import SourceKind, Transport
 from backups.models import BackupRun, BackupSource
@@ -12,7 +11,8 @@ from portal.models import AuditEvent
 
 def run_jobs() -> None:
     """Drain the backups queue with a real RQ worker in burst mode (in-process)."""
-    worker = django_rq.get_worker("backups", worker_class=SimpleWorker)
+    # By import path: django_rq's type[Worker] hint leaves out rq 3's SimpleWorker.
+    worker = django_rq.get_worker("backups", worker_class="rq.SimpleWorker")
     worker.work(burst=True, with_scheduler=False)
 
 

@@ -20,10 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import django_rq
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
-from rq import SimpleWorker
 from rq.job import Job
 
 from portal import notify as notify_mod
@@ -107,7 +107,7 @@ def _free_port() -> int:
 
 class _Mailbox:
     def __init__(self) -> None:
-        self.envelopes = []
+        self.envelopes: list[Envelope] = []
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)
@@ -135,7 +135,8 @@ def no_retry_delay(monkeypatch):
 
 
 def run_jobs() -> None:
-    worker = django_rq.get_worker("default", worker_class=SimpleWorker)
+    # By import path: django_rq's type[Worker] hint leaves out rq 3's SimpleWorker.
+    worker = django_rq.get_worker("default", worker_class="rq.SimpleWorker")
     worker.work(burst=True, with_scheduler=False)
 
 

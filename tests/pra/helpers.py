@@ -8,7 +8,6 @@ from pathlib import Path
 
 import django_rq
 from django.db import connection
-from rq import SimpleWorker
 
 from pra import actions
 from pra.models import Host
@@ -31,7 +30,8 @@ def register(target, settings, name: str = "dns-1") -> Host:
 
 def run_jobs() -> None:
     """Drain the queues with a real RQ worker in burst mode (in-process, no fork)."""
-    worker = django_rq.get_worker("pra", "default", worker_class=SimpleWorker)
+    # By import path: django_rq's type[Worker] hint leaves out rq 3's SimpleWorker.
+    worker = django_rq.get_worker("pra", "default", worker_class="rq.SimpleWorker")
     worker.work(burst=True, with_scheduler=False)
 
 
