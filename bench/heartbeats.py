@@ -121,10 +121,11 @@ class KeepAlive:
         self.sock: socket.socket | None = None
         self.buffer = b""
 
-    def connect(self) -> None:
+    def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.buffer = sock, b""
+        return sock
 
     def close(self) -> None:
         if self.sock is not None:
@@ -132,15 +133,16 @@ class KeepAlive:
         self.sock = None
 
     def _more(self) -> None:
+        if self.sock is None:
+            raise ProtocolError("not connected")
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ProtocolError("connection closed by the server")
         self.buffer += chunk
 
     def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.sock is None:
-            self.connect()
-        self.sock.sendall(data)
+        sock = self.sock if self.sock is not None else self.connect()
+        sock.sendall(data)
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             self._more()
         head = self.buffer[:end].decode("latin-1").split("\r\n")
@@ -678,7 +680,7 @@ def run_load(
     children = [ctx.Process(target=drive, args=(job, barrier, results)) for job in jobs]
     for child in children:
         child.start()
-    generator_pids = [child.pid for child in children]
+    generator_pids = [child.pid for child in children if child.pid is not None]  # all: started
     meter = CpuMeter(
         {
             "server": cpu_of(server_pids),
@@ -742,7 +744,7 @@ def generator_ceiling(agents: list[SimAgent], concurrency: int, config: LoadConf
             concurrency,
             config,
             server="null",
-            server_pids=lambda: [server.pid],
+            server_pids=lambda: [server.pid] if server.pid is not None else [],
         )
     finally:
         server.terminate()
@@ -805,13 +807,18 @@ def start_private_postgres(workdir: Path, stack: contextlib.ExitStack) -> str:
         workdir.chmod(0o711)  # the postgres user must reach its directory
         for path in (root, root / "run"):
             shutil.chown(path, "postgres")
-    quiet = {"check": True, "stdout": subprocess.DEVNULL}
     initdb = [str(binaries / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres"]
-    subprocess.run([*as_postgres, *initdb, "--no-sync", "-E", "UTF8"], **quiet)
+    subprocess.run(
+        [*as_postgres, *initdb, "--no-sync", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL
+    )
     port = free_port()
     options = f"-p {port} -k {root / 'run'} -c listen_addresses=127.0.0.1 -c max_connections=300"
     pg_ctl = [*as_postgres, str(binaries / "pg_ctl"), "-D", str(root / "data")]
-    subprocess.run([*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"], **quiet)
+    subprocess.run(
+        [*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     stack.callback(
         subprocess.run,
         [*pg_ctl, "-m", "fast", "stop"],
@@ -1470,14 +1477,14 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
             f"{lean_best.concurrency} connections)"
         )
     cores = len(os.sched_getaffinity(0))
-    for label, run in (("heartbeat", best), ("bare view", bare_best), ("lean bare", lean_best)):
-        if run is None or not run.rate:
+    for label, top in (("heartbeat", best), ("bare view", bare_best), ("lean bare", lean_best)):
+        if top is None or not top.rate:
             continue
         parts = ("server", "postgres", "redis", "generator")
-        total = sum(run.per_request(what) for what in parts)
+        total = sum(top.per_request(what) for what in parts)
         print(
             f"CPU per request, {label} at its best: "
-            + " + ".join(f"{run.per_request(what):.2f} {what}" for what in parts)
+            + " + ".join(f"{top.per_request(what):.2f} {what}" for what in parts)
             + f" = {total:.1f} ms: {cores} cores cap it near {cores * 1000 / total:.0f}/s"
             " even with the machine to itself"
         )

@@ -42,7 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import paramiko
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
@@ -624,7 +628,7 @@ class Bare:
         )
         self.key_type, blob = target.host_key_line.split()[:2]
         self.pinned = paramiko.PKey.from_type_string(self.key_type, base64.b64decode(blob))
-        self._open = None
+        self._open: paramiko.SSHClient | None = None
 
     def run_command(self) -> dict[str, float]:
         from portal.lib import ssh
@@ -684,7 +688,10 @@ class Bare:
             self._open = self.target.open_client("exec")
         self.stamps.clear()
         begin = time.time()
-        channel = self._open.get_transport().open_session(timeout=10)
+        transport = self._open.get_transport()
+        if transport is None:
+            raise BenchError("the open connection has no transport (closed meanwhile)")
+        channel = transport.open_session(timeout=10)
         channel.exec_command(WIRE_COMMAND)
         code = channel.recv_exit_status()
         channel.close()
@@ -895,7 +902,7 @@ def measure(args, portal: Portal, bare: Bare, ansible: Ansible | None, new_worke
     """Interleave the paths: blocks alternate worker classes; each portal run is followed
     by one run of every bare path; ansible runs close each block."""
     series = {wc: Series(label=f"portal, {wc}") for wc in args.worker_class}
-    results = {
+    results: dict[str, Any] = {
         "portal": list(series.values()),
         "bare": Series(label="bare run_command"),
         "client": Series(label="bare paramiko SSHClient"),
