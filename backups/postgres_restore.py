@@ -122,7 +122,7 @@ def _ensure_roles(target: PgTarget, storage: Storage, artifact: BackupArtifact) 
             created = pg_globals.create_missing(conn, found)
     except pg_globals.GlobalsError as exc:
         raise RestoreError(f"{exc}; nothing was changed") from None
-    except (psycopg.Error, StorageError) + UNREADABLE as exc:
+    except UNREADABLE + (psycopg.Error, StorageError) as exc:
         raise RestoreError(
             f"cannot read the backup's globals: {exc}; nothing was changed"
         ) from None

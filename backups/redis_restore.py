@@ -192,7 +192,8 @@ class _StagedRestore:
 
     def _databases(self, admin: redis.Redis) -> int:
         try:
-            return int(admin.config_get("databases").get("databases", 16))
+            value = admin.config_get("databases").get("databases")
+            return int(value) if value is not None else 16
         except redis.ResponseError:  # CONFIG renamed or refused (managed Redis): the default
             return 16
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +39,7 @@ from backups.storage import Storage, StorageError
 from backups.streaming import (
     CHUNK,
     BoundedText,
+    Reader,
     StreamResult,
     compress_stream,
     drain_in_thread,
@@ -112,7 +113,7 @@ class ToolProcess:
         argv: list[str],
         env: dict[str, str] | None = None,
         *,
-        stdin: bytes | BinaryIO | None = None,
+        stdin: bytes | Reader | None = None,
         stall_timeout: float | None = None,
         deadline: float | None = None,
         deadline_cause: str = FailureCause.TIMEOUT,
@@ -349,7 +350,7 @@ def run_tool(
     argv: list[str],
     env: dict[str, str] | None = None,
     *,
-    stdin: bytes | BinaryIO | None = None,
+    stdin: bytes | Reader | None = None,
     capture: int = 0,
     stall_timeout: float | None = None,
     deadline: float | None = None,

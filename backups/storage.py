@@ -40,6 +40,10 @@ class Writer(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Writer: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 class StoredFile(Protocol):
     """A stored file opened for reading: a local file, or an S3 GET body."""
