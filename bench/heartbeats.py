@@ -45,11 +45,17 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from incidents.models import Agent
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
@@ -1190,7 +1196,7 @@ class Stopwatch:
 
 
 @contextlib.contextmanager
-def timing(watch: Stopwatch, target, attribute: str, name: str):
+def timing(watch: Stopwatch, target: object, attribute: str, name: str) -> Iterator[None]:
     """``target.attribute`` timed into ``watch[name]`` inside the block."""
     original = getattr(target, attribute)
     setattr(target, attribute, watch.wrap(name, original))
@@ -1247,7 +1253,7 @@ def insert_sweep_agents(count: int, overdue_percent: float, now) -> int:
     return overdue
 
 
-def scan_queryset(now):
+def scan_queryset(now: datetime) -> QuerySet[Agent, int]:
     from incidents.models import Agent
 
     # The exact query mark_missing_agents runs for each batch (batch=1000).

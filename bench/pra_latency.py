@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,7 +249,7 @@ def load_line(when: str) -> str:
     return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05):
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     event = threading.Event()
     while time.monotonic() < deadline:
@@ -513,7 +513,7 @@ def profiled_execute(action_id: int) -> dict:
 
 
 @contextlib.contextmanager
-def profiled_approvals(spans: list[tuple[str, float, float]]):
+def profiled_approvals(spans: list[tuple[str, float, float]]) -> Iterator[None]:
     """In this (bench) process only: approvals enqueue ``profiled_execute`` instead of
     ``pra.jobs.execute_action``, and the approval's on-commit hooks are timed."""
     from unittest import mock

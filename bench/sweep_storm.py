@@ -286,7 +286,7 @@ def run_storm(
     return lines
 
 
-def parse_args(argv):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="an existing PostgreSQL server (default: private)")
     parser.add_argument(

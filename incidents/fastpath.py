@@ -31,7 +31,9 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from pydantic import ConfigDict, ValidationError, create_model, field_validator
@@ -43,6 +45,9 @@ from portal.lib.secretbox import unseal
 from portal.metrics import LATENCY, REQUESTS
 
 logger = logging.getLogger(__name__)
+
+#: an ASGI application: ``await app(scope, receive, send)``
+ASGIApp = Callable[..., Awaitable[None]]
 
 PATH = "/api/agents/heartbeat"
 AGENT_CACHE_SECONDS = 60.0
@@ -338,9 +343,10 @@ def _twin():
 QUIET = _twin()
 
 
-def quiet_body(body: bytes):
+def quiet_body(body: bytes) -> Any:
     """The body as ``parse_body(body, HeartbeatIn)`` reads it, or None where that would
-    refuse it or where this cannot tell (the full path then answers)."""
+    refuse it or where this cannot tell (the full path then answers). Any: ``QUIET`` is
+    built at import time, so its fields (``HeartbeatIn``'s) are unknown to the checker."""
     if b"\\u" in body:
         return None
     try:
@@ -421,7 +427,7 @@ async def _quiet_beat(scope, body: bytes) -> Beat | None:
     return Beat(agent, at_us, nonce, json.dumps(telemetry), parsed.version, parsed.env)
 
 
-def wrap(inner):
+def wrap(inner: ASGIApp) -> ASGIApp:
     """``inner`` (the portal's ASGI application) with the lean heartbeat path in front."""
 
     async def application(scope, receive, send) -> None:

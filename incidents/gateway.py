@@ -20,6 +20,10 @@ import os
 import signal
 import socket
 from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from incidents.fastpath import ASGIApp
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ IDLE_SECONDS = 75.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-def load_app(path: str | None):
+def load_app(path: str | None) -> ASGIApp:
     """The ASGI application: ``module:attribute``, or the portal's with the lean path."""
     from incidents import fastpath
 

@@ -257,7 +257,7 @@ def periodic_anchor() -> dict[str, Any]:
 
 
 @register()
-def check_anchor_dir(app_configs, **kwargs):
+def check_anchor_dir(app_configs: object, **kwargs: object) -> list[Error]:
     directory = anchor_dir()
     parent = directory if directory.exists() else directory.parent
     if parent.exists() and not os.access(parent, os.W_OK):
