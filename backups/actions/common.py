@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from croniter import croniter
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from backups.choices import (
@@ -25,6 +25,7 @@ from portal.choices import LiveEventKind
 from portal.errors import RequestRefused
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
+from portal.roles import may
 
 logger = logging.getLogger("backups.actions")
 
@@ -101,8 +102,8 @@ def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> No
     )
 
 
-def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
-    if user is not None and not user.has_perm(perm):
+def _require_perm(user: User | None, perm: str, what: str) -> None:
+    if user is not None and not may(user, perm):
         raise BackupError("permission", f"You are not allowed to {what}.")
 
 
@@ -118,7 +119,7 @@ def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
     transaction.on_commit(lambda: _enqueue(func_path, obj_id, job_id))
 
 
-def _actor(by: AbstractBaseUser | Actor | str) -> Actor:
+def _actor(by: User | Actor | str) -> Actor:
     return Actor.of(by)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -79,7 +79,7 @@ def _drillable(source: BackupSource) -> None:
 
 
 def request_drill(
-    source: BackupSource | str, *, by: AbstractBaseUser | Actor | str, enqueue: bool = True
+    source: BackupSource | str, *, by: User | Actor | str, enqueue: bool = True
 ) -> BackupDrill:
     """Queue a restore drill of ``source`` now (admin action, ``backup_drill``)."""
     actor = _actor(by)
@@ -103,7 +103,7 @@ def request_drill(
     return drill
 
 
-def schedule_drills(now=None) -> list[int]:
+def schedule_drills(now: datetime | None = None) -> list[int]:
     """Create (once per slot, like backups) and enqueue each drilled source's due drill."""
     now = now or timezone.now()
     created = []
@@ -143,7 +143,7 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
         drill = drill.first()
         if drill is None or drill.status != DrillStatus.QUEUED:
             return None
-        run = BackupRun.objects.of_source(drill.source).usable().order_by("-created").first()
+        run = BackupRun.objects.of_source(drill.source).last_good()
         if not _move_drill(
             drill_id, DrillStatus.QUEUED, DrillStatus.RUNNING,
             started_at=now, heartbeat_at=now, job_id=job_id, run=run,
@@ -230,7 +230,7 @@ def finish_drill(drill_id: int, *, report: dict, error: str = "") -> BackupDrill
     return drill
 
 
-def reap_lost_drills(now=None) -> list[int]:
+def reap_lost_drills(now: datetime | None = None) -> list[int]:
     """FAIL drills left RUNNING by a worker that died (no heartbeat within the grace)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -38,7 +38,7 @@ def apply_retention(
     *,
     now=None,
     dry_run: bool = False,
-    by: AbstractBaseUser | Actor | str = "system:retention",
+    by: User | Actor | str = "system:retention",
 ) -> RetentionResult:
     """Delete the files of backups past retention (never the newest verified one)."""
     from backups.storage import get_storage

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,7 +26,6 @@ from backups.choices import (
     RestoreStatus,
     RunStatus,
     Trigger,
-    Verification,
 )
 from backups.models import (
     BackupArtifact,
@@ -44,7 +43,7 @@ def plan_restore(
     artifact: BackupArtifact | int,
     *,
     target: dict | None = None,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     dry_run: bool = False,
 ) -> tuple[RestoreRequest | None, dict]:
@@ -71,7 +70,7 @@ def plan_restore(
             f"Backup #{obj.run_id} is suspiciously small and nobody accepted it; an approver "
             "or administrator accepts it first (audited), or restore an earlier backup.",
         )
-    if not obj.run.usable or obj.verification != Verification.VERIFIED:
+    if not obj.restorable:
         raise BackupError(
             "unusable",
             f"Artifact #{obj.pk} is not a verified, stored backup "
@@ -192,7 +191,7 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str])
 def approve_restore(
     restore_req: RestoreRequest | int,
     *,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     fingerprint: str | None = None,
     comment: str = "",
@@ -238,7 +237,7 @@ def approve_restore(
     return tally
 
 
-def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, reason: str):
+def reject_restore(restore_req: RestoreRequest | int, *, by: User, reason: str):
     """End a PLANNED restore with a reason (approvers only)."""
     restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
@@ -254,7 +253,7 @@ def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, r
     return req
 
 
-def expire_restores(now=None) -> list[int]:
+def expire_restores(now: datetime | None = None) -> list[int]:
     """APPROVED restores not started in time, and PLANNED ones older than a day, expire."""
     now = now or timezone.now()
     expired = []

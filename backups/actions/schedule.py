@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -45,7 +45,7 @@ def _record_missed(source: BackupSource, now, title: str, detail: str, subject) 
     )
 
 
-def schedule_due(now=None) -> list[int]:
+def schedule_due(now: datetime | None = None) -> list[int]:
     """The per-minute tick: create (once) and enqueue each source's newest due slot.
 
     Slots start at the source's creation. Each source keeps a horizon: every
@@ -134,7 +134,7 @@ def _busy_workers() -> str:
     return f"Workers serving the backups queue: {serving}; running: {doing}."
 
 
-def report_missed(now=None) -> list[int]:
+def report_missed(now: datetime | None = None) -> list[int]:
     """Notify once per scheduled run still QUEUED ``BACKUP_MISSED_AFTER`` s after its slot.
 
     It stays queued and runs when a worker is free; the report (and the
@@ -174,7 +174,7 @@ def report_missed(now=None) -> list[int]:
     return reported
 
 
-def reap_lost_runs(now=None) -> list[int]:
+def reap_lost_runs(now: datetime | None = None) -> list[int]:
     """FAIL (worker lost) every RUNNING backup whose worker stopped reporting. Never re-runs."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
@@ -202,7 +202,7 @@ def reap_lost_runs(now=None) -> list[int]:
     return reaped
 
 
-def reconcile_queued(now=None) -> list[int]:
+def reconcile_queued(now: datetime | None = None) -> list[int]:
     """Re-enqueue QUEUED runs whose job vanished (Redis flushed or restarted)."""
     now = now or timezone.now()
     requeued = []

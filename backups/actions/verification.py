@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -38,7 +38,7 @@ def record_verification(
     run_id: int,
     checks: dict[int, Any],
     *,
-    by: AbstractBaseUser | Actor | str = "system:verifier",
+    by: User | Actor | str = "system:verifier",
     level: str = VerifyLevel.FULL,
 ) -> BackupRun:
     """Store each artifact's verdict and the run's; flag one much smaller than the last good.
@@ -135,7 +135,7 @@ def record_verification(
 ACCEPT_PERMISSIONS = (approvals.APPROVE_PERMISSION, "portal.manage_portal")
 
 
-def accept_backup(run: BackupRun | int, *, by: AbstractBaseUser, reason: str) -> BackupRun:
+def accept_backup(run: BackupRun | int, *, by: User, reason: str) -> BackupRun:
     """A person (approver or administrator) vouches for a suspiciously small backup.
 
     Until then it does not count as a good backup (``BackupRun.objects.usable``).
@@ -209,9 +209,7 @@ class VerificationRequest:
     message: str
 
 
-def request_verification(
-    run: BackupRun | int, *, by: AbstractBaseUser | Actor | str
-) -> VerificationRequest:
+def request_verification(run: BackupRun | int, *, by: User | Actor | str) -> VerificationRequest:
     """Queue a re-verification of a stored backup ("Verify again now"), at most one at a time.
 
     While one is pending (its job still queued or running), a second request

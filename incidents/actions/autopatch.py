@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -333,7 +333,7 @@ def roll_back(attempt: AutoPatchAttempt, reason: str) -> bool:
     return True
 
 
-def expire_attempts(now=None) -> list[int]:
+def expire_attempts(now: datetime | None = None) -> list[int]:
     """Health checks past their window: roll back."""
     now = now or timezone.now()
     window = timedelta(seconds=settings.AUTOPATCH_HEALTH_WINDOW)
@@ -351,7 +351,7 @@ def expire_attempts(now=None) -> list[int]:
     return rolled
 
 
-def expire_pending_attempts(now=None) -> list[int]:
+def expire_pending_attempts(now: datetime | None = None) -> list[int]:
     """PENDING attempts older than ``AUTOPATCH_APPROVAL_TTL`` end EXPIRED, with the reason."""
     now = now or timezone.now()
     ttl = approval_ttl()
@@ -369,7 +369,7 @@ def expire_pending_attempts(now=None) -> list[int]:
     return expired
 
 
-def fail_stuck_staging(now=None) -> list[int]:
+def fail_stuck_staging(now: datetime | None = None) -> list[int]:
     """STAGING longer than the staging timeout (plus a grace) means the worker died there."""
     now = now or timezone.now()
     limit = settings.STAGING_TIMEOUT + STAGING_GRACE
@@ -387,7 +387,7 @@ def fail_stuck_staging(now=None) -> list[int]:
     return failed
 
 
-def requeue_ready_attempts(now=None) -> list[int]:
+def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     """PENDING attempts free to run whose job is gone (Redis flushed, worker lost) go back on
     the queue. Running twice is harmless: the PENDING → STAGING move lets one job through."""
     now = now or timezone.now()
@@ -424,7 +424,7 @@ def _job_alive(job_id: str) -> bool:
     return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def sweep_attempts(now=None) -> dict[str, list[int]]:
+def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
     """Every non-terminal attempt state has a bounded exit; this is the sweep that enforces it."""
     now = now or timezone.now()
     return {

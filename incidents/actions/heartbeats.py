@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -156,7 +156,7 @@ def _check_health(agent: Agent, version: str, *, broken_causes: set[str]) -> Non
             )
 
 
-def mark_missing_agents(now=None, batch: int | None = None) -> list[int]:
+def mark_missing_agents(now: datetime | None = None, batch: int | None = None) -> list[int]:
     """The sweep: agents past ``alert_after`` get a missed-heartbeat incident. Returns agent ids.
 
     One transaction per ``batch`` agents, a fixed number of statements each whatever its
@@ -223,7 +223,7 @@ def _flag_overdue(now, batch: int) -> list[Agent]:
     return list(Agent.objects.raw(sql, [now, batch]))
 
 
-def prune_samples(now=None) -> int:
+def prune_samples(now: datetime | None = None) -> int:
     now = now or timezone.now()
     cutoff = now - timedelta(hours=settings.HEARTBEAT_RETENTION_HOURS)
     deleted, _ = HeartbeatSample.objects.filter(received__lt=cutoff).delete()

@@ -3,7 +3,7 @@ escalating."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -71,7 +71,9 @@ def open_or_update_incident(
         )  # fmt: skip
 
 
-def _open_or_update(agent, *, cause, rule_id, severity, title, telemetry, detected_at, now=None):
+def _open_or_update(
+    agent, *, cause, rule_id, severity, title, telemetry, detected_at, now: datetime | None = None
+):
     now = now or timezone.now()
     existing = (
         Incident.objects.select_for_update()
@@ -456,7 +458,7 @@ def _announce_many(opened: list[Incident], cause: str) -> None:
     )
 
 
-def escalate_due(now=None) -> list[int]:
+def escalate_due(now: datetime | None = None) -> list[int]:
     """Unacknowledged incidents move up one level (L1 → L4) when their delay has passed."""
     from portal.models import EscalationLevel
 
