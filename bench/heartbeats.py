@@ -855,7 +855,14 @@ def find_services(
     else:
         # A private server: shared ones have other users' databases (tests pick theirs).
         redis_url, proc, _ = start_redis(workdir / "redis")
-        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        assert proc is not None  # not daemonized: a child of this process
+        redis_proc = proc
+
+        def stop_redis() -> None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+        stack.callback(stop_redis)
         pids = (proc.pid,)
     return _with_path(database_url, f"/{BENCH_DB_NAME}"), redis_url, pids
 

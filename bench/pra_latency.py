@@ -157,7 +157,14 @@ def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
     if not redis_answers(redis_url):
         redis_url, proc, _ = start_redis(workdir / "services")
-        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        assert proc is not None  # not daemonized: a child of this process
+        redis_proc = proc
+
+        def stop_redis() -> None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+        stack.callback(stop_redis)
         print(f"Started a throwaway Redis: {redis_url}")
     return (
         _with_path(database_url, f"/{BENCH_DB_NAME}"),
