@@ -37,7 +37,7 @@ class SourceKind(models.TextChoices):
 
 
 # One default time per kind, spread so three nightly backups never overlap at start.
-DEFAULT_SCHEDULES = {
+DEFAULT_SCHEDULES: dict[str, str] = {
     SourceKind.POSTGRES: "0 2 * * *",
     SourceKind.REDIS: "15 2 * * *",
     SourceKind.KUBERNETES: "30 2 * * *",

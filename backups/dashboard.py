@@ -7,6 +7,7 @@ drills of every source are picked by subqueries in one query and read with one
 ``in_bulk`` each."""
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
@@ -18,7 +19,7 @@ from backups.models import BackupDrill, BackupRun, BackupSource, RestoreRequest
 from portal import approvals
 from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
 
-RESTORE_BADGE = {RestoreStatus.SUCCEEDED: "ok", RestoreStatus.FAILED: "bad"}
+RESTORE_BADGE: dict[str, str] = {RestoreStatus.SUCCEEDED: "ok", RestoreStatus.FAILED: "bad"}
 
 
 @approvals_source
@@ -133,7 +134,7 @@ def backups_panel(request) -> dict:
     for source in sources:
         last = runs.get(source.last_ok_id)
         latest = runs.get(source.latest_done_id)
-        row = {
+        row: dict[str, Any] = {
             "source": source,
             "last": last,
             "latest": latest,
@@ -161,7 +162,8 @@ def backups_panel(request) -> dict:
         .order_by("-created")[:5]
     )
     for restore in restores:
-        restore.badge = RESTORE_BADGE.get(restore.status, "warn")
+        # A display-only attribute the panel template reads; models declare no such field.
+        restore.badge = RESTORE_BADGE.get(restore.status, "warn")  # type: ignore[attr-defined]
     return {
         "template": "backups/panel.html",
         "area": "inbox",

@@ -220,7 +220,7 @@ class BackupSource(models.Model):
                     errors[name] = str(exc)
         if self.dsn:
             parts = urlsplit(self.dsn)
-            expected = {
+            expected: dict[str, set[str]] = {
                 SourceKind.POSTGRES: {"postgres", "postgresql"},
                 SourceKind.REDIS: {"redis"},
             }
@@ -243,8 +243,8 @@ class BackupSource(models.Model):
             errors["transport"] = "Kubernetes resources are read with kubectl get"
         if self.drill_schedule and not croniter.is_valid(self.drill_schedule):
             errors["drill_schedule"] = "not a valid cron expression"
-        if self.drill_target_id:
-            target = self.drill_target
+        target = self.drill_target if self.drill_target_id else None
+        if target is not None:
             if self.kind not in DRILL_KINDS:
                 errors["drill_target"] = "restore drills are for PostgreSQL and Redis sources"
             elif target.kind != self.kind:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 
@@ -26,7 +26,7 @@ FIELDS = ("name", "kind", "enabled", "description", "host", "port", "username", 
           "password_env", "password_file", "kubeconfig", "kube_context", "drills")  # fmt: skip
 
 
-def _check(by: AbstractBaseUser | Actor | str) -> Actor:
+def _check(by: User | Actor | str) -> Actor:
     actor = Actor.of(by)
     if actor.user is None or not actor.user.has_perm(MANAGE_PERMISSION):
         raise BackupError("permission", "Only administrators register or change restore targets.")
@@ -44,7 +44,7 @@ def _values(target: RestoreTarget) -> dict[str, Any]:
     return {name: getattr(target, name) for name in FIELDS}
 
 
-def create_restore_target(*, by: AbstractBaseUser | Actor | str, **fields: Any) -> RestoreTarget:
+def create_restore_target(*, by: User | Actor | str, **fields: Any) -> RestoreTarget:
     """Register a restore target (audited as RESTORE_TARGET_CREATED)."""
     actor = _check(by)
     unknown = set(fields) - set(FIELDS)
@@ -64,7 +64,7 @@ def create_restore_target(*, by: AbstractBaseUser | Actor | str, **fields: Any) 
 
 
 def update_restore_target(
-    target: RestoreTarget | int, *, by: AbstractBaseUser | Actor | str, **changes: Any
+    target: RestoreTarget | int, *, by: User | Actor | str, **changes: Any
 ) -> RestoreTarget:
     """Change a registered target (audited as RESTORE_TARGET_UPDATED with old and new values).
 

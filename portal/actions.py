@@ -3,7 +3,7 @@ escalation levels."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -11,6 +11,7 @@ from django.contrib.auth.models import User as UserModel
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Field
 
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
@@ -20,6 +21,9 @@ from portal.lib.permissions import require_perm
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.models import ApprovalRule, EscalationLevel, NotificationChannel
 from portal.roles import Role
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
 
 User = get_user_model()
 
@@ -32,7 +36,7 @@ def set_user(
     email: str = "",
     by: Actor | str = "system:cli",
     check_password: bool = True,
-):
+) -> tuple[AuthUser, bool]:
     """Create or update a portal user with exactly one role.
 
     Every role gets admin-site access (the admin is the main UI); what they can
@@ -42,6 +46,7 @@ def set_user(
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}; choose one of {', '.join(Role.values)}.")
     username_field = User._meta.get_field(User.USERNAME_FIELD)
+    assert isinstance(username_field, Field)  # USERNAME_FIELD names a concrete field
     try:
         username_field.run_validators(username)
     except ValidationError as exc:
@@ -51,10 +56,9 @@ def set_user(
         raise ValidationError("A user name is required.")
 
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(**{User.USERNAME_FIELD: username}).first()
-        created = user is None
-        if created:
-            user = User(**{User.USERNAME_FIELD: username})
+        found = User.objects.select_for_update().filter(**{User.USERNAME_FIELD: username}).first()
+        created = found is None
+        user = User(**{User.USERNAME_FIELD: username}) if found is None else found
         if password is not None:
             if check_password:
                 validate_password(password, user)

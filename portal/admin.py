@@ -1,6 +1,7 @@
 import os
 from datetime import UTC, datetime, timedelta
 from functools import wraps
+from typing import Any
 
 from django import forms
 from django.apps import apps
@@ -426,7 +427,7 @@ def queue_rows() -> list[dict]:
     fresh_after = datetime.now(UTC) - timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
     rows = []
     for name in settings.RQ_QUEUES:
-        row = {"name": name, "error": ""}
+        row: dict[str, Any] = {"name": name, "error": ""}
         try:
             queue = django_rq.get_queue(name)
             workers = Worker.all(queue=queue)

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -52,6 +54,9 @@ class ApprovalAdminMixin:
     #: status in which a request waits for signatures
     waiting_status: str
     approved_message = "Approved."
+    #: given by the ModelAdmin this is mixed into
+    model: type[models.Model]
+    admin_site: AdminSite
 
     def _approval_url_name(self, verb: str) -> str:
         meta = self.model._meta

@@ -359,25 +359,26 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
         .annotate(
             n=Count("id"),
             resolved=Count("id", filter=Q(resolved_at__isnull=False)),
-            mttd=Avg(detect),
-            mttr=Avg(resolve, filter=Q(resolved_at__isnull=False)),
+            # Not "mttd"/"mttr": those names are Incident properties.
+            mean_mttd=Avg(detect),
+            mean_mttr=Avg(resolve, filter=Q(resolved_at__isnull=False)),
         )
         .order_by("day")
     )
     charts = []
-    for key, name, target, count_key in (
-        ("mttd", "MTTD", MTTD_TARGET, "n"),
-        ("mttr", "MTTR", MTTR_TARGET, "resolved"),
+    for key, column, name, target, count_key in (
+        ("mttd", "mean_mttd", "MTTD", MTTD_TARGET, "n"),
+        ("mttr", "mean_mttr", "MTTR", MTTR_TARGET, "resolved"),
     ):
         points = [
             (
                 _midday(_as_date(row["day"])),
-                row[key].total_seconds(),
-                f"{_as_date(row['day']):%a %b %d}: {name} {human_duration(row[key])} "
+                row[column].total_seconds(),
+                f"{_as_date(row['day']):%a %b %d}: {name} {human_duration(row[column])} "
                 f"over {row[count_key]} incident(s)",
             )
             for row in found
-            if row[key] is not None
+            if row[column] is not None
         ]
         label = f"{name} per day (mean) against its {_short(target)} target"
         words = "detect (detected → opened)" if key == "mttd" else "resolve (opened → resolved)"
@@ -397,9 +398,9 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
                 [(name, PALETTE[0]), (f"target {_short(target)}", "#b3261e")],
                 ["day", name, "incidents"],
                 [
-                    [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[key]), str(r[count_key])]
+                    [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[column]), str(r[count_key])]
                     for r in found
-                    if r[key] is not None
+                    if r[column] is not None
                 ],
             )
         )
@@ -466,7 +467,11 @@ def time_to_approval(days: list[date]) -> Chart:
         .order_by("-approved_at")
         .values_list("pk", "impact", "created", "approved_at")[:MAX_POINTS]
     )
-    found += [(f"action #{pk}", impact, created, at) for pk, impact, created, at in actions]
+    found += [
+        (f"action #{pk}", impact, created, at)
+        for pk, impact, created, at in actions
+        if at is not None  # filtered on approved_at above: never None here
+    ]
     restores = (
         RestoreRequest.objects.filter(approved_at__gte=since)
         .order_by("-approved_at")
@@ -475,6 +480,7 @@ def time_to_approval(days: list[date]) -> Chart:
     found += [
         (f"restore #{pk}", "HIGH" if mode == "overwrite" else "MEDIUM", created, at)
         for pk, mode, created, at in restores
+        if at is not None
     ]
     series = {impact: Series(impact, colour) for impact, colour in IMPACT_COLOURS.items()}
     rows = []

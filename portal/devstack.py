@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"REDIS_URL={redis_url} does not answer; starting a local one instead.")
         try:
             redis_url, proc, _ = start_redis(var_dir, port=None)
+            assert proc is not None  # not daemonized: a child of this process
         except ServiceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -94,6 +94,23 @@ def test_a_drill_over_its_target_notifies_and_the_command_exits_non_zero(
     assert trail(drill)[-1] == "BACKUP_DRILL_FAILED"
 
 
+def test_a_drill_whose_target_was_cleared_meanwhile_fails_with_a_reason(
+    drilled_pg, operator, capture
+):
+    """The target is checked when the drill is requested; cleared before the worker runs
+    it, the drill fails saying so (it used to end as "AttributeError: 'NoneType' ...")."""
+    source, _ = drilled_pg
+    with capture(execute=True):
+        drill = actions.request_drill(source, by=operator)
+    BackupSource.objects.filter(pk=source.pk).update(drill_target=None)
+    run_jobs()
+    drill.refresh_from_db()
+
+    assert drill.status == DrillStatus.FAILED
+    assert drill.error == "source shop has no restore target for drills"
+    assert trail(drill)[-1] == "BACKUP_DRILL_FAILED"
+
+
 def test_the_sample_checksums_tell_a_changed_table_from_the_backup(
     drilled_pg, pg_cluster, operator
 ):

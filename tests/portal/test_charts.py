@@ -16,7 +16,9 @@ CHARTS = ("incidents-per-day", "mttd-per-day", "mttr-per-day", "autopatch-rates"
 
 
 def _section(html: str, key: str) -> str:
-    return re.search(rf'<section id="chart-{key}".*?</section>', html, re.S)[0]
+    found = re.search(rf'<section id="chart-{key}".*?</section>', html, re.S)
+    assert found is not None, f"no chart {key} on the page"
+    return found[0]
 
 
 def test_every_chart_draws_the_rows_it_is_about(

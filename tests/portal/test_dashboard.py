@@ -18,6 +18,7 @@ from django.utils import timezone
 from backups.models import BackupRun, BackupSource, RestoreRequest
 from incidents import actions as incidents
 from incidents.models import Incident
+from portal.admin_approvals import ApprovalAdminMixin
 from portal.dashboard import collect_approvals
 from pra import actions as pra
 from pra.models import PRAAction, PreflightStatus
@@ -88,6 +89,8 @@ def test_inbox_offers_exactly_what_the_object_pages_offer(
 
     action_admin = admin.site._registry[PRAAction]
     restore_admin = admin.site._registry[RestoreRequest]
+    assert isinstance(action_admin, ApprovalAdminMixin)
+    assert isinstance(restore_admin, ApprovalAdminMixin)
     checked = 0
     for user in (operator, approver, approver2, viewer, admin_user):
         request = rf.get("/")
@@ -201,7 +204,9 @@ def test_patches_waiting_for_signatures_are_in_the_inbox(client, approver):
 
 def _incident_row(client, incident) -> str:
     html = client.get("/").content.decode()
-    return re.search(rf'<li data-incident-id="{incident.pk}".*?</li>', html, re.S)[0]
+    found = re.search(rf'<li data-incident-id="{incident.pk}".*?</li>', html, re.S)
+    assert found is not None, f"no row for incident #{incident.pk} on the dashboard"
+    return found[0]
 
 
 def test_incidents_show_severity_age_and_who_has_them(client, viewer, approver):

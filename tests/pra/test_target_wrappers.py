@@ -25,7 +25,9 @@ DENIED = 97
 
 def run(client: paramiko.SSHClient, command: str, timeout: float = 10) -> tuple[int, str, str]:
     """Send ``command`` raw (no portal-side validation); return (exit code, stdout, stderr)."""
-    chan = client.get_transport().open_session(timeout=timeout)
+    transport = client.get_transport()
+    assert transport is not None, "the client is connected"
+    chan = transport.open_session(timeout=timeout)
     with closing(chan):
         chan.settimeout(timeout)
         chan.exec_command(command)
