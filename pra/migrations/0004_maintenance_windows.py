@@ -10,7 +10,7 @@ import pra.models
 class Migration(migrations.Migration):
     dependencies = [
         ("backups", "0011_second_copy"),
-        ("pra", "0002_approval_revisions"),
+        ("pra", "0003_big_table_indexes"),
     ]
 
     operations = [
