@@ -70,7 +70,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
         "subject_id",
     )
     list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), SubjectTypeFilter)
-    # Substring search on a big table: trigram indexes (portal migration 0015).
+    # Substring search on a big table: trigram indexes (portal migration 0016).
     search_fields = ("actor", "subject_id")
     # No date_hierarchy: it runs SELECT DISTINCT DATE_TRUNC(...) over every row per page.
     paginator = EstimatedCountPaginator
