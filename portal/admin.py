@@ -65,7 +65,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("id", time_column("created"), "get_event_type_display", "actor",
                     "subject_type", "subject_id")  # fmt: skip
     list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), SubjectTypeFilter)
-    # Substring search on a big table: trigram indexes (portal migration 0015).
+    # Substring search on a big table: trigram indexes (portal migration 0016).
     search_fields = ("actor", "subject_id")
     # No date_hierarchy: it runs SELECT DISTINCT DATE_TRUNC(...) over every row per page.
     paginator = EstimatedCountPaginator

@@ -9,7 +9,7 @@ from portal.lib.migrations import TrigramExtension, TrigramIndex
 class Migration(migrations.Migration):
     atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
 
-    dependencies = [("portal", "0014_backup_drill_events")]
+    dependencies = [("portal", "0015_kinds_without_db_choices")]
 
     operations = [
         TrigramExtension(),
