@@ -101,7 +101,7 @@ class BackupSourceAdmin(admin.ModelAdmin):
 
     @admin.display(description="last backup")
     def last_backup(self, obj):
-        run = BackupRun.objects.of_source(obj).filter(status=RunStatus.SUCCEEDED).first()
+        run = BackupRun.objects.of_source(obj).stored().first()
         if run is None:
             return "never"
         if run.awaiting_acceptance:
@@ -193,7 +193,7 @@ class ArtifactInline(admin.TabularInline):
     def restore_link(self, obj):
         if obj.format == ArtifactFormat.PG_GLOBALS:
             return "with each database"
-        if obj.verification != Verification.VERIFIED or not obj.run.usable:
+        if not obj.restorable:
             return "—"
         url = reverse("admin:backups_restorerequest_plan") + f"?artifact={obj.pk}"
         return format_html('<a href="{}">plan a restore…</a>', url)
@@ -383,9 +383,7 @@ class PlanForm(forms.Form):
     (the same validation as ``backup_restore plan``), nothing here connects anywhere."""
 
     artifact = forms.ModelChoiceField(
-        queryset=BackupArtifact.objects.filter(
-            verification=Verification.VERIFIED, run__in=BackupRun.objects.usable()
-        ).select_related("run__source"),
+        queryset=BackupArtifact.objects.restorable().select_related("run__source"),
     )
     target = forms.CharField(
         required=False,

@@ -2,6 +2,8 @@ from importlib import import_module
 
 from django.apps import AppConfig
 
+from portal import mcp
+
 
 class BackupsConfig(AppConfig):
     name = "backups"
@@ -9,4 +11,5 @@ class BackupsConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("backups.dashboard")  # registers the dashboard panel
+        mcp.register_tools("backups.mcp")  # its MCP tools (imported when MCP is served)
         import_module("backups.checks")  # registers the system checks

@@ -3,6 +3,7 @@
 from django.db import models
 
 from portal.choices import Impact
+from portal.kinds import AUDIT_EVENTS, LIVE_EVENTS, NOTIFICATIONS
 
 __all__ = [
     "Impact",
@@ -134,3 +135,51 @@ DRILL_TRANSITIONS: dict[str, set[str]] = {
     DrillStatus.QUEUED: {DrillStatus.RUNNING, DrillStatus.FAILED},
     DrillStatus.RUNNING: {DrillStatus.SUCCEEDED, DrillStatus.FAILED},
 }
+
+
+# --- what this app adds to the portal's vocabularies (portal.kinds) -------------------
+
+
+@AUDIT_EVENTS.register
+class AuditEvents(models.TextChoices):
+    """Audit event types of backups and restores (``AuditEvent.event_type``)."""
+
+    BACKUP_RUN_STARTED = "BACKUP_RUN_STARTED", "Backup started"
+    BACKUP_RUN_SUCCEEDED = "BACKUP_RUN_SUCCEEDED", "Backup succeeded"
+    BACKUP_RUN_FAILED = "BACKUP_RUN_FAILED", "Backup failed"
+    BACKUP_VERIFIED = "BACKUP_VERIFIED", "Backup verified"
+    BACKUP_VERIFY_FAILED = "BACKUP_VERIFY_FAILED", "Backup verification failed"
+    BACKUP_DELETED = "BACKUP_DELETED", "Backup deleted (retention)"
+    RESTORE_PLANNED = "RESTORE_PLANNED", "Restore planned"
+    RESTORE_APPROVED = "RESTORE_APPROVED", "Restore approved"
+    RESTORE_REJECTED = "RESTORE_REJECTED", "Restore rejected"
+    RESTORE_EXPIRED = "RESTORE_EXPIRED", "Restore expired"
+    RESTORE_STARTED = "RESTORE_STARTED", "Restore started"
+    RESTORE_SUCCEEDED = "RESTORE_SUCCEEDED", "Restore succeeded"
+    RESTORE_FAILED = "RESTORE_FAILED", "Restore failed"
+    SAFETY_BACKUP = "SAFETY_BACKUP", "Safety backup before a restore"
+    RESTORE_TARGET_CREATED = "RESTORE_TARGET_CREATED", "Restore target registered"
+    RESTORE_TARGET_UPDATED = "RESTORE_TARGET_UPDATED", "Restore target changed"
+    BACKUP_VERIFY_REQUESTED = "BACKUP_VERIFY_REQUESTED", "Backup re-verification requested"
+    BACKUP_ACCEPTED = "BACKUP_ACCEPTED", "Suspiciously small backup accepted"
+    BACKUP_DRILL_STARTED = "BACKUP_DRILL_STARTED", "Restore drill started"
+    BACKUP_DRILL_SUCCEEDED = "BACKUP_DRILL_SUCCEEDED", "Restore drill succeeded"
+    BACKUP_DRILL_FAILED = "BACKUP_DRILL_FAILED", "Restore drill failed or over its RTO target"
+    DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
+
+
+@LIVE_EVENTS.register
+class LiveEvents(models.TextChoices):
+    """Live event kinds backups and restores publishes to dashboards."""
+
+    BACKUP_RUN = "backup.run", "Backup run changed"
+
+
+@NOTIFICATIONS.register
+class Notifications(models.TextChoices):
+    """Notification kinds of backups and restores; channels subscribe to kinds."""
+
+    BACKUP_FAILED = "BACKUP_FAILED", "Backup failed"
+    BACKUP_STALE = "BACKUP_STALE", "No fresh backup"
+    BACKUP_MISSED = "BACKUP_MISSED", "Backup slot missed"
+    DISK_SPACE = "DISK_SPACE", "Disk space"

@@ -197,12 +197,7 @@ def space_needed(run: BackupRun) -> runner.SpaceNeeded | None:
     margin = settings.BACKUP_SPACE_MARGIN_PERCENT
     if not margin:
         return None
-    last = (
-        BackupRun.objects.filter(source=run.source_id, status=RunStatus.SUCCEEDED)
-        .exclude(pk=run.pk)
-        .order_by("-created")
-        .first()
-    )
+    last = BackupRun.objects.size_reference(run)
     if last is None or not last.bytes_stored:
         return None
     return runner.SpaceNeeded(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from croniter import croniter
@@ -10,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from backups.choices import (
     DEFAULT_DRILL_SCHEDULE,
@@ -252,7 +254,12 @@ class BackupSource(models.Model):
             raise ValidationError(errors)
 
 
-class BackupRunQuerySet(models.QuerySet):
+def fresh_since(now: datetime | None = None) -> datetime:
+    """Backups created since then are young enough to be fresh (``BACKUP_FRESH_HOURS``)."""
+    return (now or timezone.now()) - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+
+
+class BackupRunQuerySet(models.QuerySet["BackupRun"]):
     """The one place that says which backups count (issue 13 §4): ``usable()`` is the
     "last good backup" of freshness, retention, shrink comparison, restores and reports."""
 
@@ -277,6 +284,25 @@ class BackupRunQuerySet(models.QuerySet):
         return self.stored().filter(
             verification=Verification.VERIFIED, shrink_flag=True, accepted_at__isnull=True
         )
+
+    def last_good(self) -> BackupRun | None:
+        """The newest ``usable()`` backup: "the last good backup" (of a source, with
+        ``of_source``), the one freshness, drills, reports and MCP speak of."""
+        return self.usable().order_by("-created").first()
+
+    def size_reference(self, run: BackupRun) -> BackupRun | None:
+        """The newest succeeded run of ``run``'s source other than ``run`` (whatever its
+        trigger, verification or retention): what a new run's size is expected from."""
+        return (
+            self.filter(source=run.source_id, status=RunStatus.SUCCEEDED)
+            .exclude(pk=run.pk)
+            .order_by("-created")
+            .first()
+        )
+
+    def fresh(self, now: datetime | None = None) -> BackupRunQuerySet:
+        """Good backups young enough to count (``BACKUP_FRESH_HOURS`` before ``now``)."""
+        return self.usable().filter(created__gte=fresh_since(now))
 
 
 class BackupRun(models.Model):
@@ -402,6 +428,16 @@ class BackupRun(models.Model):
             and not self.awaiting_acceptance
         )
 
+    def is_fresh(self, now: datetime | None = None) -> bool:
+        """The row's own ``BackupRunQuerySet.fresh`` (same rule, no query)."""
+        return self.usable and self.created >= fresh_since(now)
+
+
+class BackupArtifactQuerySet(models.QuerySet["BackupArtifact"]):
+    def restorable(self) -> BackupArtifactQuerySet:
+        """Files a restore may be planned from: verified, of a good (``usable``) backup."""
+        return self.filter(verification=Verification.VERIFIED, run__in=BackupRun.objects.usable())
+
 
 class BackupArtifact(models.Model):
     """One stored file of a run (one database, one RDB, one resources YAML).
@@ -432,11 +468,18 @@ class BackupArtifact(models.Model):
     facts = models.JSONField(default=dict, blank=True, help_text="counts found by verification")
     created = models.DateTimeField(auto_now_add=True)
 
+    objects = BackupArtifactQuerySet.as_manager()
+
     class Meta:
         ordering = ["run", "component"]
 
     def __str__(self) -> str:
         return f"{self.run.source.name} #{self.run_id} {self.component}"
+
+    @property
+    def restorable(self) -> bool:
+        """The row's own ``BackupArtifactQuerySet.restorable`` (same rule; reads ``run``)."""
+        return self.verification == Verification.VERIFIED and self.run.usable
 
 
 class RestoreTarget(models.Model):

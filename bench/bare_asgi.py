@@ -3,7 +3,7 @@
 ``/bare/...`` goes to a second Django ASGI handler with the same settings and
 middleware that resolves URLs against ``bench.bareview`` instead of
 ``portal.urls``; every other path goes to ``portal.asgi.application``
-unchanged (the same way ``portal.mcp_http.route_mcp`` puts ``/mcp`` in front
+unchanged (the same way ``portal.mcp.http.route_mcp`` puts ``/mcp`` in front
 of Django). Settings stay env-only and untouched, so one server process serves
 both sides of the comparison:
 

@@ -3,6 +3,8 @@ from importlib import import_module
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from portal import mcp
+
 
 def ensure_defaults(sender=None, **kwargs) -> None:
     """Default rules and the policy row exist after every migrate (and test flush)."""
@@ -20,6 +22,7 @@ class IncidentsConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("incidents.dashboard")  # registers the dashboard panel
+        mcp.register_tools("incidents.mcp")  # its MCP tools (imported when MCP is served)
         from incidents.metrics import IncidentCollector
         from portal.metrics import REGISTRY
 

@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from portal.kinds import AUDIT_EVENTS, LIVE_EVENTS, NOTIFICATIONS
+
 
 class Severity(models.IntegerChoices):
     """Ordered: policy compares severities (max for automatic action, multi-signature level)."""
@@ -123,3 +125,42 @@ class CommandStatus(models.TextChoices):
     DELIVERED = "DELIVERED", "Delivered"
     ACKED = "ACKED", "Done"
     FAILED = "FAILED", "Failed on the agent"
+
+
+# --- what this app adds to the portal's vocabularies (portal.kinds) -------------------
+
+
+@AUDIT_EVENTS.register
+class AuditEvents(models.TextChoices):
+    """Audit event types of incidents (``AuditEvent.event_type``)."""
+
+    AGENT_CREATED = "AGENT_CREATED", "Agent created"
+    AGENT_SECRET_ROTATED = "AGENT_SECRET_ROTATED", "Agent secret rotated"
+    INCIDENT_OPENED = "INCIDENT_OPENED", "Incident opened"
+    INCIDENT_ACKNOWLEDGED = "INCIDENT_ACKNOWLEDGED", "Incident acknowledged"
+    INCIDENT_ESCALATED = "INCIDENT_ESCALATED", "Incident escalated"
+    INCIDENT_RESOLVED = "INCIDENT_RESOLVED", "Incident resolved"
+    DECISION_MADE = "DECISION_MADE", "Decision made"
+    AUTOPATCH_CHANGED = "AUTOPATCH_CHANGED", "Auto-patch attempt changed"
+    AGENT_COMMAND_SENT = "AGENT_COMMAND_SENT", "Agent command sent"
+    AGENT_COMMAND_DONE = "AGENT_COMMAND_DONE", "Agent command finished"
+    POLICY_CHANGED = "POLICY_CHANGED", "Ops policy changed"
+
+
+@LIVE_EVENTS.register
+class LiveEvents(models.TextChoices):
+    """Live event kinds incidents publishes to dashboards."""
+
+    INCIDENT = "incident", "Incident changed"
+
+
+@NOTIFICATIONS.register
+class Notifications(models.TextChoices):
+    """Notification kinds of incidents; channels subscribe to kinds."""
+
+    INCIDENT_OPENED = "INCIDENT_OPENED", "Incident opened"
+    INCIDENT_ESCALATED = "INCIDENT_ESCALATED", "Incident escalated"
+    INCIDENT_RESOLVED = "INCIDENT_RESOLVED", "Incident resolved"
+    INCIDENT_DIGEST = "INCIDENT_DIGEST", "Incident storm digest"
+    AUTOPATCH_ROLLED_BACK = "AUTOPATCH_ROLLED_BACK", "Auto-patch rolled back"
+    PATCH_AWAITING_APPROVAL = "PATCH_AWAITING_APPROVAL", "Patch awaiting approval"

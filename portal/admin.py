@@ -15,7 +15,7 @@ from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
 from rq.exceptions import NoSuchJobError
 
-from portal import notify
+from portal import kinds, notify
 from portal.admin_base import ReadOnlyAdmin
 from portal.admin_display import duration_column, status_column, time_column
 from portal.audit import record
@@ -35,13 +35,24 @@ from portal.tokens import revoke_token
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit log is append-only, for everyone, admins included."""
 
-    list_display = ("id", time_column("created"), "event_type", "actor", "subject_type",
-                    "subject_id")  # fmt: skip
-    list_filter = ("event_type", "subject_type")
+    list_display = (
+        "id",
+        time_column("created"),
+        "get_event_type_display",
+        "actor",
+        "subject_type",
+        "subject_id",
+    )
+    list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), "subject_type")
     search_fields = ("actor", "subject_id")
     date_hierarchy = "created"
     list_per_page = 100
     show_full_result_count = False
+
+    def get_readonly_fields(self, request, obj=None):
+        # The label from the registry where the stored value would show.
+        fields = super().get_readonly_fields(request, obj)
+        return ["get_event_type_display" if f == "event_type" else f for f in fields]
 
 
 @admin.register(ApiToken)
@@ -133,7 +144,8 @@ class NotificationChannelForm(forms.ModelForm):
         help_text=NotificationChannel._meta.get_field("url").help_text,
     )
     kinds = forms.MultipleChoiceField(
-        choices=[(k.value, k.label) for k in NotificationKind if k != NotificationKind.TEST],
+        # Called when a form is built: every app's kinds are registered by then.
+        choices=lambda: [c for c in NotificationKind.choices if c[0] != NotificationKind.TEST],
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: every kind.",
@@ -286,7 +298,7 @@ class NotificationAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         time_column("created"),
-        "kind",
+        "get_kind_display",
         "severity",
         "channel",
         status_column(),
@@ -296,7 +308,12 @@ class NotificationAdmin(admin.ModelAdmin):
         "subject_id",
         "short_error",
     )
-    list_filter = ("status", "kind", "severity", "channel")
+    list_filter = (
+        "status",
+        kinds.list_filter(NotificationKind, "kind", "kind"),
+        "severity",
+        "channel",
+    )
     search_fields = ("title", "subject_id")
     date_hierarchy = "created"
     list_select_related = ("channel",)
@@ -309,7 +326,9 @@ class NotificationAdmin(admin.ModelAdmin):
         return obj.last_error[:80]
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
+        # The kind's label from the registry where the stored value would show.
+        names = [f.name for f in self.model._meta.fields]
+        return ["get_kind_display" if f == "kind" else f for f in names]
 
     def has_add_permission(self, request):
         return False

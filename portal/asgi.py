@@ -13,15 +13,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
 from incidents import fastpath
-from portal.mcp_http import MCPEndpoint, route_mcp
+from portal.mcp import get_server as mcp_server
+from portal.mcp.http import MCPEndpoint, route_mcp
 from portal.routing import websocket_urlpatterns
-from pra.mcp import server as mcp_server
 
 application = ProtocolTypeRouter(
     {
         # Routine heartbeats take the lean path (incidents/fastpath.py): same checks,
         # batched writes, 200 only after COMMIT; anything else goes to Django.
-        "http": fastpath.wrap(route_mcp(MCPEndpoint(mcp_server), django_asgi_app)),
+        "http": fastpath.wrap(route_mcp(MCPEndpoint(mcp_server()), django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

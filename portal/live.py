@@ -10,11 +10,11 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 from channels.layers import get_channel_layer
 from django.db import transaction
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from portal.choices import LiveEventKind
 
@@ -29,8 +29,12 @@ def subject_group(subject_type: str, subject_id: Any) -> str:
     return f"subject.{subject_type.replace('.', '-')}.{subject_id}"
 
 
+def _registered_kind(value: str) -> str:
+    return LiveEventKind(value)  # ValueError (a validation error) for an unknown kind
+
+
 class LiveEvent(BaseModel):
-    kind: LiveEventKind
+    kind: Annotated[str, AfterValidator(_registered_kind)]  # any app's (portal.kinds)
     subject_type: str = Field(max_length=60)
     subject_id: str = Field(max_length=64)
     status: str = ""

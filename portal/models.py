@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.admin.decorators import display
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
@@ -61,7 +62,9 @@ class AuditEvent(models.Model):
     """
 
     created = models.DateTimeField(db_index=True)
-    event_type = models.CharField(max_length=40, choices=AuditEventType.choices, db_index=True)
+    # Any app's kind (``portal.kinds.AUDIT_EVENTS``): no database-level choices, so a new
+    # kind needs no migration; ``get_event_type_display`` reads the label from the registry.
+    event_type = models.CharField(max_length=40, db_index=True)
     actor = models.CharField(max_length=150, help_text="user name or system:/mcp:/agent: identity")
     actor_user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -86,6 +89,11 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.event_type} by {self.actor}"
+
+    @display(description="event type", ordering="event_type")
+    def get_event_type_display(self) -> str:
+        """The registered label (the stored value itself for a kind no app declares)."""
+        return AuditEventType.label(self.event_type)
 
 
 class ApprovalRule(models.Model):
@@ -321,7 +329,8 @@ class Notification(models.Model):
     channel = models.ForeignKey(
         NotificationChannel, on_delete=models.PROTECT, related_name="notifications"
     )
-    kind = models.CharField(max_length=40, choices=NotificationKind.choices)
+    # Any app's kind (``portal.kinds.NOTIFICATIONS``), like ``AuditEvent.event_type``.
+    kind = models.CharField(max_length=40)
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     severity = models.CharField(max_length=10, choices=NotificationSeverity.choices)
@@ -349,3 +358,8 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} -> {self.channel_id} ({self.status})"
+
+    @display(description="kind", ordering="kind")
+    def get_kind_display(self) -> str:
+        """The registered label (the stored value itself for a kind no app declares)."""
+        return NotificationKind.label(self.kind)

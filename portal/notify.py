@@ -104,7 +104,7 @@ def channels_for(
 
 
 def notify(
-    kind: NotificationKind | str,
+    kind: str,
     *,
     title: str,
     body: str,
@@ -162,7 +162,7 @@ class Message(TypedDict):
 
 
 def notify_many(
-    kind: NotificationKind | str,
+    kind: str,
     messages: list[Message],
     *,
     severity: str = "info",

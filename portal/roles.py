@@ -8,6 +8,7 @@ right permissions without a hand-written migration each time.
 
 from __future__ import annotations
 
+from django.contrib.auth.models import PermissionsMixin
 from django.db.models import TextChoices
 
 
@@ -78,3 +79,8 @@ def role_of(user) -> str | None:
         if role.value in names:
             return role.value
     return None
+
+
+def may(user: object, perm: str) -> bool:
+    """Whether ``user`` holds ``perm``; False for a user model without permissions."""
+    return isinstance(user, PermissionsMixin) and user.has_perm(perm)

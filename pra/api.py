@@ -218,7 +218,11 @@ def list_hosts(request):
 
 
 class ProposalOut(ActionOut):
-    created: bool = Field(description="false: an identical action was already open")
+    # Shadows ActionOut.created (a timestamp) on purpose: the proposal API has always
+    # answered whether it opened a new action under this name, and clients rely on it.
+    created: bool = Field(  # type: ignore[assignment]
+        description="false: an identical action was already open"
+    )
     message: str
 
 

@@ -2,6 +2,8 @@ from importlib import import_module
 
 from django.apps import AppConfig
 
+from portal import mcp
+
 
 class PraConfig(AppConfig):
     name = "pra"
@@ -9,6 +11,7 @@ class PraConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("pra.dashboard")  # registers the dashboard panel
+        mcp.register_tools("pra.mcp")  # its MCP tools (imported when MCP is served)
         import_module("pra.checks")  # registers the system checks
         from portal.metrics import REGISTRY
         from pra.metrics import RemediationCollector

@@ -77,7 +77,7 @@ class ActionSpec:
     timeout: int = 120  # seconds the command may run on the target
     tags: tuple[str, ...] = field(default=())
 
-    def validate_params(self, params: dict | None) -> dict[str, str]:
+    def validate_params(self, params: object) -> dict[str, str]:
         params = params or {}
         if not isinstance(params, dict):
             raise CatalogError("params must be an object")

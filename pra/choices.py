@@ -3,6 +3,7 @@
 from django.db import models
 
 from portal.choices import Impact
+from portal.kinds import AUDIT_EVENTS, LIVE_EVENTS, NOTIFICATIONS
 
 __all__ = ["Impact", "ActionStatus", "TRANSITIONS", "TERMINAL", "OPEN", "FailureCause"]
 
@@ -54,3 +55,46 @@ class Verification(models.TextChoices):
     VERIFIED = "VERIFIED", "Verified"
     NOT_VERIFIED = "NOT_VERIFIED", "Not verified (escalate)"
     SKIPPED = "SKIPPED", "No probe"
+
+
+# --- what this app adds to the portal's vocabularies (portal.kinds) -------------------
+
+
+@AUDIT_EVENTS.register
+class AuditEvents(models.TextChoices):
+    """Audit event types of remediation (``AuditEvent.event_type``)."""
+
+    HOST_ADDED = "HOST_ADDED", "Host added"
+    HOST_KEY_PINNED = "HOST_KEY_PINNED", "Host key pinned"
+    HOST_UPDATED = "HOST_UPDATED", "Host updated"
+    HOST_KEY_MISMATCH = "HOST_KEY_MISMATCH", "Host key mismatch"
+    DIAGNOSTIC_RUN = "DIAGNOSTIC_RUN", "Diagnostic run"
+    PRA_PROPOSED = "PRA_PROPOSED", "Action proposed"
+    PRA_PREFLIGHT = "PRA_PREFLIGHT", "Action pre-flight"
+    PRA_APPROVED = "PRA_APPROVED", "Action approved"
+    PRA_REJECTED = "PRA_REJECTED", "Action rejected"
+    PRA_EXPIRED = "PRA_EXPIRED", "Action expired"
+    PRA_VOIDED = "PRA_VOIDED", "Approval voided"
+    PRA_EXECUTING = "PRA_EXECUTING", "Action executing"
+    PRA_EXECUTED = "PRA_EXECUTED", "Action executed"
+    PRA_FAILED = "PRA_FAILED", "Action failed"
+    PRA_VERIFIED = "PRA_VERIFIED", "Action verified"
+    PRA_NOT_VERIFIED = "PRA_NOT_VERIFIED", "Action not verified"
+    PRA_REENQUEUED = "PRA_REENQUEUED", "Action re-enqueued"
+
+
+@LIVE_EVENTS.register
+class LiveEvents(models.TextChoices):
+    """Live event kinds remediation publishes to dashboards."""
+
+    PRA_ACTION = "pra.action", "Remediation action changed"
+    PRA_OUTPUT = "pra.output", "Remediation output"
+
+
+@NOTIFICATIONS.register
+class Notifications(models.TextChoices):
+    """Notification kinds of remediation; channels subscribe to kinds."""
+
+    PRA_AWAITING_APPROVAL = "PRA_AWAITING_APPROVAL", "Remediation awaiting approval"
+    PRA_FAILED = "PRA_FAILED", "Remediation failed"
+    PRA_NOT_VERIFIED = "PRA_NOT_VERIFIED", "Remediation not verified"

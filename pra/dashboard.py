@@ -69,18 +69,11 @@ def remediation_panel(request) -> dict:
         .exclude(status__in=[ActionStatus.PROPOSED, *RUNNING])
         .order_by("-status_changed_at")[:10]
     )
-    for action in recent:
-        action.badge = BADGE.get(action.status, "warn")
-        action.took = (
-            action.finished_at - action.started_at
-            if action.started_at and action.finished_at
-            else None
-        )
     return {
         "template": "pra/panel.html",
         "area": "main",
         "order": 10,
         "running": running,
-        "recent": recent,
+        "recent": [(a, BADGE.get(ActionStatus(a.status), "warn")) for a in recent],
         "list_url": reverse("admin:pra_praaction_changelist"),
     }

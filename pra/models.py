@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -130,8 +132,9 @@ class PRAAction(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.command_display} on {self.host.name}"
 
-    def get_verification_display(self) -> str:
-        # Django only adds get_FOO_display when the class does not define it.
+    # Django only adds get_FOO_display when the class does not define it; the stubs'
+    # plugin declares the generated one regardless.
+    def get_verification_display(self) -> str:  # type: ignore[no-redef]
         if self.verification == Verification.PENDING and self.status == ActionStatus.FAILED:
             return "Not run (execution failed)"
         if self.verification == Verification.PENDING and self.status in _NEVER_RAN:
@@ -141,6 +144,17 @@ class PRAAction(models.Model):
     @property
     def spec(self):
         return get_spec(self.action)
+
+    # The streaming state of publish_output() in the worker holding this instance; not stored.
+    _streamed_bytes: int = 0
+    _streamed_saved: float = float("-inf")
+
+    @property
+    def took(self) -> timedelta | None:
+        """How long the command ran; None until it has both started and finished."""
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
 
     @property
     def command_display(self) -> str:

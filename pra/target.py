@@ -284,9 +284,8 @@ def _fill(template: str, **values: str) -> str:
     for key, value in values.items():
         # A generated block stands on a line of its own as `# @@NAME@@`, so the
         # template itself stays valid bash for shellcheck.
-        template = re.sub(
-            rf"^[ \t]*# @@{key}@@[ \t]*$", lambda _m, v=value: v, template, flags=re.M
-        )
+        block = re.compile(rf"^[ \t]*# @@{key}@@[ \t]*$", re.M)
+        template = block.sub(value.replace("\\", "\\\\"), template)
         template = template.replace(f"@@{key}@@", value)
     leftover = re.search(r"@@[A-Z_]+@@", template)
     if leftover:

@@ -94,4 +94,6 @@ def nobody(db):
     return make_user("ned-norole", None)
 
 
+#: The persona of a request nobody signed in for (role tables, admin checks).
+ANON = "anonymous"
 PERSONAS = ("viewer", "operator", "approver", "admin_user", "nobody")

@@ -16,6 +16,7 @@ from pathlib import Path
 from django.db import connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable  # the venv's, for child processes
 
 
 def free_port() -> int:
@@ -24,14 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms until it holds (True) or ``timeout`` s pass (False)."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     while time.monotonic() < deadline:
         if predicate():
-            return
+            return True
         pause.wait(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return False
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """``wait_until``, failing the test with ``what`` on timeout."""
+    if not wait_until(predicate, timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _descendants(pid: int) -> list[int]:

@@ -4,12 +4,13 @@ announcements, notifications and enqueue-on-commit."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Model
 
 from backups.choices import (
     RESTORE_TRANSITIONS,
@@ -25,6 +26,7 @@ from portal.choices import LiveEventKind
 from portal.errors import RequestRefused
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
+from portal.roles import may
 
 logger = logging.getLogger("backups.actions")
 
@@ -101,8 +103,8 @@ def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> No
     )
 
 
-def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
-    if user is not None and not user.has_perm(perm):
+def _require_perm(user: User | None, perm: str, what: str) -> None:
+    if user is not None and not may(user, perm):
         raise BackupError("permission", f"You are not allowed to {what}.")
 
 
@@ -118,7 +120,7 @@ def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
     transaction.on_commit(lambda: _enqueue(func_path, obj_id, job_id))
 
 
-def _actor(by: AbstractBaseUser | Actor | str) -> Actor:
+def _actor(by: User | Actor | str) -> Actor:
     return Actor.of(by)
 
 
@@ -130,13 +132,14 @@ MISSED_LISTED = 5
 MISSED_COUNTED = 10000
 
 
-def _due(cron: str, since, now) -> tuple[Any, list, int]:
+def _due(cron: str, since: datetime, now: datetime) -> tuple[datetime | None, list[datetime], int]:
     """(newest slot in (since, now] or None, the older skipped ones listed, how many skipped)."""
     base = now.replace(microsecond=0) + timedelta(seconds=1)
     newest = croniter(cron, base).get_prev(type(now))
     if newest <= since or newest > now:
         return None, [], 0
-    listed, count = [], 0
+    listed: list[datetime] = []
+    count = 0
     it = croniter(cron, since)
     while count < MISSED_COUNTED:
         slot = it.get_next(type(now))
@@ -148,7 +151,9 @@ def _due(cron: str, since, now) -> tuple[Any, list, int]:
     return newest, listed, count
 
 
-def _notify(kind: str, *, title: str, body: str, subject, severity: str) -> None:
+def _notify(
+    kind: str, *, title: str, body: str, subject: Model | tuple[str, str] | None, severity: str
+) -> None:
     """Send through the portal's notification channels (inside the caller's transaction).
 
     Always also a log line, so a portal without channels configured still says it.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -79,7 +79,7 @@ def _drillable(source: BackupSource) -> None:
 
 
 def request_drill(
-    source: BackupSource | str, *, by: AbstractBaseUser | Actor | str, enqueue: bool = True
+    source: BackupSource | str, *, by: User | Actor | str, enqueue: bool = True
 ) -> BackupDrill:
     """Queue a restore drill of ``source`` now (admin action, ``backup_drill``)."""
     actor = _actor(by)
@@ -103,7 +103,7 @@ def request_drill(
     return drill
 
 
-def schedule_drills(now=None) -> list[int]:
+def schedule_drills(now: datetime | None = None) -> list[int]:
     """Create (once per slot, like backups) and enqueue each drilled source's due drill."""
     now = now or timezone.now()
     created = []
@@ -114,10 +114,10 @@ def schedule_drills(now=None) -> list[int]:
         if slot is None:
             continue
         with transaction.atomic():
-            won = BackupSource.objects.filter(
-                pk=source.pk,
-                **({"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}),
-            ).update(drill_horizon=now)
+            unchanged: dict[str, Any] = (
+                {"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}
+            )
+            won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(drill_horizon=now)
             if not won:
                 continue
             try:
@@ -139,11 +139,12 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     """QUEUED -> RUNNING for one worker, with the backup it will restore (the newest good one)."""
     now = timezone.now()
     with transaction.atomic():
-        drill = BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id)
-        drill = drill.first()
+        drill = (
+            BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id).first()
+        )
         if drill is None or drill.status != DrillStatus.QUEUED:
             return None
-        run = BackupRun.objects.of_source(drill.source).usable().order_by("-created").first()
+        run = BackupRun.objects.of_source(drill.source).last_good()
         if not _move_drill(
             drill_id, DrillStatus.QUEUED, DrillStatus.RUNNING,
             started_at=now, heartbeat_at=now, job_id=job_id, run=run,
@@ -165,7 +166,7 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     return drill
 
 
-def finish_drill(drill_id: int, *, report: dict, error: str = "") -> BackupDrill | None:
+def finish_drill(drill_id: int, *, report: dict[str, Any], error: str = "") -> BackupDrill | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED; timed against the target.
 
     A failed drill, or one over its RTO target, is notified (BACKUP_FAILED) and audited
@@ -230,7 +231,7 @@ def finish_drill(drill_id: int, *, report: dict, error: str = "") -> BackupDrill
     return drill
 
 
-def reap_lost_drills(now=None) -> list[int]:
+def reap_lost_drills(now: datetime | None = None) -> list[int]:
     """FAIL drills left RUNNING by a worker that died (no heartbeat within the grace)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,7 +27,6 @@ from backups.choices import (
     RestoreStatus,
     RunStatus,
     Trigger,
-    Verification,
 )
 from backups.models import (
     BackupArtifact,
@@ -43,11 +43,11 @@ from portal.choices import AuditEventType
 def plan_restore(
     artifact: BackupArtifact | int,
     *,
-    target: dict | None = None,
-    by: AbstractBaseUser,
+    target: dict[str, Any] | None = None,
+    by: User,
     confirmation: str = "",
     dry_run: bool = False,
-) -> tuple[RestoreRequest | None, dict]:
+) -> tuple[RestoreRequest | None, dict[str, Any]]:
     """Work out what a restore would do; unless ``dry_run``, record it as a request.
 
     ``target`` is a ``restore.TargetSpec`` (``{"target": NAME, "database": …,
@@ -71,7 +71,7 @@ def plan_restore(
             f"Backup #{obj.run_id} is suspiciously small and nobody accepted it; an approver "
             "or administrator accepts it first (audited), or restore an earlier backup.",
         )
-    if not obj.run.usable or obj.verification != Verification.VERIFIED:
+    if not obj.restorable:
         raise BackupError(
             "unusable",
             f"Artifact #{obj.pk} is not a verified, stored backup "
@@ -166,12 +166,13 @@ def plan_restore(
     return req, plan
 
 
-def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str]):
+def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str]) -> None:
     now = timezone.now()
     validity = approvals.rule_for(req.approval_impact).validity_seconds
+    expires_at = now + timedelta(seconds=validity)
     if not _move_restore(
         req.pk, RestoreStatus.PLANNED, RestoreStatus.APPROVED,
-        approved_at=now, expires_at=now + timedelta(seconds=validity),
+        approved_at=now, expires_at=expires_at,
     ):  # fmt: skip
         raise BackupError("state", f"Restore #{req.pk} is no longer PLANNED.")
     req.refresh_from_db()
@@ -182,7 +183,7 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str])
         details={
             "approvers": approvers,
             "scratch": req.mode == RestoreMode.SCRATCH,
-            "expires_at": req.expires_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
         },
     )
     _announce_restore(req, "approved: queued")
@@ -192,7 +193,7 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str])
 def approve_restore(
     restore_req: RestoreRequest | int,
     *,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     fingerprint: str | None = None,
     comment: str = "",
@@ -238,7 +239,7 @@ def approve_restore(
     return tally
 
 
-def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, reason: str):
+def reject_restore(restore_req: RestoreRequest | int, *, by: User, reason: str) -> RestoreRequest:
     """End a PLANNED restore with a reason (approvers only)."""
     restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
@@ -254,7 +255,7 @@ def reject_restore(restore_req: RestoreRequest | int, *, by: AbstractBaseUser, r
     return req
 
 
-def expire_restores(now=None) -> list[int]:
+def expire_restores(now: datetime | None = None) -> list[int]:
     """APPROVED restores not started in time, and PLANNED ones older than a day, expire."""
     now = now or timezone.now()
     expired = []
@@ -366,7 +367,7 @@ def record_safety_backup(req: RestoreRequest, run: BackupRun) -> None:
 
 
 def finish_restore(
-    restore_id: int, *, ok: bool, report: dict, error: str = ""
+    restore_id: int, *, ok: bool, report: dict[str, Any], error: str = ""
 ) -> RestoreRequest | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED, with the report per component."""
     new = RestoreStatus.SUCCEEDED if ok else RestoreStatus.FAILED

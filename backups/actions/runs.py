@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from backups import faults
+
+if TYPE_CHECKING:
+    from backups.runner import RunOutcome
 from backups.actions.common import (
     RUN_JOB,
     RUN_PERMISSION,
@@ -34,6 +37,7 @@ from backups.models import (
     BackupArtifact,
     BackupRun,
     BackupSource,
+    fresh_since,
 )
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
@@ -43,7 +47,7 @@ from portal.live import publish
 def request_run(
     source: BackupSource | str,
     *,
-    by: AbstractBaseUser | Actor | str,
+    by: User | Actor | str,
     enqueue: bool = True,
 ) -> BackupRun:
     """Queue a manual ("run now") backup of ``source``; the worker picks it up on commit."""
@@ -100,7 +104,7 @@ def report_progress(run: BackupRun, progress_bytes: int) -> None:
     publish(run_event(run, "progress"), dashboard=True)
 
 
-def finish_run(run_id: int, outcome) -> BackupRun | None:
+def finish_run(run_id: int, outcome: RunOutcome) -> BackupRun | None:
     """RUNNING -> SUCCEEDED (files committed) or FAILED, with sizes, checksum and stderr."""
     now = timezone.now()
     fields: dict[str, Any] = {
@@ -162,21 +166,21 @@ def finish_run(run_id: int, outcome) -> BackupRun | None:
     return run
 
 
-def check_freshness(now=None) -> dict[str, list[str]]:
+def check_freshness(now: datetime | None = None) -> dict[str, list[str]]:
     """Notify once when a source loses its fresh verified backup, and once when it has one again."""
     now = now or timezone.now()
-    fresh_after = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    fresh_after = fresh_since(now)  # a source younger than this has missed nothing yet
     changed: dict[str, list[str]] = {"stale": [], "fresh": []}
     drill_after = now - timedelta(days=settings.BACKUP_DRILL_FRESH_DAYS)
     for source in BackupSource.objects.filter(enabled=True):
-        last = BackupRun.objects.of_source(source).usable().order_by("-created").first()
-        fresh = bool(last and last.created >= fresh_after)
+        last = BackupRun.objects.of_source(source).last_good()
+        fresh = bool(last and last.is_fresh(now))
         drilled = ""
         if fresh and source.drill_target_id and source.created < drill_after:
             # With drills configured, fresh also means a recent drill that met its target
             # (a source younger than the drill window has not missed one yet).
             drill = last_good_drill(source)
-            if not (drill and drill.finished_at >= drill_after):
+            if not (drill and drill.finished_at and drill.finished_at >= drill_after):
                 fresh = False
                 drilled = (
                     f" Last good restore drill: {drill.finished_at if drill else 'never'} "
@@ -210,11 +214,9 @@ def previous_good(run: BackupRun) -> BackupRun | None:
     """The good backup before ``run`` (what a shrink is measured against)."""
     return (
         BackupRun.objects.of_source(run.source_id)
-        .usable()
         .filter(created__lt=run.created)
         .exclude(pk=run.pk)
-        .order_by("-created")
-        .first()
+        .last_good()
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from backups import faults
@@ -33,7 +35,9 @@ from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
 
 
-def _record_missed(source: BackupSource, now, title: str, detail: str, subject) -> None:
+def _record_missed(
+    source: BackupSource, now: datetime, title: str, detail: str, subject: Model
+) -> None:
     """Show a missed slot on the source (dashboard) and notify (inside the transaction)."""
     BackupSource.objects.filter(pk=source.pk).update(missed_at=now, missed_detail=detail[:500])
     _notify(
@@ -45,7 +49,7 @@ def _record_missed(source: BackupSource, now, title: str, detail: str, subject) 
     )
 
 
-def schedule_due(now=None) -> list[int]:
+def schedule_due(now: datetime | None = None) -> list[int]:
     """The per-minute tick: create (once) and enqueue each source's newest due slot.
 
     Slots start at the source's creation. Each source keeps a horizon: every
@@ -69,17 +73,17 @@ def schedule_due(now=None) -> list[int]:
     return created
 
 
-def _schedule_source(source: BackupSource, now) -> BackupRun | None:
+def _schedule_source(source: BackupSource, now: datetime) -> BackupRun | None:
     horizon = source.schedule_horizon
     since = max(horizon, source.created) if horizon else source.created
     slot, skipped, count = _due(source.cron, since, now)
     if slot is None:
         return None
     with transaction.atomic():
-        won = BackupSource.objects.filter(
-            pk=source.pk,
-            **({"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}),
-        ).update(schedule_horizon=now)
+        unchanged: dict[str, Any] = (
+            {"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}
+        )
+        won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(schedule_horizon=now)
         if not won:
             return None  # another tick moved the horizon first: it does this slot
         if count:
@@ -134,7 +138,7 @@ def _busy_workers() -> str:
     return f"Workers serving the backups queue: {serving}; running: {doing}."
 
 
-def report_missed(now=None) -> list[int]:
+def report_missed(now: datetime | None = None) -> list[int]:
     """Notify once per scheduled run still QUEUED ``BACKUP_MISSED_AFTER`` s after its slot.
 
     It stays queued and runs when a worker is free; the report (and the
@@ -156,7 +160,7 @@ def report_missed(now=None) -> list[int]:
             ).update(missed_at=now):
                 continue
             run.missed_at = now
-            waited = (now - run.scheduled_for).total_seconds()
+            waited = (now - (run.scheduled_for or run.created)).total_seconds()
             detail = (
                 f"The {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC slot of {run.source.name} "
                 f"(run #{run.pk}) has not started after {waited:.0f} s (limit "
@@ -174,7 +178,7 @@ def report_missed(now=None) -> list[int]:
     return reported
 
 
-def reap_lost_runs(now=None) -> list[int]:
+def reap_lost_runs(now: datetime | None = None) -> list[int]:
     """FAIL (worker lost) every RUNNING backup whose worker stopped reporting. Never re-runs."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
@@ -202,7 +206,7 @@ def reap_lost_runs(now=None) -> list[int]:
     return reaped
 
 
-def reconcile_queued(now=None) -> list[int]:
+def reconcile_queued(now: datetime | None = None) -> list[int]:
     """Re-enqueue QUEUED runs whose job vanished (Redis flushed or restarted)."""
     now = now or timezone.now()
     requeued = []

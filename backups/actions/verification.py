@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -38,7 +39,7 @@ def record_verification(
     run_id: int,
     checks: dict[int, Any],
     *,
-    by: AbstractBaseUser | Actor | str = "system:verifier",
+    by: User | Actor | str = "system:verifier",
     level: str = VerifyLevel.FULL,
 ) -> BackupRun:
     """Store each artifact's verdict and the run's; flag one much smaller than the last good.
@@ -94,7 +95,7 @@ def record_verification(
             and previous.bytes_raw > 0
             and run.bytes_raw < previous.bytes_raw * ratio
         )
-        if shrunk:
+        if shrunk and previous is not None:
             lines.append(
                 f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
                 f"of the previous good backup #{previous.pk} ({previous.bytes_raw} bytes)"
@@ -127,7 +128,7 @@ def record_verification(
         _announce_run(run, "verified" if ok else "verification FAILED")
         if not ok:
             notify_failure(run, "verification")
-        elif shrunk and run.accepted_at is None:
+        elif shrunk and previous is not None and run.accepted_at is None:
             _notify_shrunk(run, previous)
     return run
 
@@ -135,7 +136,7 @@ def record_verification(
 ACCEPT_PERMISSIONS = (approvals.APPROVE_PERMISSION, "portal.manage_portal")
 
 
-def accept_backup(run: BackupRun | int, *, by: AbstractBaseUser, reason: str) -> BackupRun:
+def accept_backup(run: BackupRun | int, *, by: User, reason: str) -> BackupRun:
     """A person (approver or administrator) vouches for a suspiciously small backup.
 
     Until then it does not count as a good backup (``BackupRun.objects.usable``).
@@ -198,7 +199,7 @@ def accept_backup(run: BackupRun | int, *, by: AbstractBaseUser, reason: str) ->
     return found
 
 
-def verify_job_id(run_id: int, when) -> str:
+def verify_job_id(run_id: int, when: datetime) -> str:
     return f"backup-verify-{run_id}-{int(when.timestamp() * 1000)}"
 
 
@@ -209,9 +210,7 @@ class VerificationRequest:
     message: str
 
 
-def request_verification(
-    run: BackupRun | int, *, by: AbstractBaseUser | Actor | str
-) -> VerificationRequest:
+def request_verification(run: BackupRun | int, *, by: User | Actor | str) -> VerificationRequest:
     """Queue a re-verification of a stored backup ("Verify again now"), at most one at a time.
 
     While one is pending (its job still queued or running), a second request

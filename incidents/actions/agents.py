@@ -60,7 +60,9 @@ def rotate_agent_secret(agent: Agent, *, by: Actor | Any) -> str:
     return secret
 
 
-def send_command(agent: Agent, kind: str, payload: dict, *, by) -> AgentCommand:
+def send_command(
+    agent: Agent, kind: str, payload: dict[str, Any], *, by: Actor | Any
+) -> AgentCommand:
     """Queue a command for the agent; it is delivered in its next heartbeat response."""
     if kind not in CommandKind.values:
         raise IncidentError("invalid", f"unknown command {kind!r}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -116,7 +117,7 @@ def _move_attempt(
     detail: str,
     *,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     allowed = [s for s, targets in ATTEMPT_TRANSITIONS.items() if new in targets]
@@ -147,7 +148,7 @@ def _end_attempt(
     *,
     outcome: str = Outcome.SKIPPED,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """A terminal move that did not fix the incident: the decision gets its outcome and
@@ -187,6 +188,8 @@ def hand_back_failed_remediations() -> list[int]:
     stuck = Incident.objects.filter(ended, status=IncidentStatus.MITIGATING)
     for incident in stuck.select_related("remediation"):
         action = incident.remediation
+        if action is None:  # excluded by the filter; a row changed since
+            continue
         why = f"remediation #{action.pk} ({action.action}) ended {action.status}"
         if action.status == ActionStatus.COMPLETED:
             why = f"remediation #{action.pk} ({action.action}) ran but did not verify"
@@ -196,7 +199,13 @@ def hand_back_failed_remediations() -> list[int]:
     return handed
 
 
-def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
+def approve_attempt(
+    attempt: AutoPatchAttempt,
+    *,
+    by: User,
+    confirmation: str = "",
+    fingerprint: str | None = None,
+) -> approvals.Tally:
     """A human signature on a patch that policy put behind multi-signature."""
     with transaction.atomic():
         locked = (
@@ -214,7 +223,7 @@ def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fi
     return tally
 
 
-def reject_attempt(attempt: AutoPatchAttempt | int, *, by, reason: str) -> AutoPatchAttempt:
+def reject_attempt(attempt: AutoPatchAttempt | int, *, by: User, reason: str) -> AutoPatchAttempt:
     """An approver refuses a patch waiting for signatures: it ends REJECTED with the reason,
     the decision is marked not carried out and the incident goes back to people."""
     attempt_id = attempt.pk if isinstance(attempt, AutoPatchAttempt) else attempt
@@ -333,7 +342,7 @@ def roll_back(attempt: AutoPatchAttempt, reason: str) -> bool:
     return True
 
 
-def expire_attempts(now=None) -> list[int]:
+def expire_attempts(now: datetime | None = None) -> list[int]:
     """Health checks past their window: roll back."""
     now = now or timezone.now()
     window = timedelta(seconds=settings.AUTOPATCH_HEALTH_WINDOW)
@@ -351,7 +360,7 @@ def expire_attempts(now=None) -> list[int]:
     return rolled
 
 
-def expire_pending_attempts(now=None) -> list[int]:
+def expire_pending_attempts(now: datetime | None = None) -> list[int]:
     """PENDING attempts older than ``AUTOPATCH_APPROVAL_TTL`` end EXPIRED, with the reason."""
     now = now or timezone.now()
     ttl = approval_ttl()
@@ -369,7 +378,7 @@ def expire_pending_attempts(now=None) -> list[int]:
     return expired
 
 
-def fail_stuck_staging(now=None) -> list[int]:
+def fail_stuck_staging(now: datetime | None = None) -> list[int]:
     """STAGING longer than the staging timeout (plus a grace) means the worker died there."""
     now = now or timezone.now()
     limit = settings.STAGING_TIMEOUT + STAGING_GRACE
@@ -387,7 +396,7 @@ def fail_stuck_staging(now=None) -> list[int]:
     return failed
 
 
-def requeue_ready_attempts(now=None) -> list[int]:
+def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     """PENDING attempts free to run whose job is gone (Redis flushed, worker lost) go back on
     the queue. Running twice is harmless: the PENDING → STAGING move lets one job through."""
     now = now or timezone.now()
@@ -424,7 +433,7 @@ def _job_alive(job_id: str) -> bool:
     return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def sweep_attempts(now=None) -> dict[str, list[int]]:
+def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
     """Every non-terminal attempt state has a bounded exit; this is the sweep that enforces it."""
     now = now or timezone.now()
     return {
@@ -435,7 +444,7 @@ def sweep_attempts(now=None) -> dict[str, list[int]]:
     }
 
 
-def set_kill_switch(enabled: bool, *, by) -> list[int]:
+def set_kill_switch(enabled: bool, *, by: User | Actor | str) -> list[int]:
     """Turn auto-remediation on or off; off cancels attempts not yet APPLYING."""
     with transaction.atomic():
         policy = OpsPolicy.objects.select_for_update().get(pk=OpsPolicy.current().pk)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 from django.utils import timezone
 
@@ -47,14 +47,14 @@ class Actor:
     """Who did something: a person, or a named non-human identity."""
 
     label: str
-    user: AbstractBaseUser | None = None
+    user: User | None = None
 
     @classmethod
     def system(cls, name: str) -> Actor:
         return cls(label=f"system:{name}")
 
     @classmethod
-    def of(cls, who: Actor | AbstractBaseUser | str) -> Actor:
+    def of(cls, who: Actor | User | str) -> Actor:
         if isinstance(who, Actor):
             return who
         if isinstance(who, str):
@@ -147,9 +147,9 @@ _PREV_AND_DETAILS_SQL = {
 
 
 def record(
-    event_type: AuditEventType,
+    event_type: str,
     *,
-    actor: Actor | AbstractBaseUser | str,
+    actor: Actor | User | str,
     subject: models.Model | tuple[str, Any] | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:

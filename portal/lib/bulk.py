@@ -28,7 +28,7 @@ def insert_rows(
     varying: Mapping[str, Sequence[Any]],
     shared: Mapping[str, Any] | None = None,
     returning: Sequence[str] = ("id",),
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """Insert one row per position of the ``varying`` columns (field names → equal-length
     sequences), every row also taking the ``shared`` values; returns the ``returning``
     columns of each row, in the order given. Defaults of the model are not applied:
@@ -56,7 +56,7 @@ def insert_rows(
         varying = {name: [shared.pop(name)] * count for name in list(shared)[:1]}
     quote = connection.ops.quote_name
     names = [*varying, *shared]
-    fields = {name: meta.get_field(name) for name in names}
+    fields = {name: _concrete(meta.get_field(name)) for name in names}
     target = ", ".join(quote(fields[name].column) for name in names)
     aliases = {name: f"c{i}" for i, name in enumerate(varying)}
     select, arrays = [], []
@@ -70,9 +70,9 @@ def insert_rows(
             arrays.append(f"%s::{_array_type(field)}[]")
     for name in shared:
         select.append(f"%s::{_array_type(fields[name])}")
-    back = ", ".join(quote(meta.get_field(name).column) for name in returning)
+    back = ", ".join(quote(_concrete(meta.get_field(name)).column) for name in returning)
     columns = ", ".join(aliases.values())
-    found: list[tuple] = []
+    found: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
         for start in range(0, count, CHUNK):
             stop = min(start + CHUNK, count)
@@ -91,8 +91,15 @@ def insert_rows(
     return found
 
 
-def _array_type(field: models.Field) -> str:
-    if field.is_relation:
+def _concrete(field: object) -> models.Field[Any, Any]:
+    """A model field with a column (never a reverse relation or a generic foreign key)."""
+    if not isinstance(field, models.Field) or field.column is None:
+        raise ValueError(f"{field} is not a concrete column")
+    return field
+
+
+def _array_type(field: models.Field[Any, Any]) -> str:
+    if isinstance(field, models.ForeignKey):
         field = field.target_field
     db_type = field.db_type(connection) or "text"
     # "bigserial"-style types only exist in DDL; a varchar(n) array is fine as text.
@@ -101,7 +108,7 @@ def _array_type(field: models.Field) -> str:
     )
 
 
-def _array(field: models.Field, values: Sequence[Any]) -> list:
+def _array(field: models.Field[Any, Any], values: Sequence[Any]) -> list[Any]:
     if isinstance(field, models.JSONField):
         encoder = field.encoder
         return [None if v is None else json.dumps(v, cls=encoder) for v in values]
@@ -115,9 +122,15 @@ def _array(field: models.Field, values: Sequence[Any]) -> list:
     return list(values)
 
 
-def _with_orm(model, varying, shared, returning, count) -> list[tuple]:
+def _with_orm(
+    model: type[models.Model],
+    varying: Mapping[str, Sequence[Any]],
+    shared: Mapping[str, Any],
+    returning: Sequence[str],
+    count: int,
+) -> list[tuple[Any, ...]]:
     def attname(name: str) -> str:
-        return model._meta.get_field(name).attname
+        return _concrete(model._meta.get_field(name)).attname
 
     objs = [
         model(
@@ -126,5 +139,5 @@ def _with_orm(model, varying, shared, returning, count) -> list[tuple]:
         )
         for i in range(count)
     ]
-    model.objects.bulk_create(objs, batch_size=500)
+    model._default_manager.bulk_create(objs, batch_size=500)
     return [tuple(getattr(obj, attname(n)) for n in returning) for obj in objs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -106,7 +107,7 @@ _ENGINES = {
 }
 
 
-def parse_database_url(url: str) -> dict:
+def parse_database_url(url: str) -> dict[str, Any]:
     """Turn ``postgres://user:pw@host:port/name?opt=v`` or ``sqlite:///path`` into
     a Django ``DATABASES`` entry."""
     parts = urlsplit(url)

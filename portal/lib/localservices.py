@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,7 +33,8 @@ def is_root() -> bool:
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -69,7 +71,7 @@ def apt_install(*packages: str) -> None:
         raise ServiceError(f"apt-get install {' '.join(packages)} failed:\n{result.stderr[-2000:]}")
 
 
-def wait_until(predicate, *, timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], object], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -90,7 +92,9 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def start_redis(var_dir: Path, *, port: int | None = None, daemonize: bool = False):
+def start_redis(
+    var_dir: Path, *, port: int | None = None, daemonize: bool = False
+) -> tuple[str, subprocess.Popen[bytes] | None, Path]:
     """Start a private redis-server; returns (url, Popen or None, pidfile)."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -112,7 +116,7 @@ def start_redis(var_dir: Path, *, port: int | None = None, daemonize: bool = Fal
     ]  # fmt: skip
     if daemonize:
         subprocess.run([*args, "--daemonize", "yes"], check=True)
-        proc = None
+        proc: subprocess.Popen[bytes] | None = None
     else:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"

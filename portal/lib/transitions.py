@@ -23,7 +23,7 @@ def compare_and_swap(
     """
     if new not in allowed.get(current, set()):
         raise ValueError(f"illegal transition {current} -> {new}")
-    won = model.objects.filter(pk=pk, status=current).update(
+    won: int = model._default_manager.filter(pk=pk, status=current).update(
         status=new, status_changed_at=timezone.now(), **fields
     )
     return won == 1

@@ -93,7 +93,8 @@ def post_json(
     try:
         with opener.open(url, data=data, timeout=timeout) as response:
             response.read(4096)
-            return response.status
+            status: int = response.status
+            return status
     except HTTPError as exc:
         try:
             snippet = exc.read(300).decode("utf-8", "replace").strip()

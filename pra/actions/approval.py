@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -42,7 +43,7 @@ def _auto_approve(action: PRAAction) -> None:
     _approve(action, actor=Actor.system("auto-approve"), auto=True)
 
 
-def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str] = ()) -> None:
+def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: Sequence[str] = ()) -> None:
     if action.preflight_status == PreflightStatus.FAILED:
         raise _preflight_refusal(action)
     now = timezone.now()
@@ -81,7 +82,7 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: list[str
 def approve_action(
     action: PRAAction | int,
     *,
-    by: AbstractBaseUser,
+    by: User,
     confirmation: str = "",
     fingerprint: str | None = None,
     comment: str = "",
@@ -137,7 +138,7 @@ def _preflight_refusal(action: PRAAction) -> ActionError:
     )
 
 
-def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str) -> PRAAction:
+def reject_action(action: PRAAction | int, *, by: User, reason: str) -> PRAAction:
     """End a PROPOSED action with a reason (approvers only)."""
     action_id = action.pk if isinstance(action, PRAAction) else action
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
@@ -162,7 +163,7 @@ def reject_action(action: PRAAction | int, *, by: AbstractBaseUser, reason: str)
     return obj
 
 
-def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) -> PRAAction:
+def request_execution(action: PRAAction | int, *, by: User | Actor) -> PRAAction:
     """Ask for an APPROVED, unexpired action to run now (MCP/API "execute").
 
     Approval already enqueued the job; this re-enqueues it when it is missing
@@ -187,7 +188,7 @@ def request_execution(action: PRAAction | int, *, by: AbstractBaseUser | Actor) 
             ActionStatus.FAILED: "it already ran and failed",
             ActionStatus.VOIDED: f"{obj.void_reason or 'its approval was voided'}; "
             "propose it again",
-        }[obj.status]
+        }[ActionStatus(obj.status)]
         raise ActionError("state", f"Action #{obj.pk} is {obj.status}: {hint}.")
     _ensure_enqueued(obj)
     return obj

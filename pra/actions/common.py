@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +19,7 @@ from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 from portal.notify import notify
+from portal.roles import may
 from pra.choices import TRANSITIONS, ActionStatus, Impact
 from pra.models import PRAAction
 
@@ -100,8 +101,8 @@ def _notify_awaiting(action: PRAAction, why: str = "") -> None:
     )
 
 
-def _require_perm(user: AbstractBaseUser | None, perm: str, what: str) -> None:
-    if user is not None and not user.has_perm(perm):
+def _require_perm(user: User | None, perm: str, what: str) -> None:
+    if user is not None and not may(user, perm):
         raise ActionError("permission", f"You are not allowed to {what}.")
 
 

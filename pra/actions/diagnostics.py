@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from portal.audit import Actor, record
@@ -22,7 +24,11 @@ DEFAULT_CONNECTIVITY_PORTS = (22, 53, 80, 443)
 
 
 def run_diagnostic(
-    host: Host | str, name: str, params: dict | None = None, *, by: AbstractBaseUser | Actor
+    host: Host | str,
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    by: User | Actor,
 ) -> DiagnosticRun:
     """Run one read-only diagnostic over SSH and keep its result (usable as evidence)."""
     actor = Actor.of(by)

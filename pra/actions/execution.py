@@ -99,9 +99,9 @@ def publish_output(action: PRAAction, chunk: str) -> None:
     Also keeps ``output_bytes`` current (at most one write a second), which the MCP
     execute tool reports in its progress notifications.
     """
-    streamed = getattr(action, "_streamed_bytes", 0) + len(chunk.encode())
+    streamed = action._streamed_bytes + len(chunk.encode())
     action._streamed_bytes = streamed
-    if time.monotonic() - getattr(action, "_streamed_saved", float("-inf")) >= OUTPUT_SIZE_EVERY:
+    if time.monotonic() - action._streamed_saved >= OUTPUT_SIZE_EVERY:
         action._streamed_saved = time.monotonic()
         PRAAction.objects.filter(pk=action.pk, status=ActionStatus.EXECUTING).update(
             output_bytes=streamed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from portal.audit import Actor, record
@@ -25,7 +25,7 @@ def add_host(
     ssh_user: str = "pra",
     host_key: str,
     tags: str = "",
-    by: AbstractBaseUser | Actor | str = "system:cli",
+    by: User | Actor | str = "system:cli",
 ) -> Host:
     """Register a host with the host key the caller has seen and confirmed."""
     from django.core.exceptions import ValidationError
@@ -71,7 +71,7 @@ _FIELD_WORDS = {
 }
 
 
-def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **changes: Any) -> Host:
+def update_host(host: Host | int, *, by: User | Actor | str, **changes: Any) -> Host:
     """Change a host's settings (``HOST_EDITABLE``); one audit event, nothing if unchanged.
 
     A change of name, address, port, user or host key bumps the host's ``revision``,
@@ -121,7 +121,8 @@ def update_host(host: Host | int, *, by: AbstractBaseUser | Actor | str, **chang
         if moved:
             current.revision += 1
         current.save()
-        voided, rerun = [], []
+        voided: list[int] = []
+        rerun: list[int] = []
         if moved:
             words = ", ".join(_FIELD_WORDS[f] for f in moved)
             voided, rerun = _void_host_approvals(current, f"changed ({words})", actor)
@@ -179,6 +180,6 @@ def _void_host_approvals(
     return voided, rerun_ids
 
 
-def pin_host_key(host: Host, host_key: str, *, by: AbstractBaseUser | Actor | str) -> Host:
+def pin_host_key(host: Host, host_key: str, *, by: User | Actor | str) -> Host:
     """Replace a host's pinned key (after a known re-install): ``update_host`` rules apply."""
     return update_host(host, by=by, host_key=host_key)

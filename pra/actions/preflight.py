@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,6 +13,7 @@ from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
 from portal.notify import notify
+from portal.roles import may
 from pra.actions.approval import _auto_approve
 from pra.actions.common import (
     PROPOSE_PERMISSION,
@@ -95,14 +96,14 @@ def _restart_preflight(action: PRAAction, actor: Actor, why: str) -> None:
     )
 
 
-def rerun_preflight(action: PRAAction | int, *, by: AbstractBaseUser | Actor) -> PRAAction:
+def rerun_preflight(action: PRAAction | int, *, by: User | Actor) -> PRAAction:
     """Run a PROPOSED action's pre-flight again, e.g. once the target has been fixed.
 
     Operators and approvers may ask; a pre-flight that is still running is left alone.
     """
     actor = Actor.of(by)
     if actor.user is not None and not (
-        actor.user.has_perm(PROPOSE_PERMISSION) or actor.user.has_perm(approvals.APPROVE_PERMISSION)
+        may(actor.user, PROPOSE_PERMISSION) or may(actor.user, approvals.APPROVE_PERMISSION)
     ):
         raise ActionError("permission", "You are not allowed to re-run pre-flights.")
     action_id = action.pk if isinstance(action, PRAAction) else action
@@ -148,7 +149,7 @@ def _void(action: PRAAction, reason: str, *, actor: Actor) -> bool:
     return True
 
 
-def reconcile_preflights(now=None) -> dict[str, list[int]]:
+def reconcile_preflights(now: datetime | None = None) -> dict[str, list[int]]:
     """Bound every PENDING pre-flight: re-enqueue it if its job vanished, and end it
     FAILED once it has been pending longer than ``PRA_PREFLIGHT_TIMEOUT`` (the job
     hung or was lost), so approval is never left waiting on it."""

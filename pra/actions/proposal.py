@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,7 +24,7 @@ from pra.actions.common import (
     preflight_job_id,
 )
 from pra.actions.preflight import _restart_preflight
-from pra.catalog import CatalogError, get_spec
+from pra.catalog import ActionSpec, CatalogError, get_spec
 from pra.choices import OPEN, ActionStatus, Impact
 from pra.models import DiagnosticRun, Host, PRAAction, PreflightStatus, Source
 
@@ -48,16 +48,16 @@ def _validate_rationale(rationale: str) -> str:
 class Proposer:
     """Who proposes: a person, an AI identity acting for a user, or a rule."""
 
-    user: AbstractBaseUser | None
+    user: User | None
     label: str
     source: str = Source.HUMAN
 
     @classmethod
-    def human(cls, user: AbstractBaseUser) -> Proposer:
+    def human(cls, user: User) -> Proposer:
         return cls(user=user, label=user.get_username(), source=Source.HUMAN)
 
     @classmethod
-    def ai(cls, user: AbstractBaseUser) -> Proposer:
+    def ai(cls, user: User) -> Proposer:
         return cls(user=user, label=f"AI:{user.get_username()}", source=Source.AI)
 
     @classmethod
@@ -69,7 +69,9 @@ class Proposer:
         return Actor(label=self.label, user=self.user)
 
 
-def validate_proposal(*, action: str, host: Host | str, params, rationale: str, auto_approve: bool):
+def validate_proposal(
+    *, action: str, host: Host | str, params: object, rationale: str, auto_approve: bool
+) -> tuple[ActionSpec, dict[str, str], str, Host]:
     """Check a proposal without writing anything; returns (spec, params, rationale, host)."""
     try:
         spec = get_spec(action)
@@ -112,9 +114,9 @@ def submit_proposal(
     *,
     action: str,
     host: Host | str,
-    params: dict | None,
+    params: dict[str, Any] | None,
     rationale: str,
-    by: Proposer | AbstractBaseUser,
+    by: Proposer | User,
     auto_approve: bool = False,
     evidence_ids: list[int] | tuple[int, ...] = (),
 ) -> Proposal:
@@ -130,9 +132,10 @@ def submit_proposal(
     _require_perm(proposer.user, PROPOSE_PERMISSION, "propose remediations")
     _storable(action=action, host=host if isinstance(host, str) else "", params=params,
               rationale=rationale)  # fmt: skip
-    spec, clean_params, text, host = validate_proposal(
+    spec, clean_params, text, target = validate_proposal(
         action=action, host=host, params=params, rationale=rationale, auto_approve=auto_approve
     )
+    host = target
     _check_auto_approve_allowed(proposer, auto_approve)
     if not isinstance(evidence_ids, list | tuple) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in evidence_ids

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -15,7 +15,7 @@ from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
 
 
-def reap_lost_runs(now=None) -> list[int]:
+def reap_lost_runs(now: datetime | None = None) -> list[int]:
     """FAIL (worker lost) every EXECUTING action whose worker stopped beating. Never re-runs."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.PRA_HEARTBEAT_GRACE)
@@ -24,8 +24,12 @@ def reap_lost_runs(now=None) -> list[int]:
         "pk", "heartbeat_at", "started_at", "action"
     )
     for pk, beat, started, name in candidates:
-        overdue = started and started + timedelta(seconds=get_spec(name).timeout) + grace < now
-        silent = (beat or started) is None or (beat or started) + grace < now
+        overdue = (
+            started is not None
+            and started + timedelta(seconds=get_spec(name).timeout) + grace < now
+        )
+        last_sign = beat or started
+        silent = last_sign is None or last_sign + grace < now
         if not (overdue or silent):
             continue
         detail = "no heartbeat from the worker" if silent else "ran past its timeout"
@@ -35,7 +39,7 @@ def reap_lost_runs(now=None) -> list[int]:
     return reaped
 
 
-def reconcile_approved(now=None) -> list[int]:
+def reconcile_approved(now: datetime | None = None) -> list[int]:
     """Re-enqueue APPROVED actions whose job vanished (Redis flush/restart) while still valid."""
     now = now or timezone.now()
     requeued = []
@@ -45,7 +49,7 @@ def reconcile_approved(now=None) -> list[int]:
     return requeued
 
 
-def expire_due(now=None) -> list[int]:
+def expire_due(now: datetime | None = None) -> list[int]:
     now = now or timezone.now()
     due = list(
         PRAAction.objects.filter(status=ActionStatus.APPROVED, expires_at__lte=now).values_list(

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import django_rq
-from rq import SimpleWorker
-
-from backups.choices import SourceKind, Transport
+from backups.choices import SourceKind
 from backups.models import BackupRun, BackupSource
 from portal.models import AuditEvent
+from tests import jobs as shared
+from tests.factories import make_source
 
 
 def run_jobs() -> None:
-    """Drain the backups queue with a real RQ worker in burst mode (in-process)."""
-    worker = django_rq.get_worker("backups", worker_class=SimpleWorker)
-    worker.work(burst=True, with_scheduler=False)
-
-
-def make_source(name: str, kind: str, **fields) -> BackupSource:
-    source = BackupSource(name=name, kind=kind, **{"transport": Transport.DIRECT, **fields})
-    source.full_clean()
-    source.save()
-    return source
+    """Drain the backups queue (``tests.jobs.run_jobs``)."""
+    shared.run_jobs("backups")
 
 
 def pg_source(name: str, dsn: str, databases: str, **fields) -> BackupSource:

@@ -15,8 +15,7 @@ from backups.models import BackupArtifact, BackupRun
 from backups.sources import PostgresTransport
 from backups.storage import get_storage
 from tests.backups.helpers import backup_now, pg_source, run_jobs, trail
-from tests.pra.helpers import BASE_DIR, PYTHON
-from tests.stack import kill_tree, wait_for
+from tests.stack import BASE_DIR, PYTHON, kill_tree, wait_for
 
 
 @pytest.mark.django_db

@@ -20,8 +20,7 @@ from backups.models import BackupRun
 from portal.models import Notification, NotificationChannel
 from tests.backups.helpers import pg_source
 from tests.backups.netfaults import ThrottledProxy
-from tests.pra.helpers import BASE_DIR, PYTHON
-from tests.stack import kill_tree, stack_env, wait_for
+from tests.stack import BASE_DIR, PYTHON, kill_tree, stack_env, wait_for
 
 ROWS = "CREATE TABLE events (id int, body text); INSERT INTO events SELECT i, repeat(md5(i::text), 8) FROM generate_series(1, 8000) i;"  # noqa: E501
 

@@ -19,8 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +37,8 @@ from pra.devtarget import LocalTarget
 from pra.models import Host
 from tests.conftest import TEST_PASSWORD
 from tests.pra import conftest as pra_fixtures
-from tests.pra.helpers import BASE_DIR, PYTHON, child_env, register
+from tests.pra.helpers import child_env, register
+from tests.stack import BASE_DIR, PYTHON, wait_until
 
 # The remediation tests' loopback target and its reset before each test that uses it.
 shared_ssh_target = pra_fixtures.shared_ssh_target
@@ -59,16 +58,6 @@ STARTUP_TIMEOUT = 30.0  # seconds for daphne to listen (imports Django, ~2 s her
 STOP_TIMEOUT = 10.0
 
 T = TypeVar("T")
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.05)
-    return False
 
 
 def _port_open(port: int) -> bool:
@@ -135,7 +124,7 @@ def _start_daphne(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _wait_until(lambda: proc.poll() is not None or _port_open(port), STARTUP_TIMEOUT)
+    wait_until(lambda: proc.poll() is not None or _port_open(port), STARTUP_TIMEOUT)
     if proc.poll() is None and _port_open(port):
         return proc
     _stop(proc)
@@ -187,7 +176,7 @@ class Stack:
         if while_down is not None:
             while_down()
         log = self.log_dir / "daphne.log"
-        _wait_until(lambda: _bindable(self.port), STOP_TIMEOUT)
+        wait_until(lambda: _bindable(self.port), STOP_TIMEOUT)
         proc = _start_daphne(self.port, self.env, log, append=True)
         if proc is None:
             pytest.fail(f"daphne did not restart:\n{_tail(log)}")

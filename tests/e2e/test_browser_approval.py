@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from pra.choices import ActionStatus
 from pra.models import PRAAction
 from tests.e2e.conftest import in_thread
-from tests.pra.factories import RATIONALE, propose
+from tests.factories import RATIONALE, propose
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -23,9 +23,10 @@ from backups.models import BackupRun
 from incidents import actions as incidents
 from pra.models import PRAAction
 from tests.e2e.conftest import in_thread
+from tests.factories import propose
 from tests.portal import dashboard_world as world
-from tests.pra.factories import propose
-from tests.pra.helpers import BASE_DIR, register
+from tests.pra.helpers import register
+from tests.stack import BASE_DIR
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -6,7 +6,7 @@ from django.utils import timezone
 from incidents import actions
 from incidents.choices import AttemptStatus, IncidentStatus
 from incidents.models import AgentCommand, AutoPatchAttempt, Decision, OpsPolicy
-from tests.portal.test_roles import ANON
+from tests.conftest import ANON
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from incidents import actions
 from incidents.choices import AttemptStatus, DecisionSource, IncidentStatus, Outcome, Severity
 from incidents.models import AgentCommand, AutoPatchAttempt, Decision, Incident, OpsPolicy
 from tests.incidents.helpers import JSONService, beat, payload
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

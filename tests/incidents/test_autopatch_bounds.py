@@ -17,7 +17,7 @@ from portal.choices import AuditEventType
 from portal.lib.redis import get_redis
 from portal.models import AuditEvent
 from tests.incidents.helpers import JSONService, beat, payload
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 from tests.stack import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,9 +11,9 @@ from incidents import actions
 from incidents.choices import DecisionAction, DecisionSource, IncidentStatus, Outcome
 from incidents.models import Decision, Incident
 from pra.models import PRAAction
+from tests.factories import offline_host
 from tests.incidents.helpers import JSONService, RawService, beat, payload
-from tests.pra.factories import offline_host
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

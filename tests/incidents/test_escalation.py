@@ -9,7 +9,7 @@ from django.utils import timezone
 from incidents import actions
 from portal.models import EscalationLevel, Notification, NotificationChannel
 from tests.incidents.helpers import JSONService
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

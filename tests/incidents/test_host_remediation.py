@@ -8,9 +8,9 @@ from incidents.choices import IncidentStatus
 from incidents.models import Incident
 from pra.choices import ActionStatus
 from pra.models import PRAAction, Source
+from tests.factories import offline_host
 from tests.incidents.helpers import beat, payload
-from tests.pra.factories import offline_host
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

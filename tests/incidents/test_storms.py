@@ -15,7 +15,7 @@ from incidents.models import Agent, Decision, GroupingRule, Incident, IncidentGr
 from portal.choices import NotificationKind
 from portal.models import AuditEvent, Notification, NotificationChannel
 from tests.incidents.helpers import beat, overdue_agents, payload
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,7 +147,7 @@ def test_a_tag_rule_groups_the_agents_carrying_the_tag(pager):
 
 
 def test_a_host_rule_groups_per_host():
-    from tests.pra.factories import offline_host
+    from tests.factories import offline_host
 
     only_rule(group_by="host", min_agents=3)
     one, two = offline_host("host-one"), offline_host("host-two")
@@ -285,7 +285,7 @@ def test_held_pages_are_taken_in_by_a_storm_forming_within_the_wait(pager):
 
 
 def test_services_of_a_host_that_is_down_page_nobody_of_their_own(client, pager, no_storms):
-    from tests.pra.factories import offline_host
+    from tests.factories import offline_host
 
     host = offline_host("db-host")
     now = timezone.now()

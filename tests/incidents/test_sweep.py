@@ -20,7 +20,7 @@ from incidents.models import Agent, Decision, Incident, IncidentEvent
 from portal.choices import AuditEventType, NotificationKind
 from portal.models import AuditEvent, Notification, NotificationChannel
 from tests.incidents.helpers import JSONService, beat, overdue_agents
-from tests.pra.helpers import run_jobs
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,7 +25,7 @@ from incidents import actions as incidents
 from incidents.choices import AttemptStatus, DecisionAction, DecisionSource, Severity
 from incidents.models import AutoPatchAttempt, Decision, Incident
 from pra.models import Host, PRAAction
-from tests.pra.factories import offline_host, propose
+from tests.factories import offline_host, propose
 
 LONG_NAME = "a-" + "very-long-name-" * 6 + "end"
 

@@ -22,8 +22,8 @@ from portal.dashboard import collect_approvals
 from pra import actions as pra
 from pra.models import PRAAction, PreflightStatus
 from tests.conftest import make_user
+from tests.factories import offline_host, propose
 from tests.portal import dashboard_world as world
-from tests.pra.factories import offline_host, propose
 
 pytestmark = pytest.mark.django_db
 

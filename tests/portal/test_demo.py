@@ -20,9 +20,8 @@ from portal import devstack
 from portal.lib.localservices import ServiceError, free_port
 from pra.devtarget import DEFAULT_TELEMETRY, LocalTarget, read_telemetry
 from pra.models import Host
-from tests.pra.factories import OFFLINE_HOST_KEY
-from tests.pra.helpers import BASE_DIR, PYTHON
-from tests.stack import wait_for
+from tests.factories import OFFLINE_HOST_KEY
+from tests.stack import BASE_DIR, PYTHON, wait_for
 
 LOCKED = ServiceError(
     "apt-get install openssh-server failed:\nE: Could not get lock /var/lib/dpkg/lock-frontend. "

@@ -101,7 +101,7 @@ def test_a_ping_rejoins_the_group_after_a_redis_flush(viewer):
 
 
 def _action(operator) -> str:
-    from tests.pra.factories import offline_host, propose
+    from tests.factories import offline_host, propose
 
     return str(propose(operator, offline_host()).pk)
 

@@ -23,7 +23,6 @@ from aiosmtpd.controller import Controller
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
-from rq import SimpleWorker
 from rq.job import Job
 
 from portal import notify as notify_mod
@@ -42,7 +41,8 @@ from portal.notify import DeliveryError, notify
 from pra import actions
 from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
-from tests.pra.factories import offline_host, propose
+from tests.factories import offline_host, propose
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -132,11 +132,6 @@ def smtp_server(settings):
 @pytest.fixture
 def no_retry_delay(monkeypatch):
     monkeypatch.setattr(notify_mod, "RETRY_INTERVALS", (0, 0, 0, 0))
-
-
-def run_jobs() -> None:
-    worker = django_rq.get_worker("default", worker_class=SimpleWorker)
-    worker.work(burst=True, with_scheduler=False)
 
 
 def channel(name: str, kind: str = ChannelKind.WEBHOOK, **fields) -> NotificationChannel:
@@ -264,7 +259,7 @@ def test_a_webhook_gets_a_small_typed_json_document(send, receiver, settings):
         severity="warning",
         url="/admin/pra/praaction/42/change/",
     )
-    run_jobs()
+    run_jobs("default")
     row = Notification.objects.get(pk=pk)
     assert row.status == NotificationStatus.SENT, row.last_error
     assert row.attempts == 1 and row.sent_at is not None
@@ -306,7 +301,7 @@ def test_slack_gets_readable_text_from_a_url_kept_in_the_environment(
         escalation_level=2,
         url="/admin/incidents/incident/7/change/",
     )
-    run_jobs()
+    run_jobs("default")
     assert receiver.requests[0][0] == "/services/" + SECRET_TOKEN
     text = receiver.json()["text"]
     assert receiver.json() == {"text": text}
@@ -325,7 +320,7 @@ def test_email_reaches_every_recipient_over_smtp(send, smtp_server):
         body="pg_dump exited 1.",
         severity="critical",
     )
-    run_jobs()
+    run_jobs("default")
     assert Notification.objects.get(pk=pk).status == NotificationStatus.SENT
     [envelope] = smtp_server.envelopes
     assert envelope.mail_from == "portal@ops.test"
@@ -339,7 +334,7 @@ def test_a_transient_failure_is_retried_then_sent(send, receiver, no_retry_delay
     channel("hook", url=receiver.url())
     receiver.statuses = [503]
     [pk] = send()
-    run_jobs()
+    run_jobs("default")
     row = Notification.objects.get(pk=pk)
     assert row.status == NotificationStatus.SENT
     assert row.attempts == 2
@@ -357,7 +352,7 @@ def test_a_failing_receiver_ends_failed_audited_and_redacted(
     receiver.statuses = [500] * 10
 
     [pk] = send(severity="critical")  # the caller never sees the failure
-    run_jobs()
+    run_jobs("default")
 
     row = Notification.objects.get(pk=pk)
     assert len(receiver.requests) == 5  # the first attempt and four retries
@@ -381,10 +376,10 @@ def test_a_failing_receiver_ends_failed_audited_and_redacted(
 def test_a_sent_notification_is_never_sent_twice(send, receiver):
     channel("hook", url=receiver.url())
     [pk] = send()
-    run_jobs()
+    run_jobs("default")
     assert send_notification(pk) == "already sent"  # the job retried by hand
     assert notify_mod.enqueue(pk) is True  # or re-enqueued after a Redis flush
-    run_jobs()
+    run_jobs("default")
     assert len(receiver.requests) == 1
     assert Notification.objects.get(pk=pk).attempts == 1
 
@@ -430,7 +425,7 @@ def test_stuck_pending_notifications_are_re_enqueued(send, receiver):
 
     assert resend_stuck_notifications() == [old]
     assert resend_stuck_notifications() == []  # its job is queued now: not twice
-    run_jobs()
+    run_jobs("default")
     assert Notification.objects.get(pk=old).status == NotificationStatus.SENT
     assert Notification.objects.get(pk=recent).status == NotificationStatus.PENDING
     assert len(receiver.requests) == 1
@@ -439,7 +434,7 @@ def test_stuck_pending_notifications_are_re_enqueued(send, receiver):
 def test_metrics_count_notifications_by_status(client, send, receiver):
     channel("hook", url=receiver.url())
     send()
-    run_jobs()
+    run_jobs("default")
     send()
     Notification.objects.filter(status=NotificationStatus.PENDING).update(
         status=NotificationStatus.FAILED

@@ -45,12 +45,12 @@ from django_rq.settings import get_queues_map
 
 from portal.consumers import SUBJECTS
 from portal.lib.localservices import free_port
-from portal.mcp_http import MCP_PATH
+from portal.mcp.http import MCP_PATH
 from portal.models import ApiToken
 from portal.routing import websocket_urlpatterns
 from portal.tokens import create_token, revoke_token
 from tests.conftest import make_user
-from tests.pra.factories import OFFLINE_HOST_KEY, RATIONALE
+from tests.factories import OFFLINE_HOST_KEY, RATIONALE
 
 # --- identities ----------------------------------------------------------------------
 
@@ -454,7 +454,7 @@ def build_world(*, http: bool = True) -> World:
         world.objects["portal.notification"] = notify.send_test(channel, by=users["admin"])
         queue = django_rq.get_queue("pra", commit_mode="auto")
         world.job_id = queue.enqueue("builtins.len", "matrix").id
-    from tests.backups.helpers import make_source
+    from tests.factories import make_source
 
     source = make_source("matrix-redis", "redis", dsn="redis://127.0.0.1:1/0")
     from backups import actions as backups
@@ -795,10 +795,10 @@ def test_mcp_matrix():
     ends with the test.
     """
     from portal.asgi import django_asgi_app
-    from portal.mcp_http import MCPEndpoint, route_mcp
-    from pra.mcp import server as mcp_server
+    from portal.mcp import get_server
+    from portal.mcp.http import MCPEndpoint, route_mcp
 
-    endpoint = MCPEndpoint(mcp_server)
+    endpoint = MCPEndpoint(get_server())
     application = route_mcp(endpoint, django_asgi_app)
     world = build_world(http=False)
     [route] = [r for r in collect_routes() if r.surface == "mcp"]

@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth.models import Group
 
 from portal.roles import Role
+from tests.conftest import ANON
 
-ANON = "anonymous"
 # (url, {persona: expected status}); personas not listed expect 403.
 MATRIX = [
     ("/", {"viewer": 200, "operator": 200, "approver": 200, "admin_user": 200, ANON: 302}),

@@ -17,7 +17,7 @@ from portal.lib.text import UnstorableText, find_unstorable, refuse_unstorable
 from portal.models import AuditEvent
 from portal.tokens import create_token
 from pra.models import DiagnosticRun, PRAAction
-from tests.pra.factories import RATIONALE, offline_host, propose
+from tests.factories import RATIONALE, offline_host, propose
 from tests.stack import BASE_DIR, stack_env
 
 pytestmark = pytest.mark.django_db

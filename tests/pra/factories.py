@@ -1,30 +1,5 @@
-"""Builders for remediation tests."""
+"""Builders for remediation tests (shared with the other apps' tests: ``tests.factories``)."""
 
-from __future__ import annotations
+from tests.factories import OFFLINE_HOST_KEY, RATIONALE, offline_host, propose
 
-from pra import actions
-from pra.models import Host
-
-# A syntactically valid key for hosts that are never contacted.
-OFFLINE_HOST_KEY = (
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3mhsK1n2V4Fq0n2V3mYwJ1M3VnYkS5cK3Zq0wq4d4X"
-)
-
-RATIONALE = "unbound is inactive on the resolver and clients time out on DNS lookups"
-
-
-def offline_host(name: str = "dns-1") -> Host:
-    return actions.add_host(
-        name=name, address="192.0.2.10", port=22, ssh_user="pra", host_key=OFFLINE_HOST_KEY
-    )
-
-
-def propose(by, host, action="restart_unbound", params=None, **kwargs):
-    return actions.propose_action(
-        action=action,
-        host=host,
-        params=params or {},
-        rationale=kwargs.pop("rationale", RATIONALE),
-        by=by,
-        **kwargs,
-    )
+__all__ = ["OFFLINE_HOST_KEY", "RATIONALE", "offline_host", "propose"]

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-import django_rq
 from django.db import connection
-from rq import SimpleWorker
 
 from pra import actions
 from pra.models import Host
-
-BASE_DIR = Path(__file__).resolve().parents[2]
+from tests.stack import BASE_DIR
 
 
 def register(target, settings, name: str = "dns-1") -> Host:
@@ -27,12 +22,6 @@ def register(target, settings, name: str = "dns-1") -> Host:
         ssh_user=target.user,
         host_key=target.host_key_line,
     )
-
-
-def run_jobs() -> None:
-    """Drain the queues with a real RQ worker in burst mode (in-process, no fork)."""
-    worker = django_rq.get_worker("pra", "default", worker_class=SimpleWorker)
-    worker.work(burst=True, with_scheduler=False)
 
 
 def restarts(target, *words: str) -> int:
@@ -50,6 +39,3 @@ def child_env(target) -> dict[str, str]:
         "PRA_DIAG_SSH_KEY_FILE": str(target.diag_key_path),
         "PYTHONPATH": str(BASE_DIR),
     }
-
-
-PYTHON = sys.executable

@@ -4,7 +4,7 @@ import pytest
 
 from pra.choices import ActionStatus
 from pra.models import PRAAction
-from tests.portal.test_roles import ANON
+from tests.conftest import ANON
 from tests.pra.factories import RATIONALE, offline_host, propose
 
 pytestmark = pytest.mark.django_db

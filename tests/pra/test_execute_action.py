@@ -11,8 +11,9 @@ from portal.models import AuditEvent
 from pra import actions, transport
 from pra.choices import ActionStatus, FailureCause, Verification
 from pra.models import PRAAction, PreflightStatus
+from tests.jobs import run_jobs
 from tests.pra.factories import propose
-from tests.pra.helpers import register, restarts, run_jobs
+from tests.pra.helpers import register, restarts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

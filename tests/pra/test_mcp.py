@@ -50,8 +50,10 @@ from pra import actions
 from pra.choices import ActionStatus
 from pra.models import DiagnosticRun, PRAAction, Source
 from tests.conftest import make_user
+from tests.jobs import run_jobs
 from tests.pra.factories import RATIONALE
-from tests.pra.helpers import BASE_DIR, PYTHON, child_env, restarts, run_jobs
+from tests.pra.helpers import child_env, restarts
+from tests.stack import BASE_DIR, PYTHON, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -75,16 +77,6 @@ TOOLS = {
 }
 TIMEOUT = 120.0  # seconds for any one MCP request (execute waits for the run)
 STARTUP_TIMEOUT = 30.0
-
-
-def _wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.05)
-    return False
 
 
 # --- driving the SDK client from synchronous tests ---------------------------------------
@@ -215,7 +207,7 @@ def _start_daphne(port: int, env: dict[str, str], log) -> subprocess.Popen | Non
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    listening = _wait_until(
+    listening = wait_until(
         lambda: proc.poll() is not None or port_answers("127.0.0.1", port), STARTUP_TIMEOUT
     )
     if listening and proc.poll() is None:
@@ -568,7 +560,7 @@ def test_execute_waits_for_the_run_the_worker_already_started(
             start_new_session=True,
         )  # fmt: skip
         try:
-            assert _wait_until(
+            assert wait_until(
                 lambda: restarts(shared_ssh_target, "systemctl", "restart", "caddy") == 1, 60
             ), "the worker never started the restart"
             assert PRAAction.objects.get(pk=proposed["id"]).status == ActionStatus.EXECUTING
@@ -683,7 +675,8 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
 ):
     """In-process (the SDK's in-memory client) so the failure can be injected: the
     identity lookup is swapped for the operator (no token transport in memory)."""
-    from pra import mcp as pra_mcp
+    from portal.mcp import core as mcp_core
+    from portal.mcp import get_server
 
     async def identify(request):
         return operator
@@ -691,10 +684,10 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
     def broken(**kwargs):
         raise RuntimeError('relation "x" violates: INSERT INTO pra_praaction VALUES (...)')
 
-    monkeypatch.setattr(pra_mcp, "_identify", identify)
+    monkeypatch.setattr(mcp_core, "_identify", identify)
     monkeypatch.setattr(actions, "submit_proposal", broken)
     with start_blocking_portal() as portal:
-        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        client = Client(get_server(), read_timeout_seconds=TIMEOUT)
         with portal.wrap_async_context_manager(client):
             result = portal.call(
                 client.call_tool,
@@ -717,7 +710,8 @@ def test_an_unexpected_failure_shows_a_reference_never_its_text(
 def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_host, monkeypatch):
     """In-process, to make the audit write fail: the proposal it would have audited is
     rolled back with it, and the client gets the generic error."""
-    from pra import mcp as pra_mcp
+    from portal.mcp import core as mcp_core
+    from portal.mcp import get_server
 
     async def identify(request):
         return operator
@@ -725,10 +719,10 @@ def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_
     def audit_fails(call, outcome, error):
         raise RuntimeError("audit table unavailable: INSERT INTO portal_auditevent ...")
 
-    monkeypatch.setattr(pra_mcp, "_identify", identify)
-    monkeypatch.setattr(pra_mcp, "_audit", audit_fails)
+    monkeypatch.setattr(mcp_core, "_identify", identify)
+    monkeypatch.setattr(mcp_core, "_audit", audit_fails)
     with start_blocking_portal() as portal:
-        client = Client(pra_mcp.server, read_timeout_seconds=TIMEOUT)
+        client = Client(get_server(), read_timeout_seconds=TIMEOUT)
         with portal.wrap_async_context_manager(client):
             result = portal.call(
                 client.call_tool,

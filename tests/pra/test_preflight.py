@@ -17,8 +17,9 @@ from pra import actions
 from pra.actions import ActionError
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus
+from tests.jobs import run_jobs
 from tests.pra.factories import propose
-from tests.pra.helpers import register, restarts, run_jobs
+from tests.pra.helpers import register, restarts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

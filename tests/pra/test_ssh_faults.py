@@ -20,8 +20,9 @@ from portal.lib import ssh
 from pra import actions, transport
 from pra.choices import ActionStatus, FailureCause
 from pra.models import DiagnosticRun, PRAAction, PreflightStatus
+from tests.jobs import run_jobs
 from tests.pra.factories import propose
-from tests.pra.helpers import register, run_jobs
+from tests.pra.helpers import register
 from tests.stack import _descendants
 
 pytestmark = pytest.mark.django_db(transaction=True)

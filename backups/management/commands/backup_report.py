@@ -30,7 +30,7 @@ class Command(BaseCommand):
         self.stdout.write(header)
         for source in queryset.order_by("name"):
             last = BackupRun.objects.of_source(source).stored().order_by("-created").first()
-            good = BackupRun.objects.of_source(source).usable().order_by("-created").first()
+            good = BackupRun.objects.of_source(source).last_good()
             drill = BackupDrill.objects.filter(source=source).exclude(status="QUEUED").first()
             verified = "-"
             if last is not None:

@@ -126,7 +126,7 @@ class Command(BaseCommand):
 
     def _list(self, **options):
         for artifact in (
-            BackupArtifact.objects.filter(verification="VERIFIED", run__deleted_at__isnull=True)
+            BackupArtifact.objects.restorable()
             .select_related("run__source")
             .order_by("-run__created")[:50]
         ):

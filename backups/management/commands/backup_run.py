@@ -64,12 +64,7 @@ def _actor(username: str):
 
 
 def _expected_size(run: BackupRun) -> int | None:
-    previous = (
-        BackupRun.objects.filter(source=run.source, status=RunStatus.SUCCEEDED)
-        .exclude(pk=run.pk)
-        .order_by("-created")
-        .first()
-    )
+    previous = BackupRun.objects.size_reference(run)
     return previous.bytes_raw if previous else None
 
 

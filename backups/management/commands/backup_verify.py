@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -39,7 +37,7 @@ class Command(BaseCommand):
             missing = set(sources) - set(queryset.values_list("name", flat=True))
             if missing:
                 raise CommandError(f"Unknown source(s): {', '.join(sorted(missing))}")
-        fresh_after = timezone.now() - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+        now = timezone.now()
         header = f"{'source':<24} {'last success':<20} {'age':>7} {'size':>10}  verified"
         self.stdout.write(header)
         stale, suspect = [], []
@@ -68,7 +66,7 @@ class Command(BaseCommand):
             )
             if last.verification != Verification.VERIFIED:
                 self.stdout.write(f"    {last.verify_detail[:500]}")
-            good = BackupRun.objects.of_source(source).usable().order_by("-created").first()
+            good = BackupRun.objects.of_source(source).last_good()
             if last.awaiting_acceptance:
                 suspect.append(source.name)
                 where = f"#{good.pk} of {good.created:%Y-%m-%d %H:%M} UTC" if good else "none"
@@ -80,7 +78,7 @@ class Command(BaseCommand):
             fresh = (
                 last.verification == Verification.VERIFIED
                 and good is not None
-                and good.created >= fresh_after
+                and good.is_fresh(now)
             )
             if not fresh and source.name not in suspect:
                 stale.append(source.name)

@@ -35,7 +35,9 @@ class Command(BaseCommand):
                 "The token is not valid for MCP (unknown, revoked, its user inactive, or not "
                 "created with --scope mcp)."
             )
-        from pra.mcp import serve_stdio  # the SDK takes a while to import: only when serving
+        from portal.mcp.server import (
+            serve_stdio,
+        )  # the SDK takes a while to import: only when serving
 
         self.stderr.write(f"Serving MCP over stdio as {user.get_username()}.")
         anyio.run(serve_stdio, raw)
