@@ -233,8 +233,8 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> None:
         if button is None or not crawl.page.evaluate(PREPARE_JS, [scope, button["i"], FILLER]):
             continue
         target = crawl.page.locator("[data-e2e-press]")
-        if not target.is_visible():
-            continue  # e.g. a form the page's script removed
+        if not target.is_visible() or not target.is_enabled():
+            continue  # a form the page's script removed, a widget's disabled "Remove all"
         before = crawl.last
         if button["submit"]:
             with crawl.page.expect_navigation(wait_until="domcontentloaded"):
