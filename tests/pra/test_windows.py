@@ -11,11 +11,9 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 
-import django_rq
 import pytest
 from django.test import Client
 from django.utils import timezone
-from rq import SimpleWorker
 
 from backups.choices import RunStatus, SourceKind, Verification
 from backups.models import BackupRun
@@ -28,10 +26,11 @@ from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.models import ChangeFreeze, MaintenanceWindow, PRAAction, WindowOpening
 from tests.backups.conftest import RedisServer
-from tests.backups.helpers import make_source
 from tests.conftest import TEST_PASSWORD
+from tests.factories import make_source
+from tests.jobs import run_jobs
 from tests.pra.factories import RATIONALE, offline_host, propose
-from tests.pra.helpers import restarts, run_jobs
+from tests.pra.helpers import restarts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,8 +68,7 @@ def _weekly(by, opens: datetime, *, name: str = "sunday-night", minutes: int = 1
 
 
 def _run_backups() -> None:
-    worker = django_rq.get_worker("backups", worker_class=SimpleWorker)
-    worker.work(burst=True, with_scheduler=False)
+    run_jobs("backups")
 
 
 # --- the calendar ------------------------------------------------------------------------
