@@ -15,8 +15,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 ## Set up and run the portal (SQLite + local Redis, demo data) in the foreground.
+## TARGET=vm: the demo target is a real Debian VM under QEMU (first run builds its image).
+TARGET ?= local
 run: venv
-	$(BIN)/python -m portal.devstack
+	$(BIN)/python -m portal.devstack --target=$(TARGET)
 
 ## Set up and run the whole test suite against real PostgreSQL and Redis.
 test: venv
@@ -33,8 +35,8 @@ format: venv
 	$(BIN)/ruff format .
 
 ## Benchmarks (bench/): print figures, not timed tests. Installs bench/requirements.txt.
-.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
-bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit
+.PHONY: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit bench-year bench-vm
+bench: bench-pra bench-backup bench-heartbeats bench-sweep bench-live bench-audit bench-year
 
 ## Remediation latency: approval → command on the target, vs bare SSH and ansible.
 bench-pra: venv
@@ -59,9 +61,18 @@ bench-sweep: venv
 bench-live: venv
 	$(BIN)/python bench/live_idle.py $(ARGS)
 
+## The VM target: image build (ARGS=--cold: from scratch), boot, each action's latency on it.
+bench-vm: venv
+	$(BIN)/python bench/vm_target.py $(ARGS)
+
 ## audit_verify over 500,000 events, next to the old verifier.
 bench-audit: venv
 	$(BIN)/python bench/audit_verify.py $(ARGS)
+
+## A year of data (issue 17) in a throwaway bench_year database: every admin page and API
+## list, median ms, queries, slowest query. ARGS="--scale 0.1" for a smaller world.
+bench-year: venv
+	$(BIN)/python bench/year_of_data.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/test-services var/test-var

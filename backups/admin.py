@@ -6,12 +6,13 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from backups import actions, restore_targets
@@ -25,7 +26,11 @@ from backups.models import (
     RestoreTarget,
 )
 from portal.admin_approvals import ApprovalAdminMixin
+from portal.admin_base import AuditedConfigAdmin, readable
+from portal.admin_display import badge, bytes_column, duration_column, time_column
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
+from portal.templatetags.portal_format import ago, human_duration
 
 BADGE = {
     RunStatus.SUCCEEDED: "ok",
@@ -39,13 +44,50 @@ MANAGE = "portal.manage_portal"
 
 
 def _badge(text: str):
-    return format_html(
-        '<span class="pra-badge {}" data-status="{}">{}</span>', BADGE.get(text, "warn"), text, text
-    )
+    return badge(text, kind=BADGE.get(text, "warn"))
+
+
+VERIFICATION_WORDS = {
+    Verification.PENDING: ("not run", ""),
+    Verification.VERIFIED: ("passed", "ok"),
+    Verification.FAILED: ("failed", "bad"),
+}
+
+
+def verification_badge(value: str):
+    """A backup's verification as not run / passed / failed."""
+    words, kind = VERIFICATION_WORDS.get(value, (value, "warn"))
+    return badge(value, kind=kind, label=words)
+
+
+_UNREAD = object()
+
+
+class BackupSourceChangeList(ChangeList):
+    """Reads the newest succeeded backup of every source on the page in two queries, for
+    the "last backup" column (it was one query per source)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        sources = list(self.result_list)
+        newest = (
+            BackupRun.objects.stored()
+            .filter(source=OuterRef("pk"), restore__isnull=True)
+            .order_by("-created")
+        )
+        ids = dict(
+            BackupSource.objects.filter(pk__in=[s.pk for s in sources])
+            .annotate(run_id=Subquery(newest.values("pk")[:1]))
+            .values_list("pk", "run_id")
+        )
+        runs = BackupRun.objects.in_bulk([pk for pk in ids.values() if pk])
+        for source in sources:
+            source.newest_succeeded = runs.get(ids.get(source.pk))
+        self.result_list = sources
 
 
 @admin.register(BackupSource)
-class BackupSourceAdmin(admin.ModelAdmin):
+class BackupSourceAdmin(AuditedConfigAdmin):
     list_display = ("name", "kind", "transport", "cron", "enabled", "retention", "last_backup")
     list_filter = ("kind", "enabled")
     search_fields = ("name", "dsn")
@@ -89,6 +131,15 @@ class BackupSourceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def config_create(self, request, fields):
+        return actions.create_source(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return actions.update_source(obj.pk, by=request.user, **changes)
+
+    def get_changelist(self, request, **kwargs):
+        return BackupSourceChangeList
+
     def get_urls(self):
         from backups.dr_admin import dr_report_view
 
@@ -99,12 +150,14 @@ class BackupSourceAdmin(admin.ModelAdmin):
 
     @admin.display(description="last backup")
     def last_backup(self, obj):
-        run = BackupRun.objects.of_source(obj).stored().first()
+        run = getattr(obj, "newest_succeeded", _UNREAD)
+        if run is _UNREAD:  # not from the changelist (which reads them for the whole page)
+            run = BackupRun.objects.of_source(obj).stored().first()
         if run is None:
             return "never"
         if run.awaiting_acceptance:
-            return format_html("{} ago · {}", _age(run.created), _badge("SHRANK"))
-        return format_html("{} ago · {}", _age(run.created), _badge(run.verification))
+            return format_html("{} · {}", ago(run.created), _badge("SHRANK"))
+        return format_html("{} · {}", ago(run.created), verification_badge(run.verification))
 
     @admin.action(description="Run a backup now")
     def run_now(self, request, queryset):
@@ -135,21 +188,24 @@ class BackupSourceAdmin(admin.ModelAdmin):
 class BackupDrillAdmin(admin.ModelAdmin):
     """Restore drills: read-only (they run on a schedule, or from "Run a restore drill now")."""
 
-    list_display = ("id", "source", "trigger", "status_badge", "created", "run", "target",
-                    "rto", "met_target")  # fmt: skip
+    list_display = ("id", "source", "trigger", "status_badge", time_column("created"), "run",
+                    "target", "rto", "met_target")  # fmt: skip
     list_filter = ("status", "met_target", "source")
-    list_select_related = ("source", "target")
-    readonly_fields = [f.name for f in BackupDrill._meta.fields]
+    list_select_related = ("source", "target", "run__source")  # str(run) names its source
+    readonly_fields = [readable(f) for f in BackupDrill._meta.fields]
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
         return _badge(obj.status)
 
-    @admin.display(description="RTO (target)")
+    @admin.display(description="restore time (target)", ordering="rto_seconds")
     def rto(self, obj):
         if obj.rto_seconds is None:
             return "—"
-        return f"{obj.rto_seconds:.1f} s ({obj.rto_target_seconds or 0:g} s)"
+        text = f"{human_duration(obj.rto_seconds)} ({human_duration(obj.rto_target_seconds)})"
+        if obj.met_target is False:
+            return badge("OVER", kind="bad", label=text)
+        return text
 
     def has_add_permission(self, request):
         return False
@@ -161,21 +217,25 @@ class BackupDrillAdmin(admin.ModelAdmin):
         return False
 
 
-def _age(moment) -> str:
-    seconds = int((timezone.now() - moment).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 class ArtifactInline(admin.TabularInline):
     model = BackupArtifact
     extra = 0
     can_delete = False
-    fields = ("component", "format", "bytes_raw", "bytes_stored", "sha256", "verification",
-              "verify_detail", "restore_link")  # fmt: skip
+    fields = ("component", "format", "raw", "stored", "sha256", "verified", "verify_detail",
+              "restore_link")  # fmt: skip
     readonly_fields = fields
+
+    @admin.display(description="size")
+    def raw(self, obj):
+        return bytes_column("bytes_raw")(obj)
+
+    @admin.display(description="stored")
+    def stored(self, obj):
+        return bytes_column("bytes_stored")(obj)
+
+    @admin.display(description="verification")
+    def verified(self, obj):
+        return verification_badge(obj.verification)
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -201,12 +261,15 @@ class AcceptForm(forms.Form):
 @admin.register(BackupRun)
 class BackupRunAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "source", "trigger", "status_badge", "failure_cause", "created",
-        "duration_s", "bytes_stored", "verified", "size_check", "deleted_at",
+        "id", "source", "trigger", "status_badge", "failure_cause", time_column("created"),
+        duration_column("duration_s", "took"), bytes_column("bytes_stored", "stored"),
+        "verified", "size_check", "copy_state", time_column("deleted_at", "deleted"),
     )  # fmt: skip
     list_filter = ("status", "failure_cause", "verification", "trigger", "shrink_flag", "source")
     list_select_related = ("source",)
-    readonly_fields = [f.name for f in BackupRun._meta.fields]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    readonly_fields = [readable(f) for f in BackupRun._meta.fields]
     inlines = [ArtifactInline]
     actions = ["verify_now", "accept_small"]
 
@@ -276,7 +339,17 @@ class BackupRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="verification", ordering="verification")
     def verified(self, obj):
-        return _badge(obj.verification)
+        return verification_badge(obj.verification)
+
+    @admin.display(description="second copy")
+    def copy_state(self, obj):
+        if obj.copy_error:
+            return format_html(
+                '<span class="pra-badge bad" title="{}">copy failed</span>', obj.copy_error[:300]
+            )
+        if obj.copied_at:
+            return badge("COPIED", kind="ok", label="copied")
+        return "—"
 
     def has_add_permission(self, request):
         return False
@@ -301,11 +374,12 @@ class BackupRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(RestoreTarget)
-class RestoreTargetAdmin(admin.ModelAdmin):
+class RestoreTargetAdmin(AuditedConfigAdmin):
     """Registered restore targets: administrators only, every change through the audited
     actions in ``backups.restore_targets``."""
 
-    list_display = ("name", "kind", "where", "credential", "enabled", "revision", "updated")
+    list_display = ("name", "kind", "where", "credential", "enabled", "drills", "revision",
+                    time_column("updated"))  # fmt: skip
     list_filter = ("kind", "enabled")
     search_fields = ("name", "host", "description")
     readonly_fields = ("revision", "created", "updated", "created_by")
@@ -338,15 +412,11 @@ class RestoreTargetAdmin(admin.ModelAdmin):
             return f"file {obj.password_file}"
         return "kubeconfig" if obj.kind == "kubernetes" else "none"
 
-    def save_model(self, request, obj, form, change):
-        fields = {name: form.cleaned_data[name] for name in restore_targets.FIELDS
-                  if name in form.cleaned_data}  # fmt: skip
-        if change:
-            saved = restore_targets.update_restore_target(obj.pk, by=request.user, **fields)
-        else:
-            saved = restore_targets.create_restore_target(by=request.user, **fields)
-        obj.pk = saved.pk
-        obj.revision = saved.revision
+    def config_create(self, request, fields):
+        return restore_targets.create_restore_target(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return restore_targets.update_restore_target(obj.pk, by=request.user, **changes)
 
 
 def _target_choices():
@@ -405,7 +475,7 @@ class PlanForm(forms.Form):
 @admin.register(RestoreRequest)
 class RestoreRequestAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     list_display = ("id", "status_badge", "mode", "artifact", "target_name", "requester_label",
-                    "created")  # fmt: skip
+                    time_column("created"))  # fmt: skip
     list_filter = ("status", "mode", "restore_target")
     change_form_template = "admin/backups/restorerequest/change_form.html"
     sign_request = staticmethod(actions.approve_restore)

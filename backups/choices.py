@@ -37,7 +37,7 @@ class SourceKind(models.TextChoices):
 
 
 # One default time per kind, spread so three nightly backups never overlap at start.
-DEFAULT_SCHEDULES = {
+DEFAULT_SCHEDULES: dict[str, str] = {
     SourceKind.POSTGRES: "0 2 * * *",
     SourceKind.REDIS: "15 2 * * *",
     SourceKind.KUBERNETES: "30 2 * * *",
@@ -170,6 +170,9 @@ class AuditEvents(models.TextChoices):
     BACKUP_DRILL_FAILED = "BACKUP_DRILL_FAILED", "Restore drill failed or over its RTO target"
     TFSTATE_FALLBACK = "TFSTATE_FALLBACK", "Terraform state written to a local backend (S3 down)"
     DISK_SPACE_ALERT = "DISK_SPACE_ALERT", "Disk space alert"
+    BACKUP_SOURCE_CHANGED = "BACKUP_SOURCE_CHANGED", "Backup source changed"
+    BACKUP_RUN_REQUESTED = "BACKUP_RUN_REQUESTED", "Backup requested (run now)"
+    BACKUP_DRILL_REQUESTED = "BACKUP_DRILL_REQUESTED", "Restore drill requested (run now)"
 
 
 @LIVE_EVENTS.register

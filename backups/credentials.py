@@ -25,7 +25,7 @@ class CredentialError(RuntimeError):
 
 
 def secrets_dir() -> Path | None:
-    value = getattr(settings, "BACKUP_SECRETS_DIR", None)
+    value = settings.BACKUP_SECRETS_DIR
     return Path(value) if value else None
 
 

@@ -27,21 +27,16 @@ def seed(stdout) -> None:
             "Backups › Backup sources."
         )
         return
+    dsn = f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
     source = BackupSource.objects.filter(name=DEMO_SOURCE).first()
     if source is None:
-        source = BackupSource(
-            name=DEMO_SOURCE,
-            kind=SourceKind.REDIS,
-            transport=Transport.DIRECT,
-            dsn=f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}",
-        )
-        source.full_clean()
-        source.save()
-    elif source.dsn != f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}":
+        source = actions.create_source(
+            by="system:demo", name=DEMO_SOURCE, kind=SourceKind.REDIS,
+            transport=Transport.DIRECT, dsn=dsn,
+        )  # fmt: skip
+    elif source.dsn != dsn:
         # `make run` may start its private Redis on a new port: follow it.
-        BackupSource.objects.filter(pk=source.pk).update(
-            dsn=f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
-        )
+        source = actions.update_source(source, by="system:demo", dsn=dsn)
     first = not BackupRun.objects.filter(source=source).exists()
     if first:
         actions.request_run(source, by="system:demo")

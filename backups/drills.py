@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from backups.choices import ArtifactFormat, RestoreMode
-from backups.models import BackupArtifact, BackupRun, BackupSource
+from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreTarget
 from backups.restore import (
     PgTarget,
     RedisTarget,
@@ -180,8 +180,15 @@ def _split_qualified_plain(name: str) -> tuple[str, str]:
     return schema, table
 
 
-def pg_drill_target(source: BackupSource, database: str) -> PgTarget:
+def _drill_target(source: BackupSource) -> RestoreTarget:
     registered = source.drill_target
+    if registered is None:
+        raise RestoreError(f"source {source.name} has no restore target for drills")
+    return registered
+
+
+def pg_drill_target(source: BackupSource, database: str) -> PgTarget:
+    registered = _drill_target(source)
     return PgTarget(
         dsn=_pg_dsn(registered), database=database, password_env=registered.password_env,
         password_file=registered.password_file, registered=registered.name,
@@ -190,7 +197,7 @@ def pg_drill_target(source: BackupSource, database: str) -> PgTarget:
 
 
 def redis_drill_target(source: BackupSource) -> RedisTarget:
-    registered = source.drill_target
+    registered = _drill_target(source)
     return RedisTarget(
         url=_redis_url(registered), password_env=registered.password_env,
         password_file=registered.password_file, registered=registered.name,
@@ -263,7 +270,7 @@ def perform(
         on_step("done", len(artifacts), len(artifacts))
     return {
         "run": run.pk,
-        "target": source.drill_target.name,
+        "target": _drill_target(source).name,
         "components": components,
         "ok": all(c.get("ok") for c in components),
         "rto_seconds": round(sum(c["restore_seconds"] for c in components), 3),

@@ -29,13 +29,16 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from backups.streaming import Reader
 
 MAGIC = b"PBKENC1\n"
 SCHEME = "aes-256-gcm-chunked-v1"
@@ -121,14 +124,14 @@ def keyring() -> Keyring:
     """The configured keys (read from settings on each use: tests and rotation see changes)."""
     from django.conf import settings
 
-    return parse_keys(getattr(settings, "BACKUP_ENCRYPTION_KEYS", ""))
+    return parse_keys(settings.BACKUP_ENCRYPTION_KEYS)
 
 
 def encrypting_key() -> Key | None:
     """The key new artifacts are encrypted with; None when encryption is off."""
     from django.conf import settings
 
-    if not getattr(settings, "BACKUP_ENCRYPTION", False):
+    if not settings.BACKUP_ENCRYPTION:
         return None
     key = keyring().current
     if key is None:
@@ -207,7 +210,7 @@ class DecryptingReader:
     missing or wrong key, damage, reordering, truncation or trailing bytes. The header
     is read (and the key looked up) at once, before anything else happens."""
 
-    def __init__(self, raw: BinaryIO, ring: Keyring, expected_key_id: str = "") -> None:
+    def __init__(self, raw: Reader, ring: Keyring, expected_key_id: str = "") -> None:
         self.raw = raw
         magic = self._exact(len(MAGIC), "header")
         if magic != MAGIC:

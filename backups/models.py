@@ -220,7 +220,7 @@ class BackupSource(models.Model):
                     errors[name] = str(exc)
         if self.dsn:
             parts = urlsplit(self.dsn)
-            expected = {
+            expected: dict[str, set[str]] = {
                 SourceKind.POSTGRES: {"postgres", "postgresql"},
                 SourceKind.REDIS: {"redis"},
             }
@@ -243,8 +243,8 @@ class BackupSource(models.Model):
             errors["transport"] = "Kubernetes resources are read with kubectl get"
         if self.drill_schedule and not croniter.is_valid(self.drill_schedule):
             errors["drill_schedule"] = "not a valid cron expression"
-        if self.drill_target_id:
-            target = self.drill_target
+        target = self.drill_target if self.drill_target_id else None
+        if target is not None:
             if self.kind not in DRILL_KINDS:
                 errors["drill_target"] = "restore drills are for PostgreSQL and Redis sources"
             elif target.kind != self.kind:
@@ -263,7 +263,7 @@ def fresh_since(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(hours=settings.BACKUP_FRESH_HOURS)
 
 
-class BackupRunQuerySet(models.QuerySet):
+class BackupRunQuerySet(models.QuerySet["BackupRun"]):
     """The one place that says which backups count (issue 13 §4): ``usable()`` is the
     "last good backup" of freshness, retention, shrink comparison, restores and reports."""
 
@@ -437,7 +437,7 @@ class BackupRun(models.Model):
         return self.usable and self.created >= fresh_since(now)
 
 
-class BackupArtifactQuerySet(models.QuerySet):
+class BackupArtifactQuerySet(models.QuerySet["BackupArtifact"]):
     def restorable(self) -> BackupArtifactQuerySet:
         """Files a restore may be planned from: verified, of a good (``usable``) backup."""
         return self.filter(verification=Verification.VERIFIED, run__in=BackupRun.objects.usable())

@@ -122,7 +122,7 @@ def _ensure_roles(target: PgTarget, storage: Storage, artifact: BackupArtifact) 
             created = pg_globals.create_missing(conn, found)
     except pg_globals.GlobalsError as exc:
         raise RestoreError(f"{exc}; nothing was changed") from None
-    except (psycopg.Error, StorageError, *UNREADABLE) as exc:
+    except UNREADABLE + (psycopg.Error, StorageError) as exc:
         raise RestoreError(
             f"cannot read the backup's globals: {exc}; nothing was changed"
         ) from None
@@ -363,7 +363,9 @@ def validate_pg(target: PgTarget, database: str, artifact: BackupArtifact) -> di
             query = sql.SQL("SELECT count(*) FROM {}.{}").format(
                 sql.Identifier(schema), sql.Identifier(table)
             )
-            rows[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]
+            counted = conn.execute(query).fetchone()
+            assert counted is not None  # count(*) always returns one row
+            rows[f"{schema}.{table}"] = counted[0]
     expected = (artifact.facts or {}).get("tables")
     ok = expected is None or expected == len(tables)
     return {

@@ -70,8 +70,10 @@ class _TempRedis:
             stderr=subprocess.STDOUT,
             text=True,
         )  # fmt: skip
+        output = self.proc.stdout
+        assert output is not None  # opened with subprocess.PIPE
         log = []
-        for line in self.proc.stdout:  # wait for the server to say it is ready (or die)
+        for line in output:  # wait for the server to say it is ready (or die)
             log.append(line)
             if "ready to accept connections" in line.lower():
                 break
@@ -79,7 +81,7 @@ class _TempRedis:
             self.proc.wait()
             raise RestoreError("redis-server could not load the RDB: " + "".join(log)[-800:])
         # Keep reading its log so the server never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        threading.Thread(target=output.read, daemon=True).start()
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.socket), db=db)
@@ -138,9 +140,10 @@ class _StagedRestore:
                 memory = admin.info("memory")
             except (redis.RedisError, OSError) as exc:
                 raise RestoreError(f"cannot read Redis at {self.target.name}: {exc}") from None
-            if self.mode == RestoreMode.SCRATCH and sum(live.values()):
+            held = sum(live.values())
+            if self.mode == RestoreMode.SCRATCH and held:
                 raise RestoreError(
-                    f"the scratch Redis {self.target.name} now holds {sum(live.values())} keys; "
+                    f"the scratch Redis {self.target.name} now holds {held} keys; "
                     "nothing was changed"
                 )
             self._check_memory(memory)
@@ -189,7 +192,8 @@ class _StagedRestore:
 
     def _databases(self, admin: redis.Redis) -> int:
         try:
-            return int(admin.config_get("databases").get("databases", 16))
+            value = admin.config_get("databases").get("databases")
+            return int(value) if value is not None else 16
         except redis.ResponseError:  # CONFIG renamed or refused (managed Redis): the default
             return 16
 

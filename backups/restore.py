@@ -41,7 +41,7 @@ _META_DROP = ("uid", "resourceVersion", "creationTimestamp", "generation", "mana
 # What a restore target may *not* be given as: a free-form host, DSN or credential.
 FREE_FORM_KEYS = frozenset({"dsn", "url", "host", "port", "user", "username", "password",
                             "password_env", "password_file", "kubeconfig", "context"})  # fmt: skip
-KIND_OF_FORMAT = {
+KIND_OF_FORMAT: dict[str, SourceKind] = {
     ArtifactFormat.PG_CUSTOM: SourceKind.POSTGRES,
     ArtifactFormat.RDB: SourceKind.REDIS,
     ArtifactFormat.K8S_YAML: SourceKind.KUBERNETES,
@@ -299,29 +299,31 @@ def target_for(artifact: BackupArtifact, given: Any) -> Target:
     if kind != SourceKind.POSTGRES and spec.database:
         raise RestoreError("bad target: database: only for PostgreSQL backups")
     origin: Any = registered or source
-    common = {
-        "registered": registered.name if registered else "",
-        "revision": registered.revision if registered else 0,
-    }
+    name = registered.name if registered else ""
+    revision = registered.revision if registered else 0
     creds = {"password_env": origin.password_env, "password_file": origin.password_file}
     try:
         if kind == SourceKind.POSTGRES:
             pinned = registered.database if registered else ""
             if pinned and spec.database and spec.database != pinned:
-                raise RestoreError(
-                    f"restore target {registered.name} accepts only database {pinned}"
-                )
+                raise RestoreError(f"restore target {name} accepts only database {pinned}")
             database = pinned or spec.database or artifact.component
             dsn = _pg_dsn(registered) if registered else source.dsn
-            typed: Target = PgTarget(**creds, **common, dsn=dsn, database=database)
+            typed: Target = PgTarget(
+                **creds, registered=name, revision=revision, dsn=dsn, database=database
+            )
         elif kind == SourceKind.REDIS:
             url = _redis_url(registered) if registered else source.dsn
-            typed = RedisTarget(**creds, **common, url=url)
+            typed = RedisTarget(**creds, registered=name, revision=revision, url=url)
         else:
             kubeconfig = registered.kubeconfig if registered else source.kubeconfig
             context = registered.kube_context if registered else source.kube_context
             typed = KubeTarget(
-                **common, kubeconfig=kubeconfig, context=context, resources=spec.resources
+                registered=name,
+                revision=revision,
+                kubeconfig=kubeconfig,
+                context=context,
+                resources=spec.resources,
             )
     except ValidationError as exc:
         raise RestoreError(f"bad target: {_problems(exc)}") from None
@@ -451,7 +453,8 @@ def inspect_pg(
                 [target.database],
             ).fetchone()
             try:
-                directory = conn.execute("SHOW data_directory").fetchone()[0]
+                shown = conn.execute("SHOW data_directory").fetchone()
+                directory = shown[0] if shown is not None else None
             except psycopg.Error:
                 directory = None
             roles = _roles_to_create(conn, storage, artifact)
@@ -468,11 +471,13 @@ def inspect_pg(
             {"roles_to_create": roles},
         )
     with _pg_connect(target, target.database) as conn:
-        tables = conn.execute(
+        counted = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p') "
             "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchone()[0]
+        ).fetchone()
+    assert counted is not None  # count(*) always returns one row
+    tables = counted[0]
     return TargetState(
         True,
         f"database {target.database} on {target.where}: {tables} tables, "
@@ -586,7 +591,7 @@ def check_artifact(storage: Storage, artifact: BackupArtifact) -> None:
     for item in related:
         try:
             check_readable(storage, item)
-        except (*UNREADABLE, StorageError) as exc:
+        except UNREADABLE + (StorageError,) as exc:
             raise RestoreError(
                 f"cannot read backup artifact #{item.pk} ({item.component}): {exc}; "
                 "nothing was changed"

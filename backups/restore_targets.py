@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 
@@ -20,13 +19,14 @@ from backups.actions import BackupError
 from backups.models import RestoreTarget
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from portal.lib.validation import full_clean_or_refuse
 
 MANAGE_PERMISSION = "portal.manage_portal"
 FIELDS = ("name", "kind", "enabled", "description", "host", "port", "username", "database",
           "password_env", "password_file", "kubeconfig", "kube_context", "drills")  # fmt: skip
 
 
-def _check(by: AbstractBaseUser | Actor | str) -> Actor:
+def _check(by: User | Actor | str) -> Actor:
     actor = Actor.of(by)
     if actor.user is None or not actor.user.has_perm(MANAGE_PERMISSION):
         raise BackupError("permission", "Only administrators register or change restore targets.")
@@ -34,13 +34,9 @@ def _check(by: AbstractBaseUser | Actor | str) -> Actor:
 
 
 def _validated(target: RestoreTarget) -> None:
-    try:
-        target.full_clean(exclude=["revision", "created_by"])
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
-        )
-        raise BackupError("invalid", f"Restore target refused: {problems}") from None
+    full_clean_or_refuse(
+        target, BackupError, exclude=["revision", "created_by"], prefix="Restore target refused: "
+    )
 
 
 def _values(target: RestoreTarget) -> dict[str, Any]:
@@ -48,7 +44,7 @@ def _values(target: RestoreTarget) -> dict[str, Any]:
     return {name: getattr(target, name) for name in FIELDS}
 
 
-def create_restore_target(*, by: AbstractBaseUser | Actor | str, **fields: Any) -> RestoreTarget:
+def create_restore_target(*, by: User | Actor | str, **fields: Any) -> RestoreTarget:
     """Register a restore target (audited as RESTORE_TARGET_CREATED)."""
     actor = _check(by)
     unknown = set(fields) - set(FIELDS)
@@ -68,7 +64,7 @@ def create_restore_target(*, by: AbstractBaseUser | Actor | str, **fields: Any) 
 
 
 def update_restore_target(
-    target: RestoreTarget | int, *, by: AbstractBaseUser | Actor | str, **changes: Any
+    target: RestoreTarget | int, *, by: User | Actor | str, **changes: Any
 ) -> RestoreTarget:
     """Change a registered target (audited as RESTORE_TARGET_UPDATED with old and new values).
 

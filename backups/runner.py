@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +39,7 @@ from backups.storage import Storage, StorageError
 from backups.streaming import (
     CHUNK,
     BoundedText,
+    Reader,
     StreamResult,
     compress_stream,
     drain_in_thread,
@@ -112,7 +113,7 @@ class ToolProcess:
         argv: list[str],
         env: dict[str, str] | None = None,
         *,
-        stdin: bytes | BinaryIO | None = None,
+        stdin: bytes | Reader | None = None,
         stall_timeout: float | None = None,
         deadline: float | None = None,
         deadline_cause: str = FailureCause.TIMEOUT,
@@ -134,7 +135,7 @@ class ToolProcess:
         self.fired: tuple[str, str] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -171,13 +172,26 @@ class ToolProcess:
             ) from None
         with contextlib.suppress(OSError):
             # A 1 MiB pipe lets the tool keep writing while the worker compresses a chunk.
-            fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
-        self._threads.append(drain_in_thread(self.proc.stderr, self.errors))
+            fcntl.fcntl(self._pipe(self.proc.stdout).fileno(), F_SETPIPE_SZ, 1 << 20)
+        self._threads.append(drain_in_thread(self._pipe(self.proc.stderr), self.errors))
         if self.stdin is not None:
             self._threads.append(self._spawn(self._feed))
         self._watchdog = self._spawn(self._watch)
         if self.lock_watch is not None:
             self.lock_watch.start(self)
+
+    @property
+    def _running(self) -> subprocess.Popen[bytes]:
+        """The started process (every caller runs after ``start``)."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.what}: not started")
+        return self.proc
+
+    @staticmethod
+    def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+        """A pipe ``start`` opened (stdout and stderr always; stdin when there is input)."""
+        assert stream is not None, "opened with subprocess.PIPE"
+        return stream
 
     def _spawn(self, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, daemon=True)
@@ -185,8 +199,8 @@ class ToolProcess:
         return thread
 
     @property
-    def stdout(self) -> BinaryIO:
-        return self.proc.stdout
+    def stdout(self) -> IO[bytes]:
+        return self._pipe(self._running.stdout)
 
     def note_read(self, count: int) -> None:
         """Bytes came out of the tool: progress."""
@@ -194,19 +208,22 @@ class ToolProcess:
         self.activity.touch()
 
     def read(self, size: int = CHUNK) -> bytes:
-        data = os.read(self.proc.stdout.fileno(), size)
+        data = os.read(self.stdout.fileno(), size)
         if data:
             self.note_read(len(data))
         return data
 
     def _feed(self) -> None:
-        pipe = self.proc.stdin
+        pipe = self._pipe(self._running.stdin)
+        source = self.stdin
         try:
-            if isinstance(self.stdin, bytes | bytearray):
-                pipe.write(self.stdin)
-                self.bytes_in += len(self.stdin)
+            if source is None:
                 return
-            while data := self.stdin.read(CHUNK):
+            if isinstance(source, bytes | bytearray):
+                pipe.write(source)
+                self.bytes_in += len(source)
+                return
+            while data := source.read(CHUNK):
                 pipe.write(data)
                 self.bytes_in += len(data)
                 self.activity.touch()
@@ -218,9 +235,9 @@ class ToolProcess:
         finally:
             with contextlib.suppress(BrokenPipeError, OSError):
                 pipe.close()
-            if not isinstance(self.stdin, bytes | bytearray):
+            if source is not None and not isinstance(source, bytes | bytearray):
                 with contextlib.suppress(Exception):
-                    self.stdin.close()
+                    source.close()
 
     # --- the watchdog ---------------------------------------------------------------------
 
@@ -228,7 +245,7 @@ class ToolProcess:
         limits = [self.stall_timeout] + ([self.deadline] if self.deadline else [])
         poll = max(0.05, min(1.0, min(limits) / 10))
         while not self._ended.wait(poll):
-            if self.proc.poll() is not None:
+            if self._running.poll() is not None:
                 return  # it ended; what follows (compressing the last chunk) is ours
             if self.deadline and time.monotonic() - self.started > self.deadline:
                 self.fire(
@@ -241,7 +258,7 @@ class ToolProcess:
                 self.fire(
                     FailureCause.STALLED,
                     f"no progress for {self.stall_timeout:g} s: {self.what} stopped "
-                    f"(process group {self.proc.pid} killed)",
+                    f"(process group {self._running.pid} killed)",
                 )
                 return
 
@@ -260,7 +277,7 @@ class ToolProcess:
 
     def _wait_exit(self, seconds: float) -> bool:
         try:
-            self.proc.wait(timeout=seconds)
+            self._running.wait(timeout=seconds)
             return True
         except subprocess.TimeoutExpired:
             return False
@@ -275,7 +292,7 @@ class ToolProcess:
 
     def wait_exit(self) -> int:
         """Wait for the tool and its stderr (what ``finish_tail`` needs before the end)."""
-        code = self.proc.wait()
+        code = self._running.wait()
         self._threads[0].join()
         return code
 
@@ -333,7 +350,7 @@ def run_tool(
     argv: list[str],
     env: dict[str, str] | None = None,
     *,
-    stdin: bytes | BinaryIO | None = None,
+    stdin: bytes | Reader | None = None,
     capture: int = 0,
     stall_timeout: float | None = None,
     deadline: float | None = None,

@@ -23,6 +23,7 @@ Everything read back (verification, restores) streams from ``GET``.
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import hashlib
 import hmac
@@ -30,7 +31,6 @@ import http.client
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
 from backups.storage import INCOMPLETE, MANIFEST, StorageError, _check_key
@@ -153,7 +153,8 @@ class S3Client:
             raise StorageError(
                 f"S3 {method} {key or self.config.bucket} answered {response.status} {said}"
             )
-        response.conn = conn  # closed with the response
+        # HTTPResponse has no field for its connection (its stubs can't take one): _done closes it.
+        response.conn = conn  # type: ignore[attr-defined]
         return response
 
     def xml(self, method: str, key: str = "", **kwargs) -> ET.Element:
@@ -193,7 +194,7 @@ class S3Client:
                 return found
             token = _text(root, "NextContinuationToken")
 
-    def versions(self, prefix: str) -> list[tuple[str, str]]:
+    def versions(self, prefix: str) -> builtins.list[tuple[str, str]]:
         """(key, version id) of every version and delete marker under ``prefix``."""
         found, marker, version_marker = [], None, None
         while True:
@@ -329,6 +330,12 @@ class _Body:
     def __init__(self, response: http.client.HTTPResponse) -> None:
         self.response = response
 
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self, size: int = -1) -> bytes:
         try:
             return self.response.read(size if size and size > 0 else None)
@@ -340,12 +347,6 @@ class _Body:
 
     def close(self) -> None:
         _done(self.response)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class S3Staging:
@@ -404,7 +405,7 @@ class S3Storage:
             raise StorageError(f"run keys are <source>/<run>, not {run_key!r}")
         return S3Staging(self, run_key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> _Body:
         _check_key(key)
         try:
             return _Body(self.client.request("GET", self.full(key)))
@@ -483,11 +484,12 @@ def from_settings() -> S3Storage:
     return S3Storage(
         S3Config(
             endpoint=settings.BACKUP_S3_ENDPOINT,
-            bucket=settings.BACKUP_S3_BUCKET,
-            region=settings.BACKUP_S3_REGION,
+            # env_str with a default never gives None; its signature says str | None.
+            bucket=settings.BACKUP_S3_BUCKET or "",
+            region=settings.BACKUP_S3_REGION or "",
             access_key=settings.BACKUP_S3_ACCESS_KEY_ID or "",
             secret_key=settings.BACKUP_S3_SECRET_ACCESS_KEY or "",
-            prefix=settings.BACKUP_S3_PREFIX,
+            prefix=settings.BACKUP_S3_PREFIX or "",
             part_bytes=settings.BACKUP_S3_PART_MB << 20,
         )
     )

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO, Protocol
 
 from django.conf import settings
@@ -30,8 +31,46 @@ class StorageError(RuntimeError):
     """The storage refused an operation (bad key, missing file, full disk)."""
 
 
+class Writer(Protocol):
+    """A file being written into staging (fsynced or uploaded when closed)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Writer: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
+
+
+class StoredFile(Protocol):
+    """A stored file opened for reading: a local file, or an S3 GET body."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> StoredFile: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
+
+
 class Staging(Protocol):
-    def create(self, name: str) -> BinaryIO: ...
+    def create(self, name: str) -> Writer: ...
 
     def commit(self, manifest: dict) -> bytes: ...
 
@@ -44,7 +83,7 @@ class Storage(Protocol):
 
     def begin(self, run_key: str) -> Staging: ...
 
-    def open(self, key: str) -> BinaryIO: ...
+    def open(self, key: str) -> StoredFile: ...
 
     def size(self, key: str) -> int: ...
 
@@ -206,7 +245,7 @@ class LocalStorage:
 
     def sweep_incomplete(self, *, older_than: float, keep: set[str]) -> list[str]:
         """Remove staging left by crashed runs (not in ``keep``, untouched for ``older_than`` s)."""
-        removed = []
+        removed: list[str] = []
         if not self.root.exists():
             return removed
         cutoff = time.time() - older_than
@@ -221,7 +260,7 @@ class LocalStorage:
 
 def get_storage() -> Storage:
     """The configured storage: the local directory, or an S3 bucket (``BACKUP_STORAGE``)."""
-    if getattr(settings, "BACKUP_STORAGE", "local") == "s3":
+    if settings.BACKUP_STORAGE == "s3":
         from backups.s3 import from_settings
 
         return from_settings()
@@ -230,7 +269,7 @@ def get_storage() -> Storage:
 
 def get_copy_storage() -> Storage | None:
     """The second copy's store (``BACKUP_COPY_TO=s3``), or None."""
-    if getattr(settings, "BACKUP_COPY_TO", "") == "s3" and settings.BACKUP_STORAGE != "s3":
+    if settings.BACKUP_COPY_TO == "s3" and settings.BACKUP_STORAGE != "s3":
         from backups.s3 import from_settings
 
         return from_settings()

@@ -15,11 +15,15 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import zstandard
 
 from backups import encryption
+
+if TYPE_CHECKING:
+    from backups.models import BackupArtifact
+    from backups.storage import Storage, Writer
 
 CHUNK = 1 << 20
 # What reading a stored artifact back can raise when its bytes are bad (not a bug).
@@ -29,6 +33,14 @@ UNREADABLE: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,
 )
+
+
+class Reader(Protocol):
+    """What the streaming code reads: a file, a pipe, or one of the wrappers in backups/."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -58,7 +70,7 @@ def store_options() -> dict:
 class _HashingWriter:
     """Counts and hashes what is written through it (the stored, compressed bytes)."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Writer) -> None:
         self.out = out
         self.sha = hashlib.sha256()
         self.count = 0
@@ -103,7 +115,7 @@ class BoundedText:
         return self.head.decode(errors="replace") + middle + tail.decode(errors="replace")
 
 
-def drain_in_thread(stream: BinaryIO, sink: BoundedText) -> threading.Thread:
+def drain_in_thread(stream: IO[bytes], sink: BoundedText) -> threading.Thread:
     """Read ``stream`` to its end in a thread (a full stderr pipe would block the tool)."""
 
     def run() -> None:
@@ -119,8 +131,8 @@ def drain_in_thread(stream: BinaryIO, sink: BoundedText) -> threading.Thread:
 
 
 def compress_stream(
-    source: BinaryIO,
-    out: BinaryIO,
+    source: IO[bytes],
+    out: Writer,
     *,
     level: int = 3,
     threads: int = 0,
@@ -140,7 +152,9 @@ def compress_stream(
     hashing = _HashingWriter(out)
     sealing = encryption.EncryptingWriter(hashing, key) if key is not None else None
     params = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    compressor = params.stream_writer(sealing or hashing, closefd=False, write_size=CHUNK)
+    # zstandard writes to any object with write(); its stubs ask for IO[bytes].
+    target = cast(IO[bytes], sealing or hashing)
+    compressor = params.stream_writer(target, closefd=False, write_size=CHUNK)
     raw = 0
     pending = b""
     fd = source.fileno()
@@ -187,12 +201,14 @@ def sha256_of(stream: BinaryIO) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
-def open_decompressed(stored: BinaryIO) -> BinaryIO:
+def open_decompressed(stored: Reader) -> BinaryIO:
     """A streaming reader of the original bytes of a stored zstd stream."""
-    return zstandard.ZstdDecompressor().stream_reader(stored, read_size=CHUNK, closefd=True)
+    # zstandard reads from any object with read(); its stubs ask for IO[bytes].
+    source = cast(IO[bytes], stored)
+    return zstandard.ZstdDecompressor().stream_reader(source, read_size=CHUNK, closefd=True)
 
 
-def open_plain(stored: BinaryIO, artifact) -> BinaryIO:
+def open_plain(stored: Reader, artifact: BackupArtifact) -> BinaryIO:
     """A streaming reader of what the tool wrote, from an artifact's stored bytes
     (decrypted with the artifact's key, then decompressed). Closing it closes ``stored``.
 
@@ -208,14 +224,19 @@ def open_plain(stored: BinaryIO, artifact) -> BinaryIO:
     return open_decompressed(plain)
 
 
-def check_readable(storage, artifact) -> None:
+def check_readable(storage: Storage, artifact: BackupArtifact) -> None:
     """Raise (``UNREADABLE``) unless the artifact's first bytes decrypt and decompress."""
     with open_plain(storage.open(artifact.key), artifact) as reader:
         reader.read(1)
 
 
-def feed(reader: BinaryIO, proc: subprocess.Popen, errors: list[BaseException]) -> threading.Thread:
+def feed(
+    reader: Reader, proc: subprocess.Popen[bytes], errors: list[BaseException]
+) -> threading.Thread:
     """Copy ``reader`` into ``proc``'s stdin in a thread, then close it (EOF for the tool)."""
+    stdin = proc.stdin
+    if stdin is None:
+        raise ValueError("feed needs a process started with stdin=subprocess.PIPE")
 
     def run() -> None:
         try:
@@ -223,14 +244,14 @@ def feed(reader: BinaryIO, proc: subprocess.Popen, errors: list[BaseException]) 
                 data = reader.read(CHUNK)
                 if not data:
                     break
-                proc.stdin.write(data)
+                stdin.write(data)
         except BrokenPipeError:
             pass  # the tool stopped reading; its exit code tells why
         except BaseException as exc:  # reported to the caller, who decides
             errors.append(exc)
         finally:
             try:
-                proc.stdin.close()
+                stdin.close()
             except BrokenPipeError:
                 pass
             reader.close()

@@ -42,8 +42,9 @@ import yaml
 from backups.choices import ArtifactFormat, VerifyLevel
 from backups.models import BackupArtifact
 from backups.storage import Storage, StorageError
-from backups.streaming import CHUNK, UNREADABLE, open_plain
+from backups.streaming import CHUNK, UNREADABLE, Reader, open_plain
 
+YamlLoader: type[yaml.CSafeLoader] | type[yaml.SafeLoader]
 try:  # libyaml's parser when present: ~10x faster on big resource dumps
     from yaml import CSafeLoader as YamlLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
@@ -65,7 +66,7 @@ class _HashingReader:
     """Hashes and counts the stored bytes as they are read; ``close`` is left to the owner
     (the tools' feeders close their input, and the rest is still hashed afterwards)."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Reader) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.size = 0
@@ -90,7 +91,7 @@ class _HashingReader:
 class _Prepend:
     """A reader giving ``head`` first, then the rest of ``reader``."""
 
-    def __init__(self, head: bytes, reader: BinaryIO) -> None:
+    def __init__(self, head: bytes, reader: Reader) -> None:
         self.head = head
         self.reader = reader
 
@@ -131,7 +132,7 @@ def verify_artifact(
 
         try:
             check = FORMAT_CHECKS[artifact.format](open_plain(hashing, artifact), reopen, level)
-        except (*UNREADABLE, StorageError) as exc:
+        except UNREADABLE + (StorageError,) as exc:
             check = Check(False, f"unreadable: {exc}")
         hashing.drain()  # what the tool did not need is still checksummed
     finally:
@@ -341,7 +342,7 @@ def _tfstate(main: BinaryIO, reopen: Reopen, level: str) -> Check:
     return check_state(main, level)
 
 
-FORMAT_CHECKS = {
+FORMAT_CHECKS: dict[str, Callable[[BinaryIO, Callable[[], BinaryIO], str], Check]] = {
     ArtifactFormat.PG_CUSTOM: _pg_custom,
     ArtifactFormat.PG_SQL: _pg_sql,
     ArtifactFormat.PG_GLOBALS: _pg_sql,

@@ -45,11 +45,17 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from incidents.models import Agent
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
@@ -121,10 +127,11 @@ class KeepAlive:
         self.sock: socket.socket | None = None
         self.buffer = b""
 
-    def connect(self) -> None:
+    def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.buffer = sock, b""
+        return sock
 
     def close(self) -> None:
         if self.sock is not None:
@@ -132,15 +139,16 @@ class KeepAlive:
         self.sock = None
 
     def _more(self) -> None:
+        if self.sock is None:
+            raise ProtocolError("not connected")
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ProtocolError("connection closed by the server")
         self.buffer += chunk
 
     def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.sock is None:
-            self.connect()
-        self.sock.sendall(data)
+        sock = self.sock if self.sock is not None else self.connect()
+        sock.sendall(data)
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             self._more()
         head = self.buffer[:end].decode("latin-1").split("\r\n")
@@ -678,7 +686,7 @@ def run_load(
     children = [ctx.Process(target=drive, args=(job, barrier, results)) for job in jobs]
     for child in children:
         child.start()
-    generator_pids = [child.pid for child in children]
+    generator_pids = [child.pid for child in children if child.pid is not None]  # all: started
     meter = CpuMeter(
         {
             "server": cpu_of(server_pids),
@@ -742,7 +750,7 @@ def generator_ceiling(agents: list[SimAgent], concurrency: int, config: LoadConf
             concurrency,
             config,
             server="null",
-            server_pids=lambda: [server.pid],
+            server_pids=lambda: [server.pid] if server.pid is not None else [],
         )
     finally:
         server.terminate()
@@ -805,13 +813,18 @@ def start_private_postgres(workdir: Path, stack: contextlib.ExitStack) -> str:
         workdir.chmod(0o711)  # the postgres user must reach its directory
         for path in (root, root / "run"):
             shutil.chown(path, "postgres")
-    quiet = {"check": True, "stdout": subprocess.DEVNULL}
     initdb = [str(binaries / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres"]
-    subprocess.run([*as_postgres, *initdb, "--no-sync", "-E", "UTF8"], **quiet)
+    subprocess.run(
+        [*as_postgres, *initdb, "--no-sync", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL
+    )
     port = free_port()
     options = f"-p {port} -k {root / 'run'} -c listen_addresses=127.0.0.1 -c max_connections=300"
     pg_ctl = [*as_postgres, str(binaries / "pg_ctl"), "-D", str(root / "data")]
-    subprocess.run([*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"], **quiet)
+    subprocess.run(
+        [*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     stack.callback(
         subprocess.run,
         [*pg_ctl, "-m", "fast", "stop"],
@@ -842,7 +855,14 @@ def find_services(
     else:
         # A private server: shared ones have other users' databases (tests pick theirs).
         redis_url, proc, _ = start_redis(workdir / "redis")
-        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        assert proc is not None  # not daemonized: a child of this process
+        redis_proc = proc
+
+        def stop_redis() -> None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+        stack.callback(stop_redis)
         pids = (proc.pid,)
     return _with_path(database_url, f"/{BENCH_DB_NAME}"), redis_url, pids
 
@@ -1183,7 +1203,7 @@ class Stopwatch:
 
 
 @contextlib.contextmanager
-def timing(watch: Stopwatch, target, attribute: str, name: str):
+def timing(watch: Stopwatch, target: object, attribute: str, name: str) -> Iterator[None]:
     """``target.attribute`` timed into ``watch[name]`` inside the block."""
     original = getattr(target, attribute)
     setattr(target, attribute, watch.wrap(name, original))
@@ -1240,7 +1260,7 @@ def insert_sweep_agents(count: int, overdue_percent: float, now) -> int:
     return overdue
 
 
-def scan_queryset(now):
+def scan_queryset(now: datetime) -> QuerySet[Agent, int]:
     from incidents.models import Agent
 
     # The exact query mark_missing_agents runs for each batch (batch=1000).
@@ -1470,14 +1490,14 @@ def summarize(runs: list[Run]) -> tuple[Run | None, bool]:
             f"{lean_best.concurrency} connections)"
         )
     cores = len(os.sched_getaffinity(0))
-    for label, run in (("heartbeat", best), ("bare view", bare_best), ("lean bare", lean_best)):
-        if run is None or not run.rate:
+    for label, top in (("heartbeat", best), ("bare view", bare_best), ("lean bare", lean_best)):
+        if top is None or not top.rate:
             continue
         parts = ("server", "postgres", "redis", "generator")
-        total = sum(run.per_request(what) for what in parts)
+        total = sum(top.per_request(what) for what in parts)
         print(
             f"CPU per request, {label} at its best: "
-            + " + ".join(f"{run.per_request(what):.2f} {what}" for what in parts)
+            + " + ".join(f"{top.per_request(what):.2f} {what}" for what in parts)
             + f" = {total:.1f} ms: {cores} cores cap it near {cores * 1000 / total:.0f}/s"
             " even with the machine to itself"
         )

@@ -38,11 +38,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import paramiko
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
@@ -153,7 +157,14 @@ def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
     if not redis_answers(redis_url):
         redis_url, proc, _ = start_redis(workdir / "services")
-        stack.callback(lambda: (proc.terminate(), proc.wait()))
+        assert proc is not None  # not daemonized: a child of this process
+        redis_proc = proc
+
+        def stop_redis() -> None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+        stack.callback(stop_redis)
         print(f"Started a throwaway Redis: {redis_url}")
     return (
         _with_path(database_url, f"/{BENCH_DB_NAME}"),
@@ -245,7 +256,7 @@ def load_line(when: str) -> str:
     return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05):
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     event = threading.Event()
     while time.monotonic() < deadline:
@@ -509,7 +520,7 @@ def profiled_execute(action_id: int) -> dict:
 
 
 @contextlib.contextmanager
-def profiled_approvals(spans: list[tuple[str, float, float]]):
+def profiled_approvals(spans: list[tuple[str, float, float]]) -> Iterator[None]:
     """In this (bench) process only: approvals enqueue ``profiled_execute`` instead of
     ``pra.jobs.execute_action``, and the approval's on-commit hooks are timed."""
     from unittest import mock
@@ -624,7 +635,7 @@ class Bare:
         )
         self.key_type, blob = target.host_key_line.split()[:2]
         self.pinned = paramiko.PKey.from_type_string(self.key_type, base64.b64decode(blob))
-        self._open = None
+        self._open: paramiko.SSHClient | None = None
 
     def run_command(self) -> dict[str, float]:
         from portal.lib import ssh
@@ -684,7 +695,10 @@ class Bare:
             self._open = self.target.open_client("exec")
         self.stamps.clear()
         begin = time.time()
-        channel = self._open.get_transport().open_session(timeout=10)
+        transport = self._open.get_transport()
+        if transport is None:
+            raise BenchError("the open connection has no transport (closed meanwhile)")
+        channel = transport.open_session(timeout=10)
         channel.exec_command(WIRE_COMMAND)
         code = channel.recv_exit_status()
         channel.close()
@@ -895,7 +909,7 @@ def measure(args, portal: Portal, bare: Bare, ansible: Ansible | None, new_worke
     """Interleave the paths: blocks alternate worker classes; each portal run is followed
     by one run of every bare path; ansible runs close each block."""
     series = {wc: Series(label=f"portal, {wc}") for wc in args.worker_class}
-    results = {
+    results: dict[str, Any] = {
         "portal": list(series.values()),
         "bare": Series(label="bare run_command"),
         "client": Series(label="bare paramiko SSHClient"),

@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -188,6 +188,7 @@ def run_storm(
     period + grace: a real storm reaches the sweep over several runs."""
     from django.conf import settings
     from django.db import connection
+    from django.db.models import Max, Min
 
     from incidents import actions, storms
     from incidents.models import Agent, GroupingRule, Incident, IncidentGroup
@@ -216,13 +217,17 @@ def run_storm(
             "interval '1 s' WHERE id = ANY(%s)",
             [silent],
         )
-    first_due = Agent.objects.filter(pk__in=silent).order_by("alert_after").first().alert_after
-    last_due = Agent.objects.filter(pk__in=silent).order_by("-alert_after").first().alert_after
+    due = Agent.objects.filter(pk__in=silent).aggregate(
+        first=Min("alert_after"), last=Max("alert_after")
+    )
+    first_due, last_due = due["first"], due["last"]
+    if first_due is None or last_due is None:
+        raise RuntimeError("the silent agents have no deadline")
     # The sweep's phase against the first deadline: random, or given (0.1 s: the worst case,
     # a sweep right after the first deadline, when it finds the fewest agents).
     offset = rng.uniform(0, SWEEP_EVERY) if phase is None else phase
     tick = first_due + timedelta(seconds=offset)
-    formed_at = formed_wall = formed_sweep = None
+    formed: tuple[datetime, float, int] | None = None  # simulated time, wall, sweep number
     sweeps, walls = 0, []
     end = last_due + timedelta(seconds=settings.INCIDENT_DIGEST_INTERVAL + SWEEP_EVERY)
     while tick <= end:
@@ -231,8 +236,8 @@ def run_storm(
         storms.sweep(tick)
         walls.append(time.perf_counter() - begin)
         sweeps += 1
-        if formed_at is None and IncidentGroup.objects.exists():
-            formed_at, formed_wall, formed_sweep = tick, walls[-1], sweeps
+        if formed is None and IncidentGroup.objects.exists():
+            formed = (tick, walls[-1], sweeps)
         tick += timedelta(seconds=SWEEP_EVERY)
     flagged = Agent.objects.filter(pk__in=silent, missing=True).count()
     groups = list(IncidentGroup.objects.all())
@@ -259,9 +264,9 @@ def run_storm(
         f"{1000 * statistics.median(walls):.0f} ms, max {1000 * max(walls):.0f} ms; "
         f"{flagged:,} of {size:,} flagged",
         f"grouped incident: {len(groups)} storm(s), {members:,} members; formed at sweep "
-        f"{formed_sweep}, {(formed_at - first_due).total_seconds():.1f} s of simulated time after "
-        f"the first deadline, by a sweep that took {1000 * formed_wall:.0f} ms"
-        if formed_at
+        f"{formed[2]}, {(formed[0] - first_due).total_seconds():.1f} s of simulated time after "
+        f"the first deadline, by a sweep that took {1000 * formed[1]:.0f} ms"
+        if formed
         else "grouped incident: NONE formed",
         f"notifications per channel ({channels} channels): storm opened {opened // channels}, "
         f"digests {digests // channels}, the agents' own pages {own_pages // channels}; "
@@ -281,7 +286,7 @@ def run_storm(
     return lines
 
 
-def parse_args(argv):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="an existing PostgreSQL server (default: private)")
     parser.add_argument(

@@ -26,18 +26,27 @@ from incidents.models import (
 )
 from incidents.signing import format_us
 from portal import approvals
-from portal.admin_base import ReadOnlyAdmin
-from portal.audit import record
-from portal.choices import AuditEventType
+from portal.admin_approvals import safe_next
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
+from portal.admin_display import (
+    badge,
+    duration_column,
+    severity_column,
+    status_column,
+    time_column,
+)
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import AuditEvent
+from pra.admin import verification_state
 
 MANAGE = "portal.manage_portal"
 SEVERITY_BADGE = {1: "", 2: "warn", 3: "bad", 4: "bad"}
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "environment", "version", "last_seen", "missing", "enabled")
+class AgentAdmin(AuditedConfigAdmin):
+    list_display = ("name", "kind", "environment", "version", time_column("last_seen", "last seen"),
+                    "missing", "enabled")  # fmt: skip
     list_filter = ("kind", "environment", "missing", "enabled")
     search_fields = ("name", "owner", "tags")
     raw_id_fields = ("depends_on",)  # a fleet is too big for a select box
@@ -67,9 +76,12 @@ class AgentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def config_update(self, request, obj, changes):
+        return actions.update_agent(obj.pk, by=request.user, **changes)
+
 
 @admin.register(DetectionRule)
-class DetectionRuleAdmin(admin.ModelAdmin):
+class DetectionRuleAdmin(AuditedConfigAdmin):
     list_display = ("key", "kind", "metric", "warning", "critical", "enabled")
     list_editable = ("warning", "critical", "enabled")
 
@@ -82,15 +94,16 @@ class DetectionRuleAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        from incidents.rules import forget_cached_rules
+    # Form and list edits alike (list_editable saves through these too).
+    def config_create(self, request, fields):
+        return actions.create_rule(by=request.user, **fields)
 
-        forget_cached_rules()
+    def config_update(self, request, obj, changes):
+        return actions.update_rule(obj.pk, by=request.user, **changes)
 
 
 @admin.register(GroupingRule)
-class GroupingRuleAdmin(admin.ModelAdmin):
+class GroupingRuleAdmin(AuditedConfigAdmin):
     """Storm grouping rules (data): who may edit them is who may edit detection rules."""
 
     list_display = (
@@ -108,20 +121,11 @@ class GroupingRuleAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # switch a rule off instead: storms keep their rule
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        record(
-            AuditEventType.POLICY_CHANGED,
-            actor=request.user,
-            subject=obj,
-            details={
-                "grouping_rule": obj.name, "enabled": obj.enabled, "cause": obj.cause,
-                "group_by": obj.group_by, "tag": obj.tag, "min_agents": obj.min_agents,
-                "min_percent": obj.min_percent, "window_seconds": obj.window_seconds,
-                "wait_seconds": obj.wait_seconds, "created": not change,
-            },
-        )  # fmt: skip
-        storms.forget_cached_rules()
+    def config_create(self, request, fields):
+        return actions.create_grouping_rule(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return actions.update_grouping_rule(obj.pk, by=request.user, **changes)
 
 
 @admin.register(IncidentGroup)
@@ -129,21 +133,16 @@ class IncidentGroupAdmin(admin.ModelAdmin):
     """Storms: the parent incident, its members, acknowledge and resolve."""
 
     list_display = (
-        "id", "severity_badge", "status", "title", "key", "cause", "members_total",
-        "first_seen", "last_seen", "escalation_level",
+        "id", "severity_badge", status_column(), "title", "key", "cause", "members_total",
+        time_column("first_seen", "first seen"), time_column("last_seen", "last seen"),
+        "escalation_level",
     )  # fmt: skip
     list_filter = ("status", "severity", "cause")
     search_fields = ("title", "key", "cause")
     change_form_template = "admin/incidents/incidentgroup/change_form.html"
     MEMBERS_SHOWN = 200
 
-    @admin.display(description="severity", ordering="severity")
-    def severity_badge(self, obj):
-        return format_html(
-            '<span class="inc-badge {}">{}</span>',
-            SEVERITY_BADGE.get(obj.severity, ""),
-            Severity(obj.severity).label,
-        )
+    severity_badge = staticmethod(severity_column())
 
     def has_add_permission(self, request):
         return False
@@ -213,12 +212,14 @@ class IncidentGroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(OpsPolicy)
-class OpsPolicyAdmin(admin.ModelAdmin):
+class OpsPolicyAdmin(AuditedConfigAdmin):
     list_display = (
         "__str__", "auto_remediation_enabled", "max_auto_severity", "multisig_min_severity",
-        "canary_percent", "updated",
+        "canary_percent", time_column("updated"),
     )  # fmt: skip
-    filter_horizontal = ("whitelist",)
+    # A fleet is thousands of agents: search them (AgentAdmin.search_fields), never render
+    # every one into the page.
+    autocomplete_fields = ("whitelist",)
 
     def has_add_permission(self, request):
         return False
@@ -229,42 +230,50 @@ class OpsPolicyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return request.user.has_perm(MANAGE)
 
-    def save_model(self, request, obj, form, change):
-        was_enabled = OpsPolicy.objects.get(pk=obj.pk).auto_remediation_enabled
-        enabled = obj.auto_remediation_enabled
-        obj.auto_remediation_enabled = was_enabled
-        super().save_model(request, obj, form, change)
-        record(
-            AuditEventType.POLICY_CHANGED,
-            actor=request.user,
-            subject=obj,
-            details={
-                "max_auto_severity": obj.max_auto_severity,
-                "multisig_min_severity": obj.multisig_min_severity,
-                "canary_percent": obj.canary_percent,
-            },
-        )
-        if enabled != was_enabled:
-            cancelled = actions.set_kill_switch(enabled, by=request.user)
-            if cancelled:
-                messages.warning(request, f"Kill switch: cancelled {len(cancelled)} attempt(s).")
+    def config_update(self, request, obj, changes):
+        # One POLICY_CHANGED event, the kill switch included (update_policy).
+        update = actions.update_policy(by=request.user, **changes)
+        if update.cancelled:
+            messages.warning(request, f"Kill switch: cancelled {len(update.cancelled)} attempt(s).")
+        return update.policy
 
 
 @admin.register(AutoPatchAttempt)
 class AutoPatchAttemptAdmin(ReadOnlyAdmin):
-    list_display = ("id", "agent", "from_version", "target_version", "status", "created", "detail")
+    list_display = (
+        "id", "incident_link", "agent", "from_version", "target_version", status_column(),
+        severity_column(), time_column("created"), "detail",
+    )  # fmt: skip
+
+    @admin.display(description="incident", ordering="incident")
+    def incident_link(self, obj):
+        url = reverse("admin:incidents_incident_change", args=[obj.incident_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.incident_id)
+
     list_filter = ("status",)
 
 
 @admin.register(Decision)
 class DecisionAdmin(ReadOnlyAdmin):
-    list_display = ("id", "incident", "source", "action", "patch_version", "confidence", "outcome")
+    list_display = ("id", "incident_link", time_column("created"), "source", "action",
+                    "patch_version", "confidence", "outcome_badge")  # fmt: skip
+
+    @admin.display(description="incident", ordering="incident")
+    def incident_link(self, obj):
+        url = reverse("admin:incidents_incident_change", args=[obj.incident_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.incident_id)
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, obj):
+        return badge(obj.outcome) if obj.outcome else "—"
+
     list_filter = ("source", "action", "outcome")
 
 
 @admin.register(AgentCommand)
 class AgentCommandAdmin(ReadOnlyAdmin):
-    list_display = ("id", "agent", "kind", "status", "created", "requested_by")
+    list_display = ("id", "agent", "kind", status_column(), time_column("created"),
+                    "requested_by")  # fmt: skip
     list_filter = ("status", "kind")
 
 
@@ -279,29 +288,65 @@ def _attempt_of(incident: Incident, raw: str) -> AutoPatchAttempt:
     return get_object_or_404(AutoPatchAttempt, pk=int(raw), incident=incident)
 
 
+class IncidentAgentFilter(admin.SimpleListFilter):
+    """Filter by agent without listing the fleet (2,000 agents made the page 200 KB): the
+    sidebar offers the agents that have an open incident now (at most ``SHOWN``), and
+    ``?agent=<id>`` filters by any agent."""
+
+    title = "agent"
+    parameter_name = "agent"
+    SHOWN = 20
+
+    def lookups(self, request, model_admin):
+        open_now = (
+            Agent.objects.filter(incidents__status__in=INCIDENT_OPEN)
+            .distinct()
+            .order_by("name")
+            .values_list("pk", "name")[: self.SHOWN]
+        )
+        choices = [(str(pk), name) for pk, name in open_now]
+        value = self.value()
+        if value and value.isdigit() and value not in {pk for pk, _ in choices}:
+            name = Agent.objects.filter(pk=int(value)).values_list("name", flat=True).first()
+            choices.append((value, name or f"agent #{value}"))
+        return choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if not (value.isascii() and value.isdigit() and len(value) < 12):
+            return queryset.none()
+        return queryset.filter(agent_id=int(value))
+
+
+def _may_sign(attempt: AutoPatchAttempt, user) -> bool:
+    """The Approve button only for whom ``check_signer`` lets sign (not an approver who
+    signed already, nor one the rules exclude); the endpoint checks everything again."""
+    try:
+        approvals.check_signer(
+            attempt, user, fingerprint=None, confirmation=attempt.approval_confirmation_text
+        )
+    except approvals.ApprovalError:
+        return False
+    return True
+
+
 @admin.register(Incident)
 class IncidentAdmin(admin.ModelAdmin):
     list_display = (
-        "id",
-        "severity_badge",
-        "status",
-        "agent",
-        "title",
-        "opened_at",
-        "escalation_level",
-    )
-    list_filter = ("severity", "status", "auto_resolved", "agent")
+        "id", "severity_badge", status_column(), "agent", "title",
+        time_column("opened_at", "opened"), duration_column("mttd", "MTTD", ordering=None),
+        duration_column("mttr", "MTTR", ordering=None), "escalation_level",
+    )  # fmt: skip
+    list_filter = ("severity", "status", "auto_resolved", IncidentAgentFilter)
     search_fields = ("title", "agent__name", "cause")
     list_select_related = ("agent",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     change_form_template = "admin/incidents/incident/change_form.html"
 
-    @admin.display(description="severity", ordering="severity")
-    def severity_badge(self, obj):
-        return format_html(
-            '<span class="inc-badge {}">{}</span>',
-            SEVERITY_BADGE.get(obj.severity, ""),
-            Severity(obj.severity).label,
-        )
+    severity_badge = staticmethod(severity_column())
 
     def has_add_permission(self, request):
         return False
@@ -321,7 +366,10 @@ class IncidentAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         incident = get_object_or_404(
-            Incident.objects.select_related("agent", "group", "suppressed_by"), pk=object_id
+            Incident.objects.select_related(
+                "agent", "group", "suppressed_by", "acknowledged_by", "remediation__host"
+            ),
+            pk=object_id,
         )
         attempts = list(incident.attempts.select_related("agent"))
         waiting = [a for a in attempts if a.status == AttemptStatus.PENDING and a.needs_approval]
@@ -338,6 +386,7 @@ class IncidentAdmin(admin.ModelAdmin):
                     "fingerprint": a.approval_fingerprint(),
                     "rule": approvals.rule_for(a.approval_impact),
                     "expires_at": a.approval_expires_at,
+                    "can_sign": _may_sign(a, user),
                 }
                 for a in waiting
             ],  # fmt: skip
@@ -348,6 +397,9 @@ class IncidentAdmin(admin.ModelAdmin):
             or user.has_perm(approvals.APPROVE_PERMISSION),
             "severity_label": Severity(incident.severity).label,
             "remediation": incident.remediation,
+            "remediation_verification": verification_state(incident.remediation)[0]
+            if incident.remediation_id
+            else "",
             "remediation_trail": (
                 AuditEvent.objects.filter(
                     subject_type="pra.praaction", subject_id=str(incident.remediation_id)
@@ -402,4 +454,5 @@ class IncidentAdmin(admin.ModelAdmin):
             messages.error(request, exc.message)
         else:
             messages.success(request, f"{verb}: done.")
-        return HttpResponseRedirect(reverse("admin:incidents_incident_change", args=[pk]))
+        page = reverse("admin:incidents_incident_change", args=[pk])
+        return HttpResponseRedirect(safe_next(request, page))  # the inbox posts next=/

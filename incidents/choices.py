@@ -145,6 +145,8 @@ class AuditEvents(models.TextChoices):
     AGENT_COMMAND_SENT = "AGENT_COMMAND_SENT", "Agent command sent"
     AGENT_COMMAND_DONE = "AGENT_COMMAND_DONE", "Agent command finished"
     POLICY_CHANGED = "POLICY_CHANGED", "Ops policy changed"
+    AGENT_UPDATED = "AGENT_UPDATED", "Agent settings changed"
+    DETECTION_RULE_CHANGED = "DETECTION_RULE_CHANGED", "Detection rule changed"
 
 
 @LIVE_EVENTS.register

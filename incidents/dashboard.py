@@ -12,7 +12,7 @@ from incidents.models import AutoPatchAttempt, Incident
 from portal import approvals
 from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
 
-SEVERITY_BADGE = {Severity.LOW: "", Severity.MEDIUM: "warn", Severity.HIGH: "bad",
+SEVERITY_BADGE: dict[int, str] = {Severity.LOW: "", Severity.MEDIUM: "warn", Severity.HIGH: "bad",
                   Severity.CRITICAL: "crit"}  # fmt: skip
 KPI_WINDOW = timedelta(days=7)
 FINISHED = (AttemptStatus.SUCCEEDED, AttemptStatus.ROLLED_BACK, AttemptStatus.FAILED)
@@ -111,9 +111,10 @@ def incidents_panel(request) -> dict:
         .order_by("-severity", "opened_at")[:15]
     )
     for incident in open_incidents:
-        incident.badge = SEVERITY_BADGE.get(incident.severity, "")
-        incident.severity_label = Severity(incident.severity).label
-        incident.unowned = incident.status == IncidentStatus.OPEN
+        # Display-only attributes the panel template reads; the model declares no such fields.
+        incident.badge = SEVERITY_BADGE.get(incident.severity, "")  # type: ignore[attr-defined]
+        incident.severity_label = Severity(incident.severity).label  # type: ignore[attr-defined]
+        incident.unowned = incident.status == IncidentStatus.OPEN  # type: ignore[attr-defined]
     return {
         "template": "incidents/panel.html",
         "area": "inbox",

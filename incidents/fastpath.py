@@ -31,7 +31,9 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from pydantic import ConfigDict, ValidationError, create_model, field_validator
@@ -43,6 +45,9 @@ from portal.lib.secretbox import unseal
 from portal.metrics import LATENCY, REQUESTS
 
 logger = logging.getLogger(__name__)
+
+#: an ASGI application: ``await app(scope, receive, send)``
+ASGIApp = Callable[..., Awaitable[None]]
 
 PATH = "/api/agents/heartbeat"
 AGENT_CACHE_SECONDS = 60.0
@@ -113,7 +118,8 @@ class Beat:
     telemetry: str
     version: str
     env: str
-    done: asyncio.Future = field(default=None)  # type: ignore[assignment]
+    #: set by ``Batcher.submit``: (applied?, commands)
+    done: asyncio.Future[tuple[bool, list[dict]]] | None = None
 
 
 class Stats:
@@ -212,10 +218,10 @@ class Batcher:
 
     async def submit(self, beat: Beat) -> tuple[bool, list[dict]]:
         """(applied?, commands to deliver); not applied means: let the full path answer."""
-        beat.done = asyncio.get_running_loop().create_future()
+        done = beat.done = asyncio.get_running_loop().create_future()
         self.start()
         await self.queue.put(beat)
-        return await beat.done
+        return await done
 
     async def _run(self) -> None:
         carry: list[Beat] = []
@@ -235,7 +241,7 @@ class Batcher:
                 batch.append(self.queue.get_nowait())
             # One heartbeat per agent per statement; a second one waits for the next.
             seen: set[int] = set()
-            unique = []
+            unique: list[Beat] = []
             for beat in batch:
                 (carry if beat.agent.pk in seen else unique).append(beat)
                 seen.add(beat.agent.pk)
@@ -253,7 +259,7 @@ class Batcher:
                 len(batch), exc.__class__.__name__,
             )  # fmt: skip
             for beat in batch:
-                if not beat.done.done():
+                if beat.done is not None and not beat.done.done():
                     beat.done.set_result((False, []))
             conn, self.conn = self.conn, None
             if conn is not None and not conn.closed:
@@ -297,7 +303,7 @@ class Batcher:
             ok = beat.agent.pk in applied
             if not ok:
                 self.forget(beat.agent.name)  # maybe a new secret: read it again next time
-            if not beat.done.done():
+            if beat.done is not None and not beat.done.done():
                 beat.done.set_result((ok, commands.get(beat.agent.pk, [])))
 
 
@@ -337,9 +343,10 @@ def _twin():
 QUIET = _twin()
 
 
-def quiet_body(body: bytes):
+def quiet_body(body: bytes) -> Any:
     """The body as ``parse_body(body, HeartbeatIn)`` reads it, or None where that would
-    refuse it or where this cannot tell (the full path then answers)."""
+    refuse it or where this cannot tell (the full path then answers). Any: ``QUIET`` is
+    built at import time, so its fields (``HeartbeatIn``'s) are unknown to the checker."""
     if b"\\u" in body:
         return None
     try:
@@ -420,7 +427,7 @@ async def _quiet_beat(scope, body: bytes) -> Beat | None:
     return Beat(agent, at_us, nonce, json.dumps(telemetry), parsed.version, parsed.env)
 
 
-def wrap(inner):
+def wrap(inner: ASGIApp) -> ASGIApp:
     """``inner`` (the portal's ASGI application) with the lean heartbeat path in front."""
 
     async def application(scope, receive, send) -> None:
@@ -439,7 +446,7 @@ def wrap(inner):
         body, complete, messages = await _read_body(receive, limit)
         beat = await _quiet_beat(scope, body) if complete else None
         applied, commands = (await batcher().submit(beat)) if beat is not None else (False, [])
-        if applied:
+        if applied and beat is not None:
             batcher().stats.fast += 1
             answer = json.dumps(
                 {"ok": True, "agent": beat.agent.name, "commands": commands,

@@ -20,6 +20,10 @@ import os
 import signal
 import socket
 from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from incidents.fastpath import ASGIApp
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ IDLE_SECONDS = 75.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-def load_app(path: str | None):
+def load_app(path: str | None) -> ASGIApp:
     """The ASGI application: ``module:attribute``, or the portal's with the lean path."""
     from incidents import fastpath
 
@@ -79,6 +83,7 @@ class AgentConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.busy = False
         self.closing = False
+        self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -88,11 +93,12 @@ class AgentConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
-        self.idle.cancel()
+        if self.idle is not None:
+            self.idle.cancel()
 
     def _arm(self) -> None:
         """Close a connection silent this long (an idle keep-alive, a slow sender)."""
-        if getattr(self, "idle", None) is not None:
+        if self.idle is not None:
             self.idle.cancel()
         self.idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._idle)
 

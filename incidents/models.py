@@ -24,13 +24,11 @@ from incidents.choices import (
 from portal.approvals import fingerprint_of
 from portal.choices import Impact
 
-DEFAULT_APPROVAL_TTL = 3600
-
 
 def approval_ttl() -> int:
     """Seconds a PENDING auto-patch may wait, for signatures then for a worker
     (``AUTOPATCH_APPROVAL_TTL``), before the sweep ends it EXPIRED."""
-    return int(getattr(settings, "AUTOPATCH_APPROVAL_TTL", DEFAULT_APPROVAL_TTL))
+    return int(settings.AUTOPATCH_APPROVAL_TTL)
 
 
 _slug = RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,62}$", "lowercase letters, digits, '_', '.', '-'")
@@ -237,6 +235,7 @@ class Incident(models.Model):
     class Meta:
         ordering = ["-opened_at"]
         indexes = [
+            models.Index(fields=["opened_at"], name="incident_opened_idx"),  # the list's order
             models.Index(
                 fields=["page_due_at"], name="incident_held_page_idx",
                 condition=Q(page_due_at__isnull=False),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from incidents.choices import RuleKind, Severity
 from incidents.models import DetectionRule
 
 # Defaults from the runbook (seed 001) and the self-healing document (seed 002).
-DEFAULT_RULES = [
+DEFAULT_RULES: list[dict[str, Any]] = [
     {"key": "errors", "kind": RuleKind.ERROR_SPIKE, "metric": "errors_last_24h",
      "warning": 50, "critical": 200, "description": "Errors in the last 24 h"},
     {"key": "webhooks", "kind": RuleKind.WEBHOOK_FAILURE, "metric": "webhook_fail_rate",

@@ -87,6 +87,8 @@ class Plan:
     formed: list[IncidentGroup] = field(default_factory=list)
     joined: dict[int, int] = field(default_factory=dict)  # existing group id -> new members
     joined_first: dict[int, datetime] = field(default_factory=dict)  # ... -> earliest detected
+    # formed group id -> start of its window: settle() takes the earlier incidents in
+    earlier_since: dict[int, datetime] = field(default_factory=dict)
 
     def pages(self, agent_id: int) -> bool:
         """Does this agent's new incident page on its own, now?"""
@@ -252,7 +254,7 @@ def _join_or_form(rule, key, cause, members, severity, detected, now, result: Pl
         group = IncidentGroup.objects.get(rule=rule, key=key, cause=cause, status__in=GROUP_OPEN)
         _count_joined(result, group, members, detected)
         return group
-    group._earlier_since = since  # settle() takes the earlier incidents in
+    result.earlier_since[group.pk] = since
     result.formed.append(group)
     return group
 
@@ -282,16 +284,18 @@ def settle(result: Plan, opened: list[Incident]) -> None:
     events: list[tuple[int, str, str]] = []
     by_agent = {i.agent_id: i for i in opened}
     for group in result.formed:
+        rule = group.rule
+        assert rule is not None  # formed from a rule by this plan
         members = [
             by_agent[a] for a, g in result.groups.items() if g.pk == group.pk and a in by_agent
         ]
         earlier = list(
             Incident.objects.filter(
-                group.rule.agents_of(group.key, "agent__"),
+                rule.agents_of(group.key, "agent__"),
                 cause=group.cause,
                 status__in=INCIDENT_OPEN,
                 group__isnull=True,
-                opened_at__gte=group._earlier_since,
+                opened_at__gte=result.earlier_since[group.pk],
             )
             .exclude(pk__in=[i.pk for i in members])
             .values_list("pk", flat=True)
@@ -315,13 +319,13 @@ def settle(result: Plan, opened: list[Incident]) -> None:
             severity=Greatest("severity", max((i.severity for i in opened), default=1)),
         )
     for incident in opened:
-        group = result.groups.get(incident.agent_id)
-        if group is not None:
-            events.append((incident.pk, "GROUPED", _grouped_text(group)))
+        grouped = result.groups.get(incident.agent_id)
+        if grouped is not None:
+            events.append((incident.pk, "GROUPED", _grouped_text(grouped)))
         if incident.agent_id in result.suppressed:
             _, why = result.suppressed[incident.agent_id]
             events.append((incident.pk, "SUPPRESSED", f"no page of its own: {why}"))
-        elif group is None and incident.agent_id in result.held:
+        elif grouped is None and incident.agent_id in result.held:
             due = result.held[incident.agent_id]
             events.append((incident.pk, "HELD",
                            f"page held until {due:%H:%M:%S} in case a storm forms"))  # fmt: skip
@@ -608,6 +612,7 @@ def release_held(now) -> list[int]:
     )  # fmt: skip
     for incident in suppressed:
         upstream = incident.suppressed_by
+        assert upstream is not None  # selected with suppressed_by__isnull=False
         still_down = upstream.enabled and (
             upstream.missing or (upstream.alert_after is not None and upstream.alert_after < now)
         )

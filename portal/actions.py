@@ -1,16 +1,29 @@
-"""Portal-wide writes: users and their roles."""
+"""Portal-wide writes: users and their roles; approval rules, notification channels and
+escalation levels."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.models import User as UserModel
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Field
 
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from portal.errors import RequestRefused
+from portal.lib import configedit
+from portal.lib.permissions import require_perm
+from portal.lib.text import UnstorableText, refuse_unstorable
+from portal.models import ApprovalRule, EscalationLevel, NotificationChannel
 from portal.roles import Role
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as AuthUser
 
 User = get_user_model()
 
@@ -23,7 +36,7 @@ def set_user(
     email: str = "",
     by: Actor | str = "system:cli",
     check_password: bool = True,
-):
+) -> tuple[AuthUser, bool]:
     """Create or update a portal user with exactly one role.
 
     Every role gets admin-site access (the admin is the main UI); what they can
@@ -33,6 +46,7 @@ def set_user(
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}; choose one of {', '.join(Role.values)}.")
     username_field = User._meta.get_field(User.USERNAME_FIELD)
+    assert isinstance(username_field, Field)  # USERNAME_FIELD names a concrete field
     try:
         username_field.run_validators(username)
     except ValidationError as exc:
@@ -42,10 +56,9 @@ def set_user(
         raise ValidationError("A user name is required.")
 
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(**{User.USERNAME_FIELD: username}).first()
-        created = user is None
-        if created:
-            user = User(**{User.USERNAME_FIELD: username})
+        found = User.objects.select_for_update().filter(**{User.USERNAME_FIELD: username}).first()
+        created = found is None
+        user = User(**{User.USERNAME_FIELD: username}) if found is None else found
         if password is not None:
             if check_password:
                 validate_password(password, user)
@@ -65,3 +78,199 @@ def set_user(
             details={"username": username, "role": role, "password_changed": password is not None},
         )
     return user, created
+
+
+# --- Portal configuration: approval rules, notification channels, escalation levels ----
+# Administrators only. Each write is validated (full_clean), done in one transaction with
+# exactly one audit event; the admin (and anything else) calls these.
+
+MANAGE_PERMISSION = "portal.manage_portal"
+
+APPROVAL_RULE_EDITABLE = (
+    "required_approvals",
+    "require_confirmation",
+    "allow_auto_approve",
+    "validity_seconds",
+)
+
+CHANNEL_EDITABLE = (
+    "name",
+    "kind",
+    "url",
+    "url_env",
+    "recipients",
+    "kinds",
+    "min_severity",
+    "enabled",
+)
+
+ESCALATION_EDITABLE = ("level", "name", "delay_minutes", "channels")
+
+
+def _manager(by: UserModel | Actor | str, what: str) -> Actor:
+    actor = Actor.of(by)
+    require_perm(actor.user, MANAGE_PERMISSION, what)
+    return actor
+
+
+def _storable(fields: dict[str, Any]) -> None:
+    try:
+        refuse_unstorable({k: v for k, v in fields.items() if isinstance(v, str)})
+    except UnstorableText as exc:
+        raise RequestRefused("invalid", str(exc)) from None
+
+
+def update_approval_rule(
+    rule: ApprovalRule | int, *, by: UserModel | Actor | str, **changes: Any
+) -> ApprovalRule:
+    """Change how many signatures an impact needs (``ApprovalRule.clean``: HIGH never
+    below 2 + a typed confirmation); one APPROVAL_RULE_CHANGED event, none if unchanged."""
+    actor = _manager(by, "change approval rules")
+    pk = rule.pk if isinstance(rule, ApprovalRule) else rule
+    with transaction.atomic():
+        saved, diff = configedit.update(
+            ApprovalRule, pk, changes, editable=APPROVAL_RULE_EDITABLE, error=RequestRefused,
+            what="approval rule",
+        )  # fmt: skip
+        if diff:
+            record(
+                AuditEventType.APPROVAL_RULE_CHANGED,
+                actor=actor,
+                subject=saved,
+                details={
+                    "impact": saved.impact,
+                    **configedit.values(saved, APPROVAL_RULE_EDITABLE),
+                    "changes": diff,
+                },
+            )
+    return saved
+
+
+def channel_details(channel: NotificationChannel) -> dict[str, Any]:
+    """What the audit log keeps of a channel: never the URL itself."""
+    return {
+        "name": channel.name,
+        "kind": channel.kind,
+        "url_env": channel.url_env,
+        "has_plain_url": bool(channel.url),
+        "recipients": len(channel.recipient_list),
+        "kinds": list(channel.kinds or []),
+        "min_severity": channel.min_severity,
+        "enabled": channel.enabled,
+    }
+
+
+def create_channel(*, by: UserModel | Actor | str, **fields: Any) -> NotificationChannel:
+    """Add a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "created")."""
+    actor = _manager(by, "change notification settings")
+    _storable(fields)
+    with transaction.atomic():
+        channel = configedit.create(
+            NotificationChannel, fields, editable=CHANNEL_EDITABLE, error=RequestRefused,
+            what="notification channel",
+        )  # fmt: skip
+        record(
+            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+            actor=actor,
+            subject=channel,
+            details={"change": "created", **channel_details(channel)},
+        )
+    return channel
+
+
+def update_channel(
+    channel: NotificationChannel | int, *, by: UserModel | Actor | str, **changes: Any
+) -> NotificationChannel:
+    """Change a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "updated";
+    none if unchanged). The event says whether a plain URL is set, never the URL."""
+    actor = _manager(by, "change notification settings")
+    _storable(changes)
+    pk = channel.pk if isinstance(channel, NotificationChannel) else channel
+    with transaction.atomic():
+        saved, diff = configedit.update(
+            NotificationChannel, pk, changes, editable=CHANNEL_EDITABLE, error=RequestRefused,
+            what="notification channel",
+        )  # fmt: skip
+        if diff:
+            record(
+                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+                actor=actor,
+                subject=saved,
+                details={
+                    "change": "updated",
+                    **channel_details(saved),
+                    "changed": sorted(diff),
+                },
+            )
+    return saved
+
+
+def delete_channel(
+    channel: NotificationChannel | int, *, by: UserModel | Actor | str
+) -> NotificationChannel:
+    """Remove a notification channel (one NOTIFICATION_CONFIG_CHANGED event, "deleted")."""
+    actor = _manager(by, "change notification settings")
+    pk = channel.pk if isinstance(channel, NotificationChannel) else channel
+    with transaction.atomic():
+        current = NotificationChannel.objects.filter(pk=pk).first()
+        if current is None:
+            raise RequestRefused("not_found", f"No notification channel #{pk}.")
+        record(
+            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+            actor=actor,
+            subject=current,
+            details={"change": "deleted", **channel_details(current)},
+        )
+        return configedit.delete(
+            NotificationChannel, pk, error=RequestRefused, what="notification channel"
+        )
+
+
+def _level_details(level: EscalationLevel) -> dict[str, Any]:
+    return {
+        "level": level.level,
+        "name": level.name,
+        "delay_minutes": level.delay_minutes,
+        "channels": sorted(c.name for c in level.channels.all()),
+    }
+
+
+def create_escalation_level(*, by: UserModel | Actor | str, **fields: Any) -> EscalationLevel:
+    """Add an escalation level and the channels it reaches (one NOTIFICATION_CONFIG_CHANGED)."""
+    actor = _manager(by, "change notification settings")
+    _storable(fields)
+    with transaction.atomic():
+        level = configedit.create(
+            EscalationLevel, fields, editable=ESCALATION_EDITABLE, error=RequestRefused,
+            what="escalation level",
+        )  # fmt: skip
+        record(
+            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+            actor=actor,
+            subject=level,
+            details={"change": "created", **_level_details(level)},
+        )
+    return level
+
+
+def update_escalation_level(
+    level: EscalationLevel | int, *, by: UserModel | Actor | str, **changes: Any
+) -> EscalationLevel:
+    """Change an escalation level's delay, name or channels (one NOTIFICATION_CONFIG_CHANGED
+    event; none if unchanged)."""
+    actor = _manager(by, "change notification settings")
+    _storable(changes)
+    pk = level.pk if isinstance(level, EscalationLevel) else level
+    with transaction.atomic():
+        saved, diff = configedit.update(
+            EscalationLevel, pk, changes, editable=ESCALATION_EDITABLE, error=RequestRefused,
+            what="escalation level",
+        )  # fmt: skip
+        if diff:
+            record(
+                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
+                actor=actor,
+                subject=saved,
+                details={"change": "updated", **_level_details(saved), "changes": diff},
+            )
+    return saved

@@ -1,12 +1,13 @@
 import os
 from datetime import UTC, datetime, timedelta
 from functools import wraps
+from typing import Any
 
 from django import forms
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
@@ -15,10 +16,12 @@ from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
 from rq.exceptions import NoSuchJobError
 
+from portal import actions as portal_actions
 from portal import kinds, notify
-from portal.admin_base import ReadOnlyAdmin
-from portal.audit import record
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
+from portal.admin_display import duration_column, status_column, time_column
 from portal.choices import AuditEventType, ChannelKind, NotificationKind, NotificationStatus
+from portal.lib.pagination import EstimatedCountPaginator
 from portal.models import (
     ApiToken,
     ApprovalRule,
@@ -27,24 +30,45 @@ from portal.models import (
     Notification,
     NotificationChannel,
 )
+from portal.roles import PORTAL_APPS
 from portal.tokens import revoke_token
+
+
+def subject_types() -> list[str]:
+    """What an audit event's subject can be: a model of the portal's apps, or a user or
+    group (``portal.audit.subject_of`` stores the model's label)."""
+    return sorted(
+        model._meta.label_lower
+        for model in apps.get_models()
+        if model._meta.app_label in (*PORTAL_APPS, "auth")
+    )
+
+
+class SubjectTypeFilter(admin.SimpleListFilter):
+    """The subject types from the models, not a ``SELECT DISTINCT`` over the whole log."""
+
+    title = "subject type"
+    parameter_name = "subject_type"
+
+    def lookups(self, request, model_admin):
+        return [(label, label) for label in subject_types()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(subject_type=value) if value else queryset
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit log is append-only, for everyone, admins included."""
 
-    list_display = (
-        "id",
-        "created",
-        "get_event_type_display",
-        "actor",
-        "subject_type",
-        "subject_id",
-    )
-    list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), "subject_type")
+    list_display = ("id", time_column("created"), "get_event_type_display", "actor",
+                    "subject_type", "subject_id")  # fmt: skip
+    list_filter = (kinds.list_filter(AuditEventType, "event_type", "event type"), SubjectTypeFilter)
+    # Substring search on a big table: trigram indexes (portal migration 0015).
     search_fields = ("actor", "subject_id")
-    date_hierarchy = "created"
+    # No date_hierarchy: it runs SELECT DISTINCT DATE_TRUNC(...) over every row per page.
+    paginator = EstimatedCountPaginator
     list_per_page = 100
     show_full_result_count = False
 
@@ -58,7 +82,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created with `manage.py portal_token` (shown once); here they are revoked."""
 
-    list_display = ("name", "user", "prefix", "created", "last_used", "revoked_at")
+    list_display = (
+        "name", "user", "prefix", time_column("created"), time_column("last_used", "last used"),
+        time_column("revoked_at", "revoked"),
+    )  # fmt: skip
     list_filter = ("revoked_at",)
     search_fields = ("name", "user__username", "prefix")
     readonly_fields = ("user", "name", "prefix", "created", "last_used", "revoked_at")
@@ -89,7 +116,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApprovalRule)
-class ApprovalRuleAdmin(admin.ModelAdmin):
+class ApprovalRuleAdmin(AuditedConfigAdmin):
     """Multi-signature rules per impact; HIGH can never be weakened below 2 + confirmation."""
 
     list_display = (
@@ -97,8 +124,8 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
         "required_approvals",
         "require_confirmation",
         "allow_auto_approve",
-        "validity_seconds",
-        "updated",
+        duration_column("validity_seconds", "valid for"),
+        time_column("updated"),
     )
 
     def has_add_permission(self, request):
@@ -110,21 +137,11 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return request.user.has_perm("portal.manage_portal")
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            record(
-                AuditEventType.APPROVAL_RULE_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={
-                    "impact": obj.impact,
-                    "required_approvals": obj.required_approvals,
-                    "require_confirmation": obj.require_confirmation,
-                    "allow_auto_approve": obj.allow_auto_approve,
-                    "validity_seconds": obj.validity_seconds,
-                },
-            )
+    def get_readonly_fields(self, request, obj=None):
+        return ("impact",)  # one row per impact: the rule of HIGH never becomes LOW's
+
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_approval_rule(obj.pk, by=request.user, **changes)
 
 
 # --- Notifications --------------------------------------------------------------------
@@ -161,22 +178,8 @@ class NotificationChannelForm(forms.ModelForm):
         ]
 
 
-def _channel_details(channel: NotificationChannel) -> dict:
-    """What the audit log keeps of a channel: never the URL itself."""
-    return {
-        "name": channel.name,
-        "kind": channel.kind,
-        "url_env": channel.url_env,
-        "has_plain_url": bool(channel.url),
-        "recipients": len(channel.recipient_list),
-        "kinds": list(channel.kinds or []),
-        "min_severity": channel.min_severity,
-        "enabled": channel.enabled,
-    }
-
-
 @admin.register(NotificationChannel)
-class NotificationChannelAdmin(admin.ModelAdmin):
+class NotificationChannelAdmin(AuditedConfigAdmin):
     """Where notifications go. Secret URLs stay in the environment (url_env names them)."""
 
     form = NotificationChannelForm
@@ -213,29 +216,14 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def has_manage_permission(self, request):
         return request.user.has_perm(MANAGE_PORTAL)
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            record(
-                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={"change": "updated" if change else "created", **_channel_details(obj)},
-            )
+    def config_create(self, request, fields):
+        return portal_actions.create_channel(by=request.user, **fields)
 
-    def delete_model(self, request, obj):
-        with transaction.atomic():
-            record(
-                AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-                actor=request.user,
-                subject=obj,
-                details={"change": "deleted", **_channel_details(obj)},
-            )
-            super().delete_model(request, obj)
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_channel(obj.pk, by=request.user, **changes)
 
-    def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            self.delete_model(request, obj)
+    def config_delete(self, request, obj):
+        portal_actions.delete_channel(obj.pk, by=request.user)
 
     @admin.action(description="Send a test notification", permissions=["manage"])
     def send_test_notification(self, request, queryset):
@@ -249,7 +237,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(EscalationLevel)
-class EscalationLevelAdmin(admin.ModelAdmin):
+class EscalationLevelAdmin(AuditedConfigAdmin):
     """Incident escalation levels (L1..L4) and the channels each one reaches."""
 
     list_display = ("level", "name", "delay_minutes", "channel_names")
@@ -271,20 +259,11 @@ class EscalationLevelAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # incidents refer to levels by number
 
-    def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        level = form.instance
-        record(
-            AuditEventType.NOTIFICATION_CONFIG_CHANGED,
-            actor=request.user,
-            subject=level,
-            details={
-                "level": level.level,
-                "name": level.name,
-                "delay_minutes": level.delay_minutes,
-                "channels": sorted(c.name for c in level.channels.all()),
-            },
-        )
+    def config_create(self, request, fields):
+        return portal_actions.create_escalation_level(by=request.user, **fields)
+
+    def config_update(self, request, obj, changes):
+        return portal_actions.update_escalation_level(obj.pk, by=request.user, **changes)
 
 
 @admin.register(Notification)
@@ -293,13 +272,13 @@ class NotificationAdmin(admin.ModelAdmin):
 
     list_display = (
         "id",
-        "created",
+        time_column("created"),
         "get_kind_display",
         "severity",
         "channel",
-        "status",
+        status_column(),
         "attempts",
-        "sent_at",
+        time_column("sent_at", "sent"),
         "subject_type",
         "subject_id",
         "short_error",
@@ -311,7 +290,8 @@ class NotificationAdmin(admin.ModelAdmin):
         "channel",
     )
     search_fields = ("title", "subject_id")
-    date_hierarchy = "created"
+    # No date_hierarchy: a SELECT DISTINCT DATE_TRUNC(...) over every row on each page.
+    paginator = EstimatedCountPaginator
     list_select_related = ("channel",)
     list_per_page = 100
     show_full_result_count = False
@@ -447,7 +427,7 @@ def queue_rows() -> list[dict]:
     fresh_after = datetime.now(UTC) - timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
     rows = []
     for name in settings.RQ_QUEUES:
-        row = {"name": name, "error": ""}
+        row: dict[str, Any] = {"name": name, "error": ""}
         try:
             queue = django_rq.get_queue(name)
             workers = Worker.all(queue=queue)

@@ -12,13 +12,36 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from portal import approvals
 from portal.errors import RequestRefused
+
+
+def safe_next(request, default: str) -> str:
+    """Where to go after a POST: the form's ``next`` if it is a path on this portal
+    (``/``-rooted, no scheme, no host, no ``//`` or ``\\`` tricks), else ``default``.
+
+    The dashboard's inbox posts to the object pages' endpoints with ``next=/`` so the
+    person stays in the inbox; anything else (``https://evil.example/``, ``//evil``,
+    ``/\\evil``, ``javascript:``) is ignored rather than followed."""
+    target = request.POST.get("next", "")
+    if (
+        not target
+        or len(target) > 2000
+        or not target.startswith("/")
+        or target.startswith(("//", "/\\"))
+        or any(c in target for c in "\\\r\n\t")
+        or not url_has_allowed_host_and_scheme(target, allowed_hosts=None)
+    ):
+        return default
+    return target
 
 
 class ApprovalAdminMixin:
@@ -31,6 +54,9 @@ class ApprovalAdminMixin:
     #: status in which a request waits for signatures
     waiting_status: str
     approved_message = "Approved."
+    #: given by the ModelAdmin this is mixed into
+    model: type[models.Model]
+    admin_site: AdminSite
 
     def _approval_url_name(self, verb: str) -> str:
         meta = self.model._meta
@@ -68,11 +94,11 @@ class ApprovalAdminMixin:
             "reject_url": reverse(f"admin:{self._approval_url_name('reject')}", args=[obj.pk]),
         }
 
-    def _back(self, pk) -> HttpResponseRedirect:
+    def _back(self, request, pk) -> HttpResponseRedirect:
+        """The form's own ``next`` (the inbox) when it is safe, else the object's page."""
         meta = self.model._meta
-        return HttpResponseRedirect(
-            reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
-        )
+        page = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
+        return HttpResponseRedirect(safe_next(request, page))
 
     def _approve(self, request, pk):
         if not request.user.has_perm(approvals.APPROVE_PERMISSION):
@@ -92,7 +118,7 @@ class ApprovalAdminMixin:
                 messages.success(request, self.approved_message)
             else:
                 messages.info(request, f"Signed ({tally.count}/{tally.required}).")
-        return self._back(pk)
+        return self._back(request, pk)
 
     def _reject(self, request, pk):
         if not request.user.has_perm(approvals.APPROVE_PERMISSION):
@@ -103,4 +129,4 @@ class ApprovalAdminMixin:
             messages.error(request, exc.message)
         else:
             messages.success(request, "Rejected.")
-        return self._back(pk)
+        return self._back(request, pk)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 
 from portal.audit import record
 from portal.choices import AuditEventType, Impact
@@ -105,9 +105,15 @@ def may_auto_approve(impact: str) -> bool:
     return impact == Impact.LOW and rule_for(impact).allow_auto_approve
 
 
-def _signatures(obj: Approvable):
+def _row(obj: Approvable) -> models.Model:
+    """The model row behind ``obj`` (every approvable is one; the protocol can't say so)."""
+    assert isinstance(obj, models.Model), f"{type(obj).__name__} is not a model"
+    return obj
+
+
+def _signatures(obj: Approvable) -> models.QuerySet[Approval]:
     return Approval.objects.filter(
-        content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False),
+        content_type=ContentType.objects.get_for_model(_row(obj), for_concrete_model=False),
         object_id=str(obj.pk),
         fingerprint=obj.approval_fingerprint(),
     ).select_related("approver")
@@ -119,7 +125,13 @@ def tally(obj: Approvable) -> Tally:
     for approval in _signatures(obj):
         if approval.approver.get_username() not in names:
             names.append(approval.approver.get_username())
-    return Tally(approvers=names, required=rule_for(obj.approval_impact).required_approvals)
+    return Tally(approvers=names, required=required_signatures(obj))
+
+
+def required_signatures(obj: Approvable) -> int:
+    """The impact's rule, plus what the request itself adds (an emergency: one more)."""
+    extra = getattr(obj, "approval_extra_signatures", 0)
+    return rule_for(obj.approval_impact).required_approvals + extra
 
 
 def check_signer(obj: Approvable, user, *, fingerprint: str | None, confirmation: str) -> None:
@@ -164,7 +176,7 @@ def sign(
     try:
         with transaction.atomic():
             Approval.objects.create(
-                content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False),
+                content_type=ContentType.objects.get_for_model(_row(obj), for_concrete_model=False),
                 object_id=str(obj.pk),
                 approver=user,
                 fingerprint=obj.approval_fingerprint(),
@@ -176,7 +188,7 @@ def sign(
     record(
         AuditEventType.APPROVAL_SIGNED,
         actor=user,
-        subject=obj,
+        subject=_row(obj),
         details={
             "fingerprint": obj.approval_fingerprint(),
             "signatures": result.count,

@@ -359,25 +359,26 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
         .annotate(
             n=Count("id"),
             resolved=Count("id", filter=Q(resolved_at__isnull=False)),
-            mttd=Avg(detect),
-            mttr=Avg(resolve, filter=Q(resolved_at__isnull=False)),
+            # Not "mttd"/"mttr": those names are Incident properties.
+            mean_mttd=Avg(detect),
+            mean_mttr=Avg(resolve, filter=Q(resolved_at__isnull=False)),
         )
         .order_by("day")
     )
     charts = []
-    for key, name, target, count_key in (
-        ("mttd", "MTTD", MTTD_TARGET, "n"),
-        ("mttr", "MTTR", MTTR_TARGET, "resolved"),
+    for key, column, name, target, count_key in (
+        ("mttd", "mean_mttd", "MTTD", MTTD_TARGET, "n"),
+        ("mttr", "mean_mttr", "MTTR", MTTR_TARGET, "resolved"),
     ):
         points = [
             (
                 _midday(_as_date(row["day"])),
-                row[key].total_seconds(),
-                f"{_as_date(row['day']):%a %b %d}: {name} {human_duration(row[key])} "
+                row[column].total_seconds(),
+                f"{_as_date(row['day']):%a %b %d}: {name} {human_duration(row[column])} "
                 f"over {row[count_key]} incident(s)",
             )
             for row in found
-            if row[key] is not None
+            if row[column] is not None
         ]
         label = f"{name} per day (mean) against its {_short(target)} target"
         words = "detect (detected → opened)" if key == "mttd" else "resolve (opened → resolved)"
@@ -397,9 +398,9 @@ def detect_and_resolve(days: list[date]) -> list[Chart]:
                 [(name, PALETTE[0]), (f"target {_short(target)}", "#b3261e")],
                 ["day", name, "incidents"],
                 [
-                    [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[key]), str(r[count_key])]
+                    [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[column]), str(r[count_key])]
                     for r in found
-                    if r[key] is not None
+                    if r[column] is not None
                 ],
             )
         )
@@ -466,7 +467,11 @@ def time_to_approval(days: list[date]) -> Chart:
         .order_by("-approved_at")
         .values_list("pk", "impact", "created", "approved_at")[:MAX_POINTS]
     )
-    found += [(f"action #{pk}", impact, created, at) for pk, impact, created, at in actions]
+    found += [
+        (f"action #{pk}", impact, created, at)
+        for pk, impact, created, at in actions
+        if at is not None  # filtered on approved_at above: never None here
+    ]
     restores = (
         RestoreRequest.objects.filter(approved_at__gte=since)
         .order_by("-approved_at")
@@ -475,6 +480,7 @@ def time_to_approval(days: list[date]) -> Chart:
     found += [
         (f"restore #{pk}", "HIGH" if mode == "overwrite" else "MEDIUM", created, at)
         for pk, mode, created, at in restores
+        if at is not None
     ]
     series = {impact: Series(impact, colour) for impact, colour in IMPACT_COLOURS.items()}
     rows = []
@@ -557,6 +563,71 @@ def backup_runs(days: list[date]) -> list[Chart]:
     ]  # fmt: skip
 
 
+def drill_restore_times(days: list[date]) -> Chart:
+    """Each restore drill's measured restore time, per source, against the RTO targets (one
+    dashed line per distinct target); failed drills are listed under the chart."""
+    from backups.choices import DrillStatus
+    from backups.models import BackupDrill
+
+    found = list(
+        BackupDrill.objects.filter(
+            created__gte=_since(days), status__in=[DrillStatus.SUCCEEDED, DrillStatus.FAILED]
+        )
+        .order_by("-created")
+        .values_list(
+            "pk", "source__name", "created", "status", "rto_seconds", "rto_target_seconds",
+            "met_target",
+        )[:MAX_POINTS]
+    )  # fmt: skip
+    found.reverse()
+    names = sorted({name for _, name, *_ in found})
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    series = {name: Series(name, colours[name]) for name in names}
+    targets: dict[float, set[str]] = {}
+    rows = []
+    for pk, name, created, status, seconds, target, met in found:
+        when = timezone.localtime(created)
+        if target:
+            targets.setdefault(float(target), set()).add(name)
+        verdict = (
+            "FAILED" if status == DrillStatus.FAILED
+            else "over target" if met is False
+            else "within target"
+        )  # fmt: skip
+        if seconds is not None:
+            series[name].points.append(
+                (
+                    created.timestamp(),
+                    seconds,
+                    f"{name} drill #{pk} {when:%b %d %H:%M}: restore {human_duration(seconds)}"
+                    f" (target {human_duration(target)}, {verdict})",
+                )
+            )
+        rows.append(
+            [f"{when:%Y-%m-%d %H:%M}", name, f"#{pk}", human_duration(seconds),
+             human_duration(target), verdict]
+        )  # fmt: skip
+    lines_at = [
+        (value, f"target {_short(value)} ({', '.join(sorted(who))})")
+        for value, who in sorted(targets.items())
+    ]
+    title = "Restore drills: restore time per source against its RTO target"
+    failed = sum(1 for row in rows if row[-1] == "FAILED")
+    return Chart(
+        "drill-restore-times",
+        title,
+        "Could we restore in time if we had to?",
+        lines(days, list(series.values()), title, fmt=_short, targets=lines_at,
+              steps=DURATION_STEPS),
+        [(name, colours[name]) for name in names] + [("RTO target", "#b3261e")],
+        ["drill", "source", "id", "restore took", "target", "result"],
+        rows[-200:],
+        note=f"{failed} failed drill(s) in the window (no restore time to draw; listed below)."
+        if failed
+        else "",
+    )  # fmt: skip
+
+
 def all_charts(days: int) -> list[Chart]:
     window = _days(days)
     return [
@@ -565,4 +636,5 @@ def all_charts(days: int) -> list[Chart]:
         autopatch_rates(window),
         time_to_approval(window),
         *backup_runs(window),
+        drill_restore_times(window),
     ]

@@ -59,7 +59,7 @@ class NotificationSeverity(models.TextChoices):
     CRITICAL = "critical", "Critical"
 
 
-SEVERITY_RANK = {
+SEVERITY_RANK: dict[str, int] = {
     NotificationSeverity.INFO: 0,
     NotificationSeverity.WARNING: 1,
     NotificationSeverity.CRITICAL: 2,

@@ -94,7 +94,8 @@ def rules(request: HttpRequest | None = None) -> dict[str, Any]:
     if cached is None:
         cached = {impact: approvals.rule_for(impact) for impact in Impact.values}
         if request is not None:
-            request._approval_rules = cached
+            # A per-request memo; HttpRequest's stubs list a closed set of attributes.
+            request._approval_rules = cached  # type: ignore[attr-defined]
     return cached
 
 

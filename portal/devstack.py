@@ -29,7 +29,12 @@ def _manage(*args: str, env: dict) -> None:
     subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), *args], env=env, check=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    kind = next((a.split("=", 1)[1] for a in argv if a.startswith("--target=")), "local")
+    if kind not in ("local", "vm"):
+        print(f"error: --target={kind}: use local (default) or vm", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
     var_dir = Path(env.setdefault("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
@@ -44,13 +49,20 @@ def main() -> int:
             print(f"REDIS_URL={redis_url} does not answer; starting a local one instead.")
         try:
             redis_url, proc, _ = start_redis(var_dir, port=None)
+            assert proc is not None  # not daemonized: a child of this process
         except ServiceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         children.append(("redis-server", proc))
         print(f"Started a local redis-server at {redis_url} (data under {var_dir}).")
     env["REDIS_URL"] = redis_url
-    target, missing = _start_demo_target(var_dir, env)
+    if kind == "vm":
+        target, missing = _start_vm_target(var_dir, env)
+        if target is None:
+            _stop(children)
+            return 1
+    else:
+        target, missing = _start_demo_target(var_dir, env)
 
     try:
         _manage("migrate", "--noinput", "-v", "0", env=env)
@@ -83,7 +95,7 @@ def main() -> int:
         "rqcron": [python, manage, "rqcron", "portal.cron"],
     }
     agent_key = var_dir / "demo-agent.key"
-    if target is not None and agent_key.exists():
+    if kind == "local" and target is not None and agent_key.exists():
         # The demo agent reports the target's telemetry file and asks the target's stand-in
         # `systemctl is-active unbound`; it waits for daphne before its first heartbeat.
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
@@ -187,6 +199,38 @@ def _start_demo_target(var_dir: Path, env: dict):
     env["PORTAL_DEMO_TARGET_USER"] = target.user
     env["PORTAL_DEMO_CONTAINERS"] = ",".join(DEMO_CONTAINERS)
     print(f"Started the demo target (loopback sshd) at {target.address}:{target.port}.")
+    return target, ""
+
+
+def _start_vm_target(var_dir: Path, env: dict):
+    """A real Debian guest under QEMU with the portal's wrappers installed (``pra.vmtarget``).
+
+    The first run builds the image (debootstrap, a few minutes); later runs boot the cached
+    image in ~20 s. Returns (target or None, why it is missing)."""
+    from pra.vmtarget.recipe import ImageBuildError, missing_host_tools
+    from pra.vmtarget.target import VMTarget
+    from pra.vmtarget.vm import VMError
+
+    try:
+        missing = missing_host_tools()
+        if missing:
+            apt_install(*missing)
+        print("Starting the VM target (the first run builds its image: a few minutes)…")
+        target = VMTarget(var_dir / "vm-target")
+        target.start()
+    except (ServiceError, ImageBuildError, VMError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"error: the VM target did not start: {exc}", file=sys.stderr)
+        return None, str(exc)
+    env.setdefault("PRA_SSH_KEY_FILE", str(target.exec_key_path))
+    env.setdefault("PRA_DIAG_SSH_KEY_FILE", str(target.diag_key_path))
+    env["PORTAL_DEMO_TARGET"] = f"{target.address}:{target.port}"
+    env["PORTAL_DEMO_TARGET_KEY"] = target.host_key_line
+    env["PORTAL_DEMO_TARGET_USER"] = target.user
+    env["PORTAL_DEMO_CONTAINERS"] = "web-1"
+    print(
+        f"The VM target runs at {target.address}:{target.port} (Caddy on "
+        f"http://127.0.0.1:{target.http_port}/); it is host 'demo-target'."
+    )
     return target, ""
 
 

@@ -470,7 +470,7 @@ def _channel_url(channel: NotificationChannel) -> str:
 
 
 def _absolute(link: str) -> str:
-    base = getattr(settings, "PORTAL_BASE_URL", "")
+    base = settings.PORTAL_BASE_URL
     return f"{base}{link}" if link.startswith("/") and base else link
 
 

@@ -236,6 +236,8 @@ PRA_RETRY_BACKOFF = env_int("PRA_RETRY_BACKOFF_MS", 1000, minimum=0, maximum=600
 PRA_PROPOSAL_TTL = env_int("PRA_PROPOSAL_TTL", 24 * 3600, minimum=60)
 PRA_HEARTBEAT_GRACE = env_int("PRA_HEARTBEAT_GRACE", 60, minimum=5)
 PRA_MAX_OUTPUT = env_int("PRA_MAX_OUTPUT", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+# Seconds a read-only command (diagnostic, probe, pre-flight dry run) may take on a target.
+PRA_DIAG_TIMEOUT = env_int("PRA_DIAG_TIMEOUT", 60, minimum=5, maximum=3600)
 PRA_VERIFY_ATTEMPTS = env_int("PRA_VERIFY_ATTEMPTS", 3, minimum=1, maximum=20)
 PRA_PREFLIGHT = env_bool("PRA_PREFLIGHT", True)
 PRA_PREFLIGHT_TIMEOUT = env_int("PRA_PREFLIGHT_TIMEOUT", 120, minimum=10)
@@ -244,6 +246,10 @@ PRA_CONNECTIVITY_PORTS = tuple(
 )
 # AI (MCP) identities may ask for LOW-impact auto-approval only if this is on.
 PRA_AI_AUTO_APPROVE = env_bool("PRA_AI_AUTO_APPROVE", False)
+# Impact levels whose actions only run inside a maintenance window (e.g. "HIGH"), and how
+# far ahead an approval may look for one (an approval with no window that soon is refused).
+PRA_WINDOW_IMPACTS = tuple(impact.upper() for impact in env_list("PRA_WINDOW_IMPACTS", []))
+PRA_WINDOW_MAX_WAIT = env_int("PRA_WINDOW_MAX_WAIT_DAYS", 15, minimum=1, maximum=366) * 86400
 
 # --- Incidents -----------------------------------------------------------------------
 HEARTBEAT_MAX_BYTES = env_int("HEARTBEAT_MAX_BYTES", 16 * 1024, minimum=1024, maximum=1024 * 1024)

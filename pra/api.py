@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 
 from portal import approvals
+from portal.dashboard import rules as approval_rules
+from portal.dashboard import signatures_of
 from portal.lib.text import StorableInput
-from pra import actions
+from pra import actions, windows
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.diagnostics import DIAGNOSTICS
-from pra.models import Host, PRAAction
+from pra.models import DiagnosticRun, Host, PRAAction
 
 router = Router(tags=["remediation"])
 
@@ -77,6 +80,12 @@ class ProposeIn(StorableInput):
     rationale: str = Field(max_length=5000)
     auto_approve: bool = False
     evidence_ids: list[int] = Field(default_factory=list, max_length=50)
+    emergency: bool = Field(
+        default=False,
+        description="Runs during a change freeze and outside maintenance windows; needs "
+        "emergency_reason and one more signature than the impact's rule.",
+    )
+    emergency_reason: str = Field(default="", max_length=2000)
 
 
 class ApproveIn(StorableInput):
@@ -138,10 +147,28 @@ class ActionOut(Schema):
     preflight_label: str
     verification_output: str
     evidence_ids: list[int]
+    emergency: bool
+    emergency_reason: str
+    hold_reason: str = Field(
+        description="What a WAITING action waits for (its maintenance window, a freeze, the "
+        "pre-maintenance backup), or why its wait ended without a run."
+    )
+    maintenance: dict[str, Any] = Field(
+        description="requires_window, emergency, the change freeze in force (or null), the "
+        "window it is approved for, and for a PROPOSED action what approval would do "
+        "(on_approval: runs now / waits for the window starting ... / refused: freeze)."
+    )
 
 
-def action_out(obj: PRAAction) -> dict:
-    tally = approvals.tally(obj)
+def action_out(
+    obj: PRAAction, *, tally: approvals.Tally | None = None, evidence_ids: list[int] | None = None
+) -> dict:
+    """One action as the API shows it; ``actions_out`` gives ``tally`` and ``evidence_ids``
+    read in bulk for a whole list (otherwise they are read here, three queries)."""
+    if tally is None:
+        tally = approvals.tally(obj)
+    if evidence_ids is None:
+        evidence_ids = list(obj.evidence.values_list("pk", flat=True))
     return {
         "id": obj.pk,
         "action": obj.action,
@@ -171,8 +198,37 @@ def action_out(obj: PRAAction) -> dict:
         "verification_label": obj.get_verification_display(),
         "preflight_label": obj.get_preflight_status_display(),
         "verification_output": obj.verification_output,
-        "evidence_ids": list(obj.evidence.values_list("pk", flat=True)),
+        "evidence_ids": evidence_ids,
+        "emergency": obj.emergency,
+        "emergency_reason": obj.emergency_reason,
+        "hold_reason": obj.hold_reason,
+        "maintenance": windows.outlook(obj),
     }
+
+
+def actions_out(objs: list[PRAAction]) -> list[dict]:
+    """Many actions in a fixed number of queries, whatever their number: every signature
+    in one query, one rule per impact, every evidence id in one query."""
+    if not objs:
+        return []
+    rules = approval_rules()  # every impact's: the same queries whatever the page holds
+    signatures = signatures_of(objs)
+    evidence: dict[int, list[int]] = {}
+    runs = DiagnosticRun.objects.filter(action__in=objs).order_by("-created", "-pk")
+    for action_id, pk in runs.values_list("action_id", "pk"):
+        evidence.setdefault(action_id, []).append(pk)
+    content_type = ContentType.objects.get_for_model(PRAAction).pk
+    out = []
+    for obj in objs:
+        current = obj.approval_fingerprint()
+        names: list[str] = []
+        for signature in signatures.get((content_type, str(obj.pk)), []):
+            name = signature.approver.get_username()
+            if signature.fingerprint == current and name not in names:
+                names.append(name)
+        tally = approvals.Tally(approvers=names, required=rules[obj.impact].required_approvals)
+        out.append(action_out(obj, tally=tally, evidence_ids=evidence.get(obj.pk, [])))
+    return out
 
 
 def catalog_out() -> list[dict]:
@@ -241,6 +297,8 @@ def propose(request, body: ProposeIn):
             by=request.user,
             auto_approve=body.auto_approve,
             evidence_ids=body.evidence_ids,
+            emergency=body.emergency,
+            emergency_reason=body.emergency_reason,
         )
     except actions.ActionError as exc:
         return _error(exc)
@@ -258,7 +316,7 @@ def list_actions(request, status: ActionStatus | None = None, limit: int = 50):
     qs = PRAAction.objects.select_related("host")
     if status:
         qs = qs.filter(status=status)
-    return [action_out(a) for a in qs[: max(1, min(limit, 200))]]
+    return actions_out(list(qs[: max(1, min(limit, 200))]))
 
 
 @router.get("/actions/{action_id}", response={200: ActionOut, 404: ErrorOut})

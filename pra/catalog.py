@@ -49,15 +49,43 @@ class ParamSpec:
         return value
 
 
+# pra-run prints this line before it runs an action: the target's own clock (µs since
+# the epoch) and boot id, so the probes compare the host's state with the host's past,
+# never with the portal's clock.
+BEFORE_MARK = re.compile(
+    r"^PRA-BEFORE time=(?P<time>[0-9]{10,17}) boot_id=(?P<boot_id>[0-9a-f-]{36})$", re.M
+)
+
+
+def parse_before(stdout: str) -> dict[str, str] | None:
+    """``{"time": …, "boot_id": …}`` from the action's output, or None when absent."""
+    match = BEFORE_MARK.search(stdout or "")
+    return match.groupdict() if match else None
+
+
 @dataclass(frozen=True)
 class Probe:
-    """A read-only diagnostic (a ``pra-diag`` command) that must succeed after the action."""
+    """A read-only diagnostic (a ``pra-diag`` command) that must succeed after the action.
+
+    ``{param}`` placeholders take the action's parameters, ``{before_time}`` and
+    ``{before_boot_id}`` the values pra-run printed before the action ran. ``within``:
+    seconds the probe may keep trying while the host is away (a reboot); 0 means a few
+    quick tries (PRA_VERIFY_ATTEMPTS).
+    """
 
     diag: tuple[str, ...]
     expect: str = ""  # first line of stdout that proves success ("" = exit 0 is enough)
+    within: int = 0
 
-    def argv(self, params: dict[str, str]) -> list[str]:
-        return [part.format(**params) for part in self.diag]
+    @property
+    def needs_before(self) -> bool:
+        return any("{before_" in part for part in self.diag)
+
+    def argv(self, params: dict[str, str], before: dict[str, str] | None = None) -> list[str]:
+        values = dict(params)
+        if before:
+            values.update(before_time=before["time"], before_boot_id=before["boot_id"])
+        return [part.format(**values) for part in self.diag]
 
     def matches(self, stdout: str) -> bool:
         """The first output line must be exactly ``expect`` ("inactive" is not "active")."""
@@ -77,8 +105,14 @@ class ActionSpec:
     impact_note: str
     params: tuple[ParamSpec, ...] = ()
     probe: Probe | None = None
+    # Read-only argv pra-run's dry run (the pre-flight) runs as root: the unit or the
+    # container exists, the config parses. Exit 0 = OK; "{param}" placeholders.
+    check: tuple[str, ...] = ()
     timeout: int = 120  # seconds the command may run on the target
     tags: tuple[str, ...] = field(default=())
+    # Runs only inside a maintenance window (``pra.windows``); PRA_WINDOW_IMPACTS can
+    # require one for whole impact levels too.
+    requires_window: bool = False
 
     def validate_params(self, params: object) -> dict[str, str]:
         params = params or {}
@@ -101,6 +135,10 @@ class ActionSpec:
     def target_argv(self, params: dict[str, str]) -> list[str]:
         clean = self.validate_params(params)
         return [part.format(**clean) for part in self.command]
+
+    def check_argv(self, params: dict[str, str]) -> list[str]:
+        clean = self.validate_params(params)
+        return [part.format(**clean) for part in self.check]
 
 
 _CONTAINER = ParamSpec("name", "Container name (podman)")
@@ -129,7 +167,8 @@ CATALOG: dict[str, ActionSpec] = {
             idempotent=True,
             command=("systemctl", "restart", "unbound"),
             impact_note="DNS resolution pauses for about a second.",
-            probe=Probe(("status", "unbound"), expect="active"),
+            probe=Probe(("restarted", "unbound", "{before_time}")),
+            check=("systemctl", "cat", "unbound.service"),
         ),
         ActionSpec(
             name="reload_caddy",
@@ -138,7 +177,8 @@ CATALOG: dict[str, ActionSpec] = {
             idempotent=True,
             command=("systemctl", "reload", "caddy"),
             impact_note="None expected; a bad config keeps the old one running.",
-            probe=Probe(("status", "caddy"), expect="active"),
+            probe=Probe(("reloaded", "caddy", "{before_time}")),
+            check=("systemctl", "cat", "caddy.service"),
         ),
         ActionSpec(
             name="flush_dns_cache",
@@ -148,6 +188,7 @@ CATALOG: dict[str, ActionSpec] = {
             command=("resolvectl", "flush-caches"),
             impact_note="A few slower lookups while the cache refills.",
             probe=Probe(("status", "systemd-resolved"), expect="active"),
+            check=("systemctl", "cat", "systemd-resolved.service"),
         ),
         ActionSpec(
             name="rotate_logs",
@@ -157,6 +198,7 @@ CATALOG: dict[str, ActionSpec] = {
             command=("logrotate", "-f", "/etc/logrotate.conf"),
             impact_note="Services re-open their log files.",
             probe=None,
+            check=("logrotate", "--debug", "/etc/logrotate.conf"),
         ),
         ActionSpec(
             name="restart_caddy",
@@ -165,7 +207,8 @@ CATALOG: dict[str, ActionSpec] = {
             idempotent=True,
             command=("systemctl", "restart", "caddy"),
             impact_note="HTTP(S) unavailable for a few seconds; open connections drop.",
-            probe=Probe(("status", "caddy"), expect="active"),
+            probe=Probe(("restarted", "caddy", "{before_time}")),
+            check=("systemctl", "cat", "caddy.service"),
         ),
         ActionSpec(
             name="restart_container",
@@ -175,7 +218,8 @@ CATALOG: dict[str, ActionSpec] = {
             command=("podman", "restart", "{name}"),
             impact_note="The container's service is down while it restarts.",
             params=(_CONTAINER,),
-            probe=Probe(("container", "{name}"), expect="running"),
+            probe=Probe(("container-restarted", "{name}", "{before_time}")),
+            check=("podman", "container", "exists", "{name}"),
         ),
         ActionSpec(
             name="reboot_system",
@@ -184,7 +228,8 @@ CATALOG: dict[str, ActionSpec] = {
             idempotent=False,
             command=("systemctl", "reboot"),
             impact_note="Every service on the host is down until it boots again.",
-            probe=Probe(("sysinfo",)),
+            # The boot id must change and SSH come back within the bound.
+            probe=Probe(("rebooted", "{before_boot_id}"), within=300),
             timeout=60,
         ),
         ActionSpec(
@@ -250,6 +295,7 @@ def catalog_fingerprint() -> str:
         {
             "name": s.name,
             "command": list(s.command),
+            "check": list(s.check),
             "params": [asdict(p) for p in s.params],
         }
         for s in sorted(CATALOG.values(), key=lambda s: s.name)

@@ -3,7 +3,7 @@
 import os
 
 from django.conf import settings
-from django.core.checks import Warning, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -23,3 +23,19 @@ def check_ssh_keys(app_configs, **kwargs):
                 )
             )
     return problems
+
+
+@register()
+def check_window_impacts(app_configs, **kwargs):
+    from pra.choices import Impact
+
+    unknown = [i for i in settings.PRA_WINDOW_IMPACTS if i not in Impact.values]
+    if not unknown:
+        return []
+    return [
+        Error(
+            f"PRA_WINDOW_IMPACTS names unknown impact level(s): {', '.join(unknown)}.",
+            hint=f"Use a comma-separated list of {', '.join(Impact.values)}.",
+            id="pra.E001",
+        )
+    ]

@@ -11,6 +11,9 @@ __all__ = ["Impact", "ActionStatus", "TRANSITIONS", "TERMINAL", "OPEN", "Failure
 class ActionStatus(models.TextChoices):
     PROPOSED = "PROPOSED", "Proposed"
     APPROVED = "APPROVED", "Approved"
+    # Approved, but it may only run inside a maintenance window (``pra.windows``):
+    # released (-> APPROVED) at the window's opening, or EXPIRED/VOIDED with a reason.
+    WAITING = "WAITING", "Approved, waiting for its window"
     REJECTED = "REJECTED", "Rejected"
     EXPIRED = "EXPIRED", "Expired"
     EXECUTING = "EXECUTING", "Executing"
@@ -23,7 +26,18 @@ class ActionStatus(models.TextChoices):
 
 # The only moves a status may make. Everything else is a bug or a race lost.
 TRANSITIONS: dict[str, set[str]] = {
-    ActionStatus.PROPOSED: {ActionStatus.APPROVED, ActionStatus.REJECTED, ActionStatus.EXPIRED},
+    ActionStatus.PROPOSED: {
+        ActionStatus.APPROVED,
+        ActionStatus.WAITING,
+        ActionStatus.REJECTED,
+        ActionStatus.EXPIRED,
+    },
+    ActionStatus.WAITING: {
+        ActionStatus.APPROVED,
+        ActionStatus.EXPIRED,
+        ActionStatus.VOIDED,
+        ActionStatus.REJECTED,  # cancelled by an approver before its window
+    },
     ActionStatus.APPROVED: {ActionStatus.EXECUTING, ActionStatus.EXPIRED, ActionStatus.VOIDED},
     ActionStatus.EXECUTING: {ActionStatus.COMPLETED, ActionStatus.FAILED},
 }
@@ -36,7 +50,9 @@ TERMINAL = frozenset(
         ActionStatus.VOIDED,
     }
 )
-OPEN = frozenset({ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.EXECUTING})
+OPEN = frozenset(
+    {ActionStatus.PROPOSED, ActionStatus.WAITING, ActionStatus.APPROVED, ActionStatus.EXECUTING}
+)
 
 
 class FailureCause(models.TextChoices):
@@ -81,6 +97,14 @@ class AuditEvents(models.TextChoices):
     PRA_VERIFIED = "PRA_VERIFIED", "Action verified"
     PRA_NOT_VERIFIED = "PRA_NOT_VERIFIED", "Action not verified"
     PRA_REENQUEUED = "PRA_REENQUEUED", "Action re-enqueued"
+    PRA_RELEASED = "PRA_RELEASED", "Action released in its maintenance window"
+    WINDOW_CREATED = "WINDOW_CREATED", "Maintenance window created"
+    WINDOW_UPDATED = "WINDOW_UPDATED", "Maintenance window changed"
+    WINDOW_DELETED = "WINDOW_DELETED", "Maintenance window deleted"
+    WINDOW_OPENED = "WINDOW_OPENED", "Maintenance window opened (pre-maintenance backups)"
+    FREEZE_CREATED = "FREEZE_CREATED", "Change freeze created"
+    FREEZE_UPDATED = "FREEZE_UPDATED", "Change freeze changed"
+    FREEZE_DELETED = "FREEZE_DELETED", "Change freeze deleted"
 
 
 @LIVE_EVENTS.register

@@ -8,7 +8,7 @@ from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approval
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus, Source
 
-RUNNING = (ActionStatus.APPROVED, ActionStatus.EXECUTING)
+RUNNING = (ActionStatus.WAITING, ActionStatus.APPROVED, ActionStatus.EXECUTING)
 BADGE = {ActionStatus.COMPLETED: "ok", ActionStatus.FAILED: "bad", ActionStatus.VOIDED: "bad",
          ActionStatus.REJECTED: "bad", ActionStatus.EXPIRED: ""}  # fmt: skip
 
@@ -38,7 +38,7 @@ def remediation_approvals(request) -> list[ApprovalItem]:
             created=action.created,
             requester=requester,
             signers=signers,
-            required=rule.required_approvals,
+            required=rule.required_approvals + action.approval_extra_signatures,
             can_sign=can_sign,
             can_reject=may_reject,
             why_not=why_not,
@@ -76,4 +76,42 @@ def remediation_panel(request) -> dict:
         "running": running,
         "recent": [(a, BADGE.get(ActionStatus(a.status), "warn")) for a in recent],
         "list_url": reverse("admin:pra_praaction_changelist"),
+    }
+
+
+@panel
+def maintenance_panel(request) -> dict:
+    """The current or next maintenance window of each scope, any change freeze (on now or
+    planned), and the actions waiting for a window with what they wait for."""
+    from django.utils import timezone
+
+    from pra import windows
+    from pra.models import MaintenanceWindow
+
+    now = timezone.now()
+    rows = []
+    for window in MaintenanceWindow.objects.filter(enabled=True).prefetch_related("backup_sources"):
+        opening = windows.next_opening(window, now)
+        rows.append({"window": window, "opening": opening,
+                     "open": bool(opening and opening.is_open(now)),
+                     "sources": [s.name for s in window.backup_sources.all()]})  # fmt: skip
+    rows.sort(key=lambda r: (not r["open"], r["opening"].opens_at if r["opening"] else now))
+    freezes = windows.upcoming_freezes(now)
+    waiting = list(
+        PRAAction.objects.select_related("host", "window")
+        .filter(status=ActionStatus.WAITING)
+        .order_by("window_opens_at")[:20]
+    )
+    return {
+        "template": "pra/maintenance_panel.html",
+        "area": "main",
+        "order": 12,
+        "windows": rows[:6],
+        "current": next((r for r in rows if r["open"]), None),
+        "next": next((r for r in rows if not r["open"] and r["opening"]), None),
+        "freeze": next((f for f in freezes if f.starts_at <= now), None),
+        "freezes": [f for f in freezes if f.starts_at > now],
+        "waiting": waiting,
+        "windows_url": reverse("admin:pra_maintenancewindow_changelist"),
+        "freezes_url": reverse("admin:pra_changefreeze_changelist"),
     }

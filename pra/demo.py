@@ -32,7 +32,8 @@ def seed(stdout) -> None:
         )
     else:
         # The demo sshd gets a new port each run; its key is ours and stays the same.
-        Host.objects.filter(pk=host.pk).update(address=ip, port=int(port), ssh_user=user)
+        host = actions.update_host(host, by="system:demo", address=ip, port=int(port),
+                                   ssh_user=user)  # fmt: skip
         if host.host_key.strip() != key.strip():
             actions.pin_host_key(host, key, by="system:demo")
     containers = os.environ.get("PORTAL_DEMO_CONTAINERS", "")

@@ -35,13 +35,17 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 SSHD = "/usr/sbin/sshd"
 STANDIN_PROGRAMS = ("systemctl", "journalctl", "podman", "resolvectl", "logrotate")
-_STATE_DIRS = ("units", "containers", "journal", "journal-err", "fail", "delay")
+_STATE_DIRS = (
+    "units", "containers", "journal", "journal-err", "fail", "delay",
+    "entered", "reloads", "started",
+)  # fmt: skip
 # What the target reports as its load (the demo agent sends these, not the machine's own:
 # a loopback target shares the host's CPU, whose load says nothing about the target).
 DEFAULT_TELEMETRY = {"cpu_pct": 6.0, "load1": 0.12, "mem_pct": 38.0, "disk_pct": 41.0}
@@ -78,6 +82,8 @@ class LocalTarget:
         self.known_hosts_path = self.workdir / "known_hosts"
         self.log_path = self.workdir / "pra-run.log"
         self.telemetry_path = self.state_dir / "telemetry.json"
+        # The stand-in "kernel boot id": `systemctl reboot` (stand-in) writes a new one.
+        self.boot_id_path = self.state_dir / "boot_id"
         self.host_key_path = self.keys_dir / "ssh_host_ed25519_key"
         self.exec_key_path = self.keys_dir / "exec_ed25519"
         self.diag_key_path = self.keys_dir / "diag_ed25519"
@@ -100,6 +106,8 @@ class LocalTarget:
         for name in _STATE_DIRS:
             (self.state_dir / name).mkdir(exist_ok=True)
         (self.state_dir / "calls.log").touch()
+        if not self.boot_id_path.exists():
+            self._new_boot_id()
         if not self.telemetry_path.exists():
             self.set_telemetry(**DEFAULT_TELEMETRY)
         for key, comment in (
@@ -235,7 +243,8 @@ class LocalTarget:
         (self.state_dir / "calls.log").write_text("")
 
     def set_unit(self, unit: str, state: str) -> None:
-        """Set what the systemctl stand-in reports for ``unit`` (active, inactive, failed...)."""
+        """Set what the systemctl stand-in reports for ``unit`` (active, inactive, failed...;
+        ``not-found``: the unit does not exist, ``systemctl cat`` fails)."""
         (self.state_dir / "units" / _unit_file(unit)).write_text(f"{state}\n")
 
     def unit_state(self, unit: str) -> str:
@@ -298,6 +307,7 @@ class LocalTarget:
             self.log_path.write_text("")
         self.telemetry_path.unlink(missing_ok=True)
         self.set_telemetry(**DEFAULT_TELEMETRY)
+        self._new_boot_id()
 
     # --- internals ----------------------------------------------------------------
 
@@ -317,7 +327,15 @@ class LocalTarget:
             exec_pubkey=self.exec_key_path.with_suffix(".pub").read_text(),
             diag_pubkey=self.diag_key_path.with_suffix(".pub").read_text(),
             use_sudo=self.use_sudo,
+            boot_id_file=str(self.boot_id_path),
         )
+
+    def _new_boot_id(self) -> None:
+        self.boot_id_path.write_text(str(uuid.uuid4()) + "\n")
+
+    @property
+    def boot_id(self) -> str:
+        return self.boot_id_path.read_text().strip()
 
     def _write_config(self) -> None:
         lines = [
@@ -483,10 +501,16 @@ for arg in "$@"; do
 done
 printf '%s\n' "$line" >>"$STATE/calls.log"
 
-if [[ -f $STATE/delay/$PROG ]]; then
+# What pre-flights and probes read (systemctl cat/show, podman container exists) is
+# never delayed or failed: fail_command() stands for the action failing, not the host.
+read_only=0
+case "$PROG ${1-} ${2-}" in
+    "systemctl cat "* | "systemctl show "* | "podman container exists") read_only=1 ;;
+esac
+if (( ! read_only )) && [[ -f $STATE/delay/$PROG ]]; then
     sleep "$(<"$STATE/delay/$PROG")"
 fi
-if [[ -f $STATE/fail/$PROG ]]; then
+if (( ! read_only )) && [[ -f $STATE/fail/$PROG ]]; then
     { read -r code; message=$(cat); } <"$STATE/fail/$PROG"
     if [[ -n $message ]]; then
         printf '%s\n' "$message" >&2
@@ -509,15 +533,83 @@ if (( $# > 0 )); then
     shift
 fi
 units=()
+skip=0
 for arg in "$@"; do
-    if [[ $arg != -* ]]; then
+    if (( skip )); then
+        skip=0
+    elif [[ $arg == -p || $arg == -P ]]; then
+        skip=1
+    elif [[ $arg != -* ]]; then
         units+=("$(state_name "$arg")")
     fi
 done
+now() {  # systemd's --timestamp=us+utc format; one clock reading for both parts
+    local t=$EPOCHREALTIME stamp
+    TZ=UTC printf -v stamp '%(%a %Y-%m-%d %H:%M:%S)T' "${t%[.,]*}"
+    printf '%s.%s UTC' "$stamp" "${t#*[.,]}"
+}
+unit_state() {
+    if [[ -f $STATE/units/$1 ]]; then
+        cat -- "$STATE/units/$1"
+    else
+        printf 'inactive\n'
+    fi
+}
 case $verb in
-    start | restart | reload | try-restart | reload-or-restart)
+    start | restart | try-restart | reload-or-restart)
         for unit in "${units[@]}"; do
             printf 'active\n' >"$STATE/units/$unit"
+            now >"$STATE/entered/$unit"
+        done
+        ;;
+    reload)
+        for unit in "${units[@]}"; do
+            printf 'active\n' >"$STATE/units/$unit"
+            printf '%s standin systemd[1]: Reloaded %s.service.\n' "$(now)" "$unit" \
+                >>"$STATE/reloads/$unit"
+        done
+        ;;
+    cat)
+        for unit in "${units[@]}"; do
+            if [[ $(unit_state "$unit") == not-found ]]; then
+                printf 'No files found for %s.service.\n' "$unit" >&2
+                exit 1
+            fi
+            printf '# /lib/systemd/system/%s.service (stand-in)\n' "$unit"
+        done
+        ;;
+    show)
+        # show UNIT -P NAME (value only) or -p NAME... (NAME=value), for one unit.
+        props=() value_only=0
+        args=("$@")
+        for i in "${!args[@]}"; do
+            case ${args[i]} in
+                -P) value_only=1; props+=("${args[i + 1]}") ;;
+                -p) props+=("${args[i + 1]}") ;;
+            esac
+        done
+        unit=${units[0]-}
+        for prop in "${props[@]}"; do
+            case $prop in
+                ActiveState) value=$(unit_state "$unit") ;;
+                LoadState)
+                    value=loaded
+                    [[ $(unit_state "$unit") != not-found ]] || value=not-found
+                    ;;
+                ActiveEnterTimestamp)
+                    value=
+                    if [[ -f $STATE/entered/$unit ]]; then
+                        value=$(<"$STATE/entered/$unit")
+                    fi
+                    ;;
+                Id) value=$unit.service ;;
+                *) value= ;;
+            esac
+            if (( value_only )); then
+                printf '%s\n' "$value"
+            else
+                printf '%s=%s\n' "$prop" "$value"
+            fi
         done
         ;;
     stop)
@@ -539,8 +631,12 @@ case $verb in
         done
         exit "$rc"
         ;;
-    reboot | poweroff | halt)
-        ;;  # recorded above; there is nothing to reboot here
+    reboot)
+        # Nothing to reboot here: a new boot id is what the portal's probe can see.
+        cat /proc/sys/kernel/random/uuid >"$STATE/boot_id"
+        ;;
+    poweroff | halt)
+        ;;  # recorded above
     *)
         printf 'systemctl (stand-in): unsupported command %s\n' "$verb" >&2
         exit 1
@@ -553,8 +649,10 @@ unit=
 lines=
 priority=
 quiet=0
+reloads_of=
 while (( $# > 0 )); do
     case $1 in
+        UNIT=*) reloads_of=$(state_name "${1#UNIT=}"); shift ;;
         -u | --unit) unit=$(state_name "$2"); shift 2 ;;
         -n | --lines) lines=$2; shift 2 ;;
         -p | --priority) priority=$2; shift 2 ;;
@@ -563,6 +661,12 @@ while (( $# > 0 )); do
         *) shift ;;
     esac
 done
+if [[ -n $reloads_of ]]; then  # the reloaded probe: systemd's "Reloaded" job messages
+    if [[ -s $STATE/reloads/$reloads_of ]]; then
+        cat -- "$STATE/reloads/$reloads_of"
+    fi
+    exit 0
+fi
 source_dir=journal
 case $priority in
     emerg | alert | crit | err | 0 | 1 | 2 | 3) source_dir=journal-err ;;
@@ -591,6 +695,7 @@ case $verb in
             name=$(state_name "$arg")
             if [[ -f $STATE/containers/$name ]]; then
                 printf 'running\n' >"$STATE/containers/$name"
+                printf '%s\n' "${EPOCHREALTIME/[.,]/}" >"$STATE/started/$name"
                 printf '%s\n' "$name"
             else
                 printf 'Error: no container with name or ID "%s" found: no such container\n' \
@@ -604,7 +709,7 @@ case $verb in
         names=()
         while (( $# > 0 )); do
             case $1 in
-                -f | --format) shift 2 ;;
+                -f | --format | -t | --type) shift 2 ;;
                 -*) shift ;;
                 *) names+=("$(state_name "$1")"); shift ;;
             esac
@@ -613,12 +718,23 @@ case $verb in
         for name in "${names[@]}"; do
             if [[ -f $STATE/containers/$name ]]; then
                 cat -- "$STATE/containers/$name"
+                started=0
+                if [[ -f $STATE/started/$name ]]; then
+                    started=$(<"$STATE/started/$name")
+                fi
+                printf 'started_at=%s\npid=%s\nrestarts=0\nimage=localhost/stand-in\n' \
+                    "$started" "$$"
             else
                 printf 'Error: no such object: "%s"\n' "$name" >&2
                 rc=125
             fi
         done
         exit "$rc"
+        ;;
+    container)
+        # container exists NAME
+        [[ ${1-} == exists && -n ${2-} ]] || exit 125
+        [[ -f $STATE/containers/$(state_name "$2") ]]
         ;;
     *)
         printf 'podman (stand-in): unsupported command %s\n' "$verb" >&2

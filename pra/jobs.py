@@ -12,6 +12,7 @@ from rq import get_current_job
 
 from portal.lib import ssh
 from pra import actions, transport
+from pra.catalog import parse_before
 from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
 
@@ -29,7 +30,8 @@ def preflight_action(action_id: int) -> str:
     revision = action.host.revision
     command = "--dry-run " + action.spec.wire_command(action.params)
     try:
-        result = transport.run_exec(action.host, command, command_timeout=30)
+        # The dry run's check may take a while on a slow host (podman, logrotate --debug).
+        result = transport.run_exec(action.host, command, command_timeout=settings.PRA_DIAG_TIMEOUT)
         ok = result.exit_code == 0
         output = (result.stdout + result.stderr).strip() or f"exit {result.exit_code}"
         if not ok and result.exit_code == actions.DENIED_EXIT:
@@ -149,34 +151,58 @@ def _failed(action_id: int, cause: str, error: Exception | str, attempts: int) -
 
 
 def verify_action(action_id: int) -> str:
-    """Run the catalog's probe through pra-diag; a few tries, since services take a moment."""
+    """Run the catalog's probe through pra-diag: a few tries, since services take a moment;
+    for a probe with ``within`` (a reboot), until that many seconds have passed."""
     action = PRAAction.objects.select_related("host").get(pk=action_id)
     probe = action.spec.probe
     if probe is None:
         actions.record_verification(action_id, verified=None, output="no probe for this action")
         return "skipped"
-    argv = probe.argv(action.params)
+    before = parse_before(action.stdout)
+    if probe.needs_before and before is None:
+        actions.record_verification(
+            action_id,
+            verified=False,
+            output="the target did not report its state before the action (no PRA-BEFORE "
+            "line: wrappers older than the portal? render and install them again)",
+        )
+        return "not-verified"
+    argv = probe.argv(action.params, before)
     output = ""
-    for attempt in range(settings.PRA_VERIFY_ATTEMPTS):
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             result = transport.run_diag(action.host, argv)
             output = (result.stdout + result.stderr).strip()
             ok = result.exit_code == 0 and probe.matches(result.stdout)
         except ssh.SSHError as exc:
             ok, output = False, f"{exc.__class__.__name__}: {exc}"
+        waited = time.monotonic() - started
         if ok:
+            if probe.within:
+                output += f"\n(back after {waited:.0f} s; bound {probe.within} s)"
             actions.record_verification(action_id, verified=True, output=output)
             return "verified"
-        if attempt + 1 < settings.PRA_VERIFY_ATTEMPTS:
-            time.sleep(settings.PRA_RETRY_BACKOFF)  # give the service a moment to come up
+        if probe.within:
+            if waited >= probe.within:
+                output += f"\n(gave up after {waited:.0f} s; bound {probe.within} s)"
+                break
+            time.sleep(min(max(settings.PRA_RETRY_BACKOFF, 1.0), probe.within - waited))
+            continue
+        if attempt >= settings.PRA_VERIFY_ATTEMPTS:
+            break
+        time.sleep(settings.PRA_RETRY_BACKOFF)  # give the service a moment to come up
     actions.record_verification(action_id, verified=False, output=output)
     return "not-verified"
 
 
 def sweep() -> dict:
     """Every 30 s: lost or overdue pre-flights, expire, reap lost runs, re-enqueue approved
-    actions whose job vanished."""
+    actions whose job vanished, release actions whose maintenance window opened."""
     return {
+        "windows": actions.release_waiting(),
         "preflights": actions.reconcile_preflights(),
         "expired": actions.expire_due(),
         "reaped": actions.reap_lost_runs(),

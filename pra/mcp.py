@@ -55,6 +55,13 @@ Workflow:
    for the run the portal already started) and returns the outcome and the
    verification (VERIFIED means the catalog's probe confirmed the fix).
 6. Verify yourself with the same diagnostic you started from.
+
+Maintenance windows and change freezes: every action result has `maintenance`
+and `hold_reason`. If maintenance.on_approval says it waits, tell the user the
+action will run in the window named there (status WAITING once approved; do not
+call execute_pra_action before it is APPROVED). If it says approval is refused
+because of a change freeze, tell the user: only emergency actions run during a
+freeze, and a person proposes those in the portal.
 """
 
 # --- result shapes ------------------------------------------------------------------
@@ -298,6 +305,10 @@ async def propose_pra_action(
     ] = (),
 ) -> ProposalResult:
     """Propose a catalog action on a host. It does NOT run it.
+
+    The result's `maintenance.on_approval` says whether it will run once approved,
+    wait for a maintenance window ("approved for the window starting Sun 02:00 UTC"),
+    or cannot be approved now because of a change freeze; `note` says the same.
 
     The proposal is PROPOSED until people approve it in the portal (you cannot
     approve). It is shown as proposed by an AI assistant under your identity.

@@ -54,7 +54,13 @@ DIAG_COMMANDS = (
     # Proxmox nodes (pra/proxmox.py, through pra-pve)
     "pve-backups",
     "pve-status",
+    # Verification probes: state after the action compared with pra-run's PRA-BEFORE line.
+    "restarted",
+    "reloaded",
+    "container-restarted",
+    "rebooted",
 )
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 SCRIPTS = ("pra-exec", "pra-run", "pra-diag", "pra-pve")
 _MODES = {
     **dict.fromkeys((*SCRIPTS, "install.sh"), 0o755),
@@ -105,18 +111,21 @@ def render_target(
     diag_pubkey: str | None = None,
     use_sudo: bool = True,
     connectivity_ports: Iterable[int] | None = None,
+    boot_id_file: str = BOOT_ID_FILE,
 ) -> list[Path]:
     """Write the target-side files into ``outdir`` and return their paths.
 
     ``connectivity_ports``: the only ports ``pra-diag connectivity`` may probe (the
     portal already limits it to registered hosts and PRA_CONNECTIVITY_PORTS; this
-    holds even against a stolen diag key). None: any port.
+    holds even against a stolen diag key). None: any port. ``boot_id_file``: where the
+    kernel's boot id is read (a stand-in target points it at its own file).
 
     Raises :class:`TargetRenderError` for an option that would not be safe to
     embed in a script, a sudoers file or an authorized_keys line.
     """
     prefix = _check_abs_path("prefix", str(prefix).rstrip("/") or "/")
     log_file = _check_abs_path("log file", str(log_file))
+    boot_id_file = _check_abs_path("boot id file", str(boot_id_file))
     if not _SEARCH_PATH.fullmatch(path) or ".." in path:
         raise TargetRenderError(f"PATH {path!r} must be absolute directories joined by ':'")
     if not _USER.fullmatch(run_user):
@@ -137,6 +146,7 @@ def render_target(
         "DENIED_EXIT": str(DENIED_EXIT),
         "USE_SUDO": "1" if use_sudo else "0",
         **proxmox.render_values(prefix),
+        "BOOT_ID_FILE": shlex.quote(boot_id_file),
     }
     run_via = 'sudo -n -- "$PRA_RUN"' if use_sudo else '"$PRA_RUN"'
     pra_run = _fill(PRA_RUN, **common, LOG_FILE=shlex.quote(log_file), ACTION_CASES=_run_cases())
@@ -237,6 +247,7 @@ def _check_catalog() -> None:
         if spec.probe is not None and spec.probe.diag[0] not in DIAG_COMMANDS:
             raise TargetRenderError(f"{spec.name}: probe {spec.probe.diag[0]!r} is not in pra-diag")
         _command_words(spec)  # raises on a template bash could not express
+        _command_words(spec, spec.check)
 
 
 def _patterns(spec: ActionSpec) -> str:
@@ -252,11 +263,12 @@ def _exec_cases() -> str:
     )
 
 
-def _command_words(spec: ActionSpec) -> str:
-    """The catalog argv as bash words: literals single-quoted, ``{param}`` as ``"${p_param}"``."""
+def _command_words(spec: ActionSpec, parts: tuple[str, ...] | None = None) -> str:
+    """The catalog argv (or ``parts``) as bash words: literals single-quoted, ``{param}``
+    as ``"${p_param}"``."""
     names = {p.name for p in spec.params}
     words = []
-    for part in spec.command:
+    for part in spec.command if parts is None else parts:
         pieces = list(string.Formatter().parse(part))
         if all(field is None for _, field, _, _ in pieces):
             words.append(shlex.quote(part))
@@ -280,6 +292,7 @@ def _run_cases() -> str:
         lines += [f"        p_{p.name}=${i}" for i, p in enumerate(spec.params, start=1)]
         lines += [
             f"        argv=({_command_words(spec)})",
+            f"        check=({_command_words(spec, spec.check)})",
             f"        time_limit={int(spec.timeout)}",
             "        ;;",
         ]

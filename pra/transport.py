@@ -26,13 +26,13 @@ def open_exec_session(host: Host) -> ssh.Session:
     return ssh.Session(endpoint(host), settings.PRA_SSH_KEY_FILE, settings.PRA_CONNECT_TIMEOUT)
 
 
-def run_diag(host: Host, argv: list[str], *, timeout: float = 30.0) -> ssh.CommandResult:
-    """Run a read-only ``pra-diag`` command on the diag key."""
+def run_diag(host: Host, argv: list[str], *, timeout: float | None = None) -> ssh.CommandResult:
+    """Run a read-only ``pra-diag`` command on the diag key (PRA_DIAG_TIMEOUT by default)."""
     return ssh.run_command(
         endpoint(host),
         settings.PRA_DIAG_SSH_KEY_FILE,
         " ".join(argv),
         connect_timeout=settings.PRA_CONNECT_TIMEOUT,
-        command_timeout=timeout,
+        command_timeout=timeout or settings.PRA_DIAG_TIMEOUT,
         max_output=settings.PRA_MAX_OUTPUT,
     )

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +45,11 @@ TEST_TOOLS = {
     "pg_restore": "postgresql-client",
     "redis-cli": "redis-tools",
     "redis-check-rdb": "redis-tools",
+    # The VM tier (tests/vm): a real Debian target built with debootstrap, run under QEMU.
+    "debootstrap": "debootstrap",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "/usr/sbin/mkfs.ext4": "e2fsprogs",
 }
 
 
@@ -63,7 +69,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     var_dir = BASE_DIR / "var" / "test-services"
     var_dir.mkdir(parents=True, exist_ok=True)
-    cleanups = []
+    cleanups: list[Callable[[], object]] = []
     try:
         ensure_test_tools()
         database_url = env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL") or DEFAULT_DATABASE
@@ -74,7 +80,14 @@ def main(argv: list[str]) -> int:
         redis_url = env.get("TEST_REDIS_URL") or env.get("REDIS_URL") or DEFAULT_REDIS
         if not redis_answers(redis_url):
             redis_url, proc, _ = start_redis(var_dir)
-            cleanups.append(lambda: (proc.terminate(), proc.wait()))
+            assert proc is not None  # not daemonized: a child of this process
+            redis_proc = proc
+
+            def stop_redis() -> None:
+                redis_proc.terminate()
+                redis_proc.wait()
+
+            cleanups.append(stop_redis)
             print(f"Started a throwaway Redis: {redis_url}")
         # Always a Redis database of its own: the suite flushes it between tests.
         redis_db = env.get("TEST_REDIS_DB", "15")

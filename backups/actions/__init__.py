@@ -23,6 +23,7 @@ from backups.actions.common import (
     run_event,
     run_job_id,
 )
+from backups.actions.config import SOURCE_EDITABLE, create_source, update_source
 from backups.actions.disk import record_disk_usage
 from backups.actions.drills import (
     DRILL_JOB,
@@ -77,6 +78,7 @@ __all__ = [
     "RESTORE_JOB",
     "RUN_JOB",
     "RUN_PERMISSION",
+    "SOURCE_EDITABLE",
     "RetentionResult",
     "VERIFY_JOB",
     "VerificationRequest",
@@ -88,6 +90,7 @@ __all__ = [
     "claim_restore",
     "claim_run",
     "create_safety_run",
+    "create_source",
     "drill_job_id",
     "expire_restores",
     "finish_drill",
@@ -117,5 +120,6 @@ __all__ = [
     "schedule_drills",
     "schedule_due",
     "set_restore_phase",
+    "update_source",
     "verify_job_id",
 ]

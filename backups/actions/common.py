@@ -4,12 +4,13 @@ announcements, notifications and enqueue-on-commit."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Model
 
 from backups.choices import (
     RESTORE_TRANSITIONS,
@@ -23,9 +24,10 @@ from backups.scrub import last_lines, scrub
 from portal.audit import Actor
 from portal.choices import LiveEventKind
 from portal.errors import RequestRefused
+from portal.lib import jobs
+from portal.lib.permissions import require_perm
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
-from portal.roles import may
 
 logger = logging.getLogger("backups.actions")
 
@@ -103,16 +105,14 @@ def _announce_restore(obj: RestoreRequest, summary: str = "", **data: Any) -> No
 
 
 def _require_perm(user: User | None, perm: str, what: str) -> None:
-    if user is not None and not may(user, perm):
-        raise BackupError("permission", f"You are not allowed to {what}.")
+    require_perm(user, perm, what, BackupError)
 
 
 def _enqueue(func_path: str, obj_id: int, job_id: str) -> None:
-    import django_rq
-
-    django_rq.get_queue("backups").enqueue(
-        func_path, obj_id, job_id=job_id, result_ttl=86400, failure_ttl=7 * 86400
-    )
+    jobs.enqueue(
+        func_path, obj_id, queue="backups", job_id=job_id, result_ttl=86400,
+        failure_ttl=7 * 86400,
+    )  # fmt: skip
 
 
 def _enqueue_on_commit(func_path: str, obj_id: int, job_id: str) -> None:
@@ -131,16 +131,17 @@ MISSED_LISTED = 5
 MISSED_COUNTED = 10000
 
 
-def _due(cron: str, since, now) -> tuple[Any, list, int]:
+def _due(cron: str, since: datetime, now: datetime) -> tuple[datetime | None, list[datetime], int]:
     """(newest slot in (since, now] or None, the older skipped ones listed, how many skipped)."""
     base = now.replace(microsecond=0) + timedelta(seconds=1)
-    newest = croniter(cron, base).get_prev(type(now))
+    newest: datetime = croniter(cron, base).get_prev(type(now))
     if newest <= since or newest > now:
         return None, [], 0
-    listed, count = [], 0
+    listed: list[datetime] = []
+    count = 0
     it = croniter(cron, since)
     while count < MISSED_COUNTED:
-        slot = it.get_next(type(now))
+        slot: datetime = it.get_next(type(now))
         if slot >= newest:
             break
         count += 1
@@ -149,7 +150,9 @@ def _due(cron: str, since, now) -> tuple[Any, list, int]:
     return newest, listed, count
 
 
-def _notify(kind: str, *, title: str, body: str, subject, severity: str) -> None:
+def _notify(
+    kind: str, *, title: str, body: str, subject: Model | tuple[str, str] | None, severity: str
+) -> None:
     """Send through the portal's notification channels (inside the caller's transaction).
 
     Always also a log line, so a portal without channels configured still says it.
@@ -190,15 +193,4 @@ def notify_failure(run: BackupRun, what: str = "backup") -> None:
     )
 
 
-def job_alive(job_id: str) -> bool:
-    """Is the RQ job still waiting or running (False when Redis lost it)?"""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    from portal.lib.redis import get_redis
-
-    try:
-        status = Job.fetch(job_id, connection=get_redis()).get_status()
-    except NoSuchJobError:
-        return False
-    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+job_alive = jobs.job_alive

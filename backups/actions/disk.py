@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -14,7 +16,9 @@ from portal.audit import Actor, record
 from portal.choices import AuditEventType
 
 
-def record_disk_usage(path: str, percent: float, consumers) -> bool:
+def record_disk_usage(
+    path: str, percent: float, consumers: Callable[[], Iterable[tuple[str, int]]]
+) -> bool:
     """Store a watched path's usage; alert once when it crosses the threshold. True if alerted.
 
     ``consumers`` is called only when alerting (walking a big tree is not free).
@@ -30,7 +34,8 @@ def record_disk_usage(path: str, percent: float, consumers) -> bool:
         watch.percent = percent
         watch.checked_at = now
         if alert:
-            top = [{"path": p, "bytes": b} for p, b in consumers()]
+            largest = list(consumers())
+            top = [{"path": p, "bytes": b} for p, b in largest]
             watch.consumers = top
             watch.alerted_at = now
             record(
@@ -39,7 +44,7 @@ def record_disk_usage(path: str, percent: float, consumers) -> bool:
                 subject=("backups.diskwatch", str(watch.pk)),
                 details={"path": path, "percent": percent, "threshold": threshold, "largest": top},
             )
-            names = ", ".join(f"{c['path']} ({c['bytes'] / 1e6:.0f} MB)" for c in top)
+            names = ", ".join(f"{p} ({b / 1e6:.0f} MB)" for p, b in largest)
             _notify(
                 "DISK_SPACE",
                 title=f"disk space: {path} is {percent:.0f}% full",

@@ -32,6 +32,7 @@ from backups.models import (
 from backups.scrub import scrub
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind
+from portal.lib import jobs
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 
@@ -97,6 +98,12 @@ def request_drill(
             requested_by=actor.label, status=DrillStatus.QUEUED, status_changed_at=now,
             created=now,
         )  # fmt: skip
+        record(
+            AuditEventType.BACKUP_DRILL_REQUESTED,
+            actor=actor,
+            subject=drill,
+            details={"source": source.name, "target": drill.target.name if drill.target else None},
+        )
         _announce_drill(drill, f"queued by {actor.label}")
         if enqueue:
             _enqueue_on_commit(DRILL_JOB, drill.pk, drill_job_id(drill.pk))
@@ -114,10 +121,10 @@ def schedule_drills(now: datetime | None = None) -> list[int]:
         if slot is None:
             continue
         with transaction.atomic():
-            won = BackupSource.objects.filter(
-                pk=source.pk,
-                **({"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}),
-            ).update(drill_horizon=now)
+            unchanged: dict[str, Any] = (
+                {"drill_horizon": horizon} if horizon else {"drill_horizon__isnull": True}
+            )
+            won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(drill_horizon=now)
             if not won:
                 continue
             try:
@@ -139,8 +146,9 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     """QUEUED -> RUNNING for one worker, with the backup it will restore (the newest good one)."""
     now = timezone.now()
     with transaction.atomic():
-        drill = BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id)
-        drill = drill.first()
+        drill = (
+            BackupDrill.objects.select_related("source__drill_target").filter(pk=drill_id).first()
+        )
         if drill is None or drill.status != DrillStatus.QUEUED:
             return None
         run = BackupRun.objects.of_source(drill.source).last_good()
@@ -165,7 +173,7 @@ def claim_drill(drill_id: int, *, job_id: str) -> BackupDrill | None:
     return drill
 
 
-def finish_drill(drill_id: int, *, report: dict, error: str = "") -> BackupDrill | None:
+def finish_drill(drill_id: int, *, report: dict[str, Any], error: str = "") -> BackupDrill | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED; timed against the target.
 
     A failed drill, or one over its RTO target, is notified (BACKUP_FAILED) and audited
@@ -234,13 +242,11 @@ def reap_lost_drills(now: datetime | None = None) -> list[int]:
     """FAIL drills left RUNNING by a worker that died (no heartbeat within the grace)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
-    return [
-        pk
-        for pk in BackupDrill.objects.filter(
-            status=DrillStatus.RUNNING, heartbeat_at__lt=cutoff
-        ).values_list("pk", flat=True)
-        if finish_drill(pk, report={}, error="worker lost mid-drill")
-    ]
+    lost = BackupDrill.objects.filter(status=DrillStatus.RUNNING, heartbeat_at__lt=cutoff)
+    return jobs.reap(
+        lost.values_list("pk", flat=True),
+        lambda pk: finish_drill(pk, report={}, error="worker lost mid-drill"),
+    )
 
 
 def last_good_drill(source: BackupSource) -> BackupDrill | None:

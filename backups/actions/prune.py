@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from backups import retention
+
+if TYPE_CHECKING:
+    from backups.storage import Storage
 from backups.actions.common import _notify, logger
 from backups.choices import (
     RestoreStatus,
@@ -36,7 +41,7 @@ class RetentionResult:
 def apply_retention(
     source: BackupSource,
     *,
-    now=None,
+    now: datetime | None = None,
     dry_run: bool = False,
     by: User | Actor | str = "system:retention",
 ) -> RetentionResult:
@@ -101,14 +106,12 @@ def apply_retention(
             # row pointing at a backup that is gone.
             if run.artifact_path:
                 transaction.on_commit(
-                    lambda key=run.artifact_path, copied=bool(run.copied_at): _delete_files(
-                        storage, key, copied
-                    )
+                    partial(_delete_files, storage, run.artifact_path, bool(run.copied_at))
                 )
     return result
 
 
-def _delete_files(storage, run_key: str, copied: bool = False) -> None:
+def _delete_files(storage: Storage, run_key: str, copied: bool = False) -> None:
     """Remove a run's files after its row says so, from each copy; a store that refuses
     (an S3 object lock still holding them) keeps them, and says so: they go when the lock
     allows."""

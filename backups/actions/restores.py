@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -42,11 +43,11 @@ from portal.choices import AuditEventType
 def plan_restore(
     artifact: BackupArtifact | int,
     *,
-    target: dict | None = None,
+    target: dict[str, Any] | None = None,
     by: User,
     confirmation: str = "",
     dry_run: bool = False,
-) -> tuple[RestoreRequest | None, dict]:
+) -> tuple[RestoreRequest | None, dict[str, Any]]:
     """Work out what a restore would do; unless ``dry_run``, record it as a request.
 
     ``target`` is a ``restore.TargetSpec`` (``{"target": NAME, "database": …,
@@ -165,12 +166,13 @@ def plan_restore(
     return req, plan
 
 
-def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str]):
+def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str]) -> None:
     now = timezone.now()
     validity = approvals.rule_for(req.approval_impact).validity_seconds
+    expires_at = now + timedelta(seconds=validity)
     if not _move_restore(
         req.pk, RestoreStatus.PLANNED, RestoreStatus.APPROVED,
-        approved_at=now, expires_at=now + timedelta(seconds=validity),
+        approved_at=now, expires_at=expires_at,
     ):  # fmt: skip
         raise BackupError("state", f"Restore #{req.pk} is no longer PLANNED.")
     req.refresh_from_db()
@@ -181,7 +183,7 @@ def _approve_restore(req: RestoreRequest, *, actor: Actor, approvers: list[str])
         details={
             "approvers": approvers,
             "scratch": req.mode == RestoreMode.SCRATCH,
-            "expires_at": req.expires_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
         },
     )
     _announce_restore(req, "approved: queued")
@@ -237,7 +239,7 @@ def approve_restore(
     return tally
 
 
-def reject_restore(restore_req: RestoreRequest | int, *, by: User, reason: str):
+def reject_restore(restore_req: RestoreRequest | int, *, by: User, reason: str) -> RestoreRequest:
     """End a PLANNED restore with a reason (approvers only)."""
     restore_id = restore_req.pk if isinstance(restore_req, RestoreRequest) else restore_req
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
@@ -365,7 +367,7 @@ def record_safety_backup(req: RestoreRequest, run: BackupRun) -> None:
 
 
 def finish_restore(
-    restore_id: int, *, ok: bool, report: dict, error: str = ""
+    restore_id: int, *, ok: bool, report: dict[str, Any], error: str = ""
 ) -> RestoreRequest | None:
     """RUNNING -> SUCCEEDED (restored and validated) or FAILED, with the report per component."""
     new = RestoreStatus.SUCCEEDED if ok else RestoreStatus.FAILED

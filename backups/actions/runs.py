@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -11,6 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from backups import faults
+
+if TYPE_CHECKING:
+    from backups.runner import RunOutcome
 from backups.actions.common import (
     RUN_JOB,
     RUN_PERMISSION,
@@ -65,6 +68,12 @@ def request_run(
             status_changed_at=now,
             created=now,
         )
+        record(
+            AuditEventType.BACKUP_RUN_REQUESTED,
+            actor=actor,
+            subject=run,
+            details={"source": source.name, "trigger": run.trigger},
+        )
         _announce_run(run, f"queued by {actor.label}")
         if enqueue:
             _enqueue_on_commit(RUN_JOB, run.pk, run_job_id(run.pk))
@@ -101,7 +110,7 @@ def report_progress(run: BackupRun, progress_bytes: int) -> None:
     publish(run_event(run, "progress"), dashboard=True)
 
 
-def finish_run(run_id: int, outcome) -> BackupRun | None:
+def finish_run(run_id: int, outcome: RunOutcome) -> BackupRun | None:
     """RUNNING -> SUCCEEDED (files committed) or FAILED, with sizes, checksum and stderr."""
     now = timezone.now()
     fields: dict[str, Any] = {
@@ -177,7 +186,7 @@ def check_freshness(now: datetime | None = None) -> dict[str, list[str]]:
             # With drills configured, fresh also means a recent drill that met its target
             # (a source younger than the drill window has not missed one yet).
             drill = last_good_drill(source)
-            if not (drill and drill.finished_at >= drill_after):
+            if not (drill and drill.finished_at and drill.finished_at >= drill_after):
                 fresh = False
                 drilled = (
                     f" Last good restore drill: {drill.finished_at if drill else 'never'} "

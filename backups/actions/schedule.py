@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from backups import faults
@@ -31,9 +33,12 @@ from backups.models import (
 )
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
+from portal.lib import jobs
 
 
-def _record_missed(source: BackupSource, now, title: str, detail: str, subject) -> None:
+def _record_missed(
+    source: BackupSource, now: datetime, title: str, detail: str, subject: Model
+) -> None:
     """Show a missed slot on the source (dashboard) and notify (inside the transaction)."""
     BackupSource.objects.filter(pk=source.pk).update(missed_at=now, missed_detail=detail[:500])
     _notify(
@@ -69,17 +74,17 @@ def schedule_due(now: datetime | None = None) -> list[int]:
     return created
 
 
-def _schedule_source(source: BackupSource, now) -> BackupRun | None:
+def _schedule_source(source: BackupSource, now: datetime) -> BackupRun | None:
     horizon = source.schedule_horizon
     since = max(horizon, source.created) if horizon else source.created
     slot, skipped, count = _due(source.cron, since, now)
     if slot is None:
         return None
     with transaction.atomic():
-        won = BackupSource.objects.filter(
-            pk=source.pk,
-            **({"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}),
-        ).update(schedule_horizon=now)
+        unchanged: dict[str, Any] = (
+            {"schedule_horizon": horizon} if horizon else {"schedule_horizon__isnull": True}
+        )
+        won = BackupSource.objects.filter(pk=source.pk, **unchanged).update(schedule_horizon=now)
         if not won:
             return None  # another tick moved the horizon first: it does this slot
         if count:
@@ -156,7 +161,7 @@ def report_missed(now: datetime | None = None) -> list[int]:
             ).update(missed_at=now):
                 continue
             run.missed_at = now
-            waited = (now - run.scheduled_for).total_seconds()
+            waited = (now - (run.scheduled_for or run.created)).total_seconds()
             detail = (
                 f"The {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC slot of {run.source.name} "
                 f"(run #{run.pk}) has not started after {waited:.0f} s (limit "
@@ -178,28 +183,28 @@ def reap_lost_runs(now: datetime | None = None) -> list[int]:
     """FAIL (worker lost) every RUNNING backup whose worker stopped reporting. Never re-runs."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.BACKUP_HEARTBEAT_GRACE)
-    reaped = []
-    for pk in BackupRun.objects.filter(
-        status=RunStatus.RUNNING, heartbeat_at__lt=now - grace
-    ).values_list("pk", flat=True):
-        with transaction.atomic():
-            if not _move_run(
-                pk, RunStatus.RUNNING, RunStatus.FAILED,
-                finished_at=now, error="worker lost: no progress reported",
-                failure_cause=faults.FailureCause.WORKER_LOST,
-            ):  # fmt: skip
-                continue
-            run = BackupRun.objects.select_related("source").get(pk=pk)
-            record(
-                AuditEventType.BACKUP_RUN_FAILED,
-                actor=Actor.system("reaper"),
-                subject=run,
-                details={"source": run.source.name, "error": run.error},
-            )
-            _announce_run(run, "FAILED: worker lost")
-            notify_failure(run)
-        reaped.append(pk)
-    return reaped
+    lost = BackupRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=now - grace)
+    return jobs.reap(lost.values_list("pk", flat=True), lambda pk: _fail_lost_run(pk, now))
+
+
+def _fail_lost_run(pk: int, now: datetime) -> bool:
+    with transaction.atomic():
+        if not _move_run(
+            pk, RunStatus.RUNNING, RunStatus.FAILED,
+            finished_at=now, error="worker lost: no progress reported",
+            failure_cause=faults.FailureCause.WORKER_LOST,
+        ):  # fmt: skip
+            return False
+        run = BackupRun.objects.select_related("source").get(pk=pk)
+        record(
+            AuditEventType.BACKUP_RUN_FAILED,
+            actor=Actor.system("reaper"),
+            subject=run,
+            details={"source": run.source.name, "error": run.error},
+        )
+        _announce_run(run, "FAILED: worker lost")
+        notify_failure(run)
+    return True
 
 
 def reconcile_queued(now: datetime | None = None) -> list[int]:

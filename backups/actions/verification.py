@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -94,7 +95,7 @@ def record_verification(
             and previous.bytes_raw > 0
             and run.bytes_raw < previous.bytes_raw * ratio
         )
-        if shrunk:
+        if shrunk and previous is not None:
             lines.append(
                 f"WARNING: {run.bytes_raw} bytes, under {settings.BACKUP_SHRINK_ALERT_PERCENT}% "
                 f"of the previous good backup #{previous.pk} ({previous.bytes_raw} bytes)"
@@ -127,7 +128,7 @@ def record_verification(
         _announce_run(run, "verified" if ok else "verification FAILED")
         if not ok:
             notify_failure(run, "verification")
-        elif shrunk and run.accepted_at is None:
+        elif shrunk and previous is not None and run.accepted_at is None:
             _notify_shrunk(run, previous)
     return run
 
@@ -198,7 +199,7 @@ def accept_backup(run: BackupRun | int, *, by: User, reason: str) -> BackupRun:
     return found
 
 
-def verify_job_id(run_id: int, when) -> str:
+def verify_job_id(run_id: int, when: datetime) -> str:
     return f"backup-verify-{run_id}-{int(when.timestamp() * 1000)}"
 
 

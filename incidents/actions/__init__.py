@@ -21,7 +21,6 @@ from incidents.actions.autopatch import (
     requeue_ready_attempts,
     roll_back,
     run_attempt,
-    set_kill_switch,
     sweep_attempts,
 )
 from incidents.actions.common import (
@@ -30,6 +29,20 @@ from incidents.actions.common import (
     SYSTEM,
     IncidentError,
     policy_verdict,
+)
+from incidents.actions.config import (
+    AGENT_EDITABLE,
+    GROUPING_EDITABLE,
+    POLICY_EDITABLE,
+    RULE_EDITABLE,
+    PolicyUpdate,
+    create_grouping_rule,
+    create_rule,
+    set_kill_switch,
+    update_agent,
+    update_grouping_rule,
+    update_policy,
+    update_rule,
 )
 from incidents.actions.decisions import NO_HOST, act_on_incident, decide_many, record_decision
 from incidents.actions.heartbeats import ingest_heartbeat, mark_missing_agents, prune_samples
@@ -44,6 +57,17 @@ from incidents.actions.lifecycle import (
 )
 
 __all__ = [
+    "AGENT_EDITABLE",
+    "GROUPING_EDITABLE",
+    "POLICY_EDITABLE",
+    "PolicyUpdate",
+    "RULE_EDITABLE",
+    "create_grouping_rule",
+    "create_rule",
+    "update_agent",
+    "update_grouping_rule",
+    "update_policy",
+    "update_rule",
     "DECIDE_BATCH_BUDGET",
     "DECIDE_BATCH_TIMEOUT",
     "IncidentError",

@@ -20,23 +20,18 @@ from portal.audit import Actor, record
 from portal.choices import AuditEventType
 from portal.lib.secretbox import seal
 from portal.lib.text import UnstorableText, refuse_unstorable
+from portal.lib.validation import full_clean_or_refuse
 
 
 def create_agent(*, name: str, by: Actor | Any = "system:cli", **fields: Any) -> tuple[Agent, str]:
     """Register an agent; returns it and its secret, which is shown once and stored sealed."""
-    from django.core.exceptions import ValidationError
-
     try:
         refuse_unstorable({"name": name, **fields})
     except UnstorableText as exc:
         raise IncidentError("invalid", str(exc)) from None
     secret = secrets.token_urlsafe(32)
     agent = Agent(name=name, secret_sealed=seal(secret, purpose=SEAL_PURPOSE), **fields)
-    try:
-        agent.full_clean()
-    except ValidationError as exc:
-        problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-        raise IncidentError("invalid", problems) from None
+    full_clean_or_refuse(agent, IncidentError)
     with transaction.atomic():
         agent.save()
         record(
@@ -60,7 +55,9 @@ def rotate_agent_secret(agent: Agent, *, by: Actor | Any) -> str:
     return secret
 
 
-def send_command(agent: Agent, kind: str, payload: dict, *, by) -> AgentCommand:
+def send_command(
+    agent: Agent, kind: str, payload: dict[str, Any], *, by: Actor | Any
+) -> AgentCommand:
     """Queue a command for the agent; it is delivered in its next heartbeat response."""
     if kind not in CommandKind.values:
         raise IncidentError("invalid", f"unknown command {kind!r}")

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -42,6 +43,7 @@ from incidents.models import (
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, NotificationKind
+from portal.lib import jobs
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.notify import notify
 
@@ -116,7 +118,7 @@ def _move_attempt(
     detail: str,
     *,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     allowed = [s for s, targets in ATTEMPT_TRANSITIONS.items() if new in targets]
@@ -147,7 +149,7 @@ def _end_attempt(
     *,
     outcome: str = Outcome.SKIPPED,
     actor: Actor | Any = SYSTEM,
-    audit: dict | None = None,
+    audit: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """A terminal move that did not fix the incident: the decision gets its outcome and
@@ -187,6 +189,8 @@ def hand_back_failed_remediations() -> list[int]:
     stuck = Incident.objects.filter(ended, status=IncidentStatus.MITIGATING)
     for incident in stuck.select_related("remediation"):
         action = incident.remediation
+        if action is None:  # excluded by the filter; a row changed since
+            continue
         why = f"remediation #{action.pk} ({action.action}) ended {action.status}"
         if action.status == ActionStatus.COMPLETED:
             why = f"remediation #{action.pk} ({action.action}) ran but did not verify"
@@ -196,7 +200,13 @@ def hand_back_failed_remediations() -> list[int]:
     return handed
 
 
-def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fingerprint=None):
+def approve_attempt(
+    attempt: AutoPatchAttempt,
+    *,
+    by: User,
+    confirmation: str = "",
+    fingerprint: str | None = None,
+) -> approvals.Tally:
     """A human signature on a patch that policy put behind multi-signature."""
     with transaction.atomic():
         locked = (
@@ -214,7 +224,7 @@ def approve_attempt(attempt: AutoPatchAttempt, *, by, confirmation: str = "", fi
     return tally
 
 
-def reject_attempt(attempt: AutoPatchAttempt | int, *, by, reason: str) -> AutoPatchAttempt:
+def reject_attempt(attempt: AutoPatchAttempt | int, *, by: User, reason: str) -> AutoPatchAttempt:
     """An approver refuses a patch waiting for signatures: it ends REJECTED with the reason,
     the decision is marked not carried out and the incident goes back to people."""
     attempt_id = attempt.pk if isinstance(attempt, AutoPatchAttempt) else attempt
@@ -397,7 +407,7 @@ def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     ):
         if attempt.needs_approval and not approvals.tally(attempt).complete:
             continue
-        if _job_alive(_attempt_job_id(attempt.pk)):
+        if jobs.job_alive(_attempt_job_id(attempt.pk)):
             continue
         with transaction.atomic():
             _enqueue_attempt(attempt.pk)
@@ -411,19 +421,6 @@ def requeue_ready_attempts(now: datetime | None = None) -> list[int]:
     return requeued
 
 
-def _job_alive(job_id: str) -> bool:
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    from portal.lib.redis import get_redis
-
-    try:
-        status = Job.fetch(job_id, connection=get_redis()).get_status()
-    except NoSuchJobError:
-        return False
-    return status in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-
-
 def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
     """Every non-terminal attempt state has a bounded exit; this is the sweep that enforces it."""
     now = now or timezone.now()
@@ -433,18 +430,6 @@ def sweep_attempts(now: datetime | None = None) -> dict[str, list[int]]:
         "stuck_staging": fail_stuck_staging(now),
         "requeued": requeue_ready_attempts(now),
     }
-
-
-def set_kill_switch(enabled: bool, *, by) -> list[int]:
-    """Turn auto-remediation on or off; off cancels attempts not yet APPLYING."""
-    with transaction.atomic():
-        policy = OpsPolicy.objects.select_for_update().get(pk=OpsPolicy.current().pk)
-        policy.auto_remediation_enabled = enabled
-        policy.save(update_fields=["auto_remediation_enabled", "updated"])
-        record(
-            AuditEventType.POLICY_CHANGED, actor=by, subject=policy, details={"enabled": enabled}
-        )
-        return [] if enabled else cancel_pending_attempts("kill switch turned off")
 
 
 def cancel_pending_attempts(reason: str) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from incidents.choices import (
@@ -23,6 +22,7 @@ from incidents.models import (
 from portal.audit import Actor
 from portal.choices import LiveEventKind
 from portal.errors import RequestRefused
+from portal.lib import jobs
 from portal.live import LiveEvent, publish
 
 logger = logging.getLogger("incidents.actions")
@@ -35,14 +35,14 @@ class IncidentError(RequestRefused):
     """A refused incident request."""
 
 
-def _job(func_path: str, *args: Any, job_id: str, queue: str = "default", **options: Any) -> None:
-    import django_rq
-
-    transaction.on_commit(
-        lambda: django_rq.get_queue(queue).enqueue(
-            func_path, *args, job_id=job_id, result_ttl=3600, **options
-        )
-    )
+def _job(
+    func_path: str,
+    *args: jobs.JobArg,
+    job_id: str,
+    queue: str = "default",
+    job_timeout: int | None = None,
+) -> None:
+    jobs.enqueue_on_commit(func_path, *args, queue=queue, job_id=job_id, job_timeout=job_timeout)
 
 
 def _event(incident: Incident, kind: str, message: str, **data: Any) -> None:

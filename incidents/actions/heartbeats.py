@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Field, Q
 from django.utils import timezone
 
 from incidents import rules
@@ -37,10 +38,10 @@ def ingest_heartbeat(
     *,
     version: str,
     environment: str,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     signed_us: int,
     nonce: str,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Record one heartbeat, evaluate the rules, and return the agent's pending commands.
 
     The hot path is one UPDATE of the agent row plus one INSERT of the sample;
@@ -114,13 +115,14 @@ def _refuse_stale(agent: Agent, signed_us: int, nonce: str) -> None:
     raise IncidentError("stale", "heartbeat not applied (concurrent heartbeat); send it again")
 
 
-def _deliver_commands(agent: Agent, now) -> list[dict]:
+def _deliver_commands(agent: Agent, now: datetime) -> list[dict[str, Any]]:
     # Two overlapping heartbeats never both get a command: each takes only rows it locked.
-    pending = list(
-        AgentCommand.objects.select_for_update(skip_locked=True)
+    pending: list[dict[str, Any]] = [
+        dict(row)
+        for row in AgentCommand.objects.select_for_update(skip_locked=True)
         .filter(agent=agent, status=CommandStatus.PENDING)
         .values("id", "kind", "payload")
-    )
+    ]
     if pending:
         AgentCommand.objects.filter(
             pk__in=[c["id"] for c in pending], status=CommandStatus.PENDING
@@ -182,7 +184,7 @@ def mark_missing_agents(now: datetime | None = None, batch: int | None = None) -
                 severity=int(Severity.HIGH),
                 title=lambda a: f"no heartbeat since {a.last_seen or 'registration'}",
                 telemetry=lambda a: a.last_telemetry,
-                detected_at=lambda a: a.alert_after,
+                detected_at=lambda a: a.alert_after or now,
                 now=now,
             )
         flagged.extend(a.pk for a in agents)
@@ -194,7 +196,13 @@ _SWEEP_FIELDS = ("name", "kind", "environment", "host_id", "tags", "last_seen",
                  "last_telemetry", "alert_after")  # fmt: skip
 
 
-def _flag_overdue(now, batch: int) -> list[Agent]:
+def _column(field: object) -> str:
+    if not isinstance(field, Field) or field.column is None:
+        raise ValueError(f"{field} has no column")
+    return field.column
+
+
+def _flag_overdue(now: datetime, batch: int) -> list[Agent]:
     """Lock up to ``batch`` overdue agents, flag them missing, return them (in the caller's
     transaction). The partial index ``agent_overdue_idx`` answers the scan (no ORDER BY);
     ``SKIP LOCKED`` leaves an agent whose heartbeat is being written to that heartbeat, and
@@ -211,7 +219,7 @@ def _flag_overdue(now, batch: int) -> list[Agent]:
         return agents
     meta = Agent._meta
     columns = ", ".join(
-        connection.ops.quote_name(meta.get_field(name).column) for name in ("id", *_SWEEP_FIELDS)
+        connection.ops.quote_name(_column(meta.get_field(name))) for name in ("id", *_SWEEP_FIELDS)
     )
     table = connection.ops.quote_name(meta.db_table)
     # The subquery's WHERE is the index's condition, spelled as Django spells it.

@@ -3,10 +3,12 @@ escalating."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -37,6 +39,7 @@ from portal.lib.bulk import insert_rows
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.live import LiveEvent, publish
 from portal.notify import notify, notify_many
+from portal.roles import may
 
 SEVERITY_LEVEL = {Severity.LOW: "info", Severity.MEDIUM: "warning", Severity.HIGH: "critical",
                   Severity.CRITICAL: "critical"}  # fmt: skip
@@ -57,9 +60,9 @@ def open_or_update_incident(
     rule_id: int | None,
     severity: int,
     title: str,
-    telemetry: dict,
-    detected_at,
-    now=None,
+    telemetry: dict[str, Any],
+    detected_at: datetime,
+    now: datetime | None = None,
 ) -> tuple[Incident, bool]:
     """One open incident per agent and cause: a repeat updates it. Returns (incident, created).
 
@@ -72,8 +75,16 @@ def open_or_update_incident(
 
 
 def _open_or_update(
-    agent, *, cause, rule_id, severity, title, telemetry, detected_at, now: datetime | None = None
-):
+    agent: Agent,
+    *,
+    cause: str,
+    rule_id: int | None,
+    severity: int,
+    title: str,
+    telemetry: dict[str, Any],
+    detected_at: datetime,
+    now: datetime | None = None,
+) -> tuple[Incident, bool]:
     now = now or timezone.now()
     existing = (
         Incident.objects.select_for_update()
@@ -134,7 +145,7 @@ def _open_or_update(
             title=f"[{Severity(severity).label}] {agent.name}: {title}",
             body=f"Incident #{incident.pk} opened for {agent.name} ({cause}).",
             subject=incident,
-            severity=SEVERITY_LEVEL[severity],
+            severity=SEVERITY_LEVEL[Severity(severity)],
             escalation_level=1,
             url=_admin_url(incident),
         )
@@ -168,7 +179,7 @@ def _move_incident(incident: Incident, new: str, **fields: Any) -> bool:
     return bool(won)
 
 
-def acknowledge_incident(incident: Incident, *, by) -> Incident:
+def acknowledge_incident(incident: Incident, *, by: User) -> Incident:
     """Someone has it: stops escalation."""
     if not by.has_perm("portal.view_portal") or not (
         by.has_perm("portal.propose_action") or by.has_perm("portal.approve_action")
@@ -189,7 +200,9 @@ def acknowledge_incident(incident: Incident, *, by) -> Incident:
     return incident
 
 
-def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False) -> bool:
+def resolve_incident(
+    incident: Incident, *, by: User | Actor | str | None, reason: str, auto: bool = False
+) -> bool:
     """Resolve (manually, or automatically when the condition cleared). False if already so."""
     try:
         refuse_unstorable(reason or "", "reason")
@@ -197,7 +210,7 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
         raise IncidentError("invalid", str(exc)) from None
     reason = " ".join((reason or "").split())[:300]
     if not auto:
-        if not by.has_perm("portal.propose_action") and not by.has_perm("portal.approve_action"):
+        if not may(by, "portal.propose_action") and not may(by, "portal.approve_action"):
             raise IncidentError("permission", "Only operators and approvers resolve incidents.")
         if len(reason) < 5:
             raise IncidentError("reason", "Say how it was resolved (at least 5 characters).")
@@ -213,11 +226,12 @@ def resolve_incident(incident: Incident, *, by, reason: str, auto: bool = False)
             page_due_at=None,
         ):
             return False
-        label = "auto-resolved" if auto else f"resolved by {by.get_username()}"
+        who = SYSTEM if auto or by is None else Actor.of(by)
+        label = "auto-resolved" if auto else f"resolved by {who.label}"
         _event(incident, "RESOLVED", f"{label}: {reason}", auto=auto)
         record(
             AuditEventType.INCIDENT_RESOLVED,
-            actor=SYSTEM if auto else by,
+            actor=who,
             subject=incident,
             details={
                 "auto": auto,
@@ -252,10 +266,10 @@ def open_incidents(
     cause: str,
     rule_id: int | None,
     severity: int,
-    title,
-    telemetry,
-    detected_at,
-    now=None,
+    title: Callable[[Agent], str],
+    telemetry: Callable[[Agent], dict[str, Any]],
+    detected_at: Callable[[Agent], datetime],
+    now: datetime | None = None,
 ) -> tuple[list[Incident], list[Incident]]:
     """``open_or_update_incident`` for many agents and one cause, in a fixed number of
     statements: returns (opened, updated).
@@ -304,7 +318,7 @@ def open_incidents(
         with transaction.atomic():
             plan = storms.plan(fresh, cause=cause, severity=severity, detected=detected, now=now)
             decided = [plan.fields(agent.pk, next_at) for agent in fresh]
-            varying = {
+            varying: dict[str, list[Any]] = {
                 "agent": [agent.pk for agent in fresh],
                 "title": titles,
                 "detected_at": [detected[agent.pk] for agent in fresh],
@@ -315,7 +329,8 @@ def open_incidents(
     except IntegrityError:
         # Someone opened one of them a moment ago (the single path does not lock the
         # agent row): the one-by-one path sorts out which are repeats.
-        opened, more = [], []
+        opened: list[Incident] = []
+        more: list[Incident] = []
         for agent in fresh:
             incident, was_created = _open_or_update(
                 agent, cause=cause, rule_id=rule_id, severity=severity, title=title(agent),
@@ -377,7 +392,7 @@ def _page(incidents: list[Incident], *, cause: str, severity: int) -> None:
             }
             for i in incidents
         ],
-        severity=SEVERITY_LEVEL[severity],
+        severity=SEVERITY_LEVEL[Severity(severity)],
         escalation_level=1,
     )
     ids = [i.pk for i in incidents]
@@ -427,7 +442,7 @@ def page_now(reasons: dict[int, str]) -> list[int]:
     return ids
 
 
-def _admin_url_of():
+def _admin_url_of() -> Callable[[int], str]:
     """``_admin_url`` for many incidents: one ``reverse`` (~0.2 ms each) for all of them."""
     from django.urls import reverse
 

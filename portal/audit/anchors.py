@@ -25,7 +25,6 @@ from django.db import connection
 from django.utils import timezone
 
 from portal.audit.keys import Keyring, keyring
-from portal.lib.env import env_int, env_path
 
 if TYPE_CHECKING:
     from portal.audit.chain import ChainProblem, ChainReport
@@ -51,18 +50,13 @@ class Anchor:
 
 
 def anchor_dir() -> Path:
-    configured = getattr(settings, "AUDIT_ANCHOR_DIR", None)
-    if configured:
-        return Path(configured)
-    return env_path("AUDIT_ANCHOR_DIR", Path(settings.VAR_DIR) / "audit-anchors")
+    """Where anchor files go (AUDIT_ANCHOR_DIR; its default lives in settings)."""
+    return Path(settings.AUDIT_ANCHOR_DIR)
 
 
 def anchor_interval() -> int:
     """Seconds between periodic anchors (AUDIT_ANCHOR_INTERVAL, default 300)."""
-    configured = getattr(settings, "AUDIT_ANCHOR_INTERVAL", None)
-    if configured:
-        return int(configured)
-    return env_int("AUDIT_ANCHOR_INTERVAL", 300, minimum=30, maximum=86400)
+    return int(settings.AUDIT_ANCHOR_INTERVAL)
 
 
 # With no new events, an anchor is still written this often, so its age in /metrics
@@ -214,14 +208,18 @@ def write_anchor(report: ChainReport | None = None) -> Anchor | None:
             and now - datetime.fromisoformat(last.time) < ANCHOR_HEARTBEAT
         ):
             return last
+        head_hash = report.head_hash
+        assert head_hash is not None  # scan_chain sets it together with head_id
+        time_text = now.astimezone(UTC).isoformat(timespec="seconds")
+        prev = last.mac if last else ""
         fields = {
             "v": 1,
             "id": report.head_id,
-            "hash": report.head_hash,
+            "hash": head_hash,
             "count": report.count,
-            "time": now.astimezone(UTC).isoformat(timespec="seconds"),
+            "time": time_text,
             "key_id": ring.signing.id,
-            "prev": last.mac if last else "",
+            "prev": prev,
         }
         mac = ring.signing.mac(_anchor_mac_input(fields))
         line = json.dumps({**fields, "mac": mac}, sort_keys=True, separators=(",", ":"))
@@ -229,8 +227,8 @@ def write_anchor(report: ChainReport | None = None) -> Anchor | None:
         os.fsync(fd)
         number = (existing.anchors[-1].line + 1) if existing.anchors else 1
         return Anchor(
-            number, report.head_id, report.head_hash, report.count, fields["time"],
-            ring.signing.id, fields["prev"], mac,
+            number, report.head_id, head_hash, report.count, time_text,
+            ring.signing.id, prev, mac,
         )  # fmt: skip
     finally:
         os.close(fd)
@@ -253,7 +251,7 @@ def periodic_anchor() -> dict[str, Any]:
 
 
 @register()
-def check_anchor_dir(app_configs, **kwargs):
+def check_anchor_dir(app_configs: object, **kwargs: object) -> list[Error]:
     directory = anchor_dir()
     parent = directory if directory.exists() else directory.parent
     if parent.exists() and not os.access(parent, os.W_OK):

@@ -315,7 +315,8 @@ def scan_chain(
     anchors = anchors if anchors is not None else read_anchors(ring=ring)
     report = ChainReport(anchor_path=anchors.path, problems=list(anchors.problems))
     pending = sorted(anchors.anchors, key=lambda a: a.event_id)
-    start_id, expected_prev, position = 0, GENESIS_HASH, 0
+    start_id, position = 0, 0
+    expected_prev: str | None = GENESIS_HASH
     with transaction.atomic():  # a server-side cursor lives in a transaction
         if from_anchor and pending:
             start = pending[-1]

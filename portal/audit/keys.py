@@ -110,8 +110,8 @@ def _env_keys() -> tuple[str | None, str | None]:
 
 
 def _key_settings() -> tuple:
-    keys = getattr(settings, "AUDIT_HMAC_KEYS", None)
-    key = getattr(settings, "AUDIT_HMAC_KEY", None)
+    keys = settings.AUDIT_HMAC_KEYS
+    key = settings.AUDIT_HMAC_KEY
     if keys is None and key is None:
         keys, key = _env_keys()
     if isinstance(keys, Mapping):
@@ -120,7 +120,7 @@ def _key_settings() -> tuple:
         keys or "",
         key or "",
         settings.SECRET_KEY,
-        tuple(getattr(settings, "SECRET_KEY_FALLBACKS", ())),
+        tuple(settings.SECRET_KEY_FALLBACKS),
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 from channels.db import database_sync_to_async
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from mcp import MCPError
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -95,7 +95,7 @@ stdio_token: ContextVar[str | None] = ContextVar("portal_mcp_stdio_token", defau
 class Call:
     """The tool call in progress: its caller, what it touched, and whether it is audited."""
 
-    user: AbstractBaseUser | None
+    user: User | None
     tool: str = ""
     arguments: Any = None
     subject: tuple[str, str] | None = None
@@ -119,7 +119,7 @@ def _db(fn: Callable[..., Any]) -> Callable[..., Any]:
     return database_sync_to_async(fn, thread_sensitive=False)
 
 
-async def _identify(request: Any) -> AbstractBaseUser | None:
+async def _identify(request: Any) -> User | None:
     if request is not None:
         return user_from_scope(request.scope)
     raw = stdio_token.get()
@@ -296,5 +296,5 @@ async def run(fn: Callable[..., Any], *args: Any, acts: bool = False) -> Any:
 
 def require_view(call: Call) -> None:
     """Refuse a caller without a portal role (reading needs ``portal.view_portal``)."""
-    if not call.user.has_perm(VIEW_PERMISSION):
+    if call.user is None or not call.user.has_perm(VIEW_PERMISSION):
         raise ToolError("This identity may not view the portal (it has no portal role).")

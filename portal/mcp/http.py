@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
@@ -28,16 +29,20 @@ from mcp.server.transport_security import TransportSecuritySettings
 from portal.tokens import authenticate_token
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import User
     from mcp.server.mcpserver import MCPServer
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 logger = logging.getLogger(__name__)
 
+#: an ASGI application: ``await app(scope, receive, send)``
+ASGIApp = Callable[..., Awaitable[None]]
+
 MCP_PATH = "/mcp"
 SCOPE_USER = "portal.mcp_user"
 
 
-def user_from_scope(scope: dict[str, Any]):
+def user_from_scope(scope: dict[str, Any]) -> User | None:
     """The portal user ``MCPEndpoint`` authenticated for this request, or None."""
     return scope.get(SCOPE_USER)
 
@@ -107,19 +112,20 @@ class MCPEndpoint:
         self._ready: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
 
-    async def _run_manager(self) -> None:
+    async def _run_manager(self, ready: asyncio.Event) -> None:
         try:
             async with self.manager.run():
-                self._ready.set()
+                ready.set()
                 await asyncio.Event().wait()  # until the event loop shuts down
         finally:
-            self._ready.set()  # wake waiters; they see the runner is gone
+            ready.set()  # wake waiters; they see the runner is gone
 
     async def _started(self) -> bool:
-        if self._runner is None:  # first request in this process: no await since the check
+        if self._runner is None or self._ready is None:
+            # First request in this process: no await since the check.
             self._ready = asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(
-                self._run_manager(), name="mcp-session-manager"
+                self._run_manager(self._ready), name="mcp-session-manager"
             )
         await self._ready.wait()
         return not self._runner.done()
@@ -157,7 +163,7 @@ class MCPEndpoint:
         await self.manager.handle_request(scope, receive, send)
 
 
-def route_mcp(mcp_app, other_app):
+def route_mcp(mcp_app: ASGIApp, other_app: ASGIApp) -> ASGIApp:
     """HTTP app sending ``/mcp`` and ``/mcp/...`` to ``mcp_app``, everything else to Django."""
 
     async def app(scope, receive, send):

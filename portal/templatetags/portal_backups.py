@@ -80,3 +80,28 @@ def run_progress(run) -> dict:
         "previous_duration": (previous or {}).get("duration_s") or 0,
         "started_ms": int(run.started_at.timestamp() * 1000) if run.started_at else 0,
     }
+
+
+VERIFICATION_WORDS = {"PENDING": "not run", "VERIFIED": "passed", "FAILED": "failed"}
+
+
+@register.filter
+def verification_words(value: str) -> str:
+    """A backup's verification as not run / passed / failed."""
+    return VERIFICATION_WORDS.get(value, value or "—")
+
+
+@register.simple_tag
+def run_links(run) -> dict:
+    """What a backup run is linked to: the drills that restored it and the restores of its
+    artifacts (two queries, on the run's own page)."""
+    from backups.models import RestoreRequest
+
+    return {
+        "drills": list(run.drills.order_by("-created")[:10]),
+        "restores": list(
+            RestoreRequest.objects.filter(artifact__run=run)
+            .select_related("artifact")
+            .order_by("-created")[:10]
+        ),
+    }

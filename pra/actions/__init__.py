@@ -19,7 +19,6 @@ from pra.actions.common import (
     preflight_job_id,
 )
 from pra.actions.diagnostics import (
-    DEFAULT_CONNECTIVITY_PORTS,
     DIAGNOSE_PERMISSION,
     connectivity_ports,
     run_diagnostic,
@@ -36,7 +35,6 @@ from pra.actions.execution import (
 )
 from pra.actions.hosts import HOST_EDITABLE, add_host, pin_host_key, update_host
 from pra.actions.preflight import (
-    DEFAULT_PREFLIGHT_TIMEOUT,
     reconcile_preflights,
     record_preflight,
     rerun_preflight,
@@ -49,12 +47,10 @@ from pra.actions.proposal import (
     submit_proposal,
     validate_proposal,
 )
-from pra.actions.sweeps import expire_due, reap_lost_runs, reconcile_approved
+from pra.actions.sweeps import expire_due, reap_lost_runs, reconcile_approved, release_waiting
 
 __all__ = [
     "ActionError",
-    "DEFAULT_CONNECTIVITY_PORTS",
-    "DEFAULT_PREFLIGHT_TIMEOUT",
     "DENIED_EXIT",
     "DIAGNOSE_PERMISSION",
     "ENQUEUE_GUARD_SECONDS",
@@ -86,6 +82,7 @@ __all__ = [
     "record_preflight",
     "record_verification",
     "reject_action",
+    "release_waiting",
     "request_execution",
     "rerun_preflight",
     "run_diagnostic",

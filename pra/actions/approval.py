@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -13,6 +14,7 @@ from django.utils import timezone
 from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
+from pra import windows
 from pra.actions.common import (
     EXECUTE_PERMISSION,
     ActionError,
@@ -26,6 +28,7 @@ from pra.actions.common import (
     _storable,
     execution_job_id,
 )
+from pra.actions.windows import hold
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus
 
@@ -40,15 +43,48 @@ def _auto_approve(action: PRAAction) -> None:
         )
         _notify_awaiting(action, "; policy refused automatic approval")
         return
-    _approve(action, actor=Actor.system("auto-approve"), auto=True)
+    try:
+        _approve(action, actor=Actor.system("auto-approve"), auto=True)
+    except ActionError as exc:
+        if exc.code != "window":
+            raise
+        # A freeze or a window rule: people decide (nothing was written before the refusal).
+        record(
+            AuditEventType.PRA_PROPOSED,
+            actor=Actor.system("auto-approve"),
+            subject=action,
+            details={"auto_approve": "refused by maintenance rules", "reason": exc.message},
+        )
+        _notify_awaiting(action, f"; not approved automatically: {exc.message}")
 
 
 def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: Sequence[str] = ()) -> None:
     if action.preflight_status == PreflightStatus.FAILED:
         raise _preflight_refusal(action)
+    gate = windows.gate_for(action)
+    if gate.kind == "refuse":
+        raise ActionError("window", gate.reason)
+    opening = gate.opening
+    if opening is not None and (
+        auto or not opening.is_open(timezone.now()) or opening.window.backup_sources.exists()
+    ):
+        # Approved now, runs in the window (pra.actions.windows releases it).
+        if auto:
+            raise ActionError("window", f"runs only in a maintenance window ({gate.reason})")
+        hold(action, gate, actor=actor, approvers=list(approvers))
+        return
     now = timezone.now()
     validity = approvals.rule_for(action.impact).validity_seconds
     expires = now + timedelta(seconds=validity)
+    in_window: dict[str, Any] = {}
+    if opening is not None:  # its window is open now and needs no backup: run in it
+        expires = min(expires, opening.closes_at)
+        in_window = {
+            "window": opening.window,
+            "window_opens_at": opening.opens_at,
+            "window_closes_at": opening.closes_at,
+            "hold_reason": f"approved inside the window starting {opening.label}",
+        }
     if not _move(
         action.pk,
         ActionStatus.PROPOSED,
@@ -56,6 +92,7 @@ def _approve(action: PRAAction, *, actor: Actor, auto: bool, approvers: Sequence
         approved_at=now,
         expires_at=expires,
         job_id=execution_job_id(action.pk),
+        **in_window,
     ):
         raise ActionError("state", "The action is no longer waiting for approval.")
     action.refresh_from_db()
@@ -139,7 +176,8 @@ def _preflight_refusal(action: PRAAction) -> ActionError:
 
 
 def reject_action(action: PRAAction | int, *, by: User, reason: str) -> PRAAction:
-    """End a PROPOSED action with a reason (approvers only)."""
+    """End a PROPOSED action, or cancel one WAITING for its window, with a reason
+    (approvers only)."""
     action_id = action.pk if isinstance(action, PRAAction) else action
     _require_perm(by, approvals.APPROVE_PERMISSION, "reject requests")
     _storable(reason=reason)
@@ -150,10 +188,15 @@ def reject_action(action: PRAAction | int, *, by: User, reason: str) -> PRAActio
         obj = PRAAction.objects.select_related("host").filter(pk=action_id).first()
         if obj is None:
             raise ActionError("not_found", f"No action #{action_id}.")
-        if not _move(obj.pk, ActionStatus.PROPOSED, ActionStatus.REJECTED):
+        was = obj.status
+        if was not in (ActionStatus.PROPOSED, ActionStatus.WAITING) or not _move(
+            obj.pk, was, ActionStatus.REJECTED
+        ):
             obj.refresh_from_db()
             raise ActionError(
-                "state", f"Action #{obj.pk} is {obj.status}; only PROPOSED actions can be rejected."
+                "state",
+                f"Action #{obj.pk} is {obj.status}; only PROPOSED actions, or actions WAITING "
+                "for their window, can be rejected.",
             )
         obj.refresh_from_db()
         record(
@@ -181,6 +224,8 @@ def request_execution(action: PRAAction | int, *, by: User | Actor) -> PRAAction
     if obj.status != ActionStatus.APPROVED:
         hint = {
             ActionStatus.PROPOSED: "it still needs human approval in the portal",
+            ActionStatus.WAITING: f"it is {obj.hold_reason or 'waiting for its window'}; "
+            "it runs by itself when the window opens",
             ActionStatus.EXPIRED: "its approval window passed; propose it again",
             ActionStatus.REJECTED: "it was rejected",
             ActionStatus.EXECUTING: "it is already running",

@@ -15,11 +15,12 @@ from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.errors import RequestRefused
+from portal.lib import jobs
+from portal.lib.permissions import require_perm
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.lib.transitions import compare_and_swap
 from portal.live import LiveEvent, publish
 from portal.notify import notify
-from portal.roles import may
 from pra.choices import TRANSITIONS, ActionStatus, Impact
 from pra.models import PRAAction
 
@@ -35,9 +36,7 @@ EXECUTE_PERMISSION = "portal.execute_action"
 DENIED_EXIT = 97
 
 
-# How long a "someone is enqueueing this job" mark lives in Redis. It only has to
-# outlast the gap between "the job is not in Redis" and "the job is in Redis".
-ENQUEUE_GUARD_SECONDS = 30
+ENQUEUE_GUARD_SECONDS = jobs.ENQUEUE_GUARD_SECONDS
 
 
 VOIDED_EVENT = AuditEventType.PRA_VOIDED
@@ -87,7 +86,7 @@ def _admin_url(action: PRAAction) -> str:
 
 def _notify_awaiting(action: PRAAction, why: str = "") -> None:
     """Tell approvers an action waits for them (never when it is about to be auto-approved)."""
-    needed = approvals.rule_for(action.impact).required_approvals
+    needed = approvals.required_signatures(action)
     notify(
         NotificationKind.PRA_AWAITING_APPROVAL,
         title=f"Approval needed: {action.command_display} on {action.host.name}",
@@ -102,46 +101,27 @@ def _notify_awaiting(action: PRAAction, why: str = "") -> None:
 
 
 def _require_perm(user: User | None, perm: str, what: str) -> None:
-    if user is not None and not may(user, perm):
-        raise ActionError("permission", f"You are not allowed to {what}.")
+    require_perm(user, perm, what, ActionError)
 
 
 def _enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
-    import django_rq
-
-    django_rq.get_queue(queue).enqueue(
-        func_path, action_id, job_id=job_id, result_ttl=3600, failure_ttl=7 * 86400
-    )
-
-
-def _guard_key(job_id: str) -> str:
-    return f"pra:enqueue-guard:{job_id}"
+    # A module-level name of its own: bench/pra_latency.py swaps it to time the enqueue.
+    jobs.enqueue(
+        func_path, action_id, queue=queue, job_id=job_id, result_ttl=3600,
+        failure_ttl=7 * 86400,
+    )  # fmt: skip
 
 
-def _take_enqueue_guard(job_id: str) -> bool:
-    """True for exactly one of any number of concurrent callers (Redis SET NX)."""
-    from portal.lib.redis import get_redis
-
-    return bool(get_redis().set(_guard_key(job_id), "1", nx=True, ex=ENQUEUE_GUARD_SECONDS))
+_take_enqueue_guard = jobs.take_enqueue_guard
 
 
-def _release_enqueue_guard(job_id: str) -> None:
-    from portal.lib.redis import get_redis
-
-    get_redis().delete(_guard_key(job_id))
+_release_enqueue_guard = jobs.release_enqueue_guard
 
 
 def _enqueue_once(func_path: str, action_id: int, job_id: str) -> bool:
-    """Put ``job_id`` on the queue unless it is there or another caller is putting it there.
-
-    Checking "is the job in Redis?" and then enqueueing is a race (20 concurrent
-    "execute" calls enqueued one action 7 times): the SET NX guard lets one caller
-    through; the others see either the guard or the job.
-    """
-    if _job_alive(job_id) or not _take_enqueue_guard(job_id):
-        return False
-    _enqueue(func_path, action_id, job_id)
-    return True
+    """Put ``job_id`` on the queue unless it is there or another caller is putting it there
+    (``portal.lib.jobs.enqueue_once_with``: a Redis SET NX guard)."""
+    return jobs.enqueue_once_with(job_id, lambda: _enqueue(func_path, action_id, job_id))
 
 
 def _enqueue_on_commit(func_path: str, action_id: int, job_id: str, *, again: bool = False) -> None:
@@ -170,22 +150,7 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line[:limit]
 
 
-def _job_alive(job_id: str) -> bool:
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-
-    from portal.lib.redis import get_redis
-
-    try:
-        status = Job.fetch(job_id, connection=get_redis()).get_status()
-    except NoSuchJobError:
-        return False
-    return status in {
-        JobStatus.QUEUED,
-        JobStatus.STARTED,
-        JobStatus.SCHEDULED,
-        JobStatus.DEFERRED,
-    }
+_job_alive = jobs.job_alive
 
 
 def _ensure_enqueued(obj: PRAAction) -> bool:

@@ -20,9 +20,6 @@ from pra.models import DiagnosticRun, Host
 DIAGNOSE_PERMISSION = "portal.run_diagnostics"
 
 
-DEFAULT_CONNECTIVITY_PORTS = (22, 53, 80, 443)
-
-
 def run_diagnostic(
     host: Host | str,
     name: str,
@@ -76,7 +73,7 @@ def run_diagnostic(
 
 def connectivity_ports() -> tuple[int, ...]:
     """Ports ``test_connectivity`` may probe, besides each registered host's SSH port."""
-    return tuple(getattr(settings, "PRA_CONNECTIVITY_PORTS", DEFAULT_CONNECTIVITY_PORTS))
+    return tuple(settings.PRA_CONNECTIVITY_PORTS)
 
 
 def _connectivity_argv(host: Host, argv: list[str], actor: Actor) -> list[str]:

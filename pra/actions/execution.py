@@ -14,8 +14,10 @@ from portal.choices import AuditEventType, LiveEventKind, NotificationKind
 from portal.lib import ssh
 from portal.live import LiveEvent, publish
 from portal.notify import notify
+from pra import windows
 from pra.actions.approval import expire_action
 from pra.actions.common import DENIED_EXIT, _admin_url, _announce, _move, logger
+from pra.actions.preflight import _void
 from pra.choices import ActionStatus, FailureCause, Verification
 from pra.models import PRAAction, PreflightStatus
 
@@ -38,6 +40,11 @@ def claim_action(action_id: int, *, job_id: str) -> PRAAction | None:
             return None
         if not approvals.tally(obj).complete and not _was_auto_approved(obj):
             logger.error("action %s approved without valid signatures; refusing", action_id)
+            return None
+        # A freeze that started after approval, or a window rule: never run, say why.
+        refusal = windows.run_refusal(obj, now)
+        if refusal:
+            _void(obj, refusal, actor=Actor.system("worker"))
             return None
         # Only the row's own columns here: a filter across a join makes Django write
         # "WHERE id IN (subquery)", which PostgreSQL does not re-check after a lock wait,

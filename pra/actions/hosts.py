@@ -11,8 +11,10 @@ from django.db import transaction
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
 from portal.lib import ssh
+from portal.lib.validation import full_clean_or_refuse
 from pra.actions.common import ActionError, _announce, _storable
 from pra.actions.preflight import _restart_preflight, _void
+from pra.actions.windows import end_wait
 from pra.choices import ActionStatus
 from pra.models import Host, PRAAction
 
@@ -28,8 +30,6 @@ def add_host(
     by: User | Actor | str = "system:cli",
 ) -> Host:
     """Register a host with the host key the caller has seen and confirmed."""
-    from django.core.exceptions import ValidationError
-
     try:
         fp = ssh.fingerprint(host_key)
     except ValueError as exc:
@@ -43,11 +43,7 @@ def add_host(
         host_key_fingerprint=fp,
         tags=tags,
     )
-    try:
-        host.full_clean()
-    except ValidationError as exc:
-        problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-        raise ActionError("invalid", problems) from None
+    full_clean_or_refuse(host, ActionError)
     with transaction.atomic():
         host.save()
         record(
@@ -82,8 +78,6 @@ def update_host(host: Host | int, *, by: User | Actor | str, **changes: Any) -> 
     their pre-flight run again against the host as it is now. Disabling a host voids
     its APPROVED actions too.
     """
-    from django.core.exceptions import ValidationError
-
     actor = Actor.of(by)
     unknown = sorted(set(changes) - set(HOST_EDITABLE))
     if unknown:
@@ -107,11 +101,7 @@ def update_host(host: Host | int, *, by: User | Actor | str, **changes: Any) -> 
             setattr(current, field, value)
         if fingerprint is not None:
             current.host_key_fingerprint = fingerprint
-        try:
-            current.full_clean()
-        except ValidationError as exc:
-            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-            raise ActionError("invalid", problems) from None
+        full_clean_or_refuse(current, ActionError)
         changed = [f for f in changes if getattr(current, f) != before[f]]
         if not changed:
             if isinstance(host, Host):
@@ -166,6 +156,12 @@ def _void_host_approvals(
         )
         if _void(a, reason, actor=actor)
     ]
+    # Approved but waiting for their maintenance window: the same, at once.
+    for waiting in PRAAction.objects.select_related("host").filter(
+        host=host, status=ActionStatus.WAITING
+    ):
+        if end_wait(waiting, ActionStatus.VOIDED, reason, "host_changed", actor=actor):
+            voided.append(waiting.pk)
     rerun_ids: list[int] = []
     if not rerun:
         return voided, rerun_ids

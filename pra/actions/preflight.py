@@ -32,8 +32,6 @@ from pra.actions.common import (
 from pra.choices import ActionStatus
 from pra.models import PRAAction, PreflightStatus
 
-DEFAULT_PREFLIGHT_TIMEOUT = 120
-
 
 def record_preflight(
     action_id: int, *, ok: bool, output: str, host_revision: int | None = None
@@ -154,7 +152,7 @@ def reconcile_preflights(now: datetime | None = None) -> dict[str, list[int]]:
     FAILED once it has been pending longer than ``PRA_PREFLIGHT_TIMEOUT`` (the job
     hung or was lost), so approval is never left waiting on it."""
     now = now or timezone.now()
-    timeout = getattr(settings, "PRA_PREFLIGHT_TIMEOUT", DEFAULT_PREFLIGHT_TIMEOUT)
+    timeout = settings.PRA_PREFLIGHT_TIMEOUT
     failed, requeued = [], []
     pending = PRAAction.objects.filter(
         status__in=[ActionStatus.PROPOSED, ActionStatus.APPROVED],

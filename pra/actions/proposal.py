@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from portal import approvals
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
 from pra import proxmox
@@ -129,6 +130,8 @@ def submit_proposal(
     by: Proposer | User,
     auto_approve: bool = False,
     evidence_ids: list[int] | tuple[int, ...] = (),
+    emergency: bool = False,
+    emergency_reason: str = "",
 ) -> Proposal:
     """Create a PROPOSED action after validating everything; schedule its pre-flight.
 
@@ -137,6 +140,10 @@ def submit_proposal(
     saying so, whoever proposed it (a rule and the AI end on the same action). The
     host's row is locked first, so two concurrent proposals cannot both create one.
     If the open one's pre-flight failed, proposing it again re-runs the pre-flight.
+
+    ``emergency``: it runs during a change freeze and outside maintenance windows; it
+    needs a typed ``emergency_reason`` and one more signature than its impact's rule,
+    and is never auto-approved.
     """
     proposer = by if isinstance(by, Proposer) else Proposer.human(by)
     _require_perm(proposer.user, PROPOSE_PERMISSION, "propose remediations")
@@ -147,6 +154,8 @@ def submit_proposal(
     )
     host = target
     _check_auto_approve_allowed(proposer, auto_approve)
+    _storable(emergency_reason=emergency_reason)
+    emergency_reason = _validate_emergency(emergency, emergency_reason, auto_approve)
     if not isinstance(evidence_ids, list | tuple) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in evidence_ids
     ):
@@ -163,7 +172,10 @@ def submit_proposal(
             .first()
         )
         if existing is not None:
-            return Proposal(existing, False, _join_existing(existing, proposer, bool(evidence_ids)))
+            message = _join_existing(existing, proposer, bool(evidence_ids))
+            if emergency and not existing.emergency:
+                message += f" #{existing.pk} is not an emergency: reject it first to propose one."
+            return Proposal(existing, False, message)
         evidence = list(
             DiagnosticRun.objects.select_for_update().filter(
                 pk__in=evidence_ids, host=host, action__isnull=True
@@ -183,6 +195,8 @@ def submit_proposal(
             proposed_by=proposer.user,
             proposer_label=proposer.label,
             auto_approve_requested=auto_approve,
+            emergency=bool(emergency),
+            emergency_reason=emergency_reason,
             status=ActionStatus.PROPOSED,
             status_changed_at=now,
             created=now,
@@ -205,6 +219,7 @@ def submit_proposal(
                 "auto_approve_requested": auto_approve,
                 "rationale": text,
                 "evidence": [e.pk for e in evidence],
+                **({"emergency": emergency_reason} if emergency else {}),
             },
         )
         _announce(obj, f"{proposer.label} proposed {obj.command_display} on {host.name}")
@@ -214,7 +229,48 @@ def submit_proposal(
             _enqueue_on_commit("pra.jobs.preflight_action", obj.pk, preflight_job_id(obj.pk))
         elif auto_approve:
             _auto_approve(obj)
-    return Proposal(obj, True, f"Proposed as action #{obj.pk}; people approve it in the portal.")
+    message = f"Proposed as action #{obj.pk}; people approve it in the portal."
+    return Proposal(obj, True, f"{message} {_window_note(obj)}".strip())
+
+
+def _validate_emergency(emergency: object, reason: str, auto_approve: bool) -> str:
+    if not isinstance(emergency, bool):
+        raise ActionError("invalid", "emergency must be true or false")
+    if not emergency:
+        if (reason or "").strip():
+            raise ActionError("invalid", "emergency_reason is only for emergency actions")
+        return ""
+    text = " ".join((reason or "").split())
+    if len(text) < MIN_RATIONALE or len(set(text.lower().split())) < 4:
+        raise ActionError(
+            "emergency_reason",
+            f"An emergency needs a typed reason (at least {MIN_RATIONALE} characters and a few "
+            "words): why it cannot wait for the next maintenance window or the end of a freeze.",
+        )
+    if len(text) > 2000:
+        raise ActionError(
+            "emergency_reason", "The emergency reason is longer than 2000 characters."
+        )
+    if auto_approve:
+        raise ActionError("invalid", "Emergency actions are never auto-approved.")
+    return text
+
+
+def _window_note(action: PRAAction) -> str:
+    """What windows and freezes mean for this proposal, in words (for the proposer)."""
+    from pra import windows
+
+    gate = windows.gate_for(action)
+    if action.emergency:
+        return (
+            "EMERGENCY: it runs as soon as approved, even during a change freeze, and needs "
+            f"{approvals.required_signatures(action)} signature(s) (one more than usual)."
+        )
+    if gate.kind == "wait":
+        return f"It runs only in a maintenance window: once approved it is {gate.reason}."
+    if gate.kind == "refuse":
+        return f"It cannot be approved now: {gate.reason}"
+    return ""
 
 
 def _join_existing(existing: PRAAction, proposer: Proposer, had_evidence: bool) -> str:

@@ -1,4 +1,5 @@
-"""Periodic repairs: lost runs reaped, approved actions re-enqueued, stale approvals expired."""
+"""Periodic repairs: lost runs reaped, approved actions re-enqueued, stale approvals expired,
+actions waiting for a maintenance window released (or expired) at its opening."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from pra.actions.approval import expire_action
-from pra.actions.common import _ensure_enqueued
+from pra.actions.common import _ensure_enqueued, logger
 from pra.actions.execution import finish_execution
+from pra.actions.windows import open_windows, release_one
 from pra.catalog import get_spec
 from pra.choices import ActionStatus, FailureCause
 from pra.models import PRAAction
@@ -62,3 +64,24 @@ def expire_due(now: datetime | None = None) -> list[int]:
         ).values_list("pk", flat=True)
     )
     return [pk for pk in due if expire_action(pk)]
+
+
+def release_waiting(now: datetime | None = None) -> dict[str, list[int]]:
+    """Windows that open now take their pre-maintenance backups; then every WAITING action
+    whose opening came is released, kept waiting (with the reason shown), voided or
+    expired (``pra.actions.windows.release_one``). None waits past its window's close."""
+    now = now or timezone.now()
+    outcome: dict[str, list[int]] = {"opened": open_windows(now)}
+    due = PRAAction.objects.filter(
+        status=ActionStatus.WAITING, window_opens_at__lte=now
+    ).values_list("pk", flat=True)
+    orphans = PRAAction.objects.filter(status=ActionStatus.WAITING, window__isnull=True)
+    for pk in sorted({*due, *orphans.values_list("pk", flat=True)}):
+        try:
+            result = release_one(pk, now)
+        except Exception:
+            # One bad row must not stop the sweep's other repairs (reaper, expiry).
+            logger.exception("releasing waiting action %s failed; retried next sweep", pk)
+            result = "error"
+        outcome.setdefault(result, []).append(pk)
+    return outcome

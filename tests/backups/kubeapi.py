@@ -109,6 +109,16 @@ def _groups() -> dict:
     }
 
 
+class _JSONHandler(BaseHTTPRequestHandler):
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class FakeKubeAPI:
     """The stand-in server: ``objects`` maps (plural, namespace, name) to an object."""
 
@@ -149,19 +159,11 @@ class FakeKubeAPI:
     def start(self) -> FakeKubeAPI:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_JSONHandler):
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *args):  # keep test output clean
                 return
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_GET(self):
                 api.requests.append(("GET", self.path))
@@ -270,7 +272,7 @@ class FakeKubeAPI:
             "items": items,
         }
 
-    def handle_exec(self, handler: BaseHTTPRequestHandler, query: dict) -> None:
+    def handle_exec(self, handler: _JSONHandler, query: dict) -> None:
         """kubectl exec over WebSocket, channel protocol v5: 0 stdin, 1 stdout, 2 stderr,
         3 status, 255 close (of stdin). The command runs on this machine."""
         protocols = [

@@ -29,7 +29,7 @@ def test_a_failing_tool_fails_the_run_keeps_its_stderr_and_leaves_no_file(
     assert run.failure_cause == FailureCause.TOOL_ERROR
     assert "no_such_database" in run.stderr and "does not exist" in run.stderr
     assert get_storage().list_runs() == [] and not BackupArtifact.objects.exists()
-    assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_FAILED"]
+    assert trail(run) == ["BACKUP_RUN_REQUESTED", "BACKUP_RUN_STARTED", "BACKUP_RUN_FAILED"]
     assert any("ghost FAILED" in r.message for r in caplog.records)
 
 

@@ -72,7 +72,9 @@ def test_a_drill_restores_validates_and_meets_its_target(drilled_pg, pg_cluster,
     assert sampled["public.orders"]["rows_in_backup"] == 4000
     assert part["restore_seconds"] > 0 and part["validate_seconds"] > 0
     assert _drill_databases(pg_cluster) == []  # cleaned up
-    assert trail(drill) == ["BACKUP_DRILL_STARTED", "BACKUP_DRILL_SUCCEEDED"]
+    assert trail(drill) == [
+        "BACKUP_DRILL_REQUESTED", "BACKUP_DRILL_STARTED", "BACKUP_DRILL_SUCCEEDED",
+    ]  # fmt: skip
     assert not Notification.objects.filter(kind="BACKUP_FAILED").exists()
 
 
@@ -89,6 +91,23 @@ def test_a_drill_over_its_target_notifies_and_the_command_exits_non_zero(
     assert drill.status == DrillStatus.SUCCEEDED and drill.met_target is False
     note = Notification.objects.get(kind="BACKUP_FAILED")
     assert "OVER ITS RTO TARGET" in note.title and "0.001 s" in note.title
+    assert trail(drill)[-1] == "BACKUP_DRILL_FAILED"
+
+
+def test_a_drill_whose_target_was_cleared_meanwhile_fails_with_a_reason(
+    drilled_pg, operator, capture
+):
+    """The target is checked when the drill is requested; cleared before the worker runs
+    it, the drill fails saying so (it used to end as "AttributeError: 'NoneType' ...")."""
+    source, _ = drilled_pg
+    with capture(execute=True):
+        drill = actions.request_drill(source, by=operator)
+    BackupSource.objects.filter(pk=source.pk).update(drill_target=None)
+    run_jobs()
+    drill.refresh_from_db()
+
+    assert drill.status == DrillStatus.FAILED
+    assert drill.error == "source shop has no restore target for drills"
     assert trail(drill)[-1] == "BACKUP_DRILL_FAILED"
 
 

@@ -40,7 +40,9 @@ def test_backup_verify_drop_restore_gives_back_exactly_the_same_data(
     assert artifact.format == ArtifactFormat.PG_CUSTOM
     assert artifact.facts["tables"] == 2 and artifact.facts["table_data"] == 2
     assert get_storage().list_runs() == [run.artifact_path]
-    assert trail(run) == ["BACKUP_RUN_STARTED", "BACKUP_RUN_SUCCEEDED", "BACKUP_VERIFIED"]
+    assert trail(run) == [
+        "BACKUP_RUN_REQUESTED", "BACKUP_RUN_STARTED", "BACKUP_RUN_SUCCEEDED", "BACKUP_VERIFIED",
+    ]  # fmt: skip
 
     pg_cluster.drop(name)
     # The database is gone: restoring it is a scratch restore (no overwrite: one approval).

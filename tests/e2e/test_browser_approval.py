@@ -65,11 +65,11 @@ def test_operator_proposes_and_approver_approves_live(stack, open_page, operator
         expect(root).to_have_attribute("data-live", "connected")
         page.evaluate("window.__marker = 1")
         expect(page.locator("#pra-status")).to_have_text("APPROVED")
-        expect(page.locator("#pra-verification")).not_to_have_text("Verified")
+        expect(page.locator("#pra-verification")).not_to_have_text("passed")
         assert page.locator("#approve-button").count() == 0
 
     expect(page.locator("#pra-status")).to_have_text("COMPLETED", timeout=LIVE_TIMEOUT)
-    expect(page.locator("#pra-verification")).to_have_text("Verified", timeout=LIVE_TIMEOUT)
+    expect(page.locator("#pra-verification")).to_have_text("passed", timeout=LIVE_TIMEOUT)
     expect(page.locator("#pra-exit")).to_have_text("exit code 0")
     assert page.evaluate("window.__marker") == 1, "the page reloaded or navigated"
 

@@ -37,7 +37,9 @@ def decider(settings):
 
 
 def _decide_job_status(incident: Incident) -> str:
-    return get_queue("default").fetch_job(f"incident-decide-{incident.pk}").get_status()
+    job = get_queue("default").fetch_job(f"incident-decide-{incident.pk}")
+    assert job is not None, "the decide job was enqueued"
+    return job.get_status()
 
 
 def test_a_host_remediation_for_an_agent_without_a_host_is_a_recorded_escalation(client, decider):

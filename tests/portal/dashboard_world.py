@@ -11,9 +11,16 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from backups.choices import ArtifactFormat, RestoreMode, RestoreStatus, RunStatus, SourceKind
+from backups.choices import (
+    ArtifactFormat,
+    DrillStatus,
+    RestoreMode,
+    RestoreStatus,
+    RunStatus,
+    SourceKind,
+)
 from backups.choices import Verification as BackupVerification
-from backups.models import BackupArtifact, BackupRun, BackupSource, RestoreRequest
+from backups.models import BackupArtifact, BackupDrill, BackupRun, BackupSource, RestoreRequest
 from incidents import actions as incidents
 from incidents.choices import AttemptStatus, DecisionAction, DecisionSource, Severity
 from incidents.models import AutoPatchAttempt, Decision, Incident
@@ -148,4 +155,32 @@ def history(operator, *, days: int, tag: str) -> None:
         PRAAction.objects.filter(pk=action.pk).update(
             status="APPROVED", approved_at=action.created + timedelta(seconds=95)
         )
-    backup_source(f"{tag}-cache", runs=days * 2)
+    source, runs = backup_source(f"{tag}-cache", runs=days * 2)
+    drills(source, runs[0], days=days, target=200.0)
+
+
+def drills(source: BackupSource, run: BackupRun, *, days: int, target: float = 300.0) -> list:
+    """One restore drill a day, restore times growing 20 s a day (over ``target`` once they
+    pass it), a failed drill every fifth day."""
+    made = []
+    for day in range(days):
+        at = timezone.now() - timedelta(days=day, hours=2)
+        failed = day % 5 == 4
+        seconds = None if failed else 30.0 + 20 * day
+        made.append(
+            BackupDrill.objects.create(
+                source=source,
+                run=run,
+                trigger="schedule",
+                status=DrillStatus.FAILED if failed else DrillStatus.SUCCEEDED,
+                status_changed_at=at,
+                created=at,
+                started_at=at,
+                finished_at=at + timedelta(seconds=seconds or 5),
+                rto_seconds=seconds,
+                rto_target_seconds=target,
+                met_target=None if failed else seconds <= target,
+                error="restore: redis-cli: connection refused" if failed else "",
+            )  # fmt: skip
+        )
+    return made

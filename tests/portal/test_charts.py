@@ -12,11 +12,13 @@ from tests.portal.dashboard_world import history
 pytestmark = pytest.mark.django_db
 
 CHARTS = ("incidents-per-day", "mttd-per-day", "mttr-per-day", "autopatch-rates",
-          "time-to-approval", "backup-size", "backup-duration")  # fmt: skip
+          "time-to-approval", "backup-size", "backup-duration", "drill-restore-times")  # fmt: skip
 
 
 def _section(html: str, key: str) -> str:
-    return re.search(rf'<section id="chart-{key}".*?</section>', html, re.S)[0]
+    found = re.search(rf'<section id="chart-{key}".*?</section>', html, re.S)
+    assert found is not None, f"no chart {key} on the page"
+    return found[0]
 
 
 def test_every_chart_draws_the_rows_it_is_about(
@@ -43,6 +45,12 @@ def test_every_chart_draws_the_rows_it_is_about(
     assert "success target 95 %" in rates and "rollback target 2 %" in rates
     assert "approved 1 min 35 s after it was asked" in _section(html, "time-to-approval")
     assert "27.5 KB" in _section(html, "backup-size")
+    drills = _section(html, "drill-restore-times")
+    # The RTO target's dashed line, named with its sources; each drill against it.
+    assert "target 3 min 20 s (a-cache, b-cache)" in drills and 'class="target"' in drills
+    assert "restore 3 min 10 s (target 3 min 20 s, within target)" in drills  # day 8
+    assert "restore 3 min 50 s (target 3 min 20 s, over target)" in drills  # day 10
+    assert "2 failed drill(s) in the window" in drills and ">FAILED<" in drills
     # Nothing but the portal: no script at all, no URL to another host.
     assert "<script" not in html
     assert set(re.findall(r'(?:src|href)="(https?://[^"]+)"', html)) == set()

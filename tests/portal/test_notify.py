@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import django_rq
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -107,7 +108,7 @@ def _free_port() -> int:
 
 class _Mailbox:
     def __init__(self) -> None:
-        self.envelopes = []
+        self.envelopes: list[Envelope] = []
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)

@@ -37,8 +37,9 @@ from asgiref.testing import ApplicationCommunicator
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection
+from django.db import connection, models
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django_rq.settings import get_queues_map
@@ -49,6 +50,7 @@ from portal.mcp.http import MCP_PATH
 from portal.models import ApiToken
 from portal.routing import websocket_urlpatterns
 from portal.tokens import create_token, revoke_token
+from pra.models import PRAAction
 from tests.conftest import make_user
 from tests.factories import OFFLINE_HOST_KEY, RATIONALE
 
@@ -86,7 +88,7 @@ OPERATE = frozenset({OP, AD})  # propose, diagnose, execute, back up, plan resto
 APPROVE = frozenset({AP, AD})
 ACK = frozenset({OP, AP, AD})  # acknowledge and resolve incidents
 ADMIN = frozenset({AD})
-NONE = frozenset()
+NONE: frozenset[str] = frozenset()
 
 # --- policy ----------------------------------------------------------------------------
 
@@ -127,6 +129,9 @@ MODEL_POLICY = {
     "pra.host": ModelPolicy(VIEW, change=ADMIN),
     "pra.praaction": ModelPolicy(VIEW, add=OPERATE),
     "pra.diagnosticrun": ModelPolicy(VIEW),
+    "pra.maintenancewindow": ModelPolicy(VIEW, ADMIN, ADMIN, ADMIN),
+    "pra.changefreeze": ModelPolicy(VIEW, ADMIN, ADMIN, ADMIN),
+    "pra.windowopening": ModelPolicy(VIEW),
     "incidents.agent": ModelPolicy(VIEW, change=ADMIN),
     "incidents.detectionrule": ModelPolicy(VIEW, ADMIN, ADMIN),
     "incidents.opspolicy": ModelPolicy(VIEW, change=ADMIN),
@@ -386,9 +391,9 @@ DUMMY = "987654321"
 
 @dataclass
 class World:
-    users: dict[str, object]
+    users: dict[str, User]
     raw_tokens: dict[str, str]
-    objects: dict[str, object] = field(default_factory=dict)  # model label -> instance
+    objects: dict[str, models.Model] = field(default_factory=dict)  # model label -> instance
     job_id: str = ""
 
     def pk(self, label: str) -> str | None:
@@ -536,6 +541,7 @@ def fill(route: Route, variant: str, world: World) -> tuple[str, bool]:
 
 def bodies(world: World) -> dict[str, dict]:
     action = world.objects["pra.praaction"]
+    assert isinstance(action, PRAAction)
     return {
         "/api/pra/actions": {
             "action": "restart_unbound", "host": "matrix-host", "params": {},

@@ -179,10 +179,11 @@ def test_a_failed_action_says_its_verification_did_not_run(client, operator, app
     waiting = propose(operator, host, "restart_unbound")
     client.force_login(operator)
     page = client.get(f"/admin/pra/praaction/{failed.pk}/change/").content.decode()
-    assert "Not run (execution failed)" in page
+    assert 'title="Not run (execution failed)">not run</span>' in page
     assert "Not checked yet" not in page
     listing = client.get("/admin/pra/praaction/").content.decode()
-    assert listing.count("Not run (execution failed)") == 1  # the waiting one shows "—"
+    assert listing.count('title="Not run (execution failed)">not run</span>') == 1
+    assert listing.count(">not run</span>") == 2  # the waiting one has not run either
     api = client.get(f"/api/pra/actions/{failed.pk}").json()
     assert api["verification_label"] == "Not run (execution failed)"
     assert client.get(f"/api/pra/actions/{waiting.pk}").json()["verification_label"] == (

@@ -72,7 +72,7 @@ def test_fingerprint_is_stable_and_hex():
 
 
 def test_probe_compares_the_whole_first_line():
-    probe = get_spec("restart_unbound").probe
+    probe = get_spec("flush_dns_cache").probe
     assert probe.matches("active\n")
     assert not probe.matches("inactive\n")
     assert not probe.matches("")

@@ -95,6 +95,7 @@ def test_an_expired_approval_cannot_run(operator, approver, target_host, shared_
 def test_command_error_is_classified_and_output_kept(
     operator, approver, target_host, shared_ssh_target
 ):
+    shared_ssh_target.add_container("web-9")  # it exists (pre-flight OK), the restart fails
     shared_ssh_target.fail_command("podman", 125, "Error: no container with name web-9")
     action = propose(operator, target_host, "restart_container", {"name": "web-9"})
     actions.approve_action(action, by=approver)

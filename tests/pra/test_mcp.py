@@ -734,3 +734,51 @@ def test_a_tool_that_acts_commits_with_its_audit_or_not_at_all(operator, target_
     assert "Internal error, see the portal log (ref " in text(result)
     assert "INSERT" not in text(result)
     assert not PRAAction.objects.exists()  # no unaudited action
+
+
+def test_tools_say_when_an_action_waits_for_a_window_or_a_freeze_blocks_it(
+    daphne, monkeypatch, operator, approver, admin_user, target_host, token_of
+):
+    """Windows and freezes are rows the daphne process reads; the catalog entry that
+    needs a window is patched in this process only, where the action is approved."""
+    from dataclasses import replace
+
+    from pra import windows
+    from pra.catalog import CATALOG
+
+    now = timezone.now()
+    windows.save_freeze(None, by=admin_user, reason="quarter close freeze",
+                        starts_at=now - timedelta(minutes=1),
+                        ends_at=now + timedelta(minutes=30))  # fmt: skip
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        blocked = mcp.ok(
+            "propose_pra_action",
+            {"action": "restart_unbound", "host": "dns-1", "params": {}, "rationale": RATIONALE},
+        )
+        assert blocked["maintenance"]["freeze"]["reason"] == "quarter close freeze"
+        assert blocked["maintenance"]["on_approval"].startswith(
+            "approval is refused now: A change freeze until"
+        )
+        assert "cannot be approved now" in blocked["note"]
+
+        PRAAction.objects.all().delete()
+        windows.delete_freeze(windows.ChangeFreeze.objects.get(), by=admin_user)
+        opens = (now + timedelta(hours=1)).replace(second=0, microsecond=0)
+        windows.save_window(None, by=admin_user, name="sunday-night", weekday=opens.weekday(),
+                            start_time=opens.time(), duration_minutes=120)  # fmt: skip
+        monkeypatch.setitem(
+            CATALOG, "restart_caddy", replace(CATALOG["restart_caddy"], requires_window=True)
+        )
+        waiting = actions.propose_action(action="restart_caddy", host=target_host, params={},
+                                         rationale=RATIONALE, by=operator)  # fmt: skip
+        actions.approve_action(waiting, by=approver)
+        seen = mcp.ok("get_pra_action", {"action_id": waiting.pk})
+        assert seen["status"] == "WAITING"
+        assert seen["hold_reason"].startswith("approved for the window starting ")
+        assert seen["maintenance"]["window"]["name"] == "sunday-night"
+        refused = mcp.error("execute_pra_action", {"action_id": waiting.pk})
+        assert f"Action #{waiting.pk} is WAITING: it is approved for the window starting" in (
+            refused
+        )
+        assert "it runs by itself when the window opens" in refused

@@ -86,11 +86,16 @@ def test_a_failed_dry_run_blocks_approval_until_the_rerun_passes(
     run_jobs()
     action.refresh_from_db()
     assert action.status == ActionStatus.COMPLETED
-    assert ssh_target.calls()[0] == ["podman", "restart", "web-1"]  # then the probe looks
+    # The second pre-flight's read-only check, then the restart (then the probe looks).
+    assert ssh_target.calls()[:2] == [
+        ["podman", "container", "exists", "web-1"],
+        ["podman", "restart", "web-1"],
+    ]
 
 
 def test_proposing_it_again_reruns_a_failed_pre_flight(operator, ssh_target, settings):
     host = register(ssh_target, settings)
+    ssh_target.add_container("web-1", state="exited")
     restore = _hide(ssh_target, "podman")
     first = propose(operator, host, "restart_container", {"name": "web-1"})
     run_jobs()

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.django_db
 def test_service_status_and_health_reflect_the_target(operator, target_host, shared_ssh_target):
     shared_ssh_target.set_unit("unbound", "inactive")
     status = actions.run_diagnostic(target_host, "service_status", {"unit": "unbound"}, by=operator)
-    assert status.output.strip() == "inactive" and status.exit_code != 0
+    assert status.output.splitlines()[0] == "inactive" and status.exit_code != 0
+    assert "ActiveState=inactive" in status.output  # then systemctl show's properties
     health = actions.run_diagnostic(target_host, "service_health", {"unit": "unbound"}, by=operator)
     assert "UNHEALTHY" in health.output
     shared_ssh_target.set_unit("unbound", "active")

@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from pra.catalog import CATALOG, catalog_fingerprint
+from pra.catalog import CATALOG, catalog_fingerprint, parse_before
 from pra.target import render_target
 
 DENIED = 97
@@ -25,7 +25,9 @@ DENIED = 97
 
 def run(client: paramiko.SSHClient, command: str, timeout: float = 10) -> tuple[int, str, str]:
     """Send ``command`` raw (no portal-side validation); return (exit code, stdout, stderr)."""
-    chan = client.get_transport().open_session(timeout=timeout)
+    transport = client.get_transport()
+    assert transport is not None, "the client is connected"
+    chan = transport.open_session(timeout=timeout)
     with closing(chan):
         chan.settimeout(timeout)
         chan.exec_command(command)
@@ -83,12 +85,22 @@ def test_restarts_leave_the_probed_state_behind(shared_ssh_target, exec_client, 
     """After restart_unbound / restart_container the catalog probes pass (systemctl and
     podman are stand-ins because this machine has no systemd)."""
     shared_ssh_target.add_container("web-1", state="exited")
-    for name, params in (("restart_unbound", {}), ("restart_container", {"name": "web-1"})):
+    for name, params, said in (
+        ("restart_unbound", {}, "active: restarted"),
+        ("restart_container", {"name": "web-1"}, "running: restarted"),
+    ):
         spec = CATALOG[name]
-        assert run(exec_client, spec.wire_command(params))[0] == 0
-        code, stdout, _ = run(diag_client, " ".join(spec.probe.argv(params)))
+        code, out, _ = run(exec_client, spec.wire_command(params))
         assert code == 0
-        assert stdout.strip() == spec.probe.expect
+        before = parse_before(out)
+        assert before is not None and before["boot_id"] == shared_ssh_target.boot_id
+        code, stdout, _ = run(diag_client, " ".join(spec.probe.argv(params, before)))
+        assert code == 0, stdout
+        assert stdout.startswith(said)
+        # The same probe with a mark from after the restart: not restarted since then.
+        later = {**before, "time": str(int(before["time"]) + 60_000_000)}
+        code, stdout, _ = run(diag_client, " ".join(spec.probe.argv(params, later)))
+        assert code == 1 and stdout.startswith("NOT restarted"), stdout
     assert shared_ssh_target.unit_state("unbound") == "active"
 
 
@@ -101,14 +113,29 @@ def test_a_failing_command_passes_its_exit_code_and_stderr_through(shared_ssh_ta
     assert shared_ssh_target.run_log()[-1].split()[-2] == "exit=125"
 
 
-def test_dry_run_runs_nothing(shared_ssh_target, exec_client):
-    """--dry-run only resolves the binary: no stand-in call is recorded (systemctl is a
-    stand-in because this machine has no systemd)."""
+def test_dry_run_runs_only_the_read_only_check(shared_ssh_target, exec_client):
+    """--dry-run resolves the binary and runs the action's check (`systemctl cat`), never
+    the action (systemctl is a stand-in because this machine has no systemd)."""
     code, stdout, stderr = run(exec_client, "--dry-run restart_unbound")
     assert (code, stdout, stderr) == (0, "DRY-RUN OK: would run: systemctl restart unbound\n", "")
-    assert shared_ssh_target.calls() == []
+    assert shared_ssh_target.calls() == [["systemctl", "cat", "unbound.service"]]
     assert shared_ssh_target.unit_state("unbound") == "inactive"
     assert " mode=dry-run exit=0 " in shared_ssh_target.run_log()[0]
+
+
+def test_dry_run_fails_when_the_check_fails(shared_ssh_target, exec_client):
+    """A unit that does not exist, a container that does not exist: exit 3 with the reason."""
+    shared_ssh_target.set_unit("unbound", "not-found")
+    code, _, stderr = run(exec_client, "--dry-run restart_unbound")
+    assert code == 3
+    assert stderr.startswith("DRY-RUN FAILED: systemctl cat unbound.service (exit 1): No files")
+    code, _, stderr = run(exec_client, "--dry-run restart_container web-9")
+    assert code == 3
+    assert "podman container exists web-9 (exit 1)" in stderr
+    assert [c[:2] for c in shared_ssh_target.calls()] == [
+        ["systemctl", "cat"],
+        ["podman", "container"],
+    ]
 
 
 def test_dry_run_fails_when_the_binary_is_missing(ssh_target):
@@ -248,12 +275,21 @@ def test_the_diag_key_refuses_bad_arguments(command, shared_ssh_target, diag_cli
 
 def test_status_reflects_the_unit_state(shared_ssh_target, diag_client):
     """systemctl is a stand-in (this machine has no systemd); set_unit sets what it reports."""
-    assert run(diag_client, "status unbound") == (3, "inactive\n", "")
+
+    def status() -> tuple[int, str, str]:
+        code, out, err = run(diag_client, "status unbound")
+        assert f"ActiveState={out.splitlines()[0]}" in out  # then systemctl show's lines
+        return code, out.splitlines()[0], err
+
+    assert status() == (3, "inactive", "")
     shared_ssh_target.set_unit("unbound", "active")
-    assert run(diag_client, "status unbound") == (0, "active\n", "")
+    assert status() == (0, "active", "")
     shared_ssh_target.set_unit("unbound", "failed")
-    assert run(diag_client, "status unbound") == (3, "failed\n", "")
-    assert shared_ssh_target.calls() == [["systemctl", "is-active", "unbound"]] * 3
+    assert status() == (3, "failed", "")
+    assert [c[:2] for c in shared_ssh_target.calls()] == [
+        ["systemctl", "is-active"],
+        ["systemctl", "show"],
+    ] * 3
 
 
 def test_health_reports_inactive_units_and_recent_errors(shared_ssh_target, diag_client):
@@ -278,6 +314,7 @@ def test_logs_and_errors_read_the_journal(shared_ssh_target, diag_client):
     assert run(diag_client, "errors unbound 30") == (0, "bad\n", "")
     assert shared_ssh_target.calls()[-1] == [
         "journalctl", "-u", "unbound", "--since", "-30 min", "-p", "err", "--no-pager",
+        "-o", "short-iso",
     ]  # fmt: skip
 
 
@@ -285,7 +322,9 @@ def test_container_reports_the_state(shared_ssh_target, diag_client):
     """podman is a stand-in (this machine has no podman); the diag key asks root's podman
     through sudo pra-run --container-state."""
     shared_ssh_target.add_container("db", state="exited")
-    assert run(diag_client, "container db") == (0, "exited\n", "")
+    code, out, err = run(diag_client, "container db")
+    assert (code, out.splitlines()[0], err) == (0, "exited", "")
+    assert "started_at=0" in out.splitlines()  # never started by the stand-in
     code, _, stderr = run(diag_client, "container ghost")
     assert code == 125
     assert "no such object" in stderr
@@ -295,7 +334,7 @@ def test_sysinfo_meminfo_and_disk(diag_client):
     code, stdout, _ = run(diag_client, "sysinfo")
     assert code == 0
     info = dict(line.split(": ", 1) for line in stdout.splitlines())
-    assert set(info) == {"hostname", "kernel", "cpus", "uptime", "load"}
+    assert set(info) == {"hostname", "kernel", "cpus", "uptime", "load", "boot_id"}
     assert len(info["load"].split()) == 3
 
     code, stdout, _ = run(diag_client, "meminfo")

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.lib import ssh
@@ -21,8 +22,13 @@ class Command(BaseCommand):
         for target in hosts:
             problems = []
             for label, runner in (
-                ("pra-exec", lambda t: transport.run_exec(t, "--catalog", command_timeout=15)),
-                ("pra-diag", lambda t: transport.run_diag(t, ["catalog"], timeout=15)),
+                (
+                    "pra-exec",
+                    lambda t: transport.run_exec(
+                        t, "--catalog", command_timeout=settings.PRA_DIAG_TIMEOUT
+                    ),
+                ),
+                ("pra-diag", lambda t: transport.run_diag(t, ["catalog"])),
             ):
                 try:
                     result = runner(target)

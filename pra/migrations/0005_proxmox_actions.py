@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pra", "0002_approval_revisions"),
+        ("pra", "0004_maintenance_windows"),
     ]
 
     operations = [

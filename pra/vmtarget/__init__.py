@@ -1,0 +1,1 @@
+"""A real Debian target under QEMU: image recipe (recipe.py) and the running VM (vm.py)."""
