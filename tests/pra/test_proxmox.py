@@ -22,8 +22,8 @@ from django.utils import timezone
 from pra import actions, devtarget_pve, proxmox
 from pra.choices import ActionStatus, Verification
 from pra.models import PRAAction
+from tests.jobs import run_jobs
 from tests.pra.factories import propose
-from tests.pra.helpers import run_jobs
 from tests.pra.test_target_wrappers import DENIED, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
