@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("portal", "0015_big_table_indexes"),
+        ("portal", "0014_backup_drill_events"),
     ]
 
     operations = [
