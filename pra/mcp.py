@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
+from django.contrib.auth.models import User
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
@@ -241,6 +242,13 @@ async def check_connectivity(
 # --- proposals and their state --------------------------------------------------------
 
 
+def _acting_user(call: Call) -> User:
+    """The user an AI identity acts for (acting tools only run for an authenticated one)."""
+    if call.user is None:
+        raise actions.ActionError("permission", "This tool needs an authenticated identity.")
+    return call.user
+
+
 def _propose(
     call: Call,
     action: str,
@@ -255,7 +263,7 @@ def _propose(
         host=host,
         params=params,
         rationale=rationale,
-        by=actions.Proposer.ai(call.user),
+        by=actions.Proposer.ai(_acting_user(call)),
         auto_approve=auto_approve,
         evidence_ids=evidence_ids,
     )
@@ -266,7 +274,8 @@ def _propose(
 class ProposalResult(ActionOut):
     """The action a proposal ended on."""
 
-    created: bool = Field(
+    # Shadows ActionOut.created (a timestamp) on purpose, as the HTTP API's ProposalOut.
+    created: bool = Field(  # type: ignore[assignment]
         description="False when an identical action (same action, host and params) was "
         "already open: this is that action, nothing new was created."
     )
@@ -457,4 +466,6 @@ async def execute_pra_action(
             f"The portal had already started action #{action_id} after its approval; "
             f"this is that run (it runs once). {note}"
         )
-    return {**out, "finished": finished, "waited_seconds": round(waited, 1), "note": note}
+    return ExecutionResult.model_validate(
+        {**out, "finished": finished, "waited_seconds": round(waited, 1), "note": note}
+    )
