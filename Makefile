@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean bench
+.PHONY: run test test-vm lint format venv clean bench
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ test: venv
 	$(BIN)/python -m tests.run $(ARGS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## The VM tier alone (tests/vm, a real systemd host under QEMU; not yet in `make test`).
+test-vm: venv
+	$(BIN)/python -m tests.run -m vm $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
