@@ -25,6 +25,7 @@ test: venv
 	$(BIN)/python -m tests.run $(ARGS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=1 $(BIN)/mypy
 
 ## The VM tier alone (tests/vm, a real systemd host under QEMU; not yet in `make test`).
 test-vm: venv
@@ -33,6 +34,7 @@ test-vm: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=1 $(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix .

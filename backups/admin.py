@@ -47,7 +47,7 @@ def _badge(text: str):
     return badge(text, kind=BADGE.get(text, "warn"))
 
 
-VERIFICATION_WORDS = {
+VERIFICATION_WORDS: dict[str, tuple[str, str]] = {
     Verification.PENDING: ("not run", ""),
     Verification.VERIFIED: ("passed", "ok"),
     Verification.FAILED: ("failed", "bad"),

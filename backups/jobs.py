@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection
@@ -352,7 +353,7 @@ def watch_disks() -> list[str]:
             found = usage(path)
         except OSError:
             continue  # not there (yet): the storage directory is created by the first backup
-        if actions.record_disk_usage(path, found.percent, lambda p=path: largest_consumers(p)):
+        if actions.record_disk_usage(path, found.percent, partial(largest_consumers, path)):
             alerted.append(path)
     return alerted
 

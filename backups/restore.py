@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import quote, urlsplit
 
 import psycopg
@@ -33,6 +33,9 @@ from backups.models import BackupArtifact, BackupSource, RestoreTarget
 from backups.sources import kubectl_base, pg_url
 from backups.storage import Storage
 from backups.verify import load_resources
+
+if TYPE_CHECKING:
+    from backups.terraform import TfTarget
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 # Server-managed fields that must not be sent back with an apply.
@@ -216,7 +219,7 @@ class KubeTarget(BaseModel):
             raise RestoreError(str(exc)) from None
 
 
-Target = PgTarget | RedisTarget | KubeTarget
+Target = Union[PgTarget, RedisTarget, KubeTarget, "TfTarget"]
 
 
 def current_context(kubeconfig: str) -> str:

@@ -609,6 +609,7 @@ def write_local_backend(
         raise actions.BackupError("permission", "You are not allowed to write Terraform states.")
     if source.kind != SourceKind.TERRAFORM:
         raise actions.BackupError("kind", f"{source.name} is not a Terraform state source.")
+    chosen: BackupArtifact | None
     if artifact is None:
         run = BackupRun.objects.of_source(source).usable().order_by("-created").first()
         if run is None:

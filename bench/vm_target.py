@@ -34,7 +34,7 @@ REFERENCE = {
     "one action": "~1.1 s per SSH round trip",
     "reboot_system": "~30 s to a new boot id",
 }
-ACTIONS = (
+ACTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("restart_unbound", {}),
     ("reload_caddy", {}),
     ("restart_caddy", {}),
@@ -71,9 +71,11 @@ def main() -> int:
         target = VMTarget(Path(work), log=lambda msg: print(msg, file=sys.stderr))
         try:
             target.start()
-            _row("boot to SSH (console READY)", target.vm.boot_seconds, REFERENCE["boot to SSH"])
-            target.vm.root("systemctl is-system-running --wait", check=False, timeout=900)
-            target.vm.root("systemctl start pra-demo-containers.service", timeout=900)
+            vm = target.vm
+            assert vm is not None, "started"
+            _row("boot to SSH (console READY)", vm.boot_seconds, REFERENCE["boot to SSH"])
+            vm.root("systemctl is-system-running --wait", check=False, timeout=900)
+            vm.root("systemctl start pra-demo-containers.service", timeout=900)
             endpoint = ssh.Endpoint(
                 address=target.address,
                 port=target.port,

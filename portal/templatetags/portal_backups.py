@@ -77,7 +77,7 @@ def run_progress(run) -> dict:
         **found,
         "expected": expected or 0,
         "previous_id": previous["pk"] if previous else None,
-        "previous_duration": (previous or {}).get("duration_s") or 0,
+        "previous_duration": (previous["duration_s"] if previous else 0) or 0,
         "started_ms": int(run.started_at.timestamp() * 1000) if run.started_at else 0,
     }
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from pra.vmtarget import recipe
-from pra.vmtarget.vm import VM
+from pra.vmtarget.vm import VM, VMError
 
 REMOTE_DIR = "/root/pra-target"
 
@@ -45,17 +45,22 @@ class VMTarget:
         self.log = log
         self.vm: VM | None = None
 
+    def _vm(self) -> VM:
+        if self.vm is None:
+            raise VMError("the VM target has not been started")
+        return self.vm
+
     @property
     def port(self) -> int:
-        return self.vm.ssh_port
+        return self._vm().ssh_port
 
     @property
     def http_port(self) -> int:
-        return self.vm.http_port
+        return self._vm().http_port
 
     @property
     def host_key_line(self) -> str:
-        return self.vm.host_key
+        return self._vm().host_key
 
     def start(self) -> None:
         from pra.target import render_target

@@ -173,8 +173,13 @@ class VM:
         self._ready(0, BOOT_TIMEOUT)
         self.boot_seconds = time.monotonic() - started
 
+    def _console(self) -> Console:
+        if self.console is None:
+            raise VMError("the VM has not been started")
+        return self.console
+
     def _ready(self, start_line: int, timeout: float) -> None:
-        match = self.console.wait_for(READY, start=start_line, timeout=timeout)
+        match = self._console().wait_for(READY, start=start_line, timeout=timeout)
         self.boot_id, self.host_key = match.group(1), match.group(2)
         self._close_client()
 
@@ -215,8 +220,9 @@ class VM:
         started = time.monotonic()
         while True:
             left = timeout - (time.monotonic() - started)
-            match = self.console.wait_for(READY, start=start_line, timeout=max(left, 0.01))
-            start_line = self.console.lines.index(match.string) + 1
+            console = self._console()
+            match = console.wait_for(READY, start=start_line, timeout=max(left, 0.01))
+            start_line = console.lines.index(match.string) + 1
             if match.group(1) != old_boot_id:
                 self.boot_id, self.host_key = match.group(1), match.group(2)
                 self._close_client()
@@ -225,11 +231,8 @@ class VM:
     # --- the harness's root access --------------------------------------------------
 
     def _connect(self) -> paramiko.SSHClient:
-        if (
-            self._client is not None
-            and self._client.get_transport()
-            and (self._client.get_transport().is_active())
-        ):
+        transport = self._client.get_transport() if self._client is not None else None
+        if self._client is not None and transport is not None and transport.is_active():
             return self._client
         client = paramiko.SSHClient()
         key_type, blob = self.host_key.split()[:2]

@@ -58,6 +58,8 @@ class Gate:
         threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
 
     def down(self) -> None:
+        if self.sock is None:
+            return
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -98,11 +100,14 @@ def put(client: S3Client, data: bytes) -> str:
     response = client.request("PUT", KEY, body=data)
     response.read()
     _done(response)
-    return response.getheader("x-amz-version-id")
+    version = response.getheader("x-amz-version-id")
+    assert version, "a versioned bucket answers a version id"
+    return version
 
 
 def current(client: S3Client) -> bytes:
     data, _ = terraform.get_object(client, KEY)
+    assert data is not None, "the state object exists"
     return data
 
 

@@ -179,7 +179,7 @@ def drills(source: BackupSource, run: BackupRun, *, days: int, target: float = 3
                 finished_at=at + timedelta(seconds=seconds or 5),
                 rto_seconds=seconds,
                 rto_target_seconds=target,
-                met_target=None if failed else seconds <= target,
+                met_target=None if failed or seconds is None else seconds <= target,
                 error="restore: redis-cli: connection refused" if failed else "",
             )  # fmt: skip
         )

@@ -31,9 +31,13 @@ HOSTILE = [
 
 
 def _fingerprint(html: str, key: str) -> str:
-    item = re.search(rf'id="inbox-{key}".*?</li>', html, re.S)[0]
+    found = re.search(rf'id="inbox-{key}".*?</li>', html, re.S)
+    assert found, f"no inbox item {key}"
+    item = found[0]
     assert 'name="next" value="/"' in item, "the inbox forms carry next=/"
-    return re.search(r'name="fingerprint" value="(\w+)"', item)[1]
+    fingerprint = re.search(r'name="fingerprint" value="(\w+)"', item)
+    assert fingerprint, "the inbox item carries its fingerprint"
+    return fingerprint[1]
 
 
 def test_approving_and_rejecting_from_the_inbox_lands_on_the_dashboard(client, operator, approver):

@@ -57,6 +57,7 @@ class _Boot:
             )
             self.figures["image_cached"] = float(image.built_seconds is None)
             self.figures["image_lookup_s"] = time.monotonic() - started
+            assert self.workdir is not None, "set at collection"
             vm = VM(image, self.workdir)
             vm.start()
             self.figures["boot_s"] = vm.boot_seconds
@@ -74,7 +75,8 @@ def _in_tier(item: pytest.Item) -> bool:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if _BOOT.thread is None and any(_in_tier(item) for item in session.items):
-        _BOOT.workdir = Path(session.config._tmp_path_factory.mktemp("vm"))  # noqa: SLF001
+        factory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # pytest's own
+        _BOOT.workdir = Path(factory.mktemp("vm"))
         _BOOT.thread = threading.Thread(target=_BOOT.run, name="vm-boot", daemon=True)
         _BOOT.thread.start()
 
