@@ -28,38 +28,59 @@ import argparse
 import contextlib
 import logging
 import os
-import platform
-import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
-
-if TYPE_CHECKING:
-    import paramiko
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
+
+from bench import _env  # noqa: E402 - after the path fix above
+from bench._env import BenchError, wait_for  # noqa: E402
+from bench.pra_baselines import Ansible, Bare  # noqa: E402
+from bench.pra_portal import (  # noqa: E402
+    PORTAL_PHASES,
+    RATIONALE,
+    WIRE_COMMAND,
+    Portal,
+    Series,
+    Stamps,
+    WorkerProcess,
+    portal_durations,
+    portal_run,
+    setup_portal,
+)
+from bench.pra_profile import (  # noqa: E402
+    HORSE_PHASES,
+    profile_portal,
+    profiled_approvals,
+    profiled_execute,
+)
+
+__all__ = [  # the pieces, importable from here as before the split
+    "RATIONALE",
+    "BenchError",
+    "Portal",
+    "portal_run",
+    "profiled_approvals",
+    "profiled_execute",
+    "setup_portal",
+    "wait_for",
+]
+
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/portal"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_DB_NAME = "portal_bench"
 BENCH_REDIS_DB = 14
-WIRE_COMMAND = "restart_unbound"
 TARGET_RATIO = 1.25
 WORKER_CLASSES = ("rq.Worker", "rq.SimpleWorker")
-RATIONALE = "benchmark run: unbound restart to measure approval to execution latency"
+
 
 # Replaces the target's systemctl stand-in: stamps the moment a restart starts
 # (bash's EPOCHREALTIME is a builtin, so no extra fork before the stamp).
@@ -74,10 +95,6 @@ exit 0
 """
 
 
-class BenchError(RuntimeError):
-    """The bench could not set up or a run went wrong; the message says what."""
-
-
 # --- figures ------------------------------------------------------------------------
 
 
@@ -85,141 +102,33 @@ def ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-@dataclass
-class Series:
-    """One measured path: per-run durations in seconds, keyed by what they measure."""
-
-    label: str
-    values: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, **durations: float) -> None:
-        for key, value in durations.items():
-            self.values.setdefault(key, []).append(value)
-
-    @property
-    def runs(self) -> int:
-        return min((len(v) for v in self.values.values()), default=0)
-
-    def median(self, key: str) -> float:
-        return statistics.median(self.values[key])
-
-    def p95(self, key: str) -> float:
-        return statistics.quantiles(self.values[key], n=100, method="inclusive")[94]
-
-
-def _ts(moment: datetime | None) -> float:
-    """A datetime (aware, or naive UTC as rq may store it) as epoch seconds."""
-    if moment is None:
-        raise BenchError("a timestamp the system under test should have written is missing")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-class Stamps:
-    """The file the bench's systemctl stand-in appends to on the target."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def clear(self) -> None:
-        self.path.write_text("")
-
-    def one(self) -> float:
-        lines = self.path.read_text().split()
-        if len(lines) != 1:
-            raise BenchError(f"expected one start stamp on the target, found {len(lines)}")
-        return float(lines[0].replace(",", "."))
-
-
 # --- environment --------------------------------------------------------------------
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
 
 
 def find_services(workdir: Path, stack: contextlib.ExitStack) -> tuple[str, str]:
     """PostgreSQL and Redis at DATABASE_URL/REDIS_URL (or the defaults), else private ones."""
-    from portal.lib.localservices import (
-        postgres_answers,
-        redis_answers,
-        start_postgres,
-        start_redis,
-        stop_postgres,
-    )
+    from portal.lib.localservices import postgres_answers, redis_answers
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE
     if not database_url.startswith("postgres") or not postgres_answers(database_url):
-        database_url, pg_ctl, datadir = start_postgres(workdir / "services")
-        stack.callback(stop_postgres, pg_ctl, datadir)
+        database_url = _env.throwaway_postgres(workdir / "services", stack)
         print(f"Started a throwaway PostgreSQL: {database_url}")
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
     if not redis_answers(redis_url):
-        redis_url, proc, _ = start_redis(workdir / "services")
-        assert proc is not None  # not daemonized: a child of this process
-        redis_proc = proc
-
-        def stop_redis() -> None:
-            redis_proc.terminate()
-            redis_proc.wait()
-
-        stack.callback(stop_redis)
+        redis_url, _ = _env.private_redis(workdir / "services", stack)
         print(f"Started a throwaway Redis: {redis_url}")
     return (
-        _with_path(database_url, f"/{BENCH_DB_NAME}"),
-        _with_path(redis_url, f"/{BENCH_REDIS_DB}"),
+        _env.with_path(database_url, f"/{BENCH_DB_NAME}"),
+        _env.with_path(redis_url, f"/{BENCH_REDIS_DB}"),
     )
-
-
-def _admin_connection(database_url: str):
-    import psycopg
-
-    parts = urlsplit(database_url)
-    return psycopg.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-
-
-def recreate_database(database_url: str) -> None:
-    from psycopg import sql
-
-    name = sql.Identifier(BENCH_DB_NAME)
-    with _admin_connection(database_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-
-
-def drop_database(database_url: str) -> None:
-    from django.apps import apps
-    from django.db import connections
-    from psycopg import sql
-
-    if apps.ready:
-        connections.close_all()
-    with _admin_connection(database_url) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB_NAME))
-        )
 
 
 def bench_env(database_url: str, redis_url: str, workdir: Path, target) -> dict[str, str]:
     return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "DEBUG": "0",
-        "SECRET_KEY": "bench-only-" + secrets.token_urlsafe(48),
-        "STATIC_MANIFEST": "0",
-        "PORTAL_VAR_DIR": str(workdir / "var"),
+        **_env.portal_env(database_url, redis_url, workdir),
         "PRA_PREFLIGHT": "0",  # measure the execution only, not the dry run at proposal
         "PRA_SSH_KEY_FILE": str(target.exec_key_path),
         "PRA_DIAG_SSH_KEY_FILE": str(target.diag_key_path),
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
     }
 
 
@@ -234,539 +143,18 @@ def install_stamp_standin(target, stamp_path: Path) -> None:
 def machine_line() -> str:
     import paramiko
     import rq
-    from django.db import connection
-
-    from portal.lib.redis import get_redis
 
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        pg_version = cursor.fetchone()[0].split()[0]
-    redis_version = get_redis().info("server").get("redis_version", "?")
+    pg_version, redis_version = _env.service_versions()
     return (
-        f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, {ssh_version.split(',')[0]}, "
+        f"machine: {_env.platform_line()}, {ssh_version.split(',')[0]}, "
         f"PostgreSQL {pg_version}, Redis {redis_version}, paramiko {paramiko.__version__}, "
         f"rq {rq.__version__}"
     )
 
 
 def load_line(when: str) -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min)"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        event.wait(pause)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-# --- the worker -----------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """One ``manage.py rqworker pra`` (not burst) in its own session, stopped by its pid."""
-
-    def __init__(self, worker_class: str, env: dict[str, str], log_path: Path) -> None:
-        self.worker_class = worker_class
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        name = f"bench-{self.worker_class.rsplit('.', 1)[-1]}-{os.getpid()}"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "rqworker", "pra"]
-                + ["--worker-class", self.worker_class, "--name", name],
-                env=self.env,
-                cwd=BASE_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_for(self.idle, 60, "the RQ worker to start")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def idle(self) -> bool:
-        import django_rq
-        from rq import Worker
-
-        if self.proc is None or self.proc.poll() is not None:
-            raise BenchError(f"the RQ worker exited:\n{self.log_tail()}")
-        for worker in Worker.all(queue=django_rq.get_queue("pra")):
-            if worker.pid == self.proc.pid:
-                return worker.get_state() == "idle"
-        return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the current job, then exit
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the worker and its horse
-            proc.wait()
-
-    def log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-25:])
-
-
-# --- the portal path ----------------------------------------------------------------
-
-
-@dataclass
-class Portal:
-    """What a portal run needs: the host, the personas, the stamps."""
-
-    host: object
-    operator: object
-    approvers: list
-    stamps: Stamps
-    count: int = 0
-
-
-def setup_portal(target, stamps: Stamps) -> Portal:
-    from portal.actions import set_user
-    from portal.roles import Role
-    from pra import actions
-
-    password = secrets.token_urlsafe(24)
-    operator, _ = set_user("bench-operator", role=Role.OPERATOR, password=password)
-    approvers = [
-        set_user(name, role=Role.APPROVER, password=password)[0]
-        for name in ("bench-approver-1", "bench-approver-2")
-    ]
-    host = actions.add_host(
-        name="bench-dns-1",
-        address=target.address,
-        port=target.port,
-        ssh_user=target.user,
-        host_key=target.host_key_line,
-    )
-    return Portal(host=host, operator=operator, approvers=approvers, stamps=stamps)
-
-
-def approve_and_time(action, approver) -> float:
-    """Approve; return t0, the moment the approval transaction committed.
-
-    The outer atomic makes approve_action's block a savepoint, so its on-commit
-    hooks (live event, enqueue) run after ours: t0 leaves none of them out.
-    """
-    from django.db import transaction
-
-    from pra import actions
-
-    committed: list[float] = []
-    with transaction.atomic():
-        transaction.on_commit(lambda: committed.append(time.time()))
-        actions.approve_action(action, by=approver)
-    return committed[0]
-
-
-def portal_run(portal: Portal, worker: WorkerProcess) -> dict:
-    """One propose → approve → COMPLETED → verified cycle; returns its timestamps."""
-    import django_rq
-    from rq.job import Job
-
-    from portal.choices import AuditEventType
-    from portal.models import AuditEvent
-    from pra import actions
-    from pra.choices import ActionStatus, Verification
-    from pra.models import PRAAction
-
-    threading.Event().wait(0.1)  # the worker is back in its blocking dequeue, as when idle
-    action = actions.propose_action(
-        action=WIRE_COMMAND, host=portal.host, params={}, rationale=RATIONALE, by=portal.operator
-    )
-    portal.stamps.clear()
-    portal.count += 1
-    t0 = approve_and_time(action, portal.approvers[portal.count % 2])
-
-    def settled() -> bool:
-        row = PRAAction.objects.filter(pk=action.pk).values("status", "verification").get()
-        if row["status"] in (ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.REJECTED):
-            raise BenchError(f"action #{action.pk} ended {row['status']}:\n{worker.log_tail()}")
-        done = row["status"] == ActionStatus.COMPLETED
-        return done and row["verification"] != Verification.PENDING
-
-    wait_for(settled, 60, f"action #{action.pk} to complete and be verified")
-    wait_for(worker.idle, 30, "the worker to be idle again", pause=0.02)
-    action.refresh_from_db()
-    if action.verification != Verification.VERIFIED:
-        raise BenchError(f"action #{action.pk} is {action.verification}")
-    job = Job.fetch(
-        actions.execution_job_id(action.pk), connection=django_rq.get_queue("pra").connection
-    )
-    events = dict(
-        AuditEvent.objects.filter(
-            subject_type="pra.praaction",
-            subject_id=str(action.pk),
-            event_type__in=[AuditEventType.PRA_EXECUTING, AuditEventType.PRA_EXECUTED],
-        ).values_list("event_type", "created")
-    )
-    return {
-        "t0": t0,
-        "enqueued": _ts(job.enqueued_at),
-        "job_started": _ts(job.started_at),
-        "claim": _ts(action.started_at),
-        "executing_audit": _ts(events.get(AuditEventType.PRA_EXECUTING)),
-        "target_started": portal.stamps.one(),
-        "finished": _ts(action.finished_at),
-        "executed_audit": _ts(events.get(AuditEventType.PRA_EXECUTED)),
-        "job": job,
-    }
-
-
-PORTAL_PHASES = (
-    ("commit → job enqueued (on-commit hooks: live event, then enqueue)", "t0", "enqueued"),
-    ("job enqueued → rq job started (dequeue, fork, rq bookkeeping)", "enqueued", "job_started"),
-    ("rq job started → claim begins (job.perform, imports)", "job_started", "claim"),
-    ("claim begins → EXECUTING audit row (DB connect, checks, UPDATE)", "claim", "executing_audit"),
-    (
-        "EXECUTING audit → command started (commit, live event, SSH)",
-        "executing_audit",
-        "target_started",
-    ),
-    ("command started → finished_at (command ends, SSH close)", "target_started", "finished"),
-    ("finished_at → EXECUTED audit row", "finished", "executed_audit"),
-)
-
-
-def portal_durations(stamp: dict) -> dict[str, float]:
-    return {
-        "started": stamp["target_started"] - stamp["t0"],
-        "completed": stamp["finished"] - stamp["t0"],
-        **{label: stamp[end] - stamp[start] for label, start, end in PORTAL_PHASES},
-    }
-
-
-# --- instrumented runs (profiling inside the worker) -----------------------------------
-
-
-def profiled_execute(action_id: int) -> dict:
-    """Runs in the worker: the real ``pra.jobs.execute_action`` with timing wrappers.
-
-    Enqueued by the bench in place of ``pra.jobs.execute_action`` (same job id,
-    same queue) for the profiling runs only. Wraps, never changes, product code.
-    """
-    from unittest import mock
-
-    from django.db import connections
-
-    import pra.jobs
-    from portal import live
-    from portal.lib import ssh
-    from pra import actions, transport
-
-    marks: dict[str, float] = {}
-    spans: dict[str, list[tuple[float, float]]] = {}
-
-    def timed(label: str, func: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            start = time.time()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                spans.setdefault(label, []).append((start, time.time()))
-
-        return wrapper
-
-    original_run_exec = transport.run_exec
-
-    def run_exec(host, command, **kwargs):
-        on_start = kwargs.get("on_start")
-
-        def stamped() -> None:
-            marks["exec_sent"] = time.time()
-            if on_start is not None:
-                on_start()
-
-        kwargs["on_start"] = stamped
-        return original_run_exec(host, command, **kwargs)
-
-    wrapped = [
-        (connections["default"], "connect", "db_connect"),
-        (actions, "claim_action", "claim"),
-        (actions.execution, "record", "audit"),
-        (live, "_send", "publish"),
-        (ssh, "load_private_key", "key_load"),
-        (ssh, "_start", "tcp_handshake"),
-        (actions, "finish_execution", "finish"),
-        (pra.jobs, "verify_action", "verify"),
-    ]
-    with contextlib.ExitStack() as stack:
-        for owner, name, label in wrapped:
-            stack.enter_context(mock.patch.object(owner, name, timed(label, getattr(owner, name))))
-        stack.enter_context(mock.patch.object(transport, "run_exec", timed("run_exec", run_exec)))
-        outcome = pra.jobs.execute_action(action_id)
-    return {"outcome": outcome, "marks": marks, "spans": spans}
-
-
-@contextlib.contextmanager
-def profiled_approvals(spans: list[tuple[str, float, float]]) -> Iterator[None]:
-    """In this (bench) process only: approvals enqueue ``profiled_execute`` instead of
-    ``pra.jobs.execute_action``, and the approval's on-commit hooks are timed."""
-    from unittest import mock
-
-    from portal import live
-    from pra.actions import common as actions
-
-    original_enqueue, original_send = actions._enqueue, live._send
-
-    def enqueue(func_path: str, action_id: int, job_id: str, queue: str = "pra") -> None:
-        if func_path == "pra.jobs.execute_action":
-            func_path = "bench.pra_latency.profiled_execute"
-        start = time.time()
-        original_enqueue(func_path, action_id, job_id, queue)
-        spans.append(("enqueue", start, time.time()))
-
-    def send(groups, event) -> None:
-        start = time.time()
-        original_send(groups, event)
-        spans.append(("publish", start, time.time()))
-
-    with mock.patch.object(actions, "_enqueue", enqueue), mock.patch.object(live, "_send", send):
-        yield
-
-
-def _within(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
-    """Total time of the spans that lie inside ``window``."""
-    return sum(end - start for start, end in spans if start >= window[0] and end <= window[1])
-
-
-HORSE_PHASES = (
-    "approval on-commit: live event publish (2 groups)",
-    "approval on-commit: enqueue",
-    "claim_action total",
-    "  of which: DB connect",
-    "  of which: audit row (advisory lock, prev hash, INSERT)",
-    "  of which: live event publish on commit (2 groups)",
-    "  of which: the rest (SELECTs, approval tally, UPDATE, COMMIT)",
-    "run_exec: load private key",
-    "run_exec: TCP connect + SSH handshake + host key check",
-    "run_exec: auth + open session (→ exec sent)",
-    "exec sent → command started on target (sshd, pra-exec, sudo, pra-run)",
-    "command started → run_exec returned",
-    "finish_execution (UPDATE, audit, live event)",
-    "verify_action (probe over SSH; after COMPLETED, keeps the worker busy)",
-)
-
-
-def horse_breakdown(result: dict, bench_spans: list, t0: float, target_started: float) -> dict:
-    marks, spans = result["marks"], result["spans"]
-    claim = spans["claim"][0]
-    claim_parts = [
-        _within(spans.get(name, []), claim) for name in ("db_connect", "audit", "publish")
-    ]
-    start = spans["tcp_handshake"][0]
-    run_exec = spans["run_exec"][0]
-    approval = {name: end - begin for name, begin, end in bench_spans if begin >= t0}
-    values = (
-        approval.get("publish", 0.0),
-        approval.get("enqueue", 0.0),
-        claim[1] - claim[0],
-        *claim_parts,
-        claim[1] - claim[0] - sum(claim_parts),
-        _within(spans.get("key_load", []), run_exec),
-        start[1] - start[0],
-        marks["exec_sent"] - start[1],
-        target_started - marks["exec_sent"],
-        run_exec[1] - target_started,
-        spans["finish"][0][1] - spans["finish"][0][0],
-        spans["verify"][0][1] - spans["verify"][0][0],
-    )
-    return dict(zip(HORSE_PHASES, values, strict=True))
-
-
-def profile_portal(portal: Portal, worker: WorkerProcess, *, runs: int, warmup: int) -> Series:
-    series = Series(label=f"inside the worker, {worker.worker_class}")
-    bench_spans: list[tuple[str, float, float]] = []
-    with profiled_approvals(bench_spans):
-        for index in range(warmup + runs):
-            bench_spans.clear()
-            stamp = portal_run(portal, worker)
-            result = stamp["job"].return_value()
-            if not isinstance(result, dict) or result.get("outcome") != "completed":
-                raise BenchError(f"profiled run returned {result!r}:\n{worker.log_tail()}")
-            if index >= warmup:
-                series.add(
-                    **horse_breakdown(result, bench_spans, stamp["t0"], stamp["target_started"])
-                )
-    return series
-
-
-# --- baselines ------------------------------------------------------------------------
-
-
-class Bare:
-    """The bare SSH paths, one run at a time so they interleave with the portal runs."""
-
-    def __init__(self, target, stamps: Stamps) -> None:
-        import base64
-
-        import paramiko
-
-        from portal.lib import ssh
-
-        self.target = target
-        self.stamps = stamps
-        self.endpoint = ssh.Endpoint(
-            address=target.address,
-            port=target.port,
-            user=target.user,
-            host_key=target.host_key_line,
-        )
-        self.key_type, blob = target.host_key_line.split()[:2]
-        self.pinned = paramiko.PKey.from_type_string(self.key_type, base64.b64decode(blob))
-        self._open: paramiko.SSHClient | None = None
-
-    def run_command(self) -> dict[str, float]:
-        from portal.lib import ssh
-
-        self.stamps.clear()
-        sent: list[float] = []
-        connect = time.time()
-        result = ssh.run_command(
-            self.endpoint,
-            self.target.exec_key_path,
-            WIRE_COMMAND,
-            command_timeout=30,
-            on_start=lambda: sent.append(time.time()),
-        )
-        done = time.time()
-        if result.exit_code != 0:
-            raise BenchError(f"run_command exited {result.exit_code}: {result.stderr}")
-        started = self.stamps.one()
-        return {
-            "started": started - connect,
-            "done": done - connect,
-            "exec_sent": sent[0] - connect,
-            "exec_to_started": started - sent[0],
-        }
-
-    def sshclient(self) -> dict[str, float]:
-        import paramiko
-
-        self.stamps.clear()
-        connect = time.time()
-        client = paramiko.SSHClient()
-        client.get_host_keys().add(self.target.known_hosts_name, self.key_type, self.pinned)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(
-                self.target.address,
-                port=self.target.port,
-                username=self.target.user,
-                key_filename=str(self.target.exec_key_path),
-                look_for_keys=False,
-                allow_agent=False,
-                timeout=10,
-            )
-            _, stdout, _ = client.exec_command(WIRE_COMMAND, timeout=30)
-            stdout.read()
-            code = stdout.channel.recv_exit_status()
-        finally:
-            client.close()
-        done = time.time()
-        if code != 0:
-            raise BenchError(f"SSHClient exec exited {code}")
-        return {"started": self.stamps.one() - connect, "done": done - connect}
-
-    def reuse(self) -> dict[str, float]:
-        """Exec on an already-open connection: what connection reuse would leave."""
-        if self._open is None:
-            self._open = self.target.open_client("exec")
-        self.stamps.clear()
-        begin = time.time()
-        transport = self._open.get_transport()
-        if transport is None:
-            raise BenchError("the open connection has no transport (closed meanwhile)")
-        channel = transport.open_session(timeout=10)
-        channel.exec_command(WIRE_COMMAND)
-        code = channel.recv_exit_status()
-        channel.close()
-        done = time.time()
-        if code != 0:
-            raise BenchError(f"exec on an open connection exited {code}")
-        return {"started": self.stamps.one() - begin, "done": done - begin}
-
-    def close(self) -> None:
-        if self._open is not None:
-            self._open.close()
-            self._open = None
-
-
-class Ansible:
-    """``ansible all -m raw`` against the same sshd, with the same key and pinned host key."""
-
-    def __init__(self, target, stamps: Stamps, workdir: Path) -> None:
-        self.stamps = stamps
-        self.executable = Path(sys.executable).parent / "ansible"
-        self.home = workdir / "ansible"
-        self.home.mkdir(exist_ok=True)
-        known_hosts = self.home / "known_hosts"
-        known_hosts.write_text(f"{target.known_hosts_name} {target.host_key_line}\n")
-        self.inventory = self.home / "inventory.ini"
-        self.inventory.write_text(
-            "[targets]\n"
-            f"bench ansible_host={target.address} ansible_port={target.port} "
-            f"ansible_user={target.user} ansible_ssh_private_key_file={target.exec_key_path} "
-            "ansible_ssh_use_tty=false "
-            f"ansible_ssh_common_args='-o UserKnownHostsFile={known_hosts} "
-            "-o StrictHostKeyChecking=yes'\n"
-        )
-        config = self.home / "ansible.cfg"
-        config.write_text("[defaults]\n")
-        self.env = {
-            **os.environ,
-            "LC_ALL": "C.UTF-8",
-            "ANSIBLE_CONFIG": str(config),
-            "ANSIBLE_HOME": str(self.home),
-            "ANSIBLE_LOCAL_TEMP": str(self.home / "tmp"),
-            "ANSIBLE_NOCOLOR": "1",
-            # A fresh connection per run, like the portal (ansible's default
-            # ControlPersist would keep a master connection open between runs).
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
-        }
-
-    @property
-    def available(self) -> bool:
-        return self.executable.exists()
-
-    def run(self) -> dict[str, float]:
-        self.stamps.clear()
-        begin = time.time()
-        result = subprocess.run(
-            [str(self.executable), "all", "-i", str(self.inventory)]
-            + ["-m", "raw", "-a", WIRE_COMMAND],
-            env=self.env,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        done = time.time()
-        if result.returncode != 0:
-            raise BenchError(f"ansible exited {result.returncode}:\n{result.stdout[-2000:]}")
-        return {"started": self.stamps.one() - begin, "done": done - begin}
+    return _env.load_line(when, fifteen=False)
 
 
 # --- report ---------------------------------------------------------------------------
@@ -950,8 +338,8 @@ def measure(args, portal: Portal, bare: Bare, ansible: Ansible | None, new_worke
 
 def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> None:
     database_url, redis_url = find_services(workdir, stack)
-    recreate_database(database_url)
-    stack.callback(drop_database, database_url)
+    _env.recreate_database(database_url, BENCH_DB_NAME)
+    stack.callback(_env.drop_database, database_url, BENCH_DB_NAME)
 
     from pra.devtarget import start_local_target
 
