@@ -7,6 +7,7 @@ benches do that before importing it, so ``python bench/x.py`` and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -188,6 +189,9 @@ def portal_env(database_url: str, redis_url: str, workdir: Path) -> dict[str, st
         "REDIS_URL": redis_url,
         "DEBUG": "0",
         "SECRET_KEY": "bench-only-" + secrets.token_urlsafe(48),
+        # Backups encrypted at rest is the default without DEBUG; with no key the system
+        # checks (manage.py rqworker runs them) stop the process (backups.E002).
+        "BACKUP_ENCRYPTION_KEYS": "bench:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "STATIC_MANIFEST": "0",
         "PORTAL_VAR_DIR": str(workdir / "var"),
         "DJANGO_SETTINGS_MODULE": "portal.settings",
