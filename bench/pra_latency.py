@@ -82,16 +82,17 @@ TARGET_RATIO = 1.25
 WORKER_CLASSES = ("rq.Worker", "rq.SimpleWorker")
 
 
-# Replaces the target's systemctl stand-in: stamps the moment a restart starts
-# (bash's EPOCHREALTIME is a builtin, so no extra fork before the stamp).
+# Goes in front of the target's systemctl stand-in: stamps the moment a restart starts
+# (bash's EPOCHREALTIME is a builtin, so no extra fork before the stamp), then execs the
+# dev target's own stand-in, whose state the verification probe reads (restarted since
+# pra-run's PRA-BEFORE line).
 SYSTEMCTL_STAMP = """#!/bin/bash
 # systemctl stand-in of bench/pra_latency.py: stamps when a restart starts.
 export LC_ALL=C
-case ${1-} in
-    restart) printf '%s\\n' "$EPOCHREALTIME" >>@@STAMP@@ ;;
-    is-active) printf 'active\\n' ;;
-esac
-exit 0
+if [[ ${1-} == restart ]]; then
+    printf '%s\\n' "$EPOCHREALTIME" >>@@STAMP@@
+fi
+exec @@STANDIN@@ "$@"
 """
 
 
@@ -136,7 +137,10 @@ def install_stamp_standin(target, stamp_path: Path) -> None:
     import shlex
 
     script = target.standins_dir / "systemctl"
-    script.write_text(SYSTEMCTL_STAMP.replace("@@STAMP@@", shlex.quote(str(stamp_path))))
+    standin = script.with_name("systemctl-devtarget")
+    script.rename(standin)
+    text = SYSTEMCTL_STAMP.replace("@@STAMP@@", shlex.quote(str(stamp_path)))
+    script.write_text(text.replace("@@STANDIN@@", shlex.quote(str(standin))))
     script.chmod(0o755)
 
 
