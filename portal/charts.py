@@ -331,6 +331,16 @@ WaitsFn = Callable[[datetime], list[Wait]]
 _WAITS: list[WaitsFn] = []
 
 
+def chart_providers() -> list[tuple[int, ChartsFn]]:
+    """The registered chart providers with their order, in page order."""
+    return sorted(_CHARTS, key=lambda entry: entry[0])
+
+
+def approval_wait_sources() -> tuple[WaitsFn, ...]:
+    """The registered approval-wait providers, in registration (app) order."""
+    return tuple(_WAITS)
+
+
 def approval_waits(fn: WaitsFn) -> WaitsFn:
     """Decorator: register a provider of the requests of one kind approved since a time
     (one query, at most ``MAX_POINTS`` rows, the newest approvals)."""
@@ -345,7 +355,7 @@ def approval_waits(fn: WaitsFn) -> WaitsFn:
 def time_to_approval(days: list[date]) -> list[Chart]:
     start = since(days)
     found: list[Wait] = []
-    for source in _WAITS:
+    for source in approval_wait_sources():
         found += source(start)
     series = {impact: Series(impact, colour) for impact, colour in IMPACT_COLOURS.items()}
     rows = []
@@ -381,6 +391,6 @@ def time_to_approval(days: list[date]) -> list[Chart]:
 def all_charts(days: int) -> list[Chart]:
     window = _days(days)
     found: list[Chart] = []
-    for _, provider in sorted(_CHARTS, key=lambda entry: entry[0]):
+    for _, provider in chart_providers():
         found += provider(window)
     return found
