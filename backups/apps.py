@@ -11,5 +11,6 @@ class BackupsConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("backups.dashboard")  # registers the dashboard panel
+        import_module("backups.charts")  # registers its charts (portal.charts)
         mcp.register_tools("backups.mcp")  # its MCP tools (imported when MCP is served)
         import_module("backups.checks")  # registers the system checks

@@ -22,6 +22,7 @@ class IncidentsConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("incidents.dashboard")  # registers the dashboard panel
+        import_module("incidents.charts")  # registers its charts (portal.charts)
         mcp.register_tools("incidents.mcp")  # its MCP tools (imported when MCP is served)
         from incidents.metrics import IncidentCollector
         from portal.metrics import REGISTRY

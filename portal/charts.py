@@ -5,6 +5,16 @@ fetched from another host, nothing to run in the browser (the page works with sc
 off and in tests that read plain HTML), a few kilobytes per chart, and every mark
 carries its exact value (``<title>``, shown on hover) plus a data table under the chart.
 
+This module draws; the apps say what to draw. They register two kinds of providers
+here (from their ``charts.py``, imported by their ``AppConfig.ready()``), the way they
+register dashboard panels (``portal.dashboard``):
+
+- ``@chart(order=N)``: a function of the window's days returning its charts, drawn with
+  ``lines``/``stacked_bars`` into ``Chart`` rows; the page shows them by ``order``;
+- ``@approval_waits``: a function of the window's start returning the requests of one
+  kind that were fully signed in the window (``Wait`` rows), for the portal's own
+  "time to approval" chart.
+
 Each chart costs one bounded query, whatever the window: aggregates are grouped by
 day in the database; point charts read at most ``MAX_POINTS`` rows.
 """
@@ -15,30 +25,22 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q
-from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from portal.templatetags.portal_format import human_bytes, human_duration
+from portal.templatetags.portal_format import human_duration
 
 
-def _short(seconds: float) -> str:
+def short(seconds: float) -> str:
     return human_duration(seconds, compact=True)
 
 
 WINDOWS = (7, 14, 30, 90)
 DEFAULT_DAYS = 14
 MAX_POINTS = 3000
-
-# Seed targets (README, incidents.metrics).
-MTTD_TARGET = 120.0
-MTTR_TARGET = 600.0
-SUCCESS_TARGET = 95.0
-ROLLBACK_TARGET = 2.0
 
 PALETTE = (
     "#1a5a7a",
@@ -52,7 +54,6 @@ PALETTE = (
     "#1d4ed8",
     "#9f1239",
 )
-SEVERITY_COLOURS = {1: "#9aa5b1", 2: "#e0a100", 3: "#d9480f", 4: "#9b1c1c"}
 IMPACT_COLOURS = {"LOW": "#15803d", "MEDIUM": "#e0a100", "HIGH": "#b3261e"}
 
 WIDTH, HEIGHT = 640, 220
@@ -93,7 +94,7 @@ class Chart:
         return not self.rows
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
 
@@ -217,7 +218,7 @@ def stacked_bars(days: list[date], series: list[Series], label: str) -> SafeStri
             totals[int(x)] += y
     if not any(totals):
         return _empty_svg(label)
-    frame = Frame(_day_start(days[0]), _day_start(days[-1]) + 86400, nice_ticks(max(totals)), _num)
+    frame = Frame(_day_start(days[0]), _day_start(days[-1]) + 86400, nice_ticks(max(totals)), num)
     parts = frame.axes(days)
     band = frame.w / len(days)
     width = max(2.0, band * 0.7)
@@ -289,199 +290,73 @@ def _day_start(day: date) -> float:
     return timezone.make_aware(datetime.combine(day, time.min)).timestamp()
 
 
-def _since(days: list[date]) -> datetime:
+def since(days: list[date]) -> datetime:
     return timezone.make_aware(datetime.combine(days[0], time.min))
 
 
-def _midday(day: date) -> float:
+def midday(day: date) -> float:
     return _day_start(day) + 43200
 
 
-def _as_date(value: Any) -> date:
+def as_date(value: Any) -> date:
     return value.date() if isinstance(value, datetime) else value
 
 
-# --- the charts -------------------------------------------------------------------------
+# --- the registry -----------------------------------------------------------------------
+
+ChartsFn = Callable[[list[date]], list[Chart]]
+_CHARTS: list[tuple[int, ChartsFn]] = []
 
 
-def incidents_per_day(days: list[date]) -> Chart:
-    from incidents.choices import Severity
-    from incidents.models import Incident
+def chart(order: int) -> Callable[[ChartsFn], ChartsFn]:
+    """Decorator: register a provider of charts, shown by ``order`` (ties: registration)."""
 
-    index = {day: i for i, day in enumerate(days)}
-    counts: dict[tuple[date, int], int] = {}
-    for row in (
-        Incident.objects.filter(opened_at__gte=_since(days))
-        .annotate(day=TruncDate("opened_at"))
-        .values("day", "severity")
-        .annotate(n=Count("id"))
-        .order_by()
-    ):
-        counts[(_as_date(row["day"]), row["severity"])] = row["n"]
-    series = [
-        Series(
-            sev.label,
-            SEVERITY_COLOURS[sev.value],
-            [
-                (index[day], counts.get((day, sev.value), 0), f"{day:%a %b %d}: {n} {sev.label}")
-                for day in days
-                for n in [counts.get((day, sev.value), 0)]
-            ],
-        )
-        for sev in Severity
-    ]
-    rows = [
-        [f"{day:%Y-%m-%d}", *(str(counts.get((day, s.value), 0)) for s in Severity)]
-        for day in days
-        if any(counts.get((day, s.value)) for s in Severity)
-    ]
-    title = "Incidents opened per day, by severity"
-    return Chart(
-        "incidents-per-day",
-        title,
-        "Is it getting quieter?",
-        stacked_bars(days, series, title),
-        [(s.name, s.colour) for s in series],
-        ["day", *(s.label for s in Severity)],
-        rows,
-    )
+    def register(fn: ChartsFn) -> ChartsFn:
+        _CHARTS.append((order, fn))
+        return fn
+
+    return register
 
 
-def detect_and_resolve(days: list[date]) -> list[Chart]:
-    from incidents.models import Incident
+class Wait(NamedTuple):
+    """One request fully signed in the window: what it is, its impact, asked and approved."""
 
-    detect = ExpressionWrapper(F("opened_at") - F("detected_at"), output_field=DurationField())
-    resolve = ExpressionWrapper(F("resolved_at") - F("opened_at"), output_field=DurationField())
-    found = list(
-        Incident.objects.filter(opened_at__gte=_since(days))
-        .annotate(day=TruncDate("opened_at"))
-        .values("day")
-        .annotate(
-            n=Count("id"),
-            resolved=Count("id", filter=Q(resolved_at__isnull=False)),
-            # Not "mttd"/"mttr": those names are Incident properties.
-            mean_mttd=Avg(detect),
-            mean_mttr=Avg(resolve, filter=Q(resolved_at__isnull=False)),
-        )
-        .order_by("day")
-    )
-    charts = []
-    for key, column, name, target, count_key in (
-        ("mttd", "mean_mttd", "MTTD", MTTD_TARGET, "n"),
-        ("mttr", "mean_mttr", "MTTR", MTTR_TARGET, "resolved"),
-    ):
-        points = [
-            (
-                _midday(_as_date(row["day"])),
-                row[column].total_seconds(),
-                f"{_as_date(row['day']):%a %b %d}: {name} {human_duration(row[column])} "
-                f"over {row[count_key]} incident(s)",
-            )
-            for row in found
-            if row[column] is not None
-        ]
-        label = f"{name} per day (mean) against its {_short(target)} target"
-        words = "detect (detected → opened)" if key == "mttd" else "resolve (opened → resolved)"
-        charts.append(
-            Chart(
-                f"{key}-per-day",
-                label,
-                f"How long do incidents take to {words}?",
-                lines(
-                    days,
-                    [Series(name, PALETTE[0], points)],
-                    label,
-                    fmt=_short,
-                    targets=[(target, f"target {_short(target)}")],
-                    steps=DURATION_STEPS,
-                ),
-                [(name, PALETTE[0]), (f"target {_short(target)}", "#b3261e")],
-                ["day", name, "incidents"],
-                [
-                    [f"{_as_date(r['day']):%Y-%m-%d}", human_duration(r[column]), str(r[count_key])]
-                    for r in found
-                    if r[column] is not None
-                ],
-            )
-        )
-    return charts
+    what: str  # "action #12", "restore #3"
+    impact: str  # a key of IMPACT_COLOURS
+    asked: datetime
+    approved: datetime
 
 
-def autopatch_rates(days: list[date]) -> Chart:
-    from incidents.choices import AttemptStatus
-    from incidents.models import AutoPatchAttempt
-
-    finished = [AttemptStatus.SUCCEEDED, AttemptStatus.ROLLED_BACK, AttemptStatus.FAILED]
-    found = list(
-        AutoPatchAttempt.objects.filter(finished_at__gte=_since(days), status__in=finished)
-        .annotate(day=TruncDate("finished_at"))
-        .values("day")
-        .annotate(
-            done=Count("id"),
-            ok=Count("id", filter=Q(status=AttemptStatus.SUCCEEDED)),
-            rolled=Count("id", filter=Q(status=AttemptStatus.ROLLED_BACK)),
-        )
-        .order_by("day")
-    )
-    success, rollback = Series("success", PALETTE[2]), Series("rolled back", PALETTE[1])
-    rows = []
-    for row in found:
-        day, done = _as_date(row["day"]), row["done"]
-        ok, rolled = 100.0 * row["ok"] / done, 100.0 * row["rolled"] / done
-        success.points.append((_midday(day), ok, f"{day:%b %d}: {ok:.1f} % of {done} succeeded"))
-        rollback.points.append(
-            (_midday(day), rolled, f"{day:%b %d}: {rolled:.1f} % of {done} rolled back")
-        )
-        rows.append([f"{day:%Y-%m-%d}", str(done), f"{ok:.1f} %", f"{rolled:.1f} %"])
-    title = "Auto-patch success and rollback rates per day"
-    return Chart(
-        "autopatch-rates",
-        title,
-        "Does self-healing work?",
-        lines(
-            days,
-            [success, rollback],
-            title,
-            fmt=lambda v: f"{_num(v)} %",
-            top=100.0,
-            targets=[
-                (SUCCESS_TARGET, "success target 95 %"),
-                (ROLLBACK_TARGET, "rollback target 2 %"),
-            ],
-        ),
-        [("success", PALETTE[2]), ("rolled back", PALETTE[1])],
-        ["day", "finished", "succeeded", "rolled back"],
-        rows,
-    )
+WaitsFn = Callable[[datetime], list[Wait]]
+_WAITS: list[WaitsFn] = []
 
 
-def time_to_approval(days: list[date]) -> Chart:
-    from backups.models import RestoreRequest
-    from pra.models import PRAAction
+def chart_providers() -> list[tuple[int, ChartsFn]]:
+    """The registered chart providers with their order, in page order."""
+    return sorted(_CHARTS, key=lambda entry: entry[0])
 
-    since = _since(days)
-    found: list[tuple[str, str, datetime, datetime]] = []
-    actions = (
-        PRAAction.objects.filter(approved_at__gte=since)
-        .exclude(impact="LOW", auto_approve_requested=True)  # approved by the rule, not people
-        .order_by("-approved_at")
-        .values_list("pk", "impact", "created", "approved_at")[:MAX_POINTS]
-    )
-    found += [
-        (f"action #{pk}", impact, created, at)
-        for pk, impact, created, at in actions
-        if at is not None  # filtered on approved_at above: never None here
-    ]
-    restores = (
-        RestoreRequest.objects.filter(approved_at__gte=since)
-        .order_by("-approved_at")
-        .values_list("pk", "mode", "created", "approved_at")[:MAX_POINTS]
-    )
-    found += [
-        (f"restore #{pk}", "HIGH" if mode == "overwrite" else "MEDIUM", created, at)
-        for pk, mode, created, at in restores
-        if at is not None
-    ]
+
+def approval_wait_sources() -> tuple[WaitsFn, ...]:
+    """The registered approval-wait providers, in registration (app) order."""
+    return tuple(_WAITS)
+
+
+def approval_waits(fn: WaitsFn) -> WaitsFn:
+    """Decorator: register a provider of the requests of one kind approved since a time
+    (one query, at most ``MAX_POINTS`` rows, the newest approvals)."""
+    _WAITS.append(fn)
+    return fn
+
+
+# --- the portal's own chart -------------------------------------------------------------
+
+
+@chart(order=40)
+def time_to_approval(days: list[date]) -> list[Chart]:
+    start = since(days)
+    found: list[Wait] = []
+    for source in approval_wait_sources():
+        found += source(start)
     series = {impact: Series(impact, colour) for impact, colour in IMPACT_COLOURS.items()}
     rows = []
     for what, impact, created, at in sorted(found, key=lambda f: f[3]):
@@ -499,142 +374,23 @@ def time_to_approval(days: list[date]) -> Chart:
         )
     title = "Time to approval (asked → fully signed)"
     shown = [s for s in series.values() if s.points]
-    return Chart(
-        "time-to-approval",
-        title,
-        "How long do requests wait for people?",
-        lines(days, shown, title, fmt=_short, connect=False, steps=DURATION_STEPS),
-        [(s.name, s.colour) for s in series.values()],
-        ["approved", "request", "impact", "waited"],
-        rows[-200:],
-        note="Auto-approved LOW remediations are left out.",
-    )
-
-
-def backup_runs(days: list[date]) -> list[Chart]:
-    from backups.choices import RunStatus
-    from backups.models import BackupRun
-
-    found = list(
-        BackupRun.objects.filter(
-            created__gte=_since(days), status=RunStatus.SUCCEEDED, restore__isnull=True
-        )
-        .order_by("-created")
-        .values_list("pk", "source__name", "created", "bytes_stored", "duration_s")[:MAX_POINTS]
-    )
-    found.reverse()
-    names = sorted({name for _, name, *_ in found})
-    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-    size = {name: Series(name, colours[name]) for name in names}
-    took = {name: Series(name, colours[name]) for name in names}
-    rows = []
-    for pk, name, created, stored, seconds in found:
-        when = timezone.localtime(created)
-        size[name].points.append(
-            (
-                created.timestamp(),
-                float(stored),
-                f"{name} run #{pk} {when:%b %d %H:%M}: {human_bytes(stored)}",
-            )
-        )
-        if seconds is not None:
-            took[name].points.append(
-                (
-                    created.timestamp(),
-                    seconds,
-                    f"{name} run #{pk} {when:%b %d %H:%M}: {human_duration(seconds)}",
-                )
-            )
-        rows.append(
-            [f"{when:%Y-%m-%d %H:%M}", name, f"#{pk}", human_bytes(stored), human_duration(seconds)]
-        )
-    legend = [(name, colours[name]) for name in names]
-    size_title, took_title = "Backup size per source (stored)", "Backup duration per source"
-    header = ["run", "source", "id", "stored", "took"]
     return [
-        Chart("backup-size", size_title, "Is anything growing or shrinking unexpectedly?",
-              lines(days, list(size.values()), size_title, fmt=human_bytes,
-                    steps=[2**k for k in range(10, 50)]),
-              legend, header, rows[-200:]),
-        Chart("backup-duration", took_title, "Are backups getting slower?",
-              lines(days, list(took.values()), took_title, fmt=_short,
-                    steps=DURATION_STEPS),
-              legend, header, rows[-200:]),
-    ]  # fmt: skip
-
-
-def drill_restore_times(days: list[date]) -> Chart:
-    """Each restore drill's measured restore time, per source, against the RTO targets (one
-    dashed line per distinct target); failed drills are listed under the chart."""
-    from backups.choices import DrillStatus
-    from backups.models import BackupDrill
-
-    found = list(
-        BackupDrill.objects.filter(
-            created__gte=_since(days), status__in=[DrillStatus.SUCCEEDED, DrillStatus.FAILED]
+        Chart(
+            "time-to-approval",
+            title,
+            "How long do requests wait for people?",
+            lines(days, shown, title, fmt=short, connect=False, steps=DURATION_STEPS),
+            [(s.name, s.colour) for s in series.values()],
+            ["approved", "request", "impact", "waited"],
+            rows[-200:],
+            note="Auto-approved LOW remediations are left out.",
         )
-        .order_by("-created")
-        .values_list(
-            "pk", "source__name", "created", "status", "rto_seconds", "rto_target_seconds",
-            "met_target",
-        )[:MAX_POINTS]
-    )  # fmt: skip
-    found.reverse()
-    names = sorted({name for _, name, *_ in found})
-    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-    series = {name: Series(name, colours[name]) for name in names}
-    targets: dict[float, set[str]] = {}
-    rows = []
-    for pk, name, created, status, seconds, target, met in found:
-        when = timezone.localtime(created)
-        if target:
-            targets.setdefault(float(target), set()).add(name)
-        verdict = (
-            "FAILED" if status == DrillStatus.FAILED
-            else "over target" if met is False
-            else "within target"
-        )  # fmt: skip
-        if seconds is not None:
-            series[name].points.append(
-                (
-                    created.timestamp(),
-                    seconds,
-                    f"{name} drill #{pk} {when:%b %d %H:%M}: restore {human_duration(seconds)}"
-                    f" (target {human_duration(target)}, {verdict})",
-                )
-            )
-        rows.append(
-            [f"{when:%Y-%m-%d %H:%M}", name, f"#{pk}", human_duration(seconds),
-             human_duration(target), verdict]
-        )  # fmt: skip
-    lines_at = [
-        (value, f"target {_short(value)} ({', '.join(sorted(who))})")
-        for value, who in sorted(targets.items())
     ]
-    title = "Restore drills: restore time per source against its RTO target"
-    failed = sum(1 for row in rows if row[-1] == "FAILED")
-    return Chart(
-        "drill-restore-times",
-        title,
-        "Could we restore in time if we had to?",
-        lines(days, list(series.values()), title, fmt=_short, targets=lines_at,
-              steps=DURATION_STEPS),
-        [(name, colours[name]) for name in names] + [("RTO target", "#b3261e")],
-        ["drill", "source", "id", "restore took", "target", "result"],
-        rows[-200:],
-        note=f"{failed} failed drill(s) in the window (no restore time to draw; listed below)."
-        if failed
-        else "",
-    )  # fmt: skip
 
 
 def all_charts(days: int) -> list[Chart]:
     window = _days(days)
-    return [
-        incidents_per_day(window),
-        *detect_and_resolve(window),
-        autopatch_rates(window),
-        time_to_approval(window),
-        *backup_runs(window),
-        drill_restore_times(window),
-    ]
+    found: list[Chart] = []
+    for _, provider in chart_providers():
+        found += provider(window)
+    return found

@@ -11,6 +11,7 @@ class PraConfig(AppConfig):
 
     def ready(self) -> None:
         import_module("pra.dashboard")  # registers the dashboard panel
+        import_module("pra.charts")  # registers its charts (portal.charts)
         mcp.register_tools("pra.mcp")  # its MCP tools (imported when MCP is served)
         import_module("pra.checks")  # registers the system checks
         from portal.metrics import REGISTRY
