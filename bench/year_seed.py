@@ -95,7 +95,7 @@ class Seeder:
         timings = {}
         for step in (self.users, self.hosts, self.actions, self.approvals, self.diagnostics,
                      self.agents, self.samples, self.incidents, self.backups,
-                     self.notifications, self.audit):  # fmt: skip
+                     self.notifications, self.maintenance, self.audit):  # fmt: skip
             started = time.perf_counter()
             step()
             timings[step.__name__] = time.perf_counter() - started
@@ -443,6 +443,32 @@ class Seeder:
             "rto_target_seconds": "900.0",
             "met_target": "true",
         })  # fmt: skip
+
+    def maintenance(self) -> None:
+        """A year of weekly windows, freezes and openings: a few dozen rows each, enough
+        for the changelists to show more than one page size."""
+        from datetime import UTC, datetime, time, timedelta
+
+        from pra.models import ChangeFreeze, MaintenanceWindow, WindowOpening
+
+        count = 30
+        start = datetime(2026, 1, 4, 2, 0, tzinfo=UTC)
+        windows = MaintenanceWindow.objects.bulk_create(
+            MaintenanceWindow(name=f"sunday-{i:02d}", weekday=6, start_time=time(2, 0),
+                              duration_minutes=120, host_tag=f"group-{i}")
+            for i in range(count)
+        )  # fmt: skip
+        ChangeFreeze.objects.bulk_create(
+            ChangeFreeze(reason=f"release freeze {i}", starts_at=start + timedelta(days=7 * i),
+                         ends_at=start + timedelta(days=7 * i + 2), created_by="ada-admin")
+            for i in range(count)
+        )  # fmt: skip
+        WindowOpening.objects.bulk_create(
+            WindowOpening(window=windows[i % len(windows)],
+                          opens_at=start + timedelta(days=7 * i),
+                          closes_at=start + timedelta(days=7 * i, hours=2))
+            for i in range(count)
+        )  # fmt: skip
 
     def notifications(self) -> None:
         from portal.choices import NotificationKind

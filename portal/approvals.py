@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
@@ -106,9 +106,9 @@ def may_auto_approve(impact: str) -> bool:
 
 
 def _row(obj: Approvable) -> models.Model:
-    """The model row behind ``obj`` (every approvable is one; the protocol can't say so)."""
-    assert isinstance(obj, models.Model), f"{type(obj).__name__} is not a model"
-    return obj
+    """``obj`` as the model row Django's content types read (anything with ``_meta``: every
+    approvable is a row or stands for one; the protocol can't say so)."""
+    return cast(models.Model, obj)
 
 
 def _signatures(obj: Approvable) -> models.QuerySet[Approval]:

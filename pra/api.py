@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 
 from portal import approvals
@@ -161,7 +162,11 @@ class ActionOut(Schema):
 
 
 def action_out(
-    obj: PRAAction, *, tally: approvals.Tally | None = None, evidence_ids: list[int] | None = None
+    obj: PRAAction,
+    *,
+    tally: approvals.Tally | None = None,
+    evidence_ids: list[int] | None = None,
+    freeze: windows.FreezeLookup = windows.UNREAD,
 ) -> dict:
     """One action as the API shows it; ``actions_out`` gives ``tally`` and ``evidence_ids``
     read in bulk for a whole list (otherwise they are read here, three queries)."""
@@ -202,7 +207,7 @@ def action_out(
         "emergency": obj.emergency,
         "emergency_reason": obj.emergency_reason,
         "hold_reason": obj.hold_reason,
-        "maintenance": windows.outlook(obj),
+        "maintenance": windows.outlook(obj, freeze=freeze),
     }
 
 
@@ -218,6 +223,7 @@ def actions_out(objs: list[PRAAction]) -> list[dict]:
     for action_id, pk in runs.values_list("action_id", "pk"):
         evidence.setdefault(action_id, []).append(pk)
     content_type = ContentType.objects.get_for_model(PRAAction).pk
+    freeze = windows.active_freeze(timezone.now())  # once for the page, not once per row
     out = []
     for obj in objs:
         current = obj.approval_fingerprint()
@@ -227,7 +233,9 @@ def actions_out(objs: list[PRAAction]) -> list[dict]:
             if signature.fingerprint == current and name not in names:
                 names.append(name)
         tally = approvals.Tally(approvers=names, required=rules[obj.impact].required_approvals)
-        out.append(action_out(obj, tally=tally, evidence_ids=evidence.get(obj.pk, [])))
+        out.append(
+            action_out(obj, tally=tally, evidence_ids=evidence.get(obj.pk, []), freeze=freeze)
+        )
     return out
 
 
@@ -313,7 +321,7 @@ def propose(request, body: ProposeIn):
 def list_actions(request, status: ActionStatus | None = None, limit: int = 50):
     """Actions, newest first; `status=PROPOSED` lists those waiting for approval."""
     _need(request, "portal.view_portal")
-    qs = PRAAction.objects.select_related("host")
+    qs = PRAAction.objects.select_related("host", "window")
     if status:
         qs = qs.filter(status=status)
     return actions_out(list(qs[: max(1, min(limit, 200))]))

@@ -116,6 +116,18 @@ def windows_for(host: Host):
     )
 
 
+class _Unread:
+    """Marks a freeze not looked up yet (``None`` means: looked up, none is on)."""
+
+
+UNREAD = _Unread()
+FreezeLookup = ChangeFreeze | None | _Unread
+
+
+def _freeze(now: datetime, freeze: FreezeLookup) -> ChangeFreeze | None:
+    return active_freeze(now) if isinstance(freeze, _Unread) else freeze
+
+
 def active_freeze(now: datetime) -> ChangeFreeze | None:
     return (
         ChangeFreeze.objects.filter(starts_at__lte=now, ends_at__gt=now).order_by("ends_at").last()
@@ -162,7 +174,9 @@ class Gate:
     opening: Opening | None = None
 
 
-def gate_for(action: PRAAction, now: datetime | None = None) -> Gate:
+def gate_for(
+    action: PRAAction, now: datetime | None = None, *, freeze: FreezeLookup = UNREAD
+) -> Gate:
     """Decide how ``action`` may run: emergencies at once; window actions in the first
     window opening outside freezes; anything else at once unless a freeze is on."""
     now = now or timezone.now()
@@ -179,11 +193,11 @@ def gate_for(action: PRAAction, now: datetime | None = None) -> Gate:
                 "freezes. An administrator adds a window, or propose it as an emergency.",
             )
         return Gate("wait", f"approved for the window starting {opening.label}", opening)
-    freeze = active_freeze(now)
-    if freeze is not None:
+    active = _freeze(now, freeze)
+    if active is not None:
         return Gate(
             "refuse",
-            f"A {_freeze_text(freeze)} is on: only emergency actions run. Approve it after "
+            f"A {_freeze_text(active)} is on: only emergency actions run. Approve it after "
             "the freeze, or propose it as an emergency (typed reason, one more signature).",
         )
     return Gate("run")
@@ -205,10 +219,13 @@ def run_refusal(action: PRAAction, now: datetime) -> str:
     return ""
 
 
-def outlook(action: PRAAction, now: datetime | None = None) -> dict[str, Any]:
-    """What an assistant should know about when ``action`` would run (MCP answers)."""
+def outlook(
+    action: PRAAction, now: datetime | None = None, *, freeze: FreezeLookup = UNREAD
+) -> dict[str, Any]:
+    """What an assistant should know about when ``action`` would run (MCP answers).
+    ``freeze``: the active freeze when the caller looked it up already (a list)."""
     now = now or timezone.now()
-    freeze = active_freeze(now)
+    freeze = _freeze(now, freeze)
     info: dict[str, Any] = {
         "requires_window": requires_window(action),
         "emergency": action.emergency,
@@ -222,7 +239,7 @@ def outlook(action: PRAAction, now: datetime | None = None) -> dict[str, Any]:
             "opens_at": action.window_opens_at.isoformat(),
             "closes_at": _value(action.window_closes_at),
         }
-    gate = gate_for(action, now) if action.status == "PROPOSED" else None
+    gate = gate_for(action, now, freeze=freeze) if action.status == "PROPOSED" else None
     if gate is not None:
         info["on_approval"] = {
             "run": "runs as soon as it is approved",
