@@ -38,7 +38,7 @@ from pra.models import Host
 from tests.conftest import TEST_PASSWORD
 from tests.pra import conftest as pra_fixtures
 from tests.pra.helpers import child_env, register
-from tests.stack import BASE_DIR, PYTHON, wait_until
+from tests.stack import BASE_DIR, PYTHON, wait_for, wait_until
 
 # The remediation tests' loopback target and its reset before each test that uses it.
 shared_ssh_target = pra_fixtures.shared_ssh_target
@@ -56,6 +56,7 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT = 30.0  # seconds for daphne to listen (imports Django, ~2 s here)
 STOP_TIMEOUT = 10.0
+WORKER_QUEUES = ("pra", "default")
 
 T = TypeVar("T")
 
@@ -145,7 +146,7 @@ def rq_worker(django_db_setup, shared_ssh_target, stack_dir) -> Iterator[subproc
     log = stack_dir / "rqworker.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [PYTHON, "manage.py", "rqworker", "pra", "default"],
+            [PYTHON, "manage.py", "rqworker", *WORKER_QUEUES],
             env=_stack_env(shared_ssh_target, stack_dir / "var"),
             cwd=BASE_DIR,
             stdin=subprocess.DEVNULL,
@@ -183,14 +184,34 @@ class Stack:
         self.daphne = proc
 
     @contextlib.contextmanager
-    def worker_paused(self) -> Iterator[None]:
-        """Freeze the worker (SIGSTOP to its process group); it goes on where it was
-        on exit. Jobs enqueued meanwhile wait in Redis."""
+    def worker_paused(self, settle: float = 120.0) -> Iterator[None]:
+        """Freeze the worker (SIGSTOP to its process group) once it is idle; it goes on
+        where it was on exit. Jobs enqueued meanwhile wait in Redis.
+
+        Idle first: a worker frozen inside a job's transaction (a pre-flight recording
+        its result) would hold that row's lock and the audit chain's for the whole pause,
+        and every audited save behind it would hang."""
+        wait_for(_worker_idle, settle, "the rq worker to finish the jobs already queued")
         os.killpg(self.worker.pid, signal.SIGSTOP)
         try:
             yield
         finally:
             os.killpg(self.worker.pid, signal.SIGCONT)
+
+
+def _queues_empty() -> bool:
+    from django_rq import get_queue
+
+    return all(
+        get_queue(name).count == 0 and get_queue(name).started_job_registry.count == 0
+        for name in WORKER_QUEUES
+    )
+
+
+def _worker_idle() -> bool:
+    """Nothing queued and nothing started on the worker's queues, twice 100 ms apart (a
+    job popped from its queue is in the started registry a moment later)."""
+    return _queues_empty() and not wait_until(lambda: not _queues_empty(), 0.1)
 
 
 def _bindable(port: int) -> bool:
