@@ -165,11 +165,13 @@ def vm_host(installed, settings, db):
 
 
 @pytest.fixture
-def portal(transactional_db, installed, settings, operator, approver, tmp_path) -> Iterator[Portal]:
+def portal(
+    transactional_db, installed, settings, operator, approver, approver2, tmp_path
+) -> Iterator[Portal]:
     """daphne + an RQ worker on this test's database and Redis, the guest as ``vm-1``."""
     pin_vm(installed.vm, installed, settings)
     with LiveStack(portal_env(installed, tmp_path), tmp_path) as stack:
-        running = make_portal(stack, operator, approver)
+        running = make_portal(stack, operator, approver, approver2)
         yield running
         TIMINGS.update(running.timings)
     worker_log = tmp_path / "worker.log"

@@ -64,11 +64,11 @@ def portal_env(keys, log_dir: Path) -> dict[str, str]:
 
 @dataclass
 class Portal:
-    """A running daphne + worker, and bearer tokens of an operator and an approver."""
+    """A running daphne + worker, and bearer tokens of an operator and two approvers."""
 
     stack: LiveStack
     operator: str
-    approver: str
+    approvers: tuple[str, ...]
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def call(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
@@ -93,10 +93,18 @@ class Portal:
         )
 
     def approve(self, proposed: dict, host: str) -> dict:
+        """As many approvers sign as the action's impact needs (HIGH: two, the host typed)."""
         body = {"fingerprint": proposed["fingerprint"]}
         if proposed["impact"] == "HIGH":
             body["confirmation"] = host
-        return self.call("POST", f"/api/pra/actions/{proposed['id']}/approve", self.approver, body)
+        path = f"/api/pra/actions/{proposed['id']}/approve"
+        needed = proposed["approvals_required"]
+        assert 1 <= needed <= len(self.approvers), proposed
+        answer: dict = {}
+        for token in self.approvers[:needed]:
+            answer = self.call("POST", path, token, body)
+        assert answer["status"] != "PROPOSED", answer
+        return answer
 
     def wait_preflight(self, action_id: int, timeout: float = 400) -> PRAAction:
         wait_for(
@@ -139,7 +147,7 @@ class Portal:
         return final
 
 
-def make_portal(stack: LiveStack, operator, approver) -> Portal:
+def make_portal(stack: LiveStack, operator, *approvers) -> Portal:
     _, op_token = create_token(operator, "vm tier")
-    _, ap_token = create_token(approver, "vm tier")
-    return Portal(stack, op_token, ap_token)
+    tokens = tuple(create_token(approver, "vm tier")[1] for approver in approvers)
+    return Portal(stack, op_token, tokens)

@@ -14,14 +14,14 @@ from pra.diagnostics import parse_output
 pytestmark = pytest.mark.django_db
 
 
-def _diag(name: str, by, **params):
-    run = actions.run_diagnostic("vm-1", name, params, by=by)
+def _diag(diagnostic: str, by, **params):
+    run = actions.run_diagnostic("vm-1", diagnostic, params, by=by)
     assert run.error == "", run.error
-    return run, parse_output(name, run.output)
+    return run, parse_output(diagnostic, run.output)
 
 
-def test_service_status_of_a_real_unit(vm_host, installed, approver):
-    run, parsed = _diag("service_status", approver, unit="unbound")
+def test_service_status_of_a_real_unit(vm_host, installed, operator):
+    run, parsed = _diag("service_status", operator, unit="unbound")
     assert run.exit_code == 0
     assert parsed["state"] == "active"
     _, pid = installed.vm.root("systemctl show -P MainPID unbound")
@@ -29,9 +29,9 @@ def test_service_status_of_a_real_unit(vm_host, installed, approver):
     assert parsed["properties"]["LoadState"] == "loaded"
 
 
-def test_service_logs_are_real_journal_lines(vm_host, installed, approver):
+def test_service_logs_are_real_journal_lines(vm_host, installed, operator):
     installed.vm.root("systemctl restart unbound")
-    run, parsed = _diag("service_logs", approver, unit="unbound", lines=50)
+    run, parsed = _diag("service_logs", operator, unit="unbound", lines=50)
     assert run.exit_code == 0
     assert parsed["count"] > 0
     idents = {entry["ident"] for entry in parsed["entries"]}
@@ -39,46 +39,46 @@ def test_service_logs_are_real_journal_lines(vm_host, installed, approver):
     assert all(entry["host"] == "pra-vm" for entry in parsed["entries"])
 
 
-def test_analyze_errors_keeps_only_error_lines_of_the_unit(vm_host, installed, approver):
+def test_analyze_errors_keeps_only_error_lines_of_the_unit(vm_host, installed, operator):
     installed.vm.root(
         "systemd-run --wait --quiet --unit=pra-vm-errors /bin/sh -c "
         "'echo all fine | systemd-cat -p info; echo disk on fire | systemd-cat -p err'"
     )
-    run, parsed = _diag("analyze_errors", approver, unit="pra-vm-errors", minutes=5)
+    run, parsed = _diag("analyze_errors", operator, unit="pra-vm-errors", minutes=5)
     assert run.exit_code == 0
     messages = [entry["message"] for entry in parsed["entries"]]
     assert "disk on fire" in messages
     assert "all fine" not in messages
 
 
-def test_service_health(vm_host, approver):
-    run, parsed = _diag("service_health", approver, unit="caddy")
+def test_service_health(vm_host, operator):
+    run, parsed = _diag("service_health", operator, unit="caddy")
     assert parsed["healthy"] is True and run.exit_code == 0
 
 
-def test_container_status_from_podman(vm_host, installed, approver):
+def test_container_status_from_podman(vm_host, installed, operator):
     installed.vm.root("systemctl start pra-demo-containers.service")
-    run, parsed = _diag("container_status", approver, name="web-1")
+    run, parsed = _diag("container_status", operator, name="web-1")
     assert run.exit_code == 0
     assert parsed["state"] == "running"
     _, pid = installed.vm.root("podman inspect -f '{{.State.Pid}}' web-1")
     assert parsed["pid"] == pid.strip()
-    missing, parsed_missing = _diag("container_status", approver, name="web-9")
+    missing, parsed_missing = _diag("container_status", operator, name="web-9")
     assert missing.exit_code != 0
     assert "web-9" in missing.output
 
 
-def test_system_memory_and_disk(vm_host, installed, approver):
+def test_system_memory_and_disk(vm_host, installed, operator):
     vm = installed.vm
-    _, info = _diag("system_info", approver)
+    _, info = _diag("system_info", operator)
     assert info["hostname"] == "pra-vm"
     assert info["boot_id"] == vm.boot_id
     assert info["uptime_seconds"] > 0
-    _, memory = _diag("memory_info", approver)
+    _, memory = _diag("memory_info", operator)
     _, total = vm.root("awk '/MemTotal/ {print $2}' /proc/meminfo")
     assert memory["mem"]["total"] == int(total)
     assert 0 < memory["mem_used_percent"] < 100
-    _, disk = _diag("disk_usage", approver)
+    _, disk = _diag("disk_usage", operator)
     root = next(fs for fs in disk["filesystems"] if fs["mounted_on"] == "/")
     _, df = vm.root("df -P -k / | tail -1")
     assert root["size_kb"] == int(df.split()[1])

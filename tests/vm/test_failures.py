@@ -29,7 +29,7 @@ def _broken_unbound(vm):
 
 
 def test_restart_unbound_with_a_broken_config_fails_with_systemds_message(
-    portal, installed, approver
+    portal, installed, operator
 ):
     vm = installed.vm
     with _broken_unbound(vm):
@@ -40,15 +40,15 @@ def test_restart_unbound_with_a_broken_config_fails_with_systemds_message(
         assert "Job for unbound.service failed" in action.stderr
         # analyze_errors shows unbound's own complaint from the journal.
         run = actions.run_diagnostic(
-            "vm-1", "analyze_errors", {"unit": "unbound", "minutes": 10}, by=approver
+            "vm-1", "analyze_errors", {"unit": "unbound", "minutes": 10}, by=operator
         )
         assert run.exit_code == 0, run.output
         assert "this-is-not-an-option" in run.output
-        health = actions.run_diagnostic("vm-1", "service_health", {"unit": "unbound"}, by=approver)
+        health = actions.run_diagnostic("vm-1", "service_health", {"unit": "unbound"}, by=operator)
         assert health.output.startswith("UNHEALTHY: not active (failed)")
 
 
-def test_a_unit_that_does_not_exist_fails_the_preflight(portal, installed, approver):
+def test_a_unit_that_does_not_exist_fails_the_preflight(portal, installed, operator):
     vm = installed.vm
     vm.root(
         "mv /lib/systemd/system/caddy.service /root/caddy.service.away && systemctl daemon-reload"
@@ -58,7 +58,7 @@ def test_a_unit_that_does_not_exist_fails_the_preflight(portal, installed, appro
         checked = portal.wait_preflight(proposed["id"])
         assert checked.preflight_status == "FAILED"
         assert "caddy.service" in checked.preflight_output
-        status = actions.run_diagnostic("vm-1", "service_status", {"unit": "caddy"}, by=approver)
+        status = actions.run_diagnostic("vm-1", "service_status", {"unit": "caddy"}, by=operator)
         assert status.exit_code != 0
         assert "LoadState=not-found" in status.output
     finally:
@@ -93,15 +93,17 @@ def test_power_lost_during_a_command_is_classified_not_stuck(portal, installed):
     )
     proposed = portal.propose("restart_unbound", "vm-1")
     assert portal.wait_preflight(proposed["id"]).preflight_status == "OK"
+    # pra-run's log keeps the earlier tests' runs: this run is the next "started" line.
+    count = "grep -c 'action=restart_unbound .* mode=run exit=started' /var/log/pra-run.log"
+    started_before = int(vm.root(count, check=False)[1].strip() or 0)
     portal.approve(proposed, "vm-1")
     try:
         wait_for(
-            lambda: PRAAction.objects.get(pk=proposed["id"]).status == "EXECUTING"
-            and vm.root("grep -c 'action=restart_unbound.*exit=started' /var/log/pra-run.log",
-                        check=False)[0] == 0,
+            lambda: int(vm.root(count, check=False)[1].strip() or 0) > started_before,
             60,
             "restart_unbound to be running on the guest",
-        )  # fmt: skip
+        )
+        assert PRAAction.objects.get(pk=proposed["id"]).status == "EXECUTING"
         vm.poweroff()
         action = portal.wait_final(proposed["id"], 90)
         assert action.status == "FAILED"
