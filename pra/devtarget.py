@@ -650,6 +650,7 @@ lines=
 priority=
 quiet=0
 reloads_of=
+pattern=
 while (( $# > 0 )); do
     case $1 in
         UNIT=*) reloads_of=$(state_name "${1#UNIT=}"); shift ;;
@@ -658,6 +659,7 @@ while (( $# > 0 )); do
         -p | --priority) priority=$2; shift 2 ;;
         -S | --since | -U | --until) shift 2 ;;
         -q | --quiet) quiet=1; shift ;;
+        -g | --grep) pattern=$2; shift 2 ;;
         *) shift ;;
     esac
 done
@@ -668,16 +670,22 @@ if [[ -n $reloads_of ]]; then  # the reloaded probe: systemd's "Reloaded" job me
     exit 0
 fi
 source_dir=journal
+below_err=0
 case $priority in
     emerg | alert | crit | err | 0 | 1 | 2 | 3) source_dir=journal-err ;;
+    warning..* | notice..* | info..* | debug..* | [4-7]..*) below_err=1 ;;
 esac
 file=$STATE/$source_dir/$unit
+errors=$STATE/journal-err/$unit
+shown() {  # the unit's lines at the asked priorities, then -g's case-insensitive match
+    if [[ -n $lines ]]; then tail -n "$lines" -- "$file"; else cat -- "$file"; fi |
+        if (( below_err )) && [[ -s $errors ]]; then grep -v -x -F -f "$errors"; else cat; fi |
+        if [[ -n $pattern ]]; then grep -E -i -- "$pattern"; else cat; fi
+}
 if [[ -n $unit && -s $file ]]; then
-    if [[ -n $lines ]]; then
-        tail -n "$lines" -- "$file"
-    else
-        cat -- "$file"
-    fi
+    shown
+elif [[ -n $pattern ]]; then
+    exit 1  # as journalctl -g: nothing matched
 elif (( ! quiet )); then
     printf -- '-- No entries --\n'
 fi

@@ -76,7 +76,8 @@ DIAGNOSTICS: dict[str, Diagnostic] = {
         ),
         Diagnostic(
             "analyze_errors",
-            "Error-level journal lines of the unit over the last N minutes.",
+            "The unit's error lines over the last N minutes: err or worse, and lower-priority "
+            "lines that read as errors.",
             "errors",
             (_UNIT, IntParam("minutes", "time window in minutes", 1, 1440, 60)),
         ),

@@ -51,6 +51,13 @@ class CommandTimeout(SSHError):
     before_start = False
 
 
+class ConnectionLost(SSHError):
+    """The connection ended while the command ran, before its exit status came: the
+    command may have run, partly or fully. Never retried."""
+
+    before_start = False
+
+
 class KeyFileError(SSHError):
     """The portal's private key file is missing or unreadable (configuration)."""
 
@@ -309,7 +316,16 @@ class Session:
             if channel.recv_stderr_ready():
                 stderr.add(channel.recv_stderr(32768))
                 continue
-            if channel.exit_status_ready() and channel.eof_received:
+            # A channel the transport closed when the connection ended: no exit status
+            # came (paramiko leaves -1). Waiting on it would spin (a closed channel is
+            # always "ready") until the deadline named a lost host a timeout.
+            if channel.closed and channel.exit_status == -1 and not self.transport.is_active():
+                raise ConnectionLost(
+                    "the connection to the host ended while the command ran, before its "
+                    "exit status: its outcome is unknown"
+                )
+            # Closed by the host (a command killed by a signal sends no status): done.
+            if channel.exit_status_ready() and (channel.eof_received or channel.closed):
                 break
             select.select([channel], [], [], min(remaining, 0.5))
         # Drain what arrived together with the exit status.

@@ -7,23 +7,26 @@ PostgreSQL, Redis and an in-process RQ worker. Nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from portal.lib import ssh
 from pra import actions, transport
+from pra.catalog import CATALOG
 from pra.choices import ActionStatus, FailureCause
 from pra.models import DiagnosticRun, PRAAction, PreflightStatus
 from tests.jobs import run_jobs
 from tests.pra.factories import propose
 from tests.pra.helpers import register
-from tests.stack import _descendants
+from tests.stack import _descendants, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,3 +155,45 @@ def test_a_host_that_freezes_after_authentication_times_out(shared_ssh_target, s
             os.kill(pid, signal.SIGCONT)
         session.close()
     assert PRAAction.objects.count() == 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_a_connection_lost_mid_command_ends_at_once_as_lost(shared_ssh_target, settings):
+    """The target's sshd session and the command under it are killed while the command
+    runs: seen from the portal, a host that loses power or its network (the TCP connection
+    ends). The run ends ConnectionLost at once, not at its deadline, without spinning."""
+    host = register(shared_ssh_target, settings)
+    shared_ssh_target.delay_command("systemctl", 30)
+    before = set(_descendants(shared_ssh_target._proc.pid))
+    session = transport.open_exec_session(host)
+
+    def cut() -> None:
+        wait_for(
+            lambda: any(call[:2] == ["systemctl", "restart"] for call in shared_ssh_target.calls()),
+            10,
+            "the command to start on the target",
+        )
+        # sshd first: the connection ends with no exit status (the command's own death
+        # would be reported as one), then the command it left behind.
+        pids = set(_descendants(shared_ssh_target._proc.pid)) - before
+        for pid in sorted(pids, key=lambda pid: _comm(pid) != "sshd"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=cut)
+    killer.start()
+    started, cpu = time.monotonic(), time.process_time()
+    try:
+        with pytest.raises(ssh.ConnectionLost, match="outcome is unknown"):
+            session.exec(CATALOG["restart_unbound"].wire_command({}), command_timeout=60)
+    finally:
+        killer.join()
+        session.close()
+    assert time.monotonic() - started < 10 + SLACK  # the deadline was 60 s
+    assert time.process_time() - cpu < 2.0, "the wait spun on a closed channel"

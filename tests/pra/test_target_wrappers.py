@@ -312,10 +312,23 @@ def test_logs_and_errors_read_the_journal(shared_ssh_target, diag_client):
     shared_ssh_target.add_journal("unbound", "bad", error=True)
     assert run(diag_client, "logs unbound 2") == (0, "three\nbad\n", "")
     assert run(diag_client, "errors unbound 30") == (0, "bad\n", "")
-    assert shared_ssh_target.calls()[-1] == [
+    # A daemon's own complaint at info priority (unbound's, on stderr) reads as an error.
+    shared_ssh_target.add_journal("unbound", "conf:2: ERROR: unknown keyword 'x'", "fine")
+    assert run(diag_client, "errors unbound 30") == (
+        0, "bad\nconf:2: ERROR: unknown keyword 'x'\n", ""
+    )  # fmt: skip
+    err_level, error_looking = shared_ssh_target.calls()[-2:]
+    assert err_level == [
         "journalctl", "-u", "unbound", "--since", "-30 min", "-p", "err", "--no-pager",
-        "-o", "short-iso",
+        "-o", "short-iso", "-q",
     ]  # fmt: skip
+    assert error_looking[:10] == [
+        "journalctl", "-u", "unbound", "--since", "-30 min", "-p", "warning..debug",
+        "--no-pager", "-o", "short-iso",
+    ]  # fmt: skip
+    assert error_looking[10:13] == ["-q", "--case-sensitive=false", "-g"]
+    # A unit with nothing to show: empty, and still a success.
+    assert run(diag_client, "errors caddy 30") == (0, "", "")
 
 
 def test_container_reports_the_state(shared_ssh_target, diag_client):

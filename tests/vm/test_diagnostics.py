@@ -43,6 +43,8 @@ def test_analyze_errors_keeps_only_error_lines_of_the_unit(vm_host, installed, o
     installed.vm.root(
         "systemd-run --wait --quiet --unit=pra-vm-errors /bin/sh -c "
         "'echo all fine | systemd-cat -p info; echo disk on fire | systemd-cat -p err'"
+        # journald writes what it received before journalctl reads (it may lag otherwise)
+        "; journalctl --sync"
     )
     run, parsed = _diag("analyze_errors", operator, unit="pra-vm-errors", minutes=5)
     assert run.exit_code == 0

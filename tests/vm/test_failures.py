@@ -50,8 +50,10 @@ def test_restart_unbound_with_a_broken_config_fails_with_systemds_message(
 
 def test_a_unit_that_does_not_exist_fails_the_preflight(portal, installed, operator):
     vm = installed.vm
+    # Stopped first: a running unit whose file is removed stays loaded (and active).
     vm.root(
-        "mv /lib/systemd/system/caddy.service /root/caddy.service.away && systemctl daemon-reload"
+        "systemctl stop caddy && mv /lib/systemd/system/caddy.service /root/caddy.service.away"
+        " && systemctl daemon-reload"
     )
     try:
         proposed = portal.propose("restart_caddy", "vm-1")
@@ -59,7 +61,7 @@ def test_a_unit_that_does_not_exist_fails_the_preflight(portal, installed, opera
         assert checked.preflight_status == "FAILED"
         assert "caddy.service" in checked.preflight_output
         status = actions.run_diagnostic("vm-1", "service_status", {"unit": "caddy"}, by=operator)
-        assert status.exit_code != 0
+        assert status.exit_code != 0, status.output
         assert "LoadState=not-found" in status.output
     finally:
         vm.root(
