@@ -47,3 +47,24 @@ def test_a_filtered_list_counts_up_to_the_cap_and_says_so(notifications, monkeyp
     assert paginator.num_pages == 3
     exact = EstimatedCountPaginator(notifications.filter(title__in=["n1", "n2"]), 2)
     assert exact.count == 2 and str(exact.count) == "2"
+
+
+def test_a_deep_page_reads_its_ids_first_and_keeps_the_order(notifications, monkeypatch):
+    monkeypatch.setattr(pagination, "IDS_FIRST_FROM", 10)
+    ordered = notifications.order_by("title", "-id")
+    every = list(ordered.values_list("pk", flat=True))  # (``ordered`` stays unevaluated)
+    paginator = EstimatedCountPaginator(ordered, 6)
+    with CaptureQueriesContext(connection) as ctx:
+        rows = [n.pk for n in paginator.page(3).object_list]
+    assert rows == every[12:18]
+    ids_query, rows_query = (q["sql"] for q in ctx.captured_queries[-2:])
+    assert "OFFSET 12" in ids_query and ids_query.count('"portal_notification"."id"') >= 1
+    assert '"title"' not in ids_query.split("FROM")[0]  # only the ids are read at the offset
+    assert "OFFSET" not in rows_query and " IN (" in rows_query
+    # Shallow pages are one query, as Django's own; the last page keeps its orphans.
+    with CaptureQueriesContext(connection) as ctx:
+        assert [n.pk for n in paginator.page(1).object_list] == every[:6]
+    assert len(ctx.captured_queries) == 1
+    orphaned = EstimatedCountPaginator(ordered, 7, orphans=3)
+    assert orphaned.num_pages == 4
+    assert [n.pk for n in orphaned.page(4).object_list] == every[21:]  # 9 rows, not 7 + 2
