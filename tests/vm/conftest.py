@@ -2,8 +2,9 @@
 
 One VM for the whole tier (``pra.vmtarget``): the image is built once and cached
 (keyed by the recipe's hash), each session boots its own qcow2 overlay. The
-build and boot start in a thread as soon as pytest has collected a ``vm`` test,
-so they overlap the tests that run before this folder. If the image cannot be
+build starts in a thread as soon as pytest has collected a ``vm`` test, so it
+overlaps the tests that run before this folder; the guest boots (~15 s) when the
+tier's first test needs it. If the image cannot be
 built or the guest does not boot, every test of the tier FAILS with the reason:
 the tier is never skipped.
 
@@ -40,15 +41,17 @@ VM_DIR = Path(__file__).resolve().parent
 
 @dataclass
 class _Boot:
-    """The tier's VM, built and booted in a background thread."""
+    """The tier's image, built in a background thread; its VM, booted when first needed
+    (an idle guest under TCG still takes a third of a core: not during the other tests)."""
 
     thread: threading.Thread | None = None
+    image: recipe.Image | None = None
     vm: VM | None = None
     error: str = ""
     figures: dict[str, float] = field(default_factory=dict)
     workdir: Path | None = None
 
-    def run(self) -> None:
+    def build(self) -> None:
         started = time.monotonic()
         try:
             image = recipe.ensure_image(log=lambda msg: None)
@@ -57,12 +60,18 @@ class _Boot:
             )
             self.figures["image_cached"] = float(image.built_seconds is None)
             self.figures["image_lookup_s"] = time.monotonic() - started
-            assert self.workdir is not None, "set at collection"
-            vm = VM(image, self.workdir)
+            self.image = image
+        except Exception as exc:  # reported by the `vm` fixture, which fails every test
+            self.error = f"{exc.__class__.__name__}: {exc}"
+
+    def boot(self) -> None:
+        assert self.image is not None and self.workdir is not None, "built, set at collection"
+        try:
+            vm = VM(self.image, self.workdir)
             vm.start()
             self.figures["boot_s"] = vm.boot_seconds
             self.vm = vm
-        except Exception as exc:  # reported by the `vm` fixture, which fails every test
+        except Exception as exc:
             self.error = f"{exc.__class__.__name__}: {exc}"
 
 
@@ -77,7 +86,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if _BOOT.thread is None and any(_in_tier(item) for item in session.items):
         factory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # pytest's own
         _BOOT.workdir = Path(factory.mktemp("vm"))
-        _BOOT.thread = threading.Thread(target=_BOOT.run, name="vm-boot", daemon=True)
+        _BOOT.thread = threading.Thread(target=_BOOT.build, name="vm-image", daemon=True)
         _BOOT.thread.start()
 
 
@@ -95,7 +104,9 @@ def vm() -> Iterator[VM]:
         pytest.fail("the VM boot was never started (pytest_collection_finish did not run)")
     _BOOT.thread.join(BUILD_AND_BOOT_TIMEOUT)
     if _BOOT.thread.is_alive():
-        pytest.fail(f"the VM was not built and booted within {BUILD_AND_BOOT_TIMEOUT:.0f} s")
+        pytest.fail(f"the VM image was not built within {BUILD_AND_BOOT_TIMEOUT:.0f} s")
+    if _BOOT.image is not None and _BOOT.vm is None and not _BOOT.error:
+        _BOOT.boot()
     if _BOOT.vm is None:
         pytest.fail(f"the VM tier cannot run: {_BOOT.error}")
     print(f"VM figures: {_BOOT.figures}")
