@@ -427,12 +427,18 @@ def _target_choices():
     return choices
 
 
+#: How many artifacts the plan page's list offers.
+ARTIFACT_CHOICES = 100
+
+
 class PlanForm(forms.Form):
     """The plan page's input. The target is only ever a *name*: ``backups.restore`` checks it
     (the same validation as ``backup_restore plan``), nothing here connects anywhere."""
 
     artifact = forms.ModelChoiceField(
         queryset=BackupArtifact.objects.restorable().select_related("run__source"),
+        help_text=f"the {ARTIFACT_CHOICES} newest usable artifacts; an older one: open its "
+        "backup run and press Restore",
     )
     target = forms.CharField(
         required=False,
@@ -458,6 +464,14 @@ class PlanForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["target"].widget.choices = _target_choices()
+        # A year of nightly runs is thousands of artifacts: the list shows the newest (and
+        # the one asked for); any usable artifact is still accepted by its id.
+        field = self.fields["artifact"]
+        asked = self.data.get("artifact") or self.initial.get("artifact")
+        shown = list(field.queryset.order_by("-pk")[:ARTIFACT_CHOICES])
+        if asked and str(asked).isdigit() and all(str(a.pk) != str(asked) for a in shown):
+            shown += list(field.queryset.filter(pk=int(asked)))
+        field.widget.choices = [("", "---------"), *((a.pk, str(a)) for a in shown)]
 
     def spec(self) -> dict:
         data = self.cleaned_data

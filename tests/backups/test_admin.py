@@ -113,3 +113,28 @@ def test_a_scratch_restore_is_approved_by_one_other_person_on_its_page(
         assert req.status == RestoreStatus.SUCCEEDED, req.error
     finally:
         pg_cluster.drop(scratch)
+
+
+def test_the_plan_page_lists_the_newest_artifacts_and_takes_an_older_one_by_id(
+    kube_api, tmp_path, operator, capture, settings, monkeypatch
+):
+    """A year of nightly runs is thousands of artifacts: the list shows the newest only."""
+    from backups import admin as backups_admin
+
+    monkeypatch.setattr(backups_admin, "ARTIFACT_CHOICES", 1)
+    settings.BACKUP_SECRETS_DIR = tmp_path
+    source = make_source(
+        "k8s", SourceKind.KUBERNETES, kubeconfig=str(kube_api.write_kubeconfig(tmp_path / "kc"))
+    )
+    older = backup_now(source, operator, capture).artifacts.get()
+    newer = backup_now(source, operator, capture).artifacts.get()
+    plan_url = reverse("admin:backups_restorerequest_plan")
+    page = _login(operator).get(plan_url).content.decode()
+    assert f'value="{newer.pk}"' in page and f'value="{older.pk}"' not in page
+    asked = _login(operator).get(f"{plan_url}?artifact={older.pk}").content.decode()
+    assert f'value="{older.pk}" selected' in asked
+    data = {"artifact": older.pk, "target": "", "resources": "configmap", "confirmation": ""}
+    preview = _login(operator).post(plan_url, {**data, "preview": "1"})
+    assert b"Preview" in preview.content and b"Will overwrite" in preview.content
+    bad = _login(operator).post(plan_url, {**data, "artifact": "999999", "preview": "1"})
+    assert b"Select a valid choice" in bad.content and b"Will overwrite" not in bad.content
