@@ -27,7 +27,7 @@ test: venv
 	$(BIN)/ruff format --check .
 	DEBUG=1 $(BIN)/mypy
 
-## The VM tier alone (tests/vm, a real systemd host under QEMU; not yet in `make test`).
+## The VM tier alone (tests/vm, a real systemd host under QEMU; `make test` runs it too).
 test-vm: venv
 	$(BIN)/python -m tests.run -m vm $(ARGS)
 

@@ -109,9 +109,6 @@ def main(argv: list[str]) -> int:
             PORTAL_VAR_DIR=str(BASE_DIR / "var" / "test-var"),
             PORTAL_TEST_REDIS_FLUSH="1",
         )
-        if "-m" not in argv:
-            # The VM tier is not green yet (issue #11): `make test-vm` runs it alone.
-            argv = ["-m", "not vm", *argv]
         result = subprocess.run([sys.executable, "-m", "pytest", *argv], env=env, cwd=BASE_DIR)
         return result.returncode
     except ServiceError as exc:
