@@ -90,4 +90,5 @@ class EstimatedCountPaginator(_Paginator):
         if top + self.orphans >= self.count:
             top = self.count
         ids = list(objects.values_list("pk", flat=True)[bottom:top])
-        return self._get_page(objects.filter(pk__in=ids), number, self)
+        page = self._get_page(objects.filter(pk__in=ids), number, self)  # type: ignore[attr-defined]  # Django's hook, not in django-stubs
+        return page

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pra import actions
+from pra import actions, transport
 from pra.diagnostics import parse_output
 
 pytestmark = pytest.mark.django_db
@@ -85,3 +85,15 @@ def test_system_memory_and_disk(vm_host, installed, operator):
     _, df = vm.root("df -P -k / | tail -1")
     assert root["size_kb"] == int(df.split()[1])
     assert root["filesystem"] == "/dev/vda"
+
+
+def test_the_reboot_probe_fails_when_the_host_did_not_reboot(vm_host, installed):
+    """reboot_system's probe, given the boot id pra-run reported before the command: the
+    guest's current boot id means it did not reboot (exit non-zero); another one, that it
+    did."""
+    _, boot_id = installed.vm.root("cat /proc/sys/kernel/random/boot_id")
+    same = transport.run_diag(vm_host, ["rebooted", boot_id.strip()])
+    assert same.exit_code != 0, same.stdout + same.stderr
+    other = transport.run_diag(vm_host, ["rebooted", "00000000-0000-4000-8000-000000000000"])
+    assert other.exit_code == 0, other.stdout + other.stderr
+    assert boot_id.strip() in other.stdout
