@@ -185,7 +185,8 @@ async def analyze_errors(
     unit: Unit,
     minutes: Annotated[int, Field(ge=1, le=1440, description="Time window in minutes.")] = 60,
 ) -> DiagnosticResult:
-    """Error-level journal lines of a unit over the last MINUTES minutes."""
+    """A unit's error lines over the last MINUTES minutes: err or worse, and
+    lower-priority lines that read as errors (a daemon's own complaint on stderr)."""
     return await run(
         _diagnose, host, "analyze_errors", {"unit": unit, "minutes": minutes}, acts=True
     )
