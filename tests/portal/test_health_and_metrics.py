@@ -1,3 +1,5 @@
+import os
+import signal
 import subprocess
 import sys
 
@@ -72,8 +74,14 @@ def test_a_worker_registers_again_after_a_redis_flush(client, tmp_path):
     )  # fmt: skip
     try:
         wait_for(lambda: client.get("/health").status_code == 200, 30, "the worker to register")
-        get_redis().flushdb()
-        assert client.get("/health").status_code == 503
+        # Frozen (idle: it holds nothing) across the flush and the check: its next heartbeat
+        # could otherwise land in between and register it again before /health looks.
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            get_redis().flushdb()
+            assert client.get("/health").status_code == 503
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         wait_for(lambda: client.get("/health").status_code == 200, 30, "re-registration")
     finally:
         proc.terminate()
