@@ -252,6 +252,37 @@ def stack(transactional_db, rq_worker, shared_ssh_target, stack_dir, settings) -
     finally:
         _stop(stack.daphne)
         print(f"--- daphne log (tail) ---\n{_tail(log)}")
+        _quiesce_before_flush()
+
+
+def _quiesce_before_flush() -> None:
+    """Leave no other process inside a transaction when pytest-django empties the tables.
+
+    The module's worker outlives the test: a job this test enqueued could still be
+    running (or start) during the flush, and its locks against the flush's TRUNCATE
+    ended once in a PostgreSQL deadlock. So this test's queued jobs are dropped, a
+    running one may finish, and any other session of the test database still inside
+    a transaction is ended (an idle session holds no lock and is left alone)."""
+    from django_rq import get_queue
+
+    for name in WORKER_QUEUES:
+        get_queue(name).empty()
+    wait_until(
+        lambda: all(get_queue(n).started_job_registry.count == 0 for n in WORKER_QUEUES),
+        STOP_TIMEOUT,
+    )
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state IS DISTINCT FROM 'idle'"
+        )
+        ended = len(cursor.fetchall())
+    if ended:
+        print(f"--- ended {ended} database session(s) still in a transaction ---")
 
 
 @pytest.fixture(scope="module")
