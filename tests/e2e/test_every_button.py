@@ -2,8 +2,11 @@
 
 For each role (viewer, operator, approver, admin) the test signs in once (one browser,
 one context per role), visits the dashboard, the charts and the admin index, every
-changelist the index links, each changelist's add and tool pages, and the change page
-of its first object. On each page it presses every button in the page's content and
+changelist the index links, each changelist's add and tool pages, the change page of
+its first object, and then the pages about one object that rows and change pages link
+(a shrunken backup's accept page, delete confirmations last: a confirmed delete may
+change exactly its cascade, as Django's deletion collector reads it beforehand, and
+must remove the object). On each page it presses every button in the page's content and
 so submits every form that posts (browser-side validation off, required inputs of the
 portal's own forms filled with a harmless text, so the server decides; admin model
 forms go unchanged), one at a time from a fresh load; GET forms (search boxes) only
@@ -25,6 +28,7 @@ needs the demo's own processes.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,11 +38,16 @@ import pytest
 from django.apps import apps
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models.deletion import Collector
 from django.test import Client
+from django.utils import timezone
 from playwright.sync_api import BrowserContext, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from backups.models import BackupRun
+from portal import actions as portal_actions
 from portal.lib.redis import get_redis
+from pra import windows
 from tests.e2e.conftest import in_thread
 from tests.portal import dashboard_world as world
 from tests.pra.factories import propose
@@ -84,11 +93,22 @@ ALLOWED: list[tuple[str, set[str]]] = [
 ]  # fmt: skip
 
 
+# A page about one object besides its change form, linked from its row or its change
+# page: the delete confirmation, the acceptance of a shrunken backup, and so on.
+OBJECT_PAGE = re.compile(r"^/admin/\w+/\w+/\d+/(?!change/|history/)[\w-]+/$")
+DELETE = re.compile(r"/admin/(\w+)/(\w+)/(\d+)/delete/ ")
+
+
 def _key(action: str, ident: str) -> str:
     return f"{urlsplit(action).path} {ident}"
 
 
 def allowed_for(key: str) -> set[str]:
+    """The tables the button behind ``key`` may change; read before the press (a delete's
+    cascade is read from the object it is about to remove)."""
+    match = DELETE.match(key)
+    if match:
+        return _cascade(*match.groups()) | TRAIL
     for pattern, tables in ALLOWED:
         match = re.match(pattern, key)
         if match:
@@ -96,6 +116,24 @@ def allowed_for(key: str) -> set[str]:
                 return (tables - {"<model>"}) | {f"{match[1]}.{match[2]}"}
             return tables
     return set()
+
+
+def _cascade(app_label: str, model_name: str, pk: str) -> set[str]:
+    """What deleting that object removes or updates: Django's deletion collector (what the
+    admin's confirmation page lists), as the tables of the concrete models."""
+    model = apps.get_model(app_label, model_name)
+    obj = model._default_manager.filter(pk=pk).first()
+    if obj is None:
+        return set()
+    collector = Collector(using="default", origin=obj)
+    collector.collect([obj])
+    models = {*collector.data, *(qs.model for qs in collector.fast_deletes)}
+    models |= {field.model for field, _value in collector.field_updates}
+    return {m._meta.concrete_model._meta.label_lower for m in models}
+
+
+def _exists(app_label: str, model_name: str, pk: str) -> bool:
+    return apps.get_model(app_label, model_name)._default_manager.filter(pk=pk).exists()
 
 
 def _snapshot_sql() -> str:
@@ -141,6 +179,7 @@ class Crawl:
     loaded: int = 0
     problems: list[str] = field(default_factory=list)
     last: dict = field(default_factory=dict)  # the newest snapshot
+    keys: list[str] = field(default_factory=list)  # what was pressed, in order
 
 
 def _signed_in(browser, base_url: str, user) -> BrowserContext:
@@ -173,7 +212,10 @@ BUTTONS_JS = (
   return found.map((el, i) => {
     const form = el.form;
     const ident = el.id || el.name || (el.textContent || el.value || '').trim().slice(0, 40);
-    return {i, ident, action: form ? (el.getAttribute('formaction') || form.action) : '',
+    // Not form.action: a form with a field named "action" (the changelist's action
+    // menu) shadows it with that element.
+    const target = form && (el.getAttribute('formaction') || form.getAttribute('action') || '');
+    return {i, ident, action: form ? new URL(target, location.href).href : '',
             submit: !!form && (el.type === 'submit' || el.type === 'image'),
             get: !!form && form.method === 'get'};
   });
@@ -223,9 +265,12 @@ def _buttons(crawl: Crawl, url: str, scope: str) -> dict[str, dict]:
     return {_key(b["action"] or url, b["ident"]): b for b in reversed(found)}
 
 
-def _press_all(crawl: Crawl, url: str, scope: str = "content") -> None:
+def _press_all(crawl: Crawl, url: str, scope: str = "content") -> list[str]:
+    """Press every button of ``url``; returns the page's links to its object's other
+    pages (``OBJECT_PAGE``), for the crawl to visit after the rest."""
     if not _load(crawl, url):
-        return
+        return []
+    object_pages = [h for h in _links(crawl.page, "#content a") if OBJECT_PAGE.match(h)]
     # GET forms (search boxes, filters) only load pages, which ``_load`` checks: pressed
     # are the buttons that post or run the page's scripts.
     keys = [key for key, b in _buttons(crawl, url, scope).items() if not b["get"]]
@@ -234,7 +279,7 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> None:
         # A press that came back (POST, redirect) to this very page by a GET left it as a
         # fresh load would: no second load needed.
         if not fresh and not _load(crawl, url):
-            return
+            return object_pages
         fresh = False
         # Found again by what it is: an earlier press may have removed or moved buttons
         # (an item signed from the inbox leaves it).
@@ -245,6 +290,7 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> None:
         if not target.is_visible() or not target.is_enabled():
             continue  # a form the page's script removed, a widget's disabled "Remove all"
         before = crawl.last
+        allowed = set() if crawl.role == "viewer" else allowed_for(key)
         try:
             if button["submit"]:
                 with crawl.page.expect_navigation(wait_until="domcontentloaded") as nav:
@@ -267,13 +313,17 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> None:
             fresh = False
         after = crawl.last = snapshot()
         crawl.pressed += 1
+        crawl.keys.append(key)
         moved = changed(before, after)
-        allowed = set() if crawl.role == "viewer" else allowed_for(key)
+        deleted = DELETE.match(key)
+        if deleted and _exists(*deleted.groups()):
+            crawl.problems.append(f"{crawl.role}: on {url} {key!r} left the object in place")
         if moved - allowed:
             crawl.problems.append(
                 f"{crawl.role}: on {url} pressing {key!r} changed {sorted(moved - allowed)}"
                 f" (allowed: {sorted(allowed) or 'nothing'})"
             )
+    return object_pages
 
 
 def _cached(route, cache: dict) -> None:
@@ -301,21 +351,60 @@ def _pages(crawl: Crawl) -> list[str]:
         if response is None or response.status != 200:
             continue
         found += _links(crawl.page, ".object-tools a")
+        found += [h for h in _links(crawl.page, "#result_list a") if OBJECT_PAGE.match(h)][:2]
         found += _links(crawl.page, "#result_list tbody tr:first-child th a")[:1]
     return list(dict.fromkeys(u for u in found if "/history/" not in u))
 
 
-def _world(stack, operator, approver) -> None:
+def _visit_order(url: str) -> tuple[bool, bool]:
+    """Deletes last, and accounts and groups after every other delete: removing a role's
+    group takes its permissions from the crawl's own user."""
+    return url.endswith("/delete/"), url.startswith("/admin/auth/")
+
+
+def _world(stack, operator, approver, admin_user) -> int:
     world.build(1, operator=operator, tag="w")
     world.history(operator, days=2, tag="h")
     stack.target.add_container("web")
     propose(operator, stack.host, "restart_container", {"name": "web"})
+    # A verified backup much smaller than the one before: it waits on its accept page.
+    _, (shrunk,) = world.backup_source("w-shrunk", runs=1)
+    BackupRun.objects.filter(pk=shrunk.pk).update(shrink_flag=True)
+    # Configuration an administrator may delete (most records may not be deleted at all).
+    windows.save_window(
+        None,
+        by=admin_user,
+        name="sunday-night",
+        weekday=6,
+        start_time=dt.time(2, 0),
+        duration_minutes=120,
+        timezone="UTC",
+    )
+    soon = timezone.now() + dt.timedelta(days=10)
+    windows.save_freeze(
+        None,
+        by=admin_user,
+        reason="year-end change freeze",
+        starts_at=soon,
+        ends_at=soon + dt.timedelta(days=2),
+    )
+    portal_actions.create_channel(
+        by=admin_user,
+        name="ops-hook",
+        kind="WEBHOOK",
+        url="",
+        url_env="OPS_HOOK_URL",
+        recipients="",
+        min_severity="info",
+        enabled=True,
+    )
+    return shrunk.pk
 
 
 def test_every_button_changes_only_what_it_names(
     stack, browser, viewer, operator, approver, admin_user
 ):
-    in_thread(_world, stack, operator, approver)
+    shrunk = in_thread(_world, stack, operator, approver, admin_user)
     users = {"viewer": viewer, "operator": operator, "approver": approver,
              "admin_user": admin_user}  # fmt: skip
     portal = urlsplit(stack.base_url).netloc
@@ -335,21 +424,35 @@ def test_every_button_changes_only_what_it_names(
                 crawl = Crawl(role, context, page, stack.base_url)
                 page.on("request", lambda request, c=crawl: c.seen.append(request.url))
                 page.on("websocket", lambda ws, c=crawl: c.seen.append(ws.url))
-                for url in ["/", "/charts/", *_pages(crawl)]:
+                pages = ["/", "/charts/", *_pages(crawl)]
+                later: list[str] = []
+                for url in pages:
+                    later += _press_all(crawl, url)
+                # Then each object's own pages, its delete confirmation last (a delete
+                # takes its cascade with it: the pages above have been seen by then).
+                # Not one's own account's: deleting it ends the crawl's session.
+                own = f"/admin/auth/user/{users[role].pk}/delete/"
+                later = [u for u in dict.fromkeys(later) if u not in pages and u != own]
+                for url in sorted(later, key=_visit_order):
                     _press_all(crawl, url)
                 # The header's own buttons, once: theme toggle, then log out (and back in).
                 _press_all(crawl, "/admin/", scope="header")
                 elsewhere = sorted({u for u in crawl.seen if urlsplit(u).netloc != portal})
                 if elsewhere:
                     crawl.problems.append(f"{role}: requests to other hosts: {elsewhere}")
+                deletes = sum(bool(DELETE.match(k)) for k in crawl.keys)
                 report.append(
                     f"{role}: {crawl.loaded} loads, {crawl.pressed} presses"
-                    f" in {time.monotonic() - started:.0f} s"
+                    f" ({deletes} delete confirmations) in {time.monotonic() - started:.0f} s"
                 )
                 # A viewer has (nearly) nothing to press: the loads are its test.
                 assert crawl.loaded >= 30, f"{role} saw almost nothing: {report}"
                 assert crawl.pressed >= (2 if role == "viewer" else 10), report
                 assert not crawl.problems, "\n".join(crawl.problems)
+                if role == "admin_user":
+                    # The admin reaches the pages behind links: confirmations and acceptance.
+                    assert deletes >= 3, report
+                    assert BackupRun.objects.get(pk=shrunk).accepted_at is not None, report
                 context.close()
         finally:
             get_redis().flushdb()  # the jobs the presses enqueued: never run
