@@ -10,7 +10,8 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.models import User as UserModel
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
 from django.db.models import Field
 
 from portal.audit import Actor, record
@@ -20,7 +21,7 @@ from portal.lib import configedit
 from portal.lib.permissions import require_perm
 from portal.lib.text import UnstorableText, refuse_unstorable
 from portal.models import ApprovalRule, EscalationLevel, NotificationChannel
-from portal.roles import Role
+from portal.roles import Role, role_of
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as AuthUser
@@ -78,6 +79,103 @@ def set_user(
             details={"username": username, "role": role, "password_changed": password is not None},
         )
     return user, created
+
+
+USER_EDITABLE = ("email", "role", "is_active", "password")
+
+
+def create_user(
+    *, by: UserModel | Actor | str, username: str, role: str, password: str, email: str = ""
+) -> AuthUser:
+    """Add a portal user with one role (administrators only; ``set_user``'s checks and its
+    one USER_CREATED event). An existing name is refused, not updated."""
+    actor = _manager(by, "manage users")
+    _storable({"username": username, "email": email})
+    if User.objects.filter(**{User.USERNAME_FIELD: username}).exists():
+        raise RequestRefused("exists", f"a user named {username!r} already exists")
+    try:
+        if email:
+            validate_email(email)
+        user, _created = set_user(username, role=role, password=password, email=email, by=actor)
+    except ValidationError as exc:
+        raise RequestRefused("invalid", " ".join(exc.messages)) from None
+    except IntegrityError:  # the same name added at the same moment
+        raise RequestRefused("exists", f"a user named {username!r} already exists") from None
+    return user
+
+
+def update_user(user: AuthUser | int, *, by: UserModel | Actor | str, **changes: Any) -> AuthUser:
+    """Change a user's e-mail, role, active flag or password (administrators only).
+
+    One USER_UPDATED event naming what changed (a role as from/to, a password only as
+    ``password_changed``), none when nothing did. Users are deactivated, never deleted:
+    approvals and the audit log name them. Refuses, changing nothing, to leave the portal
+    without an active administrator."""
+    actor = _manager(by, "manage users")
+    unknown = set(changes) - set(USER_EDITABLE)
+    if unknown:
+        raise RequestRefused("invalid", f"not a user field: {', '.join(sorted(unknown))}")
+    _storable({k: v for k, v in changes.items() if k != "password"})
+    with transaction.atomic():
+        pk = user if isinstance(user, int) else user.pk
+        row = User.objects.select_for_update().filter(pk=pk).first()
+        if row is None:
+            raise RequestRefused("not_found", f"no user #{pk}")
+        done: dict[str, Any] = {}
+        email = changes.get("email")
+        if email is not None and email != row.email:
+            try:
+                if email:
+                    validate_email(email)
+            except ValidationError:
+                raise RequestRefused("email", f"not an e-mail address: {email!r}") from None
+            row.email = done["email"] = email
+        active = changes.get("is_active")
+        if active is not None and bool(active) != row.is_active:
+            row.is_active = done["is_active"] = bool(active)
+        old_role = role_of(row)
+        role = changes.get("role")
+        if role is not None and role != old_role:
+            if role not in Role.values:
+                raise RequestRefused("role", f"unknown role {role!r}")
+            done["role"] = {"from": old_role, "to": role}
+        password = changes.get("password")
+        if password:
+            try:
+                validate_password(password, row)
+            except ValidationError as exc:
+                raise RequestRefused("password", " ".join(exc.messages)) from None
+            row.set_password(password)
+            done["password_changed"] = True
+        if not done:
+            return row
+        leaves_admin = not row.is_active or (role is not None and role != Role.ADMIN)
+        if old_role == Role.ADMIN and leaves_admin:
+            others = User.objects.filter(is_active=True, groups__name=Role.ADMIN).exclude(pk=pk)
+            if not others.exists():
+                raise RequestRefused(
+                    "last_admin", "the portal would be left without an active administrator"
+                )
+        row.save()
+        if "role" in done:
+            row.groups.set([Group.objects.get(name=role)])
+        record(
+            AuditEventType.USER_UPDATED,
+            actor=actor,
+            subject=row,
+            details={"username": row.get_username(), **done},
+        )
+    return row
+
+
+def password_changed(user: AuthUser) -> None:
+    """A user changed their own password (the admin's password page): one USER_UPDATED."""
+    record(
+        AuditEventType.USER_UPDATED,
+        actor=Actor.of(user),
+        subject=user,
+        details={"username": user.get_username(), "password_changed": True, "own": True},
+    )
 
 
 # --- Portal configuration: approval rules, notification channels, escalation levels ----

@@ -17,6 +17,7 @@ from django_rq.models import Dashboard
 from rq.exceptions import NoSuchJobError
 
 from portal import actions as portal_actions
+from portal import admin_users as admin_users  # the User and Group admins
 from portal import kinds, notify
 from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
 from portal.admin_display import duration_column, status_column, time_column

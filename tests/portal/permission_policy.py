@@ -80,8 +80,8 @@ class ModelPolicy:
 
 
 MODEL_POLICY = {
-    "auth.group": ModelPolicy(ADMIN, ADMIN, ADMIN, ADMIN),
-    "auth.user": ModelPolicy(ADMIN, ADMIN, ADMIN, ADMIN),
+    "auth.group": ModelPolicy(ADMIN),  # the roles: declared in code, read-only here
+    "auth.user": ModelPolicy(ADMIN, ADMIN, ADMIN),  # deactivated, never deleted
     "portal.auditevent": ModelPolicy(VIEW),
     "portal.apitoken": ModelPolicy(VIEW),
     "portal.approvalrule": ModelPolicy(VIEW, change=ADMIN),
@@ -198,7 +198,6 @@ POLICY: dict[str, Rule] = {
         for label, roles in APP_INDEX.items()
     },
     "admin/(?P<url>.*)$": rule(NONE, NONE, "catch-all: 404", refusal_404=True),
-    "admin/auth/user/<id>/password/": rule(ADMIN, ADMIN, "set a user's password"),
     # Custom admin views of the apps
     "admin/pra/host/<int:pk>/diagnose/": rule(NONE, OPERATE, "run a diagnostic"),
     "admin/pra/praaction/<int:pk>/approve/": rule(NONE, APPROVE),
