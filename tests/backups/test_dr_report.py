@@ -99,6 +99,20 @@ def test_over_target_and_stale_backups_are_not_ready(ready, capsys):
     assert code == 1 and "last good backup older than 26 h" in out
 
 
+def test_a_backup_slower_to_verify_than_its_target_is_not_ready(ready, capsys, settings):
+    """The seed's "verification under 5 min": the measured time of the last good
+    backup's verification, against BACKUP_VERIFY_TARGET."""
+    source, _, _ = ready
+    last = BackupRun.objects.of_source(source).last_good()
+    assert last is not None and last.verify_seconds is not None
+    code, out = report(capsys, "--components", "postgres")
+    shop = next(line for line in out.splitlines() if line.strip().startswith("shop "))
+    assert code == 0 and f"{last.verify_seconds:.1f}s / 300s" in shop, out
+    settings.BACKUP_VERIFY_TARGET = 0
+    code, out = report(capsys, "--components", "postgres")
+    assert code == 1 and "over the 0 s target" in out and "verification took" in out
+
+
 def test_an_unknown_component_is_refused(capsys):
     with pytest.raises(CommandError, match="unknown component vmware"):
         call_command("dr_report", "--components", "postgres,vmware")

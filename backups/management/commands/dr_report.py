@@ -57,12 +57,12 @@ class Command(BaseCommand):
             f"< {report.fresh_hours} h, restore < {report.drill_days} days and within target)"
         )
         self.stdout.write(
-            f"{'component / source':<34} {'last good backup':<17} {'last restore':<28} "
-            f"{'measured / target':<20} state"
+            f"{'component / source':<34} {'last good backup':<17} {'verification':<14} "
+            f"{'last restore':<28} {'measured / target':<20} state"
         )
         for component in report.components:
             state = "OK" if component.ok else "NOT READY"
-            self.stdout.write(f"{component.label:<34} {'':<17} {'':<28} {'':<20} {state}")
+            self.stdout.write(f"{component.label:<34} {'':<17} {'':<14} {'':<28} {'':<20} {state}")
             for problem in component.problems:
                 self.stdout.write(f"    {problem}")
             for row in component.rows:
@@ -74,8 +74,13 @@ class Command(BaseCommand):
                 restored = _when(row.restore_at) + (
                     f" {row.restore_what}" if row.restore_what else ""
                 )
+                verified = (
+                    f"{row.verify_seconds:.1f}s / {report.verify_target}s"
+                    if row.verify_seconds is not None
+                    else f"- / {report.verify_target}s"
+                )
                 self.stdout.write(
-                    f"  {row.name:<32} {_when(row.last_backup):<17} {restored:<28} "
+                    f"  {row.name:<32} {_when(row.last_backup):<17} {verified:<14} {restored:<28} "
                     f"{measured:<20} {'ok' if not row.problems else 'NOT READY'}"
                 )
                 for line in row.problems:
@@ -85,4 +90,6 @@ class Command(BaseCommand):
         self.stdout.write("Runbook targets the portal does not time (see the runbook):")
         for what, target, where in report.unmeasured:
             self.stdout.write(f"  {what:<32} target {target // 60} min ({where})")
-        self.stdout.write(f"Verification target: {report.verify_target} s per backup.")
+        self.stdout.write(
+            f"Verification target: {report.verify_target} s per backup (slower: NOT READY)."
+        )
