@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from backups.choices import DrillStatus, RestoreStatus, RunStatus, Verification
-from backups.models import BackupDrill, BackupRun, BackupSource, RestoreRequest
+from backups.models import BackupDrill, BackupRun, BackupSource, RestoreRequest, fresh_since
 from portal import approvals
 from portal.dashboard import INBOX_LIMIT, ApprovalItem, approval_items, approvals_source, panel
 
@@ -112,7 +112,7 @@ def _problem(row: dict, fresh) -> tuple[str, str]:
 @panel
 def backups_panel(request) -> dict:
     now = timezone.now()
-    fresh = now - timedelta(hours=settings.BACKUP_FRESH_HOURS)
+    fresh = fresh_since(now)
     finished = BackupRun.objects.filter(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED])
     drills = BackupDrill.objects.filter(status__in=[DrillStatus.SUCCEEDED, DrillStatus.FAILED])
     sources = list(

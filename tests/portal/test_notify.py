@@ -557,7 +557,7 @@ def test_the_admin_sends_a_test_and_retries_failed_ones(client, admin_user, view
     client.force_login(admin_user)
     client.post(CHANNELS, {"action": "send_test_notification", "_selected_action": [hook.pk]})
     row = Notification.objects.get(channel=hook, kind=NotificationKind.TEST)
-    assert AuditEvent.objects.filter(event_type=AuditEventType.NOTIFICATION_TEST).exists()
+    assert AuditEvent.objects.filter(event_type=AuditEventType.NOTIFICATION_TEST).count() == 1
 
     Notification.objects.filter(pk=row.pk).update(status=NotificationStatus.FAILED, attempts=5)
     changelist = "/admin/portal/notification/"
@@ -571,7 +571,7 @@ def test_the_admin_sends_a_test_and_retries_failed_ones(client, admin_user, view
     client.post(changelist, retry)
     row.refresh_from_db()
     assert row.status == NotificationStatus.PENDING and row.attempts == 0
-    assert AuditEvent.objects.filter(event_type=AuditEventType.NOTIFICATION_RETRIED).exists()
+    assert AuditEvent.objects.filter(event_type=AuditEventType.NOTIFICATION_RETRIED).count() == 1
 
 
 @pytest.mark.parametrize(

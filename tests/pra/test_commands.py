@@ -22,7 +22,7 @@ def test_pra_host_add_pins_the_presented_key(shared_ssh_target, capsys):
     expected = ssh.fingerprint(shared_ssh_target.host_key_line)
     assert expected in out
     assert host.host_key_fingerprint == expected
-    assert AuditEvent.objects.filter(event_type="HOST_ADDED").exists()
+    assert AuditEvent.objects.filter(event_type="HOST_ADDED").count() == 1
 
 
 def test_pra_host_add_refuses_a_key_that_is_not_the_expected_one(shared_ssh_target):
