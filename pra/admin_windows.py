@@ -1,18 +1,20 @@
 """Admin pages of maintenance windows and change freezes (administrators edit, everyone
 with the portal's view role reads). Every save and delete goes through ``pra.windows``
-(validated, one audit event per change); the admin's own change log is not used."""
+(validated, one audit event per change) by way of ``AuditedConfigAdmin``: a refusal rolls
+the page back and is shown on it ("Not saved: ..."). The admin's own change log is not
+used."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils import timezone
 
-from portal.admin_base import ReadOnlyAdmin
+from portal.admin_base import AuditedConfigAdmin, ReadOnlyAdmin
 from pra import windows
 from pra.models import ChangeFreeze, MaintenanceWindow, WindowOpening
 
 
-class _AdminOnly(admin.ModelAdmin):
+class _AdminOnly(AuditedConfigAdmin):
     actions = None  # no bulk delete: each delete is one audited change
 
     def has_add_permission(self, request):
@@ -24,13 +26,15 @@ class _AdminOnly(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return request.user.has_perm(windows.MANAGE_PERMISSION)
 
+    # The audit log has the event; no admin LogEntry. (Django 5.x logs deletes through
+    # log_deletions; log_deletion is its deprecated per-object form.)
     def log_addition(self, request, obj, message):
-        return None  # the audit log has the event
+        return None
 
     def log_change(self, request, obj, message):
         return None
 
-    def log_deletion(self, request, obj, object_repr):
+    def log_deletions(self, request, queryset):
         return None
 
 
@@ -61,24 +65,24 @@ class MaintenanceWindowAdmin(_AdminOnly):
         state = "open now" if opening.is_open(timezone.now()) else "next"
         return f"{state}: {opening.label}"
 
-    def save_model(self, request, obj, form, change):
-        fields = {f: form.cleaned_data[f] for f in windows.WINDOW_FIELDS if f in form.cleaned_data}
-        try:
-            saved = windows.save_window(
-                obj if change else None,
-                by=request.user,
-                backup_sources=list(form.cleaned_data.get("backup_sources") or []),
-                **fields,
-            )
-        except windows.WindowError as exc:
-            messages.error(request, f"Not saved: {exc.message}")
-            return
-        obj.pk = saved.pk
+    # The backup_sources many-to-many goes to save_window with the rest of the form
+    # (AuditedConfigAdmin.save_related saves no many-to-many itself).
+    def config_create(self, request, fields):
+        fields = dict(fields)
+        sources = list(fields.pop("backup_sources", None) or [])
+        return windows.save_window(None, by=request.user, backup_sources=sources, **fields)
 
-    def save_related(self, request, form, formsets, change):
-        return None  # save_window set the backup sources in its own transaction
+    def config_update(self, request, obj, changes):
+        changes = dict(changes)
+        sources = changes.pop("backup_sources", None)  # absent: unchanged
+        return windows.save_window(
+            obj,
+            by=request.user,
+            backup_sources=None if sources is None else list(sources),
+            **changes,
+        )
 
-    def delete_model(self, request, obj):
+    def config_delete(self, request, obj):
         windows.delete_window(obj, by=request.user)
 
 
@@ -94,16 +98,13 @@ class ChangeFreezeAdmin(_AdminOnly):
             return "ON: only emergencies run"
         return "ended" if obj.ends_at <= now else "planned"
 
-    def save_model(self, request, obj, form, change):
-        fields = {f: form.cleaned_data[f] for f in windows.FREEZE_FIELDS}
-        try:
-            saved = windows.save_freeze(obj if change else None, by=request.user, **fields)
-        except windows.WindowError as exc:
-            messages.error(request, f"Not saved: {exc.message}")
-            return
-        obj.pk = saved.pk
+    def config_create(self, request, fields):
+        return windows.save_freeze(None, by=request.user, **fields)
 
-    def delete_model(self, request, obj):
+    def config_update(self, request, obj, changes):
+        return windows.save_freeze(obj, by=request.user, **changes)
+
+    def config_delete(self, request, obj):
         windows.delete_freeze(obj, by=request.user)
 
 

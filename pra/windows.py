@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -29,6 +28,8 @@ from django.utils import timezone
 from portal.audit import Actor, record
 from portal.choices import AuditEventType
 from portal.errors import RequestRefused
+from portal.lib.permissions import require_perm
+from portal.lib.validation import full_clean_or_refuse
 from pra.models import ChangeFreeze, Host, MaintenanceWindow, PRAAction
 
 MANAGE_PERMISSION = "portal.manage_portal"
@@ -255,21 +256,16 @@ def outlook(
 
 
 def _require_admin(by: User | Actor) -> Actor:
+    """The actor of ``by``; a person needs MANAGE_PERMISSION (a system actor, no user, is
+    trusted by its caller)."""
     actor = Actor.of(by)
-    if actor.user is not None and not actor.user.has_perm(MANAGE_PERMISSION):
-        raise WindowError("permission", "Only administrators edit maintenance windows and freezes.")
+    require_perm(
+        actor.user,
+        MANAGE_PERMISSION,
+        "edit maintenance windows and freezes (administrators only)",
+        WindowError,
+    )
     return actor
-
-
-def _clean(obj) -> None:
-    try:
-        obj.full_clean()
-    except ValidationError as exc:
-        parts = []
-        for field, messages in exc.message_dict.items():
-            label = "" if field == "__all__" else f"{field}: "
-            parts.append(label + " ".join(messages))
-        raise WindowError("invalid", "; ".join(parts)) from None
 
 
 def _value(value: Any) -> Any:
@@ -304,7 +300,7 @@ def save_window(
         )
         for name, value in fields.items():
             setattr(obj, name, value.strip() if isinstance(value, str) else value)
-        _clean(obj)
+        full_clean_or_refuse(obj, WindowError)
         changes = {f: _value(getattr(obj, f)) for f in WINDOW_FIELDS
                    if created or getattr(obj, f) != before[f]}  # fmt: skip
         obj.save()
@@ -359,7 +355,7 @@ def save_freeze(freeze: ChangeFreeze | None, *, by: User | Actor, **fields: Any)
         before = {f: getattr(obj, f) for f in FREEZE_FIELDS}
         for name, value in fields.items():
             setattr(obj, name, value)
-        _clean(obj)
+        full_clean_or_refuse(obj, WindowError)
         changes = {f: _value(getattr(obj, f)) for f in FREEZE_FIELDS
                    if created or getattr(obj, f) != before[f]}  # fmt: skip
         if not changes:
