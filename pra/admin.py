@@ -206,24 +206,47 @@ class ProposeForm(forms.ModelForm):
     auto_approve_requested = forms.BooleanField(
         required=False, label="Ask for automatic approval (LOW impact, if policy allows)"
     )
+    emergency = forms.BooleanField(
+        required=False,
+        label="Emergency",
+        help_text="Runs during a change freeze and outside maintenance windows. Needs a typed "
+        "reason below and one more signature than the action's impact usually needs.",
+    )
+    emergency_reason = forms.CharField(
+        required=False,
+        label="Emergency reason",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Only for an emergency: why it cannot wait for the next maintenance window "
+        "or the end of the freeze. It needs one more signature.",
+    )
 
     class Meta:
         model = PRAAction
-        fields = ["action", "host", "params", "rationale", "auto_approve_requested"]
+        fields = ["action", "host", "params", "rationale", "auto_approve_requested",
+                  "emergency", "emergency_reason"]  # fmt: skip
 
     def clean(self):
         data = super().clean()
         if self.errors:
             return data
+        auto_approve = data.get("auto_approve_requested", False)
         try:
             actions.validate_proposal(
                 action=data["action"],
                 host=data["host"],
                 params=data.get("params") or {},
                 rationale=data.get("rationale", ""),
-                auto_approve=data.get("auto_approve_requested", False),
+                auto_approve=auto_approve,
+            )
+            # The same check submit_proposal makes, so a bad reason is a form error.
+            data["emergency_reason"] = actions.validate_emergency(
+                data.get("emergency", False), data.get("emergency_reason", ""), auto_approve
             )
         except actions.ActionError as exc:
+            if exc.code == "emergency_reason":
+                self.add_error("emergency_reason", exc.message)
+                return data
             raise forms.ValidationError(exc.message) from None
         return data
 
@@ -306,9 +329,13 @@ class PRAActionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             rationale=form.cleaned_data["rationale"],
             by=request.user,
             auto_approve=form.cleaned_data.get("auto_approve_requested", False),
+            emergency=form.cleaned_data.get("emergency", False),
+            emergency_reason=form.cleaned_data.get("emergency_reason", ""),
         )
         obj.pk = proposal.action.pk
         obj._joined_message = "" if proposal.created else proposal.message
+        if proposal.created and proposal.action.emergency:
+            messages.warning(request, proposal.message)  # "EMERGENCY: ... 2 signature(s)"
 
     def response_add(self, request, obj, post_url_continue=None):
         if getattr(obj, "_joined_message", ""):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
@@ -19,7 +20,7 @@ from pra import actions, windows
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.diagnostics import DIAGNOSTICS
-from pra.models import DiagnosticRun, Host, PRAAction
+from pra.models import ChangeFreeze, DiagnosticRun, Host, PRAAction
 
 router = Router(tags=["remediation"])
 
@@ -62,6 +63,10 @@ class CatalogEntryOut(Schema):
     impact_note: str
     params: list[ParamOut]
     verification: str | None
+    requires_window: bool = Field(
+        description="Runs only inside a maintenance window (the entry says so, or its impact "
+        "is listed in PRA_WINDOW_IMPACTS); an emergency is not held by windows."
+    )
 
 
 class HostOut(Schema):
@@ -252,6 +257,9 @@ def catalog_out() -> list[dict]:
                 for p in s.params
             ],
             "verification": " ".join(s.probe.diag) if s.probe else None,
+            # The rule windows.requires_window applies to an action, asked of an unsaved
+            # one: the catalog entry and its impact are all it reads.
+            "requires_window": windows.requires_window(PRAAction(action=s.name, impact=s.impact)),
         }
         for s in CATALOG.values()
     ]
@@ -266,6 +274,109 @@ def host_out(host: Host) -> dict:
         "host_key_fingerprint": host.host_key_fingerprint,
         "tags": host.tag_list,
         "enabled": host.enabled,
+    }
+
+
+class OpeningOut(Schema):
+    window: str
+    label: str = Field(description="Its start in the window's own time zone, in words.")
+    opens_at: datetime
+    closes_at: datetime
+    open_now: bool
+
+
+class FreezeOut(Schema):
+    reason: str
+    starts_at: datetime
+    ends_at: datetime
+    active: bool
+
+
+class MaintenanceOutlookOut(Schema):
+    host: str
+    summary: str = Field(description="The same, in plain words.")
+    windows: list[str] = Field(description="Enabled windows that apply to the host.")
+    window: OpeningOut | None = Field(
+        description="The window open now, or the next one, that no change freeze overlaps "
+        "(within PRA_WINDOW_MAX_WAIT_DAYS); null when there is none."
+    )
+    freeze: FreezeOut | None = Field(description="The change freeze in force now, or null.")
+    upcoming_freezes: list[FreezeOut] = Field(description="Freezes in force or to come.")
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%a %Y-%m-%d %H:%M} UTC"
+
+
+def _freeze_out(freeze: ChangeFreeze, now: datetime) -> dict:
+    return {
+        "reason": freeze.reason,
+        "starts_at": freeze.starts_at,
+        "ends_at": freeze.ends_at,
+        "active": freeze.starts_at <= now < freeze.ends_at,
+    }
+
+
+def maintenance_outlook_out(host: Host, now: datetime | None = None) -> dict:
+    """When ``host`` may next take window-bound actions, and what freezes hold changes
+    (the REST API's and the MCP tool's answer), from ``pra.windows``' own calendar."""
+    now = now or timezone.now()
+    names = list(windows.windows_for(host).order_by("name").values_list("name", flat=True))
+    opening = windows.first_opening_for(host, now)
+    active = windows.active_freeze(now)
+    upcoming = windows.upcoming_freezes(now)
+    days = settings.PRA_WINDOW_MAX_WAIT // 86400
+    words = []
+    if active is not None:
+        words.append(
+            f"A change freeze is on until {_when(active.ends_at)} ({active.reason}): only "
+            "emergency actions run; a person proposes those in the portal."
+        )
+    else:
+        words.append("No change freeze is on now.")
+    if opening is not None:
+        closes = _when(opening.closes_at)
+        if opening.is_open(now):
+            words.append(f"Maintenance window {opening.window.name} is open now, until {closes}.")
+        else:
+            words.append(
+                f"The next maintenance window for {host.name} is {opening.window.name}, "
+                f"starting {opening.label} (until {closes})."
+            )
+    elif names:
+        words.append(
+            f"No maintenance window for {host.name} opens in the next {days} days outside "
+            "change freezes."
+        )
+    else:
+        words.append(f"No maintenance window applies to {host.name}.")
+    later = [f for f in upcoming if f.starts_at > now]
+    if later:
+        words.append(
+            "Upcoming change freeze(s): "
+            + "; ".join(f"{f.reason}, {_when(f.starts_at)} to {_when(f.ends_at)}" for f in later)
+            + "."
+        )
+    words.append(
+        "Actions that require a window (requires_window in the catalog) run only inside one."
+    )
+    return {
+        "host": host.name,
+        "summary": " ".join(words),
+        "windows": names,
+        "window": (
+            {
+                "window": opening.window.name,
+                "label": opening.label,
+                "opens_at": opening.opens_at,
+                "closes_at": opening.closes_at,
+                "open_now": opening.is_open(now),
+            }
+            if opening is not None
+            else None
+        ),
+        "freeze": _freeze_out(active, now) if active is not None else None,
+        "upcoming_freezes": [_freeze_out(f, now) for f in upcoming],
     }
 
 
@@ -373,6 +484,19 @@ def execute(request, action_id: int):
     except actions.ActionError as exc:
         return _error(exc)
     return Status(202, action_out(obj))
+
+
+@router.get(
+    "/hosts/{host}/maintenance-outlook", response={200: MaintenanceOutlookOut, 404: ErrorOut}
+)
+def maintenance_outlook(request, host: str):
+    """The host's current or next maintenance window and the change freezes, in words
+    (`summary`) and fields."""
+    _need(request, "portal.view_portal")
+    obj = Host.objects.filter(name=host).first()
+    if obj is None:
+        return Status(404, {"error": "not_found", "message": f"unknown host {host!r}"})
+    return maintenance_outlook_out(obj)
 
 
 @router.get("/diagnostics", response=list[dict])

@@ -30,7 +30,16 @@ from portal.mcp.core import (
     tool,
 )
 from pra import actions
-from pra.api import ActionOut, CatalogEntryOut, HostOut, action_out, catalog_out, host_out
+from pra.api import (
+    ActionOut,
+    CatalogEntryOut,
+    HostOut,
+    MaintenanceOutlookOut,
+    action_out,
+    catalog_out,
+    host_out,
+    maintenance_outlook_out,
+)
 from pra.choices import OPEN, TERMINAL, ActionStatus, Verification
 from pra.models import DiagnosticRun, Host, PRAAction
 
@@ -57,12 +66,17 @@ Workflow:
    verification (VERIFIED means the catalog's probe confirmed the fix).
 6. Verify yourself with the same diagnostic you started from.
 
-Maintenance windows and change freezes: every action result has `maintenance`
-and `hold_reason`. If maintenance.on_approval says it waits, tell the user the
-action will run in the window named there (status WAITING once approved; do not
-call execute_pra_action before it is APPROVED). If it says approval is refused
-because of a change freeze, tell the user: only emergency actions run during a
-freeze, and a person proposes those in the portal.
+Maintenance windows and change freezes: list_pra_catalog says per entry whether
+it requires_window; maintenance_outlook(host) says which window is open now or
+comes next for a host and which change freezes are on or coming. Every action
+result has `maintenance` and `hold_reason`. If maintenance.on_approval says it
+waits, tell the user the action will run in the window named there (status
+WAITING once approved; do not call execute_pra_action before it is APPROVED). If
+it says approval is refused because of a change freeze, tell the user: only
+emergency actions run during a freeze, and you cannot propose one. A person
+proposes it in the portal's propose form (Emergency, with a typed reason why it
+cannot wait for the next window or the end of the freeze); it needs one more
+signature.
 """
 
 # --- result shapes ------------------------------------------------------------------
@@ -115,9 +129,20 @@ async def list_pra_catalog() -> list[CatalogEntryOut]:
     """List the remediation catalog: the only actions that can ever be proposed.
 
     Each entry has its impact (LOW, MEDIUM, HIGH: how many people must approve),
-    its parameters with their allowed pattern, and the probe that verifies it.
+    its parameters with their allowed pattern, the probe that verifies it, and
+    requires_window: true when it runs only inside a maintenance window (see
+    maintenance_outlook for when the next one opens on a host).
     """
     return await run(_list_catalog)
+
+
+def _maintenance_outlook(call: Call, host: str) -> dict:
+    require_view(call)
+    obj = Host.objects.filter(name=host).first()
+    if obj is None:
+        raise ToolError(f"No host {host!r}. list_hosts shows the hosts by name.")
+    call.subject = subject_of(obj)
+    return maintenance_outlook_out(obj)
 
 
 # --- diagnostics (read-only, over SSH through the target's pra-diag) -----------------
@@ -133,6 +158,18 @@ Unit = Annotated[
         description="systemd unit name, e.g. unbound (letters, digits, '_', '.', '-').",
     ),
 ]
+
+
+@tool(annotations=READ_ONLY)
+async def maintenance_outlook(host: HostName) -> MaintenanceOutlookOut:
+    """When a host may take actions that require a maintenance window, and what the
+    change freezes allow.
+
+    `window`: the window open now (open_now) or the next one that no freeze overlaps;
+    `freeze`: the change freeze in force (only emergencies run, and only a person
+    proposes those in the portal); `upcoming_freezes`; `summary` says it in words.
+    """
+    return await run(_maintenance_outlook, host)
 
 
 def _diagnose(call: Call, host: str, name: str, params: dict[str, Any]) -> dict | ActedButFailed:

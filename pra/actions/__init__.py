@@ -45,6 +45,7 @@ from pra.actions.proposal import (
     Proposer,
     propose_action,
     submit_proposal,
+    validate_emergency,
     validate_proposal,
 )
 from pra.actions.sweeps import expire_due, reap_lost_runs, reconcile_approved, release_waiting
@@ -89,5 +90,6 @@ __all__ = [
     "still_running",
     "submit_proposal",
     "update_host",
+    "validate_emergency",
     "validate_proposal",
 ]

@@ -155,7 +155,7 @@ def submit_proposal(
     host = target
     _check_auto_approve_allowed(proposer, auto_approve)
     _storable(emergency_reason=emergency_reason)
-    emergency_reason = _validate_emergency(emergency, emergency_reason, auto_approve)
+    emergency_reason = validate_emergency(emergency, emergency_reason, auto_approve)
     if not isinstance(evidence_ids, list | tuple) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in evidence_ids
     ):
@@ -233,7 +233,10 @@ def submit_proposal(
     return Proposal(obj, True, f"{message} {_window_note(obj)}".strip())
 
 
-def _validate_emergency(emergency: object, reason: str, auto_approve: bool) -> str:
+def validate_emergency(emergency: object, reason: str, auto_approve: bool = False) -> str:
+    """Check the emergency flag and its typed reason without writing anything; returns
+    the reason as stored ("" for an ordinary proposal). ``submit_proposal`` and the
+    admin's propose form both call it."""
     if not isinstance(emergency, bool):
         raise ActionError("invalid", "emergency must be true or false")
     if not emergency:

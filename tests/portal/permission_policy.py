@@ -247,6 +247,7 @@ POLICY: dict[str, Rule] = {
     "api/pra/actions/<action_id>/execute": rule(post=OPERATE),
     "api/pra/diagnostics": rule(VIEW),
     "api/pra/hosts/<host>/diagnostics": rule(post=OPERATE),
+    "api/pra/hosts/<host>/maintenance-outlook": rule(VIEW),
     # Agents sign their requests with their own secret: no user or token gets in.
     "api/agents/heartbeat": rule(post=NONE, why="agent signature"),
     "api/agents/commands/<command_id>/ack": rule(post=NONE, why="agent signature"),

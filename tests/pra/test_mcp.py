@@ -782,3 +782,46 @@ def test_tools_say_when_an_action_waits_for_a_window_or_a_freeze_blocks_it(
             refused
         )
         assert "it runs by itself when the window opens" in refused
+
+
+def test_maintenance_outlook_names_the_host_s_next_window_and_the_freezes(
+    daphne, operator, admin_user, token_of
+):
+    """Read-only and audited like the other read tools; an unknown host is a tool error."""
+    from pra import windows
+    from tests.pra.factories import offline_host
+
+    host = offline_host()
+    now = timezone.now()
+    opens = (now + timedelta(hours=1)).replace(second=0, microsecond=0)
+    windows.save_window(None, by=admin_user, name="sunday-night", weekday=opens.weekday(),
+                        start_time=opens.time(), duration_minutes=120)  # fmt: skip
+    windows.save_freeze(None, by=admin_user, reason="quarter close freeze",
+                        starts_at=now - timedelta(minutes=1),
+                        ends_at=now + timedelta(minutes=30))  # fmt: skip
+    windows.save_freeze(None, by=admin_user, reason="year-end change freeze",
+                        starts_at=now + timedelta(days=3),
+                        ends_at=now + timedelta(days=4))  # fmt: skip
+    _, raw = token_of(operator)
+    with mcp_session(http_transport(daphne, raw)) as mcp:
+        assert "maintenance_outlook" in mcp.tool_names()
+        out = mcp.ok("maintenance_outlook", {"host": host.name})
+        assert (out["host"], out["windows"]) == ("dns-1", ["sunday-night"])
+        assert out["window"]["window"] == "sunday-night" and out["window"]["open_now"] is False
+        assert out["window"]["label"] == f"{opens:%a %H:%M} UTC ({opens:%Y-%m-%d})"
+        assert out["freeze"]["reason"] == "quarter close freeze"
+        assert [f["reason"] for f in out["upcoming_freezes"]] == [
+            "quarter close freeze",
+            "year-end change freeze",
+        ]
+        assert "The next maintenance window for dns-1 is sunday-night" in out["summary"]
+        assert "quarter close freeze" in out["summary"]
+        assert "year-end change freeze" in out["summary"]
+        assert "requires_window" in {k for c in mcp.ok("list_pra_catalog") for k in c}
+
+        unknown = mcp.error("maintenance_outlook", {"host": "nope"})
+        assert "No host 'nope'" in unknown and "list_hosts" in unknown
+        assert "Traceback" not in unknown
+    events = AuditEvent.objects.filter(event_type=AuditEventType.MCP_TOOL_CALL).order_by("id")
+    assert events.first().details["tool"] == "maintenance_outlook"
+    assert_audited(mcp, operator, raw)
