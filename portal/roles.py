@@ -74,7 +74,11 @@ def sync_roles(group_model=None, permission_model=None, content_type_model=None)
 
 def role_of(user) -> str | None:
     """The user's role name (highest if several), or None."""
-    names = set(user.groups.values_list("name", flat=True))
+    return highest_role(set(user.groups.values_list("name", flat=True)))
+
+
+def highest_role(names: set[str]) -> str | None:
+    """The highest role among these group names, or None."""
     for role in (Role.ADMIN, Role.APPROVER, Role.OPERATOR, Role.VIEWER):
         if role.value in names:
             return role.value
