@@ -173,6 +173,7 @@ class AuditEvents(models.TextChoices):
     BACKUP_SOURCE_CHANGED = "BACKUP_SOURCE_CHANGED", "Backup source changed"
     BACKUP_RUN_REQUESTED = "BACKUP_RUN_REQUESTED", "Backup requested (run now)"
     BACKUP_DRILL_REQUESTED = "BACKUP_DRILL_REQUESTED", "Restore drill requested (run now)"
+    DR_EXERCISE_RECORDED = "DR_EXERCISE_RECORDED", "Recovery exercise recorded (timed by a person)"
 
 
 @LIVE_EVENTS.register

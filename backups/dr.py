@@ -12,35 +12,50 @@ it gives, per source (per Proxmox node for VMs/LXCs):
 - the last backup's full verification time against ``BACKUP_VERIFY_TARGET`` (5 min): a
   slower one is a problem too.
 
+The seed's MinIO and monitoring rebuilds, which the portal does not run, are components
+too: a person rehearses one, times it and records it (``record_exercise``, one audit
+event); the newest record is judged like a restore proof.
+
 A component is OK when it has at least one enabled source and each of them has a fresh
-backup and a fresh restore proof. ``manage.py dr_report`` exits non-zero otherwise; the
-admin page (Backups › Backup sources › DR report) shows the same ``build()``.
+backup and a fresh restore proof (a rebuild: a fresh record within its target).
+``manage.py dr_report`` exits non-zero otherwise; the admin page (Backups › Backup
+sources › DR report) shows the same ``build()``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
 from django.utils import timezone
 
 from backups.choices import DrillStatus, RestoreStatus, SourceKind
 from backups.models import BackupDrill, BackupRun, BackupSource, RestoreRequest, fresh_since
+from portal.audit import Actor, record
+from portal.choices import AuditEventType
+from portal.errors import RequestRefused
+from portal.lib.text import UnstorableText, refuse_unstorable
+from portal.models import AuditEvent
 
+# The seed's rebuilds the portal does not run: a person rehearses them (the runbook's
+# step), times them and records the time (``record_exercise``, ``dr_report --record``).
+EXERCISES = {
+    "minio_rebuild": ("MinIO rebuild", 600.0, "docs/disaster-recovery.md step 2"),
+    "monitoring_rebuild": ("Monitoring rebuild", 900.0, "docs/disaster-recovery.md step 6"),
+}
 COMPONENTS = (
     (SourceKind.POSTGRES, "PostgreSQL"),
     (SourceKind.REDIS, "Redis"),
     (SourceKind.KUBERNETES, "Kubernetes"),
     (SourceKind.TERRAFORM, "Terraform state"),
     ("proxmox", "VMs/LXCs (Proxmox)"),
+    *((key, label) for key, (label, _target, _where) in EXERCISES.items()),
 )
 COMPONENT_KEYS = tuple(key for key, _ in COMPONENTS)
-# The seed's other targets: steps of docs/disaster-recovery.md the portal does not time.
-UNMEASURED = (
-    ("MinIO rebuild", 600, "docs/disaster-recovery.md step 2"),
-    ("monitoring rebuild", 900, "docs/disaster-recovery.md step 6"),
-)
+MAX_EXERCISE_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -57,6 +72,7 @@ class Row:
     restore_seconds: float | None = None
     target_seconds: float = 0.0
     restore_ok: bool = False
+    has_backups: bool = True  # False for a rebuild rehearsed by hand (nothing backed up)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -80,7 +96,6 @@ class Report:
     fresh_hours: int
     drill_days: int
     verify_target: int
-    unmeasured: tuple = UNMEASURED
 
     @property
     def ok(self) -> bool:
@@ -107,10 +122,6 @@ class Report:
                 {"key": c.key, "label": c.label, "ok": c.ok, "problems": c.problems,
                  "rows": [asdict(r) for r in c.rows]}
                 for c in self.components
-            ],
-            "unmeasured": [
-                {"what": what, "target_seconds": target, "where": where}
-                for what, target, where in self.unmeasured
             ],
         })  # fmt: skip
 
@@ -184,6 +195,74 @@ def judge_proof(row: Row, proof, proof_after: datetime) -> None:
         )
 
 
+def record_exercise(
+    step: str,
+    *,
+    seconds: float,
+    by: Actor | User | str,
+    performed_at: datetime | None = None,
+    note: str = "",
+    now: datetime | None = None,
+) -> AuditEvent:
+    """Record a rehearsed rebuild the portal does not run (MinIO, monitoring): when it was
+    done and how long it took, as one audit event (append-only, chained: the record is
+    what the report reads). Refuses, writing nothing, anything it cannot trust."""
+    now = now or timezone.now()
+    performed_at = performed_at or now
+    if step not in EXERCISES:
+        raise RequestRefused(
+            "invalid", f"unknown exercise {step!r}; choose from {', '.join(EXERCISES)}"
+        )
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise RequestRefused("invalid", "the time taken must be a number of seconds")
+    if not 0 < seconds <= MAX_EXERCISE_SECONDS:
+        raise RequestRefused("invalid", "the time taken must be more than 0 s and at most 7 days")
+    if timezone.is_naive(performed_at):
+        raise RequestRefused(
+            "invalid", "the exercise time needs a time zone (e.g. 2026-12-01T02:00Z)"
+        )
+    if performed_at > now + timedelta(minutes=5):
+        raise RequestRefused("invalid", "the exercise cannot be in the future")
+    if performed_at < now - timedelta(days=366):
+        raise RequestRefused("invalid", "the exercise is more than a year old")
+    note = " ".join((note or "").split())
+    if len(note) > 500:
+        raise RequestRefused("invalid", "the note is longer than 500 characters")
+    try:
+        refuse_unstorable({"note": note, "step": step})
+    except UnstorableText as exc:
+        raise RequestRefused("invalid", str(exc)) from None
+    label, target, _where = EXERCISES[step]
+    with transaction.atomic():
+        return record(
+            AuditEventType.DR_EXERCISE_RECORDED,
+            actor=by,
+            details={"step": step, "seconds": round(float(seconds), 1), "target_seconds": target,
+                     "performed_at": performed_at.astimezone(UTC).isoformat(), "note": note},
+        )  # fmt: skip
+
+
+def exercise_row(step: str, now: datetime) -> Row:
+    """The newest recorded exercise of ``step`` against its target and freshness."""
+    label, target, where = EXERCISES[step]
+    row = Row(name=f"rehearsed by hand ({where})", target_seconds=target, has_backups=False)
+    recorded = AuditEvent.objects.filter(
+        event_type=AuditEventType.DR_EXERCISE_RECORDED, details__step=step
+    ).order_by("-id")[:50]
+    newest = max(recorded, key=lambda e: e.details["performed_at"], default=None)
+    if newest is None:
+        row.problems.append(
+            f"never rehearsed: time the step, then dr_report --record {step} --took SECONDS"
+        )
+        return row
+    at = datetime.fromisoformat(newest.details["performed_at"])
+    proof = (at, f"exercise by {newest.actor}", float(newest.details["seconds"]))
+    judge_proof(row, proof, now - timedelta(days=settings.BACKUP_DRILL_FRESH_DAYS))
+    if newest.details.get("note"):
+        row.notes.append(newest.details["note"])
+    return row
+
+
 def build(now: datetime | None = None, components: tuple[str, ...] = COMPONENT_KEYS) -> Report:
     now = now or timezone.now()
     reports = []
@@ -191,7 +270,9 @@ def build(now: datetime | None = None, components: tuple[str, ...] = COMPONENT_K
         if key not in components:
             continue
         component = ComponentReport(key, label)
-        if key == "proxmox":
+        if key in EXERCISES:
+            component.rows = [exercise_row(key, now)]
+        elif key == "proxmox":
             from pra import proxmox
 
             component.rows = proxmox.dr_rows(now)

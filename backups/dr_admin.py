@@ -25,6 +25,7 @@ def dr_report_view(request, admin_site, opts):
         **admin_site.each_context(request),
         "title": "Disaster-recovery report",
         "report": report,
+        "exercises": dr.EXERCISES,
         "opts": opts,
     }
     return TemplateResponse(request, "admin/backups/dr_report.html", context)

@@ -8,6 +8,7 @@ through a real RQ worker. Time is moved by ageing rows (a drill's finish), not b
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from django.utils import timezone
 from backups import actions, dr, terraform
 from backups.choices import RestoreStatus
 from backups.models import BackupDrill, BackupRun, BackupSource
+from portal.models import AuditEvent
 from tests.backups.helpers import backup_now, pg_source, run_jobs
 from tests.backups.restoring import approve_and_run, pg_target
 from tests.backups.test_terraform import KEY, bucket, moto, tf_source  # noqa: F401 - fixtures
@@ -138,3 +140,53 @@ def call_command_json(*args) -> str:
     out = StringIO()
     call_command("dr_report", "--json", *args, stdout=out)
     return out.getvalue()
+
+
+def test_rehearsed_rebuilds_are_recorded_and_judged(capsys, admin_user):
+    """MinIO and monitoring rebuilds are not run by the portal: a person times them and
+    records the time; the report judges the newest record against the seed's target."""
+    code, out = report(capsys, "--components", "minio_rebuild,monitoring_rebuild")
+    assert code == 1 and out.count("never rehearsed") == 2, out
+    call_command("dr_report", "--record", "minio_rebuild", "--took", "480",
+                 "--by", admin_user.username, "--note", "rebuilt on the spare node")  # fmt: skip
+    assert "MinIO rebuild took 480 s (within the 600 s target)" in capsys.readouterr().out
+    call_command("dr_report", "--record", "monitoring_rebuild", "--took", "1000")
+    assert "OVER the 900 s target" in capsys.readouterr().out
+    code, out = report(capsys, "--components", "minio_rebuild,monitoring_rebuild")
+    assert code == 1 and "took 1000.0 s, over the 900 s target" in out
+    assert (
+        "not ready: Monitoring rebuild" in out and "MinIO rebuild" not in out.split("not ready")[1]
+    )
+    data = json.loads(call_command_json("--components", "minio_rebuild"))
+    (row,) = data["components"][0]["rows"]
+    assert row["restore_seconds"] == 480 and row["target_seconds"] == 600
+    assert row["restore_what"] == f"exercise by {admin_user.username}" and row["restore_ok"]
+    assert row["notes"] == ["rebuilt on the spare node"] and not row["has_backups"]
+    call_command("dr_report", "--record", "monitoring_rebuild", "--took", "700")
+    code, out = report(capsys, "--components", "minio_rebuild,monitoring_rebuild")
+    assert code == 0, out
+    later = dr.build(now=timezone.now() + timedelta(days=10), components=("minio_rebuild",))
+    assert not later.ok
+    assert "older than 8 days" in " ".join(later.components[0].rows[0].problems)
+    assert AuditEvent.objects.filter(event_type="DR_EXERCISE_RECORDED").count() == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["nas_rebuild", "--took", "5"], "unknown exercise 'nas_rebuild'"),
+        (["minio_rebuild"], "--took needs the time taken"),
+        (["minio_rebuild", "--took", "-3"], "more than 0 s"),
+        (["minio_rebuild", "--took", "nan"], "more than 0 s"),
+        (["minio_rebuild", "--took", "5", "--at", "2099-01-01T00:00Z"], "in the future"),
+        (["minio_rebuild", "--took", "5", "--at", "2020-01-01T00:00Z"], "more than a year old"),
+        (["minio_rebuild", "--took", "5", "--at", "2026-11-30T02:00"], "needs a time zone"),
+        (["minio_rebuild", "--took", "5", "--at", "yesterday"], "not an ISO time"),
+        (["minio_rebuild", "--took", "5", "--by", "ghost"], "no active user 'ghost'"),
+        (["minio_rebuild", "--took", "5", "--note", "bad\x00note"], "note"),
+    ],
+)
+def test_a_bad_exercise_record_is_refused_and_writes_nothing(args, says):
+    with pytest.raises(CommandError, match=re.escape(says)):
+        call_command("dr_report", "--record", *args)
+    assert not AuditEvent.objects.filter(event_type="DR_EXERCISE_RECORDED").exists()
