@@ -129,7 +129,7 @@ def _cascade(app_label: str, model_name: str, pk: str) -> set[str]:
     collector.collect([obj])
     models = {*collector.data, *(qs.model for qs in collector.fast_deletes)}
     models |= {field.model for field, _value in collector.field_updates}
-    return {m._meta.concrete_model._meta.label_lower for m in models}
+    return {(m._meta.concrete_model or m)._meta.label_lower for m in models}
 
 
 def _exists(app_label: str, model_name: str, pk: str) -> bool:
