@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from backups import actions, restore_targets
 from backups.choices import ArtifactFormat, RestoreStatus, RunStatus, Verification
@@ -54,7 +55,7 @@ VERIFICATION_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
-def verification_badge(value: str):
+def verification_badge(value: str) -> SafeString:
     """A backup's verification as not run / passed / failed."""
     words, kind = VERIFICATION_WORDS.get(value, (value, "warn"))
     return badge(value, kind=kind, label=words)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
 from backups import encryption
 
 
 @register()
-def check_encryption_keys(app_configs, **kwargs):
+def check_encryption_keys(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     try:
         ring = encryption.keyring()
     except ImproperlyConfigured as exc:
@@ -30,8 +30,8 @@ def check_encryption_keys(app_configs, **kwargs):
 
 
 @register()
-def check_storage(app_configs, **kwargs):
-    errors = []
+def check_storage(app_configs: object, **kwargs: object) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     backend, copy = settings.BACKUP_STORAGE, settings.BACKUP_COPY_TO
     if backend not in {"local", "s3"}:
         errors.append(Error(f"BACKUP_STORAGE={backend!r}: use local or s3.", id="backups.E003"))

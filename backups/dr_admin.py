@@ -6,8 +6,10 @@ the same ``backups.dr.build()`` as ``manage.py dr_report``. GET only.
 
 from __future__ import annotations
 
+from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseNotAllowed
+from django.db.models.options import Options
+from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 
 from backups import dr
@@ -15,7 +17,7 @@ from backups import dr
 VIEW_PERMISSION = "portal.view_portal"
 
 
-def dr_report_view(request, admin_site, opts):
+def dr_report_view(request: HttpRequest, admin_site: AdminSite, opts: Options) -> HttpResponseBase:
     if not request.user.has_perm(VIEW_PERMISSION):
         raise PermissionDenied
     if request.method != "GET":

@@ -28,7 +28,7 @@ DEMO_AGENT = "demo-target-agent"
 PORTAL_WAIT = 120.0  # seconds the agent waits for the portal to answer at start
 
 
-def key_file():
+def key_file() -> Path:
     from django.conf import settings
 
     return settings.VAR_DIR / "demo-agent.key"

@@ -8,7 +8,7 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
 from django.views.decorators.http import require_GET
@@ -448,7 +448,7 @@ def queue_rows() -> list[dict]:
 
 
 @require_GET
-def queue_status_view(request):
+def queue_status_view(request: HttpRequest) -> TemplateResponse:
     """``/admin/queues/``: read-only queue depths for every role that may view the portal."""
     if not request.user.has_perm("portal.view_portal"):
         raise PermissionDenied

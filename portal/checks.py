@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 
 @register()
-def check_redis(app_configs, **kwargs):
+def check_redis(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     from portal.lib.redis import ping
 
     error = ping(settings.REDIS_URL, timeout=0.5)
@@ -25,7 +25,7 @@ def check_redis(app_configs, **kwargs):
 
 
 @register()
-def check_var_dir(app_configs, **kwargs):
+def check_var_dir(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     var = settings.VAR_DIR
     if var.exists() and not os.access(var, os.W_OK):
         return [Error(f"{var} is not writable.", hint="Set PORTAL_VAR_DIR.", id="portal.E001")]
@@ -33,7 +33,7 @@ def check_var_dir(app_configs, **kwargs):
 
 
 @register(Tags.security, deploy=True)
-def check_metrics_access(app_configs, **kwargs):
+def check_metrics_access(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     open_to = [ip for ip in settings.METRICS_ALLOWED_IPS if ip not in {"127.0.0.1", "::1"}]
     if open_to and not settings.METRICS_TOKEN:
         return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -66,7 +67,7 @@ def revoke_token(token: ApiToken, *, by: Actor | str) -> bool:
     return bool(won)
 
 
-def authenticate_token(raw: str | None, *, scope: str):
+def authenticate_token(raw: str | None, *, scope: str) -> User | None:
     """The active user behind a raw token valid for ``scope``, or None."""
     if not raw or not raw.startswith(RAW_PREFIX) or len(raw) > 200:
         return None

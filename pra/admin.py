@@ -13,6 +13,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
 from django.views.decorators.http import require_POST
 
@@ -58,7 +59,7 @@ def verification_state(action) -> tuple[str, str]:
     return VERIFICATION.get(action.verification, (action.verification, ""))
 
 
-def verification_badge(action):
+def verification_badge(action: PRAAction) -> SafeString:
     words, kind = verification_state(action)
     return badge(
         action.verification, kind=kind, label=words, title=action.get_verification_display()

@@ -3,12 +3,12 @@
 import os
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 
 @register()
-def check_ssh_keys(app_configs, **kwargs):
-    problems = []
+def check_ssh_keys(app_configs: object, **kwargs: object) -> list[CheckMessage]:
+    problems: list[CheckMessage] = []
     for setting, purpose, code in (
         ("PRA_SSH_KEY_FILE", "execute actions", "pra.W001"),
         ("PRA_DIAG_SSH_KEY_FILE", "run diagnostics and verification", "pra.W002"),
@@ -26,7 +26,7 @@ def check_ssh_keys(app_configs, **kwargs):
 
 
 @register()
-def check_window_impacts(app_configs, **kwargs):
+def check_window_impacts(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     from pra.choices import Impact
 
     unknown = [i for i in settings.PRA_WINDOW_IMPACTS if i not in Impact.values]

@@ -1,6 +1,8 @@
 """The remediation part of the dashboard: proposals waiting for signatures (the inbox),
 actions on their way, and the last ones that finished."""
 
+from typing import Any
+
 from django.urls import reverse
 
 from portal import approvals
@@ -89,7 +91,7 @@ def maintenance_panel(request) -> dict:
     from pra.models import MaintenanceWindow
 
     now = timezone.now()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for window in MaintenanceWindow.objects.filter(enabled=True).prefetch_related("backup_sources"):
         opening = windows.next_opening(window, now)
         rows.append({"window": window, "opening": opening,

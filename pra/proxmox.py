@@ -18,6 +18,10 @@ import json
 import re
 import shlex
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pra.models import Host
 
 # PVE's own rules, narrowed: VMIDs 100..999999999; storage ids start with a letter; vzdump
 # names its archives vzdump-{qemu,lxc}-VMID-YYYY_MM_DD-HH_MM_SS.{vma,tar}[.zst|.gz|.lzo].
@@ -98,7 +102,7 @@ def newest_backup(output: str) -> tuple[datetime | None, int]:
     return (max(times) if times else None), len(times)
 
 
-def nodes():
+def nodes() -> list[Host]:
     from pra.models import Host
 
     return [h for h in Host.objects.filter(enabled=True).order_by("name") if TAG in h.tag_list]

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from portal.audit import Actor, record
@@ -104,13 +104,15 @@ def opening_at(window: MaintenanceWindow, opens_at: datetime) -> Opening | None:
     return found if found is not None and found.opens_at == opens_at else None
 
 
-def next_opening(window: MaintenanceWindow, now: datetime, horizon: float | None = None):
+def next_opening(
+    window: MaintenanceWindow, now: datetime, horizon: float | None = None
+) -> Opening | None:
     """The opening open at ``now``, or else the next one within ``horizon`` seconds."""
     horizon = settings.PRA_WINDOW_MAX_WAIT if horizon is None else horizon
     return next(openings(window, now, now + timedelta(seconds=horizon)), None)
 
 
-def windows_for(host: Host):
+def windows_for(host: Host) -> QuerySet[MaintenanceWindow]:
     """Enabled windows that apply to ``host``: global ones and those of its tags."""
     return MaintenanceWindow.objects.filter(enabled=True).filter(
         Q(host_tag="") | Q(host_tag__in=host.tag_list)

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.lib.env import env_secret
@@ -162,7 +162,7 @@ def keyring() -> Keyring:
 
 
 @register(Tags.security)
-def check_audit_keys(app_configs, **kwargs):
+def check_audit_keys(app_configs: object, **kwargs: object) -> list[CheckMessage]:
     try:
         ring = keyring()
     except ImproperlyConfigured as exc:

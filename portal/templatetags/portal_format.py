@@ -112,7 +112,7 @@ def relative_words(moment: datetime, now: datetime | None = None) -> str:
 
 
 @register.filter
-def ago(moment: datetime | None):
+def ago(moment: datetime | None) -> str:
     if not isinstance(moment, datetime):
         return NONE
     return format_html(

@@ -1,5 +1,6 @@
 import json
 import secrets
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -47,5 +48,5 @@ class Command(BaseCommand):
 DEMO_HOOKS = ["pra.demo.seed", "incidents.demo.seed", "backups.demo.seed"]
 
 
-def demo_hooks():
+def demo_hooks() -> list[Callable[..., object]]:
     return [import_string(path) for path in DEMO_HOOKS]
