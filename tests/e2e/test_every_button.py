@@ -49,8 +49,8 @@ from portal import actions as portal_actions
 from portal.lib.redis import get_redis
 from pra import windows
 from tests.e2e.conftest import in_thread
+from tests.factories import propose
 from tests.portal import dashboard_world as world
-from tests.pra.factories import propose
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from django.urls import reverse
 from incidents import actions as incidents
 from portal.admin_approvals import safe_next
 from pra.models import PRAAction
+from tests.factories import offline_host, propose
 from tests.portal import dashboard_world as world
-from tests.pra.factories import offline_host, propose
 
 pytestmark = pytest.mark.django_db
 

@@ -25,12 +25,12 @@ from pra import actions, windows
 from pra.catalog import CATALOG
 from pra.choices import ActionStatus
 from pra.models import ChangeFreeze, MaintenanceWindow, PRAAction, WindowOpening
-from tests.backups.conftest import RedisServer
 from tests.conftest import TEST_PASSWORD
 from tests.factories import make_source
 from tests.jobs import run_jobs
 from tests.pra.factories import RATIONALE, offline_host, propose
 from tests.pra.helpers import restarts
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
