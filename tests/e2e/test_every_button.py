@@ -61,6 +61,7 @@ FILLER = "e2e check: nothing else changes"
 # A press may run real work before its page comes back (a diagnostic over SSH on the
 # loopback target): generous, so a loaded machine reports slowness, not a broken button.
 PRESS_TIMEOUT_MS = 60_000
+SHOTS = django_settings.BASE_DIR / "var" / "screenshots"
 # Rows nobody's button writes and the test cannot hold still: sessions (logging in),
 # permissions and content types (Django's own), users' last_login.
 SKIP_MODELS = {"sessions.session", "auth.permission", "contenttypes.contenttype"}
@@ -305,10 +306,16 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> list[str]:
             else:
                 target.click()
                 crawl.page.wait_for_load_state("domcontentloaded")
-        except PlaywrightTimeout:
+        except PlaywrightTimeout as exc:
+            # What timed out (the click's wait for the button, or the page after it) and
+            # where the browser is, with a screenshot: a stall must be diagnosable.
+            shot = SHOTS / f"stall-{crawl.role}-{crawl.pressed}.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            crawl.page.screenshot(path=str(shot), full_page=True)
             crawl.problems.append(
                 f"{crawl.role}: on {url} pressing {key!r}: no page within "
-                f"{PRESS_TIMEOUT_MS // 1000} s"
+                f"{PRESS_TIMEOUT_MS // 1000} s ({str(exc).splitlines()[0]}; the browser "
+                f"is at {crawl.page.url}; screenshot {shot})"
             )
             fresh = False
         after = crawl.last = snapshot()
