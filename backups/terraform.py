@@ -611,7 +611,7 @@ def write_local_backend(
         raise actions.BackupError("kind", f"{source.name} is not a Terraform state source.")
     chosen: BackupArtifact | None
     if artifact is None:
-        run = BackupRun.objects.of_source(source).usable().order_by("-created").first()
+        run = BackupRun.objects.of_source(source).last_good()
         if run is None:
             raise actions.BackupError("none", f"{source.name} has no good backup to write.")
         chosen = run.artifacts.get(component=COMPONENT)
