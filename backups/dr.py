@@ -215,8 +215,9 @@ def record_exercise(
         )
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise RequestRefused("invalid", "the time taken must be a number of seconds")
-    if not 0 < seconds <= MAX_EXERCISE_SECONDS:
-        raise RequestRefused("invalid", "the time taken must be more than 0 s and at most 7 days")
+    seconds = round(float(seconds), 1)  # what is stored, judged and said: one value
+    if not 0.1 <= seconds <= MAX_EXERCISE_SECONDS:
+        raise RequestRefused("invalid", "the time taken must be at least 0.1 s and at most 7 days")
     if timezone.is_naive(performed_at):
         raise RequestRefused(
             "invalid", "the exercise time needs a time zone (e.g. 2026-12-01T02:00Z)"
@@ -237,7 +238,7 @@ def record_exercise(
         return record(
             AuditEventType.DR_EXERCISE_RECORDED,
             actor=by,
-            details={"step": step, "seconds": round(float(seconds), 1), "target_seconds": target,
+            details={"step": step, "seconds": seconds, "target_seconds": target,
                      "performed_at": performed_at.astimezone(UTC).isoformat(), "note": note},
         )  # fmt: skip
 

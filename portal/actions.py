@@ -57,9 +57,17 @@ def set_user(
         raise ValidationError("A user name is required.")
 
     with transaction.atomic():
+        _lock_roles()
         found = User.objects.select_for_update().filter(**{User.USERNAME_FIELD: username}).first()
         created = found is None
         user = User(**{User.USERNAME_FIELD: username}) if found is None else found
+        old_role = None if created else role_of(user)
+        reactivated = not created and not user.is_active
+        if old_role == Role.ADMIN and role != Role.ADMIN:
+            try:
+                _keep_an_admin(user.pk)
+            except RequestRefused as exc:
+                raise ValidationError(f"Refused: {exc.message}.") from None
         if password is not None:
             if check_password:
                 validate_password(password, user)
@@ -70,15 +78,39 @@ def set_user(
             user.email = email
         user.is_staff = True
         user.is_active = True
+        user.is_superuser = False  # one role: what it may do comes from the role's group
         user.save()
         user.groups.set([Group.objects.get(name=role)])
+        user.user_permissions.clear()
+        details: dict[str, Any] = {
+            "username": username, "role": role, "password_changed": password is not None,
+        }  # fmt: skip
+        if not created and old_role != role:
+            details["previous_role"] = old_role
+        if reactivated:
+            details["reactivated"] = True
         record(
             AuditEventType.USER_CREATED if created else AuditEventType.USER_UPDATED,
             actor=by,
             subject=user,
-            details={"username": username, "role": role, "password_changed": password is not None},
+            details=details,
         )
     return user, created
+
+
+def _lock_roles() -> None:
+    """Serialize every change of who holds a role (the admin group's row): two admins
+    demoting each other at once must not both succeed."""
+    Group.objects.select_for_update().filter(name=Role.ADMIN).first()
+
+
+def _keep_an_admin(user_pk: int) -> None:
+    """Refuse a change that would leave no active administrator but ``user_pk``'s."""
+    others = User.objects.filter(is_active=True, groups__name=Role.ADMIN).exclude(pk=user_pk)
+    if not others.exists():
+        raise RequestRefused(
+            "last_admin", "the portal would be left without an active administrator"
+        )
 
 
 USER_EDITABLE = ("email", "role", "is_active", "password")
@@ -117,6 +149,7 @@ def update_user(user: AuthUser | int, *, by: UserModel | Actor | str, **changes:
         raise RequestRefused("invalid", f"not a user field: {', '.join(sorted(unknown))}")
     _storable({k: v for k, v in changes.items() if k != "password"})
     with transaction.atomic():
+        _lock_roles()
         pk = user if isinstance(user, int) else user.pk
         row = User.objects.select_for_update().filter(pk=pk).first()
         if row is None:
@@ -151,14 +184,13 @@ def update_user(user: AuthUser | int, *, by: UserModel | Actor | str, **changes:
             return row
         leaves_admin = not row.is_active or (role is not None and role != Role.ADMIN)
         if old_role == Role.ADMIN and leaves_admin:
-            others = User.objects.filter(is_active=True, groups__name=Role.ADMIN).exclude(pk=pk)
-            if not others.exists():
-                raise RequestRefused(
-                    "last_admin", "the portal would be left without an active administrator"
-                )
+            _keep_an_admin(pk)
+        if "role" in done:
+            row.is_superuser = False  # one role: nothing granted around it
         row.save()
         if "role" in done:
             row.groups.set([Group.objects.get(name=role)])
+            row.user_permissions.clear()
         record(
             AuditEventType.USER_UPDATED,
             actor=actor,

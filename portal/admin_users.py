@@ -14,12 +14,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.forms import PasswordChangeForm
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.views import PasswordChangeView
 from django.db import transaction
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from portal import actions as portal_actions
 from portal.admin_base import AuditedConfigAdmin
@@ -118,7 +121,9 @@ class PortalUserAdmin(AuditedConfigAdmin):
     @admin.display(description="role")
     def role(self, obj: User) -> str:
         # From the prefetched groups: one query for the page, not one per row.
-        return highest_role({group.name for group in obj.groups.all()}) or "none"
+        role = highest_role({group.name for group in obj.groups.all()}) or "none"
+        # A superuser (createsuperuser) holds everything whatever its group: say so.
+        return f"{role} + superuser (set a role to end it)" if obj.is_superuser else role
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("groups")
@@ -145,7 +150,18 @@ class PortalUserAdmin(AuditedConfigAdmin):
         changes.pop("password_again", None)
         if not changes.get("password"):
             changes.pop("password", None)
-        return portal_actions.update_user(obj.pk, by=request.user, **changes)
+        user = portal_actions.update_user(obj.pk, by=request.user, **changes)
+        if "password" in changes and user.pk == request.user.pk:
+            update_session_auth_hash(request, user)  # one's own new password: stay signed in
+        return user
+
+    @method_decorator(sensitive_post_parameters("password", "password_again"))
+    def add_view(self, request, form_url="", extra_context=None):
+        return super().add_view(request, form_url, extra_context)
+
+    @method_decorator(sensitive_post_parameters("password", "password_again"))
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def log_addition(self, request, obj, message):
         return None  # the audit log has USER_CREATED
@@ -195,6 +211,7 @@ class AuditedPasswordChangeForm(PasswordChangeForm):
         return user
 
 
+@sensitive_post_parameters()
 def own_password_change(request: HttpRequest) -> HttpResponseBase:
     """The admin's "change my password" page, with its audit event in the same
     transaction as the new password."""

@@ -8,14 +8,19 @@ groups, which nobody edits in the admin.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
+from django.core.management import CommandError, call_command
+from django.db import connection
 
 from portal import actions
 from portal.errors import RequestRefused
 from portal.models import AuditEvent
 from portal.roles import role_of
-from tests.conftest import TEST_PASSWORD
+from tests.conftest import TEST_PASSWORD, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -185,3 +190,73 @@ def test_ones_own_password_change_is_audited(client, operator):
         },  # fmt: skip
     )
     assert wrong.status_code == 200 and len(events("USER_UPDATED")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_admins_demoting_each_other_at_once_leave_one(admin_user, monkeypatch):
+    """Both changes read "another admin is left" unless they are serialized: a barrier
+    right after each reads the old role lets two unserialized calls both pass (the bug);
+    the role lock makes the second wait, then refuse."""
+    other = make_user("second-admin", "admin")
+    barrier = threading.Barrier(2)
+    real_role_of = actions.role_of
+
+    def role_of_then_meet(user):
+        found = real_role_of(user)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=2)
+        return found
+
+    monkeypatch.setattr(actions, "role_of", role_of_then_meet)
+    outcomes: list[str] = []
+
+    def demote(who: User, by: User) -> None:
+        try:
+            actions.update_user(who.pk, by=by, role="viewer")
+            outcomes.append("demoted")
+        except RequestRefused as exc:
+            outcomes.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=demote, args=(admin_user, other)),
+               threading.Thread(target=demote, args=(other, admin_user))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["demoted", "last_admin"]
+    assert User.objects.filter(is_active=True, groups__name="admin").count() == 1
+
+
+def test_a_role_ends_superuser_status_and_direct_permissions(client, admin_user):
+    boss = User.objects.create_superuser("boss", password=TEST_PASSWORD)
+    boss.user_permissions.add(Permission.objects.get(codename="manage_portal"))
+    client.force_login(admin_user)
+    page = client.get("/admin/auth/user/").content.decode()
+    assert "none + superuser" in page
+    actions.update_user(boss, by=admin_user, role="viewer")
+    boss = User.objects.get(pk=boss.pk)
+    assert not boss.is_superuser and not boss.user_permissions.exists()
+    assert not boss.has_perm("portal.manage_portal")
+
+
+def test_portal_user_may_not_demote_the_last_admin_and_says_a_reactivation(admin_user):
+    with pytest.raises(CommandError, match="without an active administrator"):
+        call_command("portal_user", admin_user.username, "--role", "viewer", "--keep-password")
+    assert role_of(admin_user) == "admin"
+    gone = make_user("gone", "operator")
+    User.objects.filter(pk=gone.pk).update(is_active=False)
+    call_command("portal_user", "gone", "--role", "approver", "--keep-password")
+    (event,) = events("USER_UPDATED")[-1:]
+    assert event.details["previous_role"] == "operator" and event.details["reactivated"]
+
+
+def test_an_admin_changing_their_own_password_stays_signed_in(client, admin_user):
+    client.force_login(admin_user)
+    url = f"/admin/auth/user/{admin_user.pk}/change/"
+    form = change_form(admin_user, password=NEW_PASSWORD, password_again=NEW_PASSWORD)
+    assert client.post(url, form).status_code == 302
+    assert client.get("/admin/").status_code == 200
+    admin_user.refresh_from_db()
+    assert admin_user.check_password(NEW_PASSWORD)
