@@ -284,6 +284,10 @@ def _press_all(crawl: Crawl, url: str, scope: str = "content") -> list[str]:
         fresh = False
         # Found again by what it is: an earlier press may have removed or moved buttons
         # (an item signed from the inbox leaves it).
+        # The page's "load", not only its DOM: admin widgets (the many-to-many selector)
+        # rebuild the form then, and a click racing that layout shift hit nothing (two
+        # one-off 60 s stalls: no POST ever reached daphne).
+        crawl.page.wait_for_load_state("load")
         button = _buttons(crawl, url, scope).get(key)
         if button is None or not crawl.page.evaluate(PREPARE_JS, [scope, button["i"], FILLER]):
             continue
